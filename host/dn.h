@@ -1,0 +1,94 @@
+/*
+ * dn.h - what the host's C files share.
+ *
+ * The host is split by subsystem, one file and one prefix each:
+ *   dn_vm_*    Lua state, paths, protected calls, error reporting (dn_vm.c)
+ *   dn_bcc_*   libbcc modules, program loading, attaching, maps (dn_bcc.c)
+ *   dn_loop_*  the event loop: buffers, timers, children, signals (dn_loop.c)
+ *   dn_proc_*  held spawn, wait, kill (dn_proc.c)
+ *   dn_sym_*   kernel and user symbol resolution (dn_sym.c)
+ *   dn_sys_*   clocks, privileges and machine probes for `doctor` (dn_sys.c)
+ * Each subsystem exposes its Lua functions by adding them to the table on
+ * top of the stack in dn_*_open(); together they form the `denet.core`
+ * module that the Lua files in lib/denet/ wrap. Lua code never calls libbcc through the
+ * FFI: every libbcc prototype is checked by the C compiler here.
+ */
+#ifndef DN_H
+#define DN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <signal.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#define DN_ERRBUF 512
+
+/* dn_vm.c ---------------------------------------------------------------- */
+
+/* Directory holding lib/, scripts/ and bpf-src/; resolved once at start. */
+const char *dn_vm_root(void);
+/* Create the Lua state with the standard libraries, package paths pointing
+ * into dn_vm_root() and `denet.core` preloaded. NULL when out of memory. */
+lua_State *dn_vm_new(void);
+/* lua_pcall with a traceback handler; on error the message (with traceback,
+ * unless the error is a denet user error) is left on the stack. */
+int dn_vm_pcall(lua_State *L, int nargs, int nresults);
+/* Print the error on top of the stack the way users should see it and
+ * return the process exit code it maps to (user error: its code, usually
+ * 2; interrupt: 128+signal; script bug: 1). Pops it. */
+int dn_vm_report(lua_State *L);
+/* A 64-bit address argument: a Lua number or a 64-bit integer cdata. */
+uint64_t dn_vm_checku64(lua_State *L, int idx);
+/* Push a userdata-free argument error helper result: nil, message, errno.
+ * Returns 3 (the number of values pushed). */
+int dn_vm_fail(lua_State *L, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* dn_loop.c -------------------------------------------------------------- */
+
+/* The signal received and not yet handled, 0 when none. */
+extern volatile sig_atomic_t dn_loop_signal_pending;
+/* si_code of that signal (SI_KERNEL when the terminal sent it). */
+extern volatile sig_atomic_t dn_loop_signal_code;
+/* Install SIGINT/SIGTERM/SIGHUP handlers that wake the loop or, when Lua
+ * code is running, interrupt it through a hook. Call once, after dn_vm_new. */
+int dn_loop_init(lua_State *L);
+/* Release every loop source (buffers, timers); idempotent. */
+void dn_loop_shutdown(void);
+
+/* Resources that must be released on every exit path register a release
+ * function here; dn_cleanup_run() calls them all (also from atexit). */
+typedef void (*dn_cleanup_fn)(void *obj);
+void dn_cleanup_add(void *obj, dn_cleanup_fn fn);
+void dn_cleanup_remove(void *obj);
+void dn_cleanup_run(void);
+
+/* registration of each subsystem's Lua functions into `denet.core` */
+void dn_bcc_open(lua_State *L);
+void dn_loop_open(lua_State *L);
+void dn_proc_open(lua_State *L);
+void dn_sym_open(lua_State *L);
+void dn_sys_open(lua_State *L);
+
+/* dn_sym.c: the user-space resolver, also used by C unit tests ----------- */
+
+struct dn_sym_maps;  /* a process's executable mappings, captured once */
+struct dn_sym_result {
+	const char *name;     /* symbol, or NULL when none covers the address */
+	const char *module;   /* mapped file path, or NULL when unmapped */
+	uint64_t offset;      /* from the symbol start, or from the module's
+	                         ELF base when name is NULL */
+};
+/* Read /proc/PID/maps now. NULL with errno set when the process is gone. */
+struct dn_sym_maps *dn_sym_maps_capture(int pid);
+/* Same, from a maps text (for tests). */
+struct dn_sym_maps *dn_sym_maps_parse(const char *text);
+void dn_sym_maps_free(struct dn_sym_maps *m);
+/* Resolve addr in the captured mappings; 0 when a mapping covers it. The
+ * strings stay valid until dn_sym_maps_free / process exit (the per-file
+ * symbol tables are shared and cached for the life of the process). */
+int dn_sym_maps_resolve(struct dn_sym_maps *m, uint64_t addr, struct dn_sym_result *out);
+
+#endif

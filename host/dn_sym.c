@@ -1,0 +1,471 @@
+/*
+ * dn_sym.c - addresses to names, for the kernel and for user processes.
+ *
+ * Kernel: libbcc's symbol cache over /proc/kallsyms (pid -1).
+ * User: a process's executable mappings are captured from /proc/PID/maps
+ * (dn_sym_maps_capture) and kept, so stacks of a process that has exited
+ * still resolve. Each mapped file's ELF symbol table and load segments are
+ * read once through libbcc's ELF helpers (which also follow debuglinks and
+ * build-ids to debug files) and shared by every process mapping that file:
+ * libc's table is loaded once, not once per pid.
+ *
+ * An address in a mapping becomes a file offset (addr - start + pgoff),
+ * then an ELF virtual address through the PT_LOAD segment holding that
+ * offset, and is looked up by binary search among the function symbols.
+ * When no symbol covers it the result is module + ELF address, which is
+ * what addr2line takes.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <bcc/bcc_elf.h>
+#include <bcc/bcc_proc.h>
+#include <bcc/bcc_syms.h>
+
+#include "dn.h"
+
+#define KSYMS_MT "denet.ksyms"
+#define USYMS_MT "denet.usyms"
+
+struct esym {
+	uint64_t start, size;
+	char *name;
+};
+
+struct eseg {
+	uint64_t vaddr, memsz, off;
+};
+
+struct elf_tab {
+	char *path;
+	uint64_t ino;
+	int loaded;
+	int is_vdso;
+	struct esym *syms;
+	size_t nsyms, csyms;
+	struct eseg *segs;
+	size_t nsegs;
+	struct elf_tab *next;
+};
+
+static struct elf_tab *elf_tabs; /* process-wide cache, never freed */
+
+struct mapping {
+	uint64_t start, end, pgoff;
+	struct elf_tab *tab;
+};
+
+struct dn_sym_maps {
+	struct mapping *maps;
+	size_t n;
+};
+
+static int sym_cb(const char *name, uint64_t start, uint64_t size, void *payload)
+{
+	struct elf_tab *t = payload;
+
+	if (!name || !*name || start == 0)
+		return 0;
+	if (t->nsyms == t->csyms) {
+		size_t nc = t->csyms ? t->csyms * 2 : 1024;
+		struct esym *n = realloc(t->syms, nc * sizeof(*n));
+
+		if (!n)
+			return -1;
+		t->syms = n;
+		t->csyms = nc;
+	}
+	t->syms[t->nsyms].start = start;
+	t->syms[t->nsyms].size = size;
+	t->syms[t->nsyms].name = strdup(name);
+	if (t->syms[t->nsyms].name)
+		t->nsyms++;
+	return 0;
+}
+
+static int seg_cb(uint64_t vaddr, uint64_t memsz, uint64_t off, void *payload)
+{
+	struct elf_tab *t = payload;
+	struct eseg *n = realloc(t->segs, (t->nsegs + 1) * sizeof(*n));
+
+	if (!n)
+		return -1;
+	t->segs = n;
+	t->segs[t->nsegs].vaddr = vaddr;
+	t->segs[t->nsegs].memsz = memsz;
+	t->segs[t->nsegs].off = off;
+	t->nsegs++;
+	return 0;
+}
+
+static int esym_cmp(const void *a, const void *b)
+{
+	const struct esym *x = a, *y = b;
+
+	if (x->start != y->start)
+		return x->start < y->start ? -1 : 1;
+	/* prefer the sized symbol among aliases */
+	return x->size > y->size ? -1 : x->size < y->size;
+}
+
+static void tab_load(struct elf_tab *t)
+{
+	struct bcc_symbol_option opt = {
+		.use_debug_file = 1,
+		.check_debug_file_crc = 1,
+		.lazy_symbolize = 0,
+		.use_symbol_type = (1 << 2 /* STT_FUNC */) | (1 << 10 /* STT_GNU_IFUNC */),
+	};
+
+	t->loaded = 1;
+	if (t->is_vdso) {
+		bcc_elf_foreach_vdso_sym(sym_cb, t);
+	} else {
+		bcc_elf_foreach_sym(t->path, sym_cb, &opt, t);
+		bcc_elf_foreach_load_section(t->path, seg_cb, t);
+	}
+	if (t->nsyms)
+		qsort(t->syms, t->nsyms, sizeof(*t->syms), esym_cmp);
+}
+
+static struct elf_tab *tab_get(const char *path, uint64_t ino)
+{
+	struct elf_tab *t;
+
+	for (t = elf_tabs; t; t = t->next)
+		if (t->ino == ino && strcmp(t->path, path) == 0)
+			return t;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	t->path = strdup(path);
+	if (!t->path) {
+		free(t);
+		return NULL;
+	}
+	t->ino = ino;
+	t->is_vdso = strcmp(path, "[vdso]") == 0;
+	t->next = elf_tabs;
+	elf_tabs = t;
+	return t;
+}
+
+struct dn_sym_maps *dn_sym_maps_parse(const char *text)
+{
+	struct dn_sym_maps *m = calloc(1, sizeof(*m));
+	size_t cap = 0;
+	const char *line = text;
+
+	if (!m)
+		return NULL;
+	while (line && *line) {
+		const char *nl = strchr(line, '\n');
+		size_t len = nl ? (size_t)(nl - line) : strlen(line);
+		char buf[PATH_MAX + 128], perms[8], dev[16], path[PATH_MAX];
+		unsigned long long start, end, pgoff, ino;
+		int pos = 0;
+
+		if (len >= sizeof(buf))
+			len = sizeof(buf) - 1;
+		memcpy(buf, line, len);
+		buf[len] = '\0';
+		line = nl ? nl + 1 : NULL;
+		path[0] = '\0';
+		if (sscanf(buf, "%llx-%llx %7s %llx %15s %llu %n", &start, &end, perms, &pgoff, dev, &ino,
+		           &pos) < 6)
+			continue;
+		if (!strchr(perms, 'x'))
+			continue;
+		if (pos > 0 && (size_t)pos < len)
+			snprintf(path, sizeof(path), "%s", buf + pos);
+		if (path[0] != '/' && strcmp(path, "[vdso]") != 0)
+			continue; /* anonymous code (JIT) has no symbols here */
+		if (m->n == cap) {
+			size_t nc = cap ? cap * 2 : 32;
+			struct mapping *nm = realloc(m->maps, nc * sizeof(*nm));
+
+			if (!nm)
+				break;
+			m->maps = nm;
+			cap = nc;
+		}
+		m->maps[m->n].start = start;
+		m->maps[m->n].end = end;
+		m->maps[m->n].pgoff = pgoff;
+		m->maps[m->n].tab = tab_get(path, ino);
+		if (m->maps[m->n].tab)
+			m->n++;
+	}
+	return m;
+}
+
+struct dn_sym_maps *dn_sym_maps_capture(int pid)
+{
+	char fn[64], *text = NULL;
+	size_t len = 0;
+	FILE *f, *mem;
+	char buf[8192];
+	size_t n;
+	struct dn_sym_maps *m;
+
+	snprintf(fn, sizeof(fn), "/proc/%d/maps", pid);
+	f = fopen(fn, "re");
+	if (!f)
+		return NULL;
+	mem = open_memstream(&text, &len);
+	if (!mem) {
+		fclose(f);
+		return NULL;
+	}
+	while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+		fwrite(buf, 1, n, mem);
+	fclose(f);
+	fclose(mem);
+	if (len == 0) {
+		/* a zombie or a kernel thread has no mappings */
+		free(text);
+		errno = ESRCH;
+		return NULL;
+	}
+	m = dn_sym_maps_parse(text);
+	free(text);
+	return m;
+}
+
+void dn_sym_maps_free(struct dn_sym_maps *m)
+{
+	if (!m)
+		return;
+	free(m->maps);
+	free(m);
+}
+
+int dn_sym_maps_resolve(struct dn_sym_maps *m, uint64_t addr, struct dn_sym_result *out)
+{
+	size_t i, lo, hi;
+	struct elf_tab *t;
+	uint64_t foff, vaddr;
+
+	out->name = NULL;
+	out->module = NULL;
+	out->offset = addr;
+	for (i = 0; i < m->n; i++)
+		if (addr >= m->maps[i].start && addr < m->maps[i].end)
+			break;
+	if (i == m->n)
+		return -1;
+	t = m->maps[i].tab;
+	if (!t->loaded)
+		tab_load(t);
+	out->module = t->path;
+	foff = addr - m->maps[i].start + m->maps[i].pgoff;
+	vaddr = foff;
+	if (t->is_vdso) {
+		vaddr = addr - m->maps[i].start;
+	} else {
+		size_t s;
+
+		for (s = 0; s < t->nsegs; s++)
+			if (foff >= t->segs[s].off && foff < t->segs[s].off + t->segs[s].memsz) {
+				vaddr = foff - t->segs[s].off + t->segs[s].vaddr;
+				break;
+			}
+	}
+	out->offset = vaddr;
+	/* last symbol starting at or before vaddr */
+	lo = 0;
+	hi = t->nsyms;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (t->syms[mid].start <= vaddr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo > 0) {
+		struct esym *s = &t->syms[lo - 1];
+
+		if (s->size == 0 || vaddr < s->start + s->size) {
+			out->name = s->name;
+			out->offset = vaddr - s->start;
+		}
+	}
+	return 0;
+}
+
+/* --- Lua ---------------------------------------------------------------- */
+
+/* core.ksyms() -> kernel symbol cache */
+static int l_ksyms(lua_State *L)
+{
+	void **ud = lua_newuserdata(L, sizeof(void *));
+
+	*ud = bcc_symcache_new(-1, NULL);
+	if (!*ud)
+		return dn_vm_fail(L, errno, "cannot read kernel symbols (/proc/kallsyms): %s", strerror(errno));
+	luaL_getmetatable(L, KSYMS_MT);
+	lua_setmetatable(L, -2);
+	return 1;
+}
+
+/* ks:resolve(addr) -> name, offset, module | nil */
+static int l_ksyms_resolve(lua_State *L)
+{
+	void **ud = luaL_checkudata(L, 1, KSYMS_MT);
+	uint64_t addr = dn_vm_checku64(L, 2);
+	struct bcc_symbol sym;
+
+	if (!*ud || bcc_symcache_resolve_no_demangle(*ud, addr, &sym) != 0) {
+		lua_pushnil(L);
+		return 1;
+	}
+	lua_pushstring(L, sym.name);
+	lua_pushnumber(L, (lua_Number)sym.offset);
+	lua_pushstring(L, sym.module);
+	return 3;
+}
+
+static int l_ksyms_gc(lua_State *L)
+{
+	void **ud = luaL_checkudata(L, 1, KSYMS_MT);
+
+	if (*ud)
+		bcc_free_symcache(*ud, -1);
+	*ud = NULL;
+	return 0;
+}
+
+/* core.usyms(pid) -> captured mappings | nil, msg, errno */
+static int l_usyms(lua_State *L)
+{
+	int pid = (int)luaL_checkinteger(L, 1);
+	struct dn_sym_maps **ud = lua_newuserdata(L, sizeof(*ud));
+
+	*ud = dn_sym_maps_capture(pid);
+	if (!*ud)
+		return dn_vm_fail(L, errno, "cannot read the mappings of process %d: %s", pid, strerror(errno));
+	luaL_getmetatable(L, USYMS_MT);
+	lua_setmetatable(L, -2);
+	return 1;
+}
+
+/* core.usyms_parse(maps_text) -> mappings (tests) */
+static int l_usyms_parse(lua_State *L)
+{
+	const char *text = luaL_checkstring(L, 1);
+	struct dn_sym_maps **ud = lua_newuserdata(L, sizeof(*ud));
+
+	*ud = dn_sym_maps_parse(text);
+	if (!*ud)
+		return luaL_error(L, "out of memory");
+	luaL_getmetatable(L, USYMS_MT);
+	lua_setmetatable(L, -2);
+	return 1;
+}
+
+/* us:resolve(addr) -> name|false, offset, module  |  nil (unmapped) */
+static int l_usyms_resolve(lua_State *L)
+{
+	struct dn_sym_maps **ud = luaL_checkudata(L, 1, USYMS_MT);
+	uint64_t addr = dn_vm_checku64(L, 2);
+	struct dn_sym_result r;
+
+	if (!*ud || dn_sym_maps_resolve(*ud, addr, &r) != 0) {
+		lua_pushnil(L);
+		return 1;
+	}
+	if (r.name)
+		lua_pushstring(L, r.name);
+	else
+		lua_pushboolean(L, 0);
+	lua_pushnumber(L, (lua_Number)r.offset);
+	lua_pushstring(L, r.module);
+	return 3;
+}
+
+/* us:count() -> number of executable file mappings */
+static int l_usyms_count(lua_State *L)
+{
+	struct dn_sym_maps **ud = luaL_checkudata(L, 1, USYMS_MT);
+
+	lua_pushinteger(L, *ud ? (lua_Integer)(*ud)->n : 0);
+	return 1;
+}
+
+static int l_usyms_gc(lua_State *L)
+{
+	struct dn_sym_maps **ud = luaL_checkudata(L, 1, USYMS_MT);
+
+	dn_sym_maps_free(*ud);
+	*ud = NULL;
+	return 0;
+}
+
+/* core.resolve_symname(binary, symbol, pid) -> path, file_offset | nil, msg
+ * For uprobes: binary may be a path or a library name ("c"). */
+static int l_resolve_symname(lua_State *L)
+{
+	const char *bin = luaL_checkstring(L, 1);
+	const char *name = luaL_checkstring(L, 2);
+	int pid = (int)luaL_optinteger(L, 3, -1);
+	struct bcc_symbol sym;
+	struct bcc_symbol_option opt = {
+		.use_debug_file = 1,
+		.check_debug_file_crc = 1,
+		.lazy_symbolize = 1,
+		.use_symbol_type = (1 << 2) | (1 << 10),
+	};
+
+	memset(&sym, 0, sizeof(sym));
+	if (bcc_resolve_symname(bin, name, 0, pid > 0 ? pid : 0, &opt, &sym) != 0) {
+		if (sym.module)
+			free((void *)sym.module);
+		return dn_vm_fail(L, ENOENT, "cannot find symbol '%s' in '%s'", name, bin);
+	}
+	lua_pushstring(L, sym.module);
+	lua_pushnumber(L, (lua_Number)sym.offset);
+	free((void *)sym.module);
+	return 2;
+}
+
+static void newmt(lua_State *L, const char *name, lua_CFunction gc, const luaL_Reg *methods)
+{
+	if (luaL_newmetatable(L, name)) {
+		lua_pushcfunction(L, gc);
+		lua_setfield(L, -2, "__gc");
+		lua_newtable(L);
+		for (; methods->name; methods++) {
+			lua_pushcfunction(L, methods->func);
+			lua_setfield(L, -2, methods->name);
+		}
+		lua_setfield(L, -2, "__index");
+	}
+	lua_pop(L, 1);
+}
+
+void dn_sym_open(lua_State *L)
+{
+	static const luaL_Reg kmethods[] = { { "resolve", l_ksyms_resolve }, { NULL, NULL } };
+	static const luaL_Reg umethods[] = {
+		{ "resolve", l_usyms_resolve },
+		{ "count", l_usyms_count },
+		{ NULL, NULL },
+	};
+
+	newmt(L, KSYMS_MT, l_ksyms_gc, kmethods);
+	newmt(L, USYMS_MT, l_usyms_gc, umethods);
+	lua_pushcfunction(L, l_ksyms);
+	lua_setfield(L, -2, "ksyms");
+	lua_pushcfunction(L, l_usyms);
+	lua_setfield(L, -2, "usyms");
+	lua_pushcfunction(L, l_usyms_parse);
+	lua_setfield(L, -2, "usyms_parse");
+	lua_pushcfunction(L, l_resolve_symname);
+	lua_setfield(L, -2, "resolve_symname");
+}

@@ -1,0 +1,165 @@
+/*
+ * dn_sys.c - small system facts for Lua: clocks, identity and
+ * capabilities, the terminal, and the perf-event probe `doctor` uses.
+ *
+ * Depends on libc, Linux capget and libbcc's bpf_open_perf_event.
+ * Reading /proc and /sys text is left to Lua; these are the calls Lua
+ * cannot make on its own.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <linux/capability.h>
+#include <linux/perf_event.h>
+
+#include <bcc/bcc_version.h>
+#include <bcc/libbpf.h>
+
+#include "dn.h"
+
+static double clock_s(clockid_t id)
+{
+	struct timespec t;
+
+	clock_gettime(id, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* core.monotonic() -> seconds since an arbitrary point (CLOCK_MONOTONIC) */
+static int l_monotonic(lua_State *L)
+{
+	lua_pushnumber(L, clock_s(CLOCK_MONOTONIC));
+	return 1;
+}
+
+/* core.realtime() -> seconds since the epoch */
+static int l_realtime(lua_State *L)
+{
+	lua_pushnumber(L, clock_s(CLOCK_REALTIME));
+	return 1;
+}
+
+/* core.monotonic_ns() -> CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns() */
+static int l_monotonic_ns(lua_State *L)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	lua_pushnumber(L, (double)t.tv_sec * 1e9 + (double)t.tv_nsec);
+	return 1;
+}
+
+/* core.uname() -> { sysname, nodename, release, version, machine } */
+static int l_uname(lua_State *L)
+{
+	struct utsname u;
+
+	if (uname(&u) != 0)
+		return dn_vm_fail(L, errno, "uname: %s", strerror(errno));
+	lua_createtable(L, 0, 5);
+	lua_pushstring(L, u.sysname);
+	lua_setfield(L, -2, "sysname");
+	lua_pushstring(L, u.nodename);
+	lua_setfield(L, -2, "nodename");
+	lua_pushstring(L, u.release);
+	lua_setfield(L, -2, "release");
+	lua_pushstring(L, u.version);
+	lua_setfield(L, -2, "version");
+	lua_pushstring(L, u.machine);
+	lua_setfield(L, -2, "machine");
+	return 1;
+}
+
+/* core.ids() -> { pid, ppid, uid, euid } */
+static int l_ids(lua_State *L)
+{
+	lua_createtable(L, 0, 4);
+	lua_pushinteger(L, getpid());
+	lua_setfield(L, -2, "pid");
+	lua_pushinteger(L, getppid());
+	lua_setfield(L, -2, "ppid");
+	lua_pushinteger(L, getuid());
+	lua_setfield(L, -2, "uid");
+	lua_pushinteger(L, geteuid());
+	lua_setfield(L, -2, "euid");
+	return 1;
+}
+
+/* core.caps() -> { bpf, perfmon, sys_admin, sys_resource } effective */
+static int l_caps(lua_State *L)
+{
+	struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
+	struct __user_cap_data_struct d[2];
+	uint64_t eff;
+
+	memset(d, 0, sizeof(d));
+	if (syscall(SYS_capget, &h, d) != 0)
+		return dn_vm_fail(L, errno, "capget: %s", strerror(errno));
+	eff = (uint64_t)d[0].effective | ((uint64_t)d[1].effective << 32);
+	lua_createtable(L, 0, 4);
+	lua_pushboolean(L, (eff >> 39) & 1); /* CAP_BPF */
+	lua_setfield(L, -2, "bpf");
+	lua_pushboolean(L, (eff >> 38) & 1); /* CAP_PERFMON */
+	lua_setfield(L, -2, "perfmon");
+	lua_pushboolean(L, (eff >> 21) & 1); /* CAP_SYS_ADMIN */
+	lua_setfield(L, -2, "sys_admin");
+	lua_pushboolean(L, (eff >> 24) & 1); /* CAP_SYS_RESOURCE */
+	lua_setfield(L, -2, "sys_resource");
+	return 1;
+}
+
+/* core.isatty(fd) -> bool */
+static int l_isatty(lua_State *L)
+{
+	lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+	return 1;
+}
+
+/* core.perf_event_probe(cpu) -> true | nil, msg, errno: can a software
+ * cpu-clock perf event be opened on that CPU (what sampling needs)? */
+static int l_perf_event_probe(lua_State *L)
+{
+	int cpu = (int)luaL_optinteger(L, 1, 0);
+	int fd = bpf_open_perf_event(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK, -1, cpu);
+
+	if (fd < 0)
+		return dn_vm_fail(L, errno, "perf_event_open: %s", strerror(errno));
+	close(fd);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+/* core.strerror(errno) -> text */
+static int l_strerror(lua_State *L)
+{
+	lua_pushstring(L, strerror((int)luaL_checkinteger(L, 1)));
+	return 1;
+}
+
+void dn_sys_open(lua_State *L)
+{
+	static const luaL_Reg fns[] = {
+		{ "monotonic", l_monotonic },
+		{ "monotonic_ns", l_monotonic_ns },
+		{ "realtime", l_realtime },
+		{ "uname", l_uname },
+		{ "ids", l_ids },
+		{ "caps", l_caps },
+		{ "isatty", l_isatty },
+		{ "perf_event_probe", l_perf_event_probe },
+		{ "strerror", l_strerror },
+		{ NULL, NULL },
+	};
+	const luaL_Reg *r;
+
+	for (r = fns; r->name; r++) {
+		lua_pushcfunction(L, r->func);
+		lua_setfield(L, -2, r->name);
+	}
+	lua_pushstring(L, LIBBCC_VERSION);
+	lua_setfield(L, -2, "libbcc_version");
+}

@@ -1,0 +1,175 @@
+/*
+ * dn_vm.c - the Lua state: creation, search paths, protected calls and the
+ * way errors reach the user.
+ *
+ * Depends on LuaJIT's C API and on dn_config.h for where the Lua library
+ * lives. Every call from C into Lua goes through dn_vm_pcall(), which adds
+ * a traceback to script bugs; errors that are meant for users (tables
+ * built by lib/denet/errors.lua, field `denet_error`) pass through intact so
+ * dn_vm_report() can print them as one line and use their exit code.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include <lualib.h>
+
+#include "dn.h"
+#include "dn_config.h"
+
+static char dn_root[PATH_MAX];
+
+static int dir_has(const char *dir, const char *rel)
+{
+	char p[PATH_MAX];
+	struct stat st;
+
+	if (snprintf(p, sizeof(p), "%s/%s", dir, rel) >= (int)sizeof(p))
+		return 0;
+	return stat(p, &st) == 0;
+}
+
+/* An installed denet finds its data next to its own bin/ directory (so an
+ * installed tree can be moved); a denet run from its build directory uses
+ * the source tree it was configured from. */
+const char *dn_vm_root(void)
+{
+	char exe[PATH_MAX], cand[PATH_MAX];
+	ssize_t n;
+	char *slash;
+
+	if (dn_root[0])
+		return dn_root;
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n > 0) {
+		exe[n] = '\0';
+		slash = strrchr(exe, '/');
+		if (slash) {
+			*slash = '\0';
+			if (snprintf(cand, sizeof(cand), "%s/../share/denet", exe) < (int)sizeof(cand) &&
+			    dir_has(cand, "lib/denet/init.lua") && realpath(cand, dn_root))
+				return dn_root;
+		}
+	}
+	if (dir_has(DN_SOURCE_DIR, "lib/denet/init.lua"))
+		snprintf(dn_root, sizeof(dn_root), "%s", DN_SOURCE_DIR);
+	else
+		snprintf(dn_root, sizeof(dn_root), "%s", DN_DATADIR);
+	return dn_root;
+}
+
+static int core_open(lua_State *L)
+{
+	lua_newtable(L);
+	dn_bcc_open(L);
+	dn_loop_open(L);
+	dn_proc_open(L);
+	dn_sym_open(L);
+	dn_sys_open(L);
+	lua_pushstring(L, dn_vm_root());
+	lua_setfield(L, -2, "root");
+	lua_pushstring(L, DN_VERSION);
+	lua_setfield(L, -2, "version");
+	return 1;
+}
+
+lua_State *dn_vm_new(void)
+{
+	/* luaL_newstate, not lua_newstate: LuaJIT on x86_64 needs its own
+	 * allocator. */
+	lua_State *L = luaL_newstate();
+	const char *root = dn_vm_root();
+
+	if (!L)
+		return NULL;
+	luaL_openlibs(L);
+
+	/* stack: package */
+	lua_getglobal(L, "package");
+	lua_pushfstring(L, "%s/lib/?.lua;%s/lib/?/init.lua;", root, root);
+	lua_getfield(L, -2, "path");
+	lua_concat(L, 2);
+	lua_setfield(L, -2, "path");
+	/* stack: package, preload */
+	lua_getfield(L, -1, "preload");
+	lua_pushcfunction(L, core_open);
+	lua_setfield(L, -2, "denet.core");
+	lua_pop(L, 2);
+	return L;
+}
+
+static int traceback(lua_State *L)
+{
+	/* User errors are tables: keep them as they are. */
+	if (lua_type(L, 1) == LUA_TTABLE)
+		return 1;
+	if (!lua_isstring(L, 1)) {
+		if (luaL_callmeta(L, 1, "__tostring") && lua_isstring(L, -1))
+			lua_replace(L, 1);
+		else
+			lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+	}
+	luaL_traceback(L, L, lua_tostring(L, 1), 1);
+	return 1;
+}
+
+int dn_vm_pcall(lua_State *L, int nargs, int nresults)
+{
+	int base = lua_gettop(L) - nargs;
+	int rc;
+
+	lua_pushcfunction(L, traceback);
+	lua_insert(L, base);
+	rc = lua_pcall(L, nargs, nresults, base);
+	lua_remove(L, base);
+	return rc;
+}
+
+int dn_vm_report(lua_State *L)
+{
+	int code = 1;
+
+	if (lua_type(L, -1) == LUA_TTABLE) {
+		/* stack: err */
+		lua_getfield(L, -1, "code");
+		if (lua_isnumber(L, -1))
+			code = (int)lua_tointeger(L, -1);
+		lua_pop(L, 1);
+		lua_getfield(L, -1, "message");
+		if (lua_isstring(L, -1) && lua_objlen(L, -1) > 0)
+			fprintf(stderr, "denet: %s\n", lua_tostring(L, -1));
+		lua_pop(L, 2);
+		return code;
+	}
+	fprintf(stderr, "%s\n", lua_isstring(L, -1) ? lua_tostring(L, -1) : "(error without message)");
+	lua_pop(L, 1);
+	return code;
+}
+
+int dn_vm_fail(lua_State *L, int err, const char *fmt, ...)
+{
+	char buf[DN_ERRBUF];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	lua_pushnil(L);
+	lua_pushstring(L, buf);
+	lua_pushinteger(L, err);
+	return 3;
+}
+
+uint64_t dn_vm_checku64(lua_State *L, int idx)
+{
+	/* LuaJIT's type tag for cdata (lua.h does not name it); the Lua side
+	 * passes only uint64_t/int64_t cdata here */
+	if (lua_type(L, idx) == 10)
+		return *(const uint64_t *)lua_topointer(L, idx);
+	return (uint64_t)luaL_checknumber(L, idx);
+}

@@ -1,0 +1,822 @@
+-- denet.bpf: BPF programs from Lua, with bcc's names.
+--
+--   local BPF = require("denet.bpf")
+--   local b = BPF.new{ text = SRC, cflags = { "-DTARGET=" .. pid } }
+--   -- TRACEPOINT_PROBE / RAW_TRACEPOINT_PROBE functions are attached now
+--   for k, v in b:get_table("counts"):items() do print(k, tonumber(v)) end
+--   b:close()   -- or let denet exit: everything is detached either way
+--
+-- Compiling, loading and attaching happen in C (host/dn_bcc.c) against
+-- libbcc's headers; this file names things, checks the machine before
+-- it fails in obscure ways, and turns keys and leaves into typed cdata.
+local ffi = require("ffi")
+local core = require("denet.core")
+local ctypes = require("denet.ctypes")
+local errors = require("denet.errors")
+local syms = require("denet.syms")
+local sys = require("denet.sys")
+
+local BPF = {}
+BPF.__index = BPF
+
+-- enum bpf_prog_type
+BPF.SOCKET_FILTER, BPF.KPROBE, BPF.TRACEPOINT, BPF.PERF_EVENT = 1, 2, 5, 7
+BPF.RAW_TRACEPOINT, BPF.TRACING = 17, 26
+-- enum bpf_map_type
+local MAP = {
+  HASH = 1, ARRAY = 2, PROG_ARRAY = 3, PERF_EVENT_ARRAY = 4, PERCPU_HASH = 5,
+  PERCPU_ARRAY = 6, STACK_TRACE = 7, CGROUP_ARRAY = 8, LRU_HASH = 9,
+  LRU_PERCPU_HASH = 10, LPM_TRIE = 11, QUEUE = 22, STACK = 23, RINGBUF = 27,
+  TASK_STORAGE = 29,
+}
+BPF.MAP = MAP
+-- perf_event_attr type/config for attach_perf_event
+BPF.PERF_TYPE_HARDWARE, BPF.PERF_TYPE_SOFTWARE = 0, 1
+BPF.PERF_COUNT_SW_CPU_CLOCK, BPF.PERF_COUNT_SW_TASK_CLOCK = 0, 1
+BPF.PERF_COUNT_HW_CPU_CYCLES, BPF.PERF_COUNT_HW_INSTRUCTIONS = 0, 1
+
+local u64 = ffi.typeof("uint64_t")
+
+---------------------------------------------------------------------------
+-- construction
+
+local function read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then
+    errors.raise(string.format("cannot read BPF source %s: %s", path, err))
+  end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- Where did the Lua code that called BPF.new live? (for messages)
+local function caller_place(level)
+  local info = debug.getinfo(level, "Sl")
+  if info and info.currentline and info.currentline > 0 then
+    return string.format("%s:%d", info.short_src, info.currentline)
+  end
+  return "BPF.new"
+end
+
+-- clang's diagnostics, with the virtual file name replaced by ours and the
+-- noise of libbcc's own include lines kept short.
+local function tidy_diagnostics(diag, name)
+  diag = diag:gsub("/virtual/main%.c", name)
+  local lines = {}
+  for line in diag:gmatch("[^\n]+") do
+    lines[#lines + 1] = line
+  end
+  if #lines > 60 then
+    local head = {}
+    for i = 1, 50 do
+      head[i] = lines[i]
+    end
+    head[#head + 1] = string.format("... (%d more lines)", #lines - 50)
+    lines = head
+  end
+  return table.concat(lines, "\n")
+end
+
+local function count_errors(diag)
+  local n = 0
+  for _ in diag:gmatch("error:") do
+    n = n + 1
+  end
+  return n
+end
+
+--- Compile BPF C through libbcc.
+--- opts.text: the C source, or opts.src_file: a path to it;
+--- opts.cflags: extra clang flags ({"-DTARGET=123"});
+--- opts.name: name used in diagnostics (default: the file, or "bpf.c");
+--- opts.autoattach: false to skip attaching TRACEPOINT_PROBE etc.;
+--- opts.warnings: true to print clang's warnings.
+--- Raises with clang's diagnostics (file:line) when the C does not compile.
+function BPF.new(opts)
+  if type(opts) == "string" then
+    opts = { text = opts }
+  end
+  if type(opts) ~= "table" or (opts.text == nil) == (opts.src_file == nil) then
+    error("BPF.new: give exactly one of text= or src_file=", 2)
+  end
+  local place = caller_place(3)
+  sys.require_bpf()
+  local text = opts.text
+  local name = opts.name or "bpf.c"
+  if opts.src_file then
+    text = read_file(opts.src_file)
+    name = opts.name or opts.src_file
+  end
+  local ringbufs
+  text, ringbufs = BPF._count_ringbuf_losses(text)
+  local cflags = { "-I" .. core.root .. "/bpf-src" }
+  for _, f in ipairs(opts.cflags or {}) do
+    cflags[#cflags + 1] = f
+  end
+  local t0 = core.monotonic()
+  local m, diag = core.bpf_compile(text, false, cflags)
+  local compile_s = core.monotonic() - t0
+  if not m then
+    local n = count_errors(diag)
+    errors.script(string.format("%s: BPF program %s failed to compile (%d error%s):\n%s", place, name, n,
+      n == 1 and "" or "s", tidy_diagnostics(diag, name)))
+  end
+  if opts.warnings and diag:find("warning:") then
+    io.stderr:write(tidy_diagnostics(diag, name), "\n")
+  end
+  local self = setmetatable({
+    m = m,
+    name = name,
+    place = place,
+    compile_time = compile_s,
+    tables = {},
+    buffers = {},
+    probes = {}, -- description -> handles
+    ringbuf_index = ringbufs,
+  }, BPF)
+  if opts.autoattach ~= false then
+    self:_autoattach()
+  end
+  return self
+end
+
+-- Ring buffers cannot tell user space what they dropped: a full buffer
+-- makes ringbuf_output/ringbuf_reserve fail in the program. Rewrite those
+-- calls so each failure also bumps a per-CPU counter per ring buffer
+-- (__denet_rb_lost). The counter is declared on the line of the first
+-- BPF_RINGBUF_OUTPUT and every rewrite stays on its line, so clang's line
+-- numbers still match the user's text. Returns the text and name -> index.
+function BPF._count_ringbuf_losses(text)
+  local names, index = {}, {}
+  for name in text:gmatch("BPF_RINGBUF_OUTPUT%s*%(%s*([%w_]+)") do
+    if not index[name] then
+      names[#names + 1] = name
+      index[name] = #names - 1
+    end
+  end
+  if #names == 0 then
+    return text, nil
+  end
+  for i, name in ipairs(names) do
+    local id = tostring(i - 1)
+    text = text:gsub("([%w_]*)(" .. name .. "%.ringbuf_output)(%b())", function(pre, call, args)
+      if pre ~= "" then
+        return nil
+      end
+      return "({ int __dn_r = " .. call .. args .. "; if (__dn_r) __denet_rb_lost_inc(" .. id
+        .. "); __dn_r; })"
+    end)
+    text = text:gsub("([%w_]*)(" .. name .. "%.ringbuf_reserve)(%b())", function(pre, call, args)
+      if pre ~= "" then
+        return nil
+      end
+      return "({ void *__dn_p = " .. call .. args .. "; if (!__dn_p) __denet_rb_lost_inc(" .. id
+        .. "); __dn_p; })"
+    end)
+  end
+  local decl = string.format(" BPF_PERCPU_ARRAY(__denet_rb_lost, u64, %d);"
+    .. " static __always_inline void __denet_rb_lost_inc(u32 i) {"
+    .. " u64 *c = __denet_rb_lost.lookup(&i); if (c) (*c)++; }", #names)
+  text = text:gsub("(BPF_RINGBUF_OUTPUT%s*%b()%s*;)", "%1" .. decl, 1)
+  return text, index
+end
+
+-- bcc's naming: functions named by their probe attach by themselves.
+function BPF:_autoattach()
+  for _, fn in ipairs(self.m:functions()) do
+    local cat, ev = fn:match("^tracepoint__(.-)__(.+)$")
+    if cat then
+      self:attach_tracepoint{ tp = cat .. ":" .. ev, fn_name = fn }
+    else
+      local raw = fn:match("^raw_tracepoint__(.+)$")
+      if raw then
+        self:attach_raw_tracepoint{ tp = raw, fn_name = fn }
+      elseif fn:match("^kprobe__") then
+        self:attach_kprobe{ event = fn:sub(9), fn_name = fn }
+      elseif fn:match("^kretprobe__") then
+        self:attach_kretprobe{ event = fn:sub(12), fn_name = fn }
+      elseif fn:match("^kfunc__") or fn:match("^kretfunc__") then
+        self:attach_kfunc{ fn_name = fn }
+      end
+    end
+  end
+end
+
+--- Load a function as a program of the given type; returns its fd.
+--- Raises with the verifier log's tail when the kernel refuses it.
+function BPF:load_func(fn_name, prog_type)
+  local fd, log = self.m:load(fn_name, prog_type)
+  if not fd then
+    local lines = {}
+    for line in (log or ""):gmatch("[^\n]+") do
+      lines[#lines + 1] = line
+    end
+    local first = math.max(1, #lines - 30)
+    local tail = table.concat(lines, "\n", first)
+    errors.script(string.format("%s: the kernel refused BPF function %s%s:\n%s", self.place, fn_name,
+      first > 1 and " (last lines of the verifier log)" or "", tail))
+  end
+  return fd
+end
+
+local function named(args, ...)
+  -- accept f{ key = v } or f(v1, v2, ...) in the documented order
+  if type(args) == "table" then
+    return args
+  end
+  local keys = { ... }
+  local t = {}
+  local vals = args
+  t[keys[1]] = vals
+  return t, keys
+end
+
+local function add_probe(self, desc, h)
+  local list = self.probes[desc] or {}
+  list[#list + 1] = h
+  self.probes[desc] = list
+  return h
+end
+
+--- attach_tracepoint{ tp = "category:event", fn_name = "fn" }
+--- (also attach_tracepoint("category:event", "fn")).
+function BPF:attach_tracepoint(a, fn_name)
+  if type(a) ~= "table" then
+    a = { tp = a, fn_name = fn_name }
+  end
+  local cat, ev = tostring(a.tp):match("^([^:]+):(.+)$")
+  if not cat then
+    error("attach_tracepoint: tp must be 'category:event'", 2)
+  end
+  sys.require_tracefs()
+  if not sys.tracepoint_exists(cat, ev) then
+    errors.raise(string.format("no tracepoint %s:%s on this kernel (see %s/events/)", cat, ev, sys.tracefs()))
+  end
+  local fd = self:load_func(a.fn_name, BPF.TRACEPOINT)
+  local h, msg = self.m:attach_tracepoint(fd, cat, ev)
+  if not h then
+    errors.raise(msg)
+  end
+  return add_probe(self, "tracepoint:" .. a.tp, h)
+end
+
+--- attach_raw_tracepoint{ tp = "sched_switch", fn_name = "fn" }
+function BPF:attach_raw_tracepoint(a, fn_name)
+  if type(a) ~= "table" then
+    a = { tp = a, fn_name = fn_name }
+  end
+  local fd = self:load_func(a.fn_name, BPF.RAW_TRACEPOINT)
+  local h, msg = self.m:attach_raw_tracepoint(fd, a.tp)
+  if not h then
+    errors.raise(msg)
+  end
+  return add_probe(self, "raw_tracepoint:" .. a.tp, h)
+end
+
+local function sanitize(s)
+  return (tostring(s):gsub("[^%w]", "_"))
+end
+
+local function attach_uprobe(self, a, is_ret)
+  if type(a) ~= "table" or not a.name or not a.fn_name or (a.sym == nil and a.addr == nil) then
+    error("attach_uprobe: needs name= (binary), sym= or addr=, and fn_name=", 3)
+  end
+  local pid = a.pid or -1
+  local path, off
+  if a.sym then
+    path, off = core.resolve_symname(a.name, a.sym, pid)
+    if not path then
+      errors.raise(off)
+    end
+    off = off + (a.sym_off or 0)
+  else
+    path, off = core.resolve_symname(a.name, "", pid) -- module path only
+    path = path or a.name
+    off = a.addr
+  end
+  local fd = self:load_func(a.fn_name, BPF.KPROBE)
+  local ev = string.format("dn_%s_%s_0x%x_%d", is_ret and "r" or "p", sanitize(path):sub(-40), off, pid)
+  local h, msg = self.m:attach_uprobe(fd, is_ret, ev, path, off, pid)
+  if not h then
+    errors.raise(msg)
+  end
+  return add_probe(self, (is_ret and "uretprobe:" or "uprobe:") .. path .. ":" .. tostring(a.sym or a.addr), h)
+end
+
+--- attach_uprobe{ name = binary or library, sym = "func" | addr = file
+--- offset, fn_name = "fn", pid = only this process (default all) }
+function BPF:attach_uprobe(a)
+  return attach_uprobe(self, a, false)
+end
+
+--- attach_uretprobe{ same as attach_uprobe }: runs when the function returns.
+function BPF:attach_uretprobe(a)
+  return attach_uprobe(self, a, true)
+end
+
+local function attach_kprobe(self, a, is_ret)
+  if not sys.has_kprobes() then
+    errors.raise(string.format("cannot attach %s to %s: this kernel has no kprobes (no kprobe PMU and no "
+      .. "kprobe_events in tracefs); use a tracepoint or raw tracepoint instead (see denet doctor)",
+      is_ret and "kretprobe" or "kprobe", a.event))
+  end
+  local fd = self:load_func(a.fn_name, BPF.KPROBE)
+  local ev = string.format("dn_%s_%s_%d", is_ret and "r" or "p", sanitize(a.event), sys.pid())
+  local h, msg = self.m:attach_kprobe(fd, is_ret, ev, a.event)
+  if not h then
+    errors.raise(msg)
+  end
+  return add_probe(self, (is_ret and "kretprobe:" or "kprobe:") .. a.event, h)
+end
+
+--- attach_kprobe{ event = "kernel_function", fn_name = "fn" }: only where
+--- the kernel has kprobes; elsewhere a clear error.
+function BPF:attach_kprobe(a, fn_name)
+  if type(a) ~= "table" then
+    a = { event = a, fn_name = fn_name }
+  end
+  return attach_kprobe(self, a, false)
+end
+
+function BPF:attach_kretprobe(a, fn_name)
+  if type(a) ~= "table" then
+    a = { event = a, fn_name = fn_name }
+  end
+  return attach_kprobe(self, a, true)
+end
+
+--- attach_kfunc{ fn_name = "kfunc__do_nanosleep" }: an fentry/fexit
+--- program (KFUNC_PROBE / KRETFUNC_PROBE) where the kernel supports them;
+--- elsewhere a clear error.
+function BPF:attach_kfunc(a)
+  if type(a) ~= "table" then
+    a = { fn_name = a }
+  end
+  local fd, log = self.m:load(a.fn_name, BPF.TRACING)
+  local h, msg
+  if fd then
+    h, msg = self.m:attach_kfunc(fd)
+  end
+  if not h then
+    errors.raise(string.format("cannot attach fentry/fexit program %s: this kernel does not support fentry "
+      .. "(%s); use a tracepoint or raw tracepoint instead (see denet doctor)", a.fn_name,
+      (msg or log or ""):match("[^\n]+") or "load failed"))
+  end
+  return add_probe(self, "kfunc:" .. a.fn_name, h)
+end
+
+--- attach_perf_event{ ev_type = BPF.PERF_TYPE_SOFTWARE, ev_config =
+--- BPF.PERF_COUNT_SW_CPU_CLOCK, fn_name = "fn", sample_freq = 99 |
+--- sample_period = N, pid = -1, cpu = -1 (all online CPUs) }.
+--- Returns the list of handles (one per CPU).
+function BPF:attach_perf_event(a)
+  local fd = self:load_func(a.fn_name, BPF.PERF_EVENT)
+  local ev_type = a.ev_type or BPF.PERF_TYPE_SOFTWARE
+  local ev_config = a.ev_config or BPF.PERF_COUNT_SW_CPU_CLOCK
+  local period, freq = a.sample_period or 0, a.sample_freq or 0
+  if period == 0 and freq == 0 then
+    error("attach_perf_event: give sample_freq= or sample_period=", 2)
+  end
+  local cpus = { a.cpu or -1 }
+  local pid = a.pid or -1
+  if (a.cpu or -1) < 0 and pid < 0 then
+    cpus = sys.online_cpus()
+  end
+  local hs = {}
+  for _, cpu in ipairs(cpus) do
+    local h, msg = self.m:attach_perf_event(fd, ev_type, ev_config, period, freq, pid, cpu)
+    if not h then
+      errors.raise(msg)
+    end
+    hs[#hs + 1] = add_probe(self, "perf_event:" .. a.fn_name, h)
+  end
+  return hs
+end
+
+--- Detach what an attach_* call returned (a handle or a list of them).
+function BPF:detach(h)
+  if type(h) == "table" then
+    for _, x in ipairs(h) do
+      self.m:detach(x)
+    end
+  else
+    self.m:detach(h)
+  end
+end
+
+--- How many probes are attached now.
+function BPF:num_attached()
+  return self.m:attachments()
+end
+
+--- Detach everything, free the maps and buffers. Idempotent; also done at
+--- exit and by the garbage collector.
+function BPF:close()
+  for _, b in pairs(self.buffers) do
+    b:close()
+  end
+  self.buffers = {}
+  self.m:close()
+end
+BPF.cleanup = BPF.close
+
+---------------------------------------------------------------------------
+-- tables
+
+local Table = {}
+Table.__index = Table
+
+local PERCPU = { [MAP.PERCPU_HASH] = true, [MAP.PERCPU_ARRAY] = true, [MAP.LRU_PERCPU_HASH] = true }
+local ARRAYS = { [MAP.ARRAY] = true, [MAP.PERCPU_ARRAY] = true, [MAP.PERF_EVENT_ARRAY] = true,
+  [MAP.PROG_ARRAY] = true, [MAP.CGROUP_ARRAY] = true }
+
+--- The table named `name` (as declared with BPF_HASH, BPF_ARRAY, ...).
+function BPF:get_table(name)
+  local t = self.tables[name]
+  if t then
+    return t
+  end
+  local info = self.m:table_info(name)
+  if not info then
+    error(string.format("no BPF table named '%s' (tables: %s)", name, table.concat(self.m:tables(), ", ")), 2)
+  end
+  t = setmetatable({ bpf = self, name = name, info = info, fd = info.fd, type = info.type }, Table)
+  t.key = ctypes.from_desc(info.key_desc, info.key_size)
+  t.leaf = ctypes.from_desc(info.leaf_desc, info.leaf_size)
+  t.key_arr = ffi.typeof("$[1]", t.key.ct)
+  t.key_ptr = ffi.typeof("$*", t.key.ct)
+  t.leaf_ptr = ffi.typeof("$*", t.leaf.ct)
+  t.percpu = PERCPU[info.type] or false
+  t.is_array = ARRAYS[info.type] or false
+  if t.percpu then
+    t.ncpus = sys.possible_cpus()
+    t.stride = math.ceil(info.leaf_size / 8) * 8
+    t.value_size = t.stride * t.ncpus
+  else
+    t.value_size = info.leaf_size
+  end
+  self.tables[name] = t
+  return t
+end
+
+-- A key buffer from a Lua value: a number, a cdata of the key type, or a
+-- table of fields.
+function Table:_key(k)
+  local buf = self.key_arr()
+  if type(k) == "number" then
+    if self.key.scalar then
+      buf[0] = k
+    else
+      error(string.format("table %s: key must be a %s, not a number", self.name, self.key.decl), 3)
+    end
+  elseif type(k) == "cdata" then
+    if ffi.istype(self.key.ct, k) then
+      buf[0] = k
+    else
+      -- a 64-bit integer cdata for a scalar key
+      buf[0] = k
+    end
+  elseif type(k) == "table" then
+    buf[0] = self.key.ct(k)
+  else
+    error(string.format("table %s: bad key %s", self.name, tostring(k)), 3)
+  end
+  return buf
+end
+
+-- A Lua value from one leaf at ptr: numbers for small integers, uint64
+-- cdata for 64-bit ones, a copy of the struct otherwise.
+local function leaf_value(desc, ptr)
+  if desc.scalar == "small" or desc.scalar == "float" then
+    return tonumber(ptr[0])
+  elseif desc.scalar == "wide" then
+    return ptr[0] + 0ULL
+  end
+  local v = desc.ct()
+  ffi.copy(v, ptr, desc.size)
+  return v
+end
+Table._leaf_value = leaf_value
+
+local function key_value(desc, ptr)
+  return leaf_value(desc, ptr)
+end
+
+-- Per-CPU value buffer -> list of leaf values (1-based, CPU order).
+function Table:_percpu_values(bytes_ptr)
+  local out = {}
+  for cpu = 0, self.ncpus - 1 do
+    out[cpu + 1] = leaf_value(self.leaf, ffi.cast(self.leaf_ptr, bytes_ptr + cpu * self.stride))
+  end
+  return out
+end
+
+--- The leaf for key k, or nil. Per-CPU tables give a list of per-CPU
+--- leaves (use :sum(k) for the total).
+function Table:get(k)
+  local kb = self:_key(k)
+  local vb = ffi.new("uint8_t[?]", self.value_size)
+  local ok, msg = core.map_lookup(self.fd, kb, vb)
+  if ok == nil then
+    error(string.format("table %s: %s", self.name, msg), 2)
+  end
+  if not ok then
+    return nil
+  end
+  if self.percpu then
+    return self:_percpu_values(vb)
+  end
+  return leaf_value(self.leaf, ffi.cast(self.leaf_ptr, vb))
+end
+
+--- Set key k to v (a number, a cdata leaf, or a table of fields).
+--- flags: 0 any, 1 only new, 2 only existing (BPF_NOEXIST/BPF_EXIST).
+function Table:set(k, v, flags)
+  local kb = self:_key(k)
+  local vb
+  if self.percpu then
+    vb = ffi.new("uint8_t[?]", self.value_size)
+    for cpu = 0, self.ncpus - 1 do
+      local p = ffi.cast(self.leaf_ptr, vb + cpu * self.stride)
+      local x = type(v) == "table" and not self.leaf.scalar and v or (type(v) == "table" and v[cpu + 1] or v)
+      if x ~= nil then
+        p[0] = type(x) == "table" and self.leaf.ct(x) or x
+      end
+    end
+  else
+    vb = ffi.new("$[1]", self.leaf.ct)
+    vb[0] = (type(v) == "table") and self.leaf.ct(v) or v
+  end
+  local ok, msg = core.map_update(self.fd, kb, vb, flags or 0)
+  if not ok then
+    error(string.format("table %s: %s", self.name, msg), 2)
+  end
+end
+
+--- Remove key k; returns true if it was there.
+function Table:delete(k)
+  local ok, msg = core.map_delete(self.fd, self:_key(k))
+  if ok == nil then
+    error(string.format("table %s: %s", self.name, msg), 2)
+  end
+  return ok
+end
+
+--- Iterate over (key, leaf) pairs of a snapshot taken now, in one pass
+--- over the map. Keys and leaves are typed as the BPF program declared them
+--- (k.pid, v.count); per-CPU leaves are lists.
+function Table:items()
+  local keys, leaves, n = core.map_dump(self.fd, self.info.key_size, self.value_size,
+    math.max(self.info.max_entries, 1) * 2)
+  if not keys then
+    error(string.format("table %s: %s", self.name, leaves), 2)
+  end
+  local kbase = ffi.cast("const uint8_t *", keys)
+  local vbase = ffi.cast("const uint8_t *", leaves)
+  local ks, vs = self.info.key_size, self.value_size
+  local i = -1
+  return function()
+    i = i + 1
+    if i >= n then
+      -- keep the strings alive until iteration ends
+      keys, leaves = nil, nil
+      return nil
+    end
+    local k = key_value(self.key, ffi.cast(self.key_ptr, kbase + i * ks))
+    if self.percpu then
+      return k, self:_percpu_values(vbase + i * vs)
+    end
+    return k, leaf_value(self.leaf, ffi.cast(self.leaf_ptr, vbase + i * vs))
+  end
+end
+
+--- Number of entries (a hash's live keys; an array's size).
+function Table:len()
+  local _, _, n = core.map_dump(self.fd, self.info.key_size, self.value_size,
+    math.max(self.info.max_entries, 1) * 2)
+  return n or 0
+end
+
+function Table:keys()
+  local it = self:items()
+  return function()
+    local k = it()
+    return k
+  end
+end
+
+function Table:values()
+  local it = self:items()
+  return function()
+    local _, v = it()
+    return v
+  end
+end
+
+--- Remove every entry (arrays: zero every leaf).
+function Table:clear()
+  if self.is_array then
+    local zero = ffi.new("uint8_t[?]", self.value_size)
+    for i = 0, self.info.max_entries - 1 do
+      core.map_update(self.fd, self:_key(i), zero, 0)
+    end
+    return
+  end
+  local ok, msg = core.map_clear(self.fd, self.info.key_size)
+  if not ok then
+    error(string.format("table %s: %s", self.name, msg), 2)
+  end
+end
+
+-- Sum per-CPU leaves: numbers add; structs add field by field.
+function Table:_sum_list(list)
+  if self.leaf.scalar then
+    local s = self.leaf.scalar == "wide" and 0ULL or 0
+    for _, v in ipairs(list) do
+      s = s + v
+    end
+    return s
+  end
+  local out = self.leaf.ct()
+  for _, f in ipairs(self.leaf.fields or {}) do
+    if f.kind then
+      local s = 0ULL
+      for _, v in ipairs(list) do
+        s = s + v[f.name]
+      end
+      out[f.name] = s
+    end
+  end
+  return out
+end
+
+--- Per-CPU tables: the leaf for key k summed over CPUs (nil if absent).
+function Table:sum(k)
+  if not self.percpu then
+    return self:get(k)
+  end
+  local list = self:get(k)
+  return list and self:_sum_list(list)
+end
+
+--- Per-CPU tables: iterate over (key, leaf summed over CPUs).
+function Table:items_sum()
+  local it = self:items()
+  return function()
+    local k, list = it()
+    if k == nil then
+      return nil
+    end
+    if self.percpu then
+      return k, self:_sum_list(list)
+    end
+    return k, list
+  end
+end
+
+--- Stack trace tables: the addresses (uint64 cdata, leaf first) of stack
+--- id, or an empty list when the id is negative or gone.
+function Table:stack_walk(id)
+  local out = {}
+  id = tonumber(id)
+  if not id or id < 0 then
+    return out
+  end
+  local v = self:get(id)
+  if not v then
+    return out
+  end
+  local ips = v.ip
+  local n = self.info.leaf_size / 8
+  for i = 0, n - 1 do
+    local a = ips[i]
+    if a == 0 then
+      break
+    end
+    out[#out + 1] = a + 0ULL
+  end
+  return out
+end
+
+---------------------------------------------------------------------------
+-- events
+
+local Buffer = {}
+Buffer.__index = Buffer
+
+function Buffer:close()
+  if self.src then
+    self.src:close()
+    self.src = nil
+  end
+end
+
+--- Records lost so far: perf buffers count what the kernel dropped;
+--- ring buffers count failed ringbuf_output/ringbuf_reserve calls of the
+--- program (see docs/lua-api.md).
+function Buffer:lost()
+  if self.kind == "perf" then
+    return self.src and core.loop_lost(self.src.id) or self.lost_final or 0
+  end
+  return self.table.bpf:ringbuf_lost(self.table.name)
+end
+
+local function event_type(self)
+  local ev = ctypes.from_fields(self.info.fields)
+  return ev
+end
+
+-- Wrap a user callback so it receives typed records.
+local function typed_cb(ev, cb)
+  if ev then
+    local ptr_t = ffi.typeof("$*", ev.ct)
+    return function(p, size)
+      cb(ffi.cast(ptr_t, p), size)
+    end
+  end
+  return function(p, size)
+    cb(ffi.cast("const uint8_t *", p), size)
+  end
+end
+
+--- Perf event array tables (BPF_PERF_OUTPUT): call cb(record, size) for
+--- each record, typed as the struct passed to perf_submit (raw bytes when
+--- libbcc could not describe it). opts.page_cnt (default 64 pages per
+--- CPU), opts.lost_cb(n), opts.type (an ffi type to use instead).
+--- Records are only valid during the callback: copy what you keep.
+function Table:open_perf_buffer(cb, opts)
+  opts = opts or {}
+  if self.type ~= MAP.PERF_EVENT_ARRAY then
+    error(string.format("table %s is not a BPF_PERF_OUTPUT", self.name), 2)
+  end
+  local ev = opts.type and { ct = ffi.typeof(opts.type) } or event_type(self)
+  local id, msg = core.loop_perfbuf(self.fd, sys.online_cpus(), opts.page_cnt or 64, typed_cb(ev, cb),
+    opts.lost_cb)
+  if not id then
+    errors.raise(msg)
+  end
+  local b = setmetatable({ kind = "perf", table = self, src = require("denet")._source(id) }, Buffer)
+  self.bpf.buffers[self.name] = b
+  return b
+end
+
+--- Ring buffer tables (BPF_RINGBUF_OUTPUT): like open_perf_buffer.
+function Table:open_ring_buffer(cb, opts)
+  opts = opts or {}
+  if self.type ~= MAP.RINGBUF then
+    error(string.format("table %s is not a BPF_RINGBUF_OUTPUT", self.name), 2)
+  end
+  local ev = opts.type and { ct = ffi.typeof(opts.type) } or event_type(self)
+  local id, msg = core.loop_ringbuf(self.fd, typed_cb(ev, cb))
+  if not id then
+    errors.raise(msg)
+  end
+  local b = setmetatable({ kind = "ring", table = self, src = require("denet")._source(id) }, Buffer)
+  self.bpf.buffers[self.name] = b
+  return b
+end
+
+--- Records dropped by ringbuf_output/ringbuf_reserve failures in the
+--- program, counted per ring buffer by denet's rewrite of those calls.
+function BPF:ringbuf_lost(name)
+  local t = self.m:table_info("__denet_rb_lost")
+  if not t then
+    return 0
+  end
+  local lost = self:get_table("__denet_rb_lost")
+  local idx = self.ringbuf_index and self.ringbuf_index[name]
+  if not idx then
+    return 0
+  end
+  return tonumber(lost:sum(idx)) or 0
+end
+
+--- Run the loop for up to timeout_ms (bcc's name): buffer callbacks fire.
+function BPF:perf_buffer_poll(timeout_ms)
+  return core.loop_poll(timeout_ms and timeout_ms / 1000 or -1)
+end
+BPF.ring_buffer_poll = BPF.perf_buffer_poll
+
+--- Run the callbacks of whatever is ready, without waiting.
+function BPF:ring_buffer_consume()
+  return core.loop_poll(0)
+end
+
+---------------------------------------------------------------------------
+-- symbols (bcc's names)
+
+--- Kernel symbol of addr: "name", or "name+0xoff" with show_offset;
+--- "[unknown]" when none.
+function BPF.ksym(addr, show_offset)
+  return syms.ksym(addr, show_offset)
+end
+
+--- User symbol of addr in process pid: "name", "name+0xoff" with
+--- show_offset, "module+0xoff" when no symbol covers it.
+function BPF.sym(addr, pid, show_module, show_offset)
+  return syms.usym(pid, addr, { module = show_module, offset = show_offset })
+end
+
+BPF.Table = Table
+return BPF

@@ -1,0 +1,149 @@
+-- denet.doctor: can BPF work here? One line per check, ✓ or ✗ with the
+-- fix. Each check tries the real thing where it can (creating a map,
+-- opening a perf event, compiling, loading and attaching a program), so a
+-- ✓ means denet's own code path works. Exit code 1 when BPF cannot work
+-- at all (privileges, the bpf syscall, tracefs, headers, or the end-to-end
+-- tracepoint test failed), else 0.
+local core = require("denet.core")
+local sys = require("denet.sys")
+
+local M = {}
+
+local MAP_ARRAY, MAP_RINGBUF = 2, 27
+local PROG_TRACEPOINT, PROG_KPROBE, PROG_TRACING = 5, 2, 26
+
+local function first_line(s)
+  s = tostring(s or "")
+  for line in s:gmatch("[^\n]+") do
+    if line:find("rror") or line:find("failed") then
+      return line
+    end
+  end
+  return s:match("[^\n]+") or s
+end
+
+-- Compile, load and attach a small program; returns ok, detail.
+local function try_program(text, fn, prog_type, attach)
+  local m, diag = core.bpf_compile(text, false, {})
+  if not m then
+    return false, first_line(diag)
+  end
+  local fd, log, errno = m:load(fn, prog_type)
+  if not fd then
+    m:close()
+    if log and log:find("%S") then
+      return false, first_line(log)
+    end
+    return false, "the kernel refused to load it: " .. core.strerror(errno or 0)
+  end
+  local h, msg = attach(m, fd)
+  m:close()
+  if not h then
+    return false, msg
+  end
+  return true
+end
+
+function M.checks()
+  local out = {}
+  local function add(name, ok, detail, fix, fatal)
+    out[#out + 1] = { name = name, ok = ok, detail = detail, fix = fix, fatal = fatal }
+  end
+
+  local priv_ok, who = sys.privileges()
+  add("privileges", priv_ok, who, "run as root, or grant CAP_BPF and CAP_PERFMON", true)
+
+  local fd, err = core.map_create(MAP_ARRAY, "dn_doctor", 4, 8, 1, 0)
+  if fd then
+    core.close_fd(fd)
+  end
+  add("BPF syscall", fd ~= nil, fd and "map created" or err,
+    "needs a kernel with CONFIG_BPF_SYSCALL and the privileges above", true)
+
+  local tfs = sys.tracefs()
+  add("tracefs", tfs ~= nil, tfs or "not mounted", "mount -t tracefs tracefs /sys/kernel/tracing", true)
+
+  local hdr, how = sys.kernel_headers()
+  add("kernel headers", hdr ~= nil, hdr and string.format("libbcc uses %s (%s)", hdr, how) or ("none at " .. how),
+    "run tools/setup.sh (installs linux-headers-amd64 and links it into /lib/modules), or install your "
+      .. "kernel's headers", true)
+
+  add("BTF", sys.has_btf(), sys.has_btf() and "/sys/kernel/btf/vmlinux" or "no /sys/kernel/btf/vmlinux",
+    "a kernel built with CONFIG_DEBUG_INFO_BTF; only needed for fentry and struct offsets", false)
+
+  local rb = core.map_create(MAP_RINGBUF, "dn_doctor_rb", 0, 0, 4096, 0)
+  if rb then
+    core.close_fd(rb)
+  end
+  add("ring buffer", rb ~= nil, rb and "BPF_MAP_TYPE_RINGBUF works" or "cannot create a ring buffer map",
+    "a kernel >= 5.8; denet falls back to perf buffers", false)
+
+  local pe, perr = core.perf_event_probe(sys.online_cpus()[1] or 0)
+  add("perf events", pe ~= nil, pe and "software cpu-clock event opens" or perr,
+    "needs CAP_PERFMON or kernel.perf_event_paranoid <= 1", false)
+
+  local can_compile = priv_ok and hdr ~= nil and tfs ~= nil
+  if can_compile then
+    local t0 = core.monotonic()
+    local ok, detail = try_program([[
+BPF_ARRAY(n, u64, 1);
+TRACEPOINT_PROBE(sched, sched_switch) { int k = 0; u64 *v = n.lookup(&k); if (v) (*v)++; return 0; }
+]], "tracepoint__sched__sched_switch", PROG_TRACEPOINT, function(m, pfd)
+      return m:attach_tracepoint(pfd, "sched", "sched_switch")
+    end)
+    add("tracepoint program", ok,
+      ok and string.format("compiled, loaded and attached in %.2f s", core.monotonic() - t0) or detail,
+      "see the lines above; denet doctor checks each piece", true)
+
+    local kok, kdetail = false, "no kprobe PMU and no kprobe_events in tracefs"
+    if sys.has_kprobes() then
+      kok, kdetail = try_program("int kprobe__do_nanosleep(void *ctx) { return 0; }", "kprobe__do_nanosleep",
+        PROG_KPROBE, function(m, pfd)
+          return m:attach_kprobe(pfd, false, "dn_doctor_" .. sys.pid(), "do_nanosleep")
+        end)
+    end
+    add("kprobes", kok, kok and "kprobe on do_nanosleep attached" or kdetail,
+      "optional: denet's built-ins use tracepoints only", false)
+
+    local fok, fdetail = false, "no BTF"
+    if sys.has_btf() then
+      fok, fdetail = try_program("KFUNC_PROBE(do_nanosleep) { return 0; }", "kfunc__do_nanosleep", PROG_TRACING,
+        function(m, pfd)
+          return m:attach_kfunc(pfd)
+        end)
+    end
+    add("fentry", fok, fok and "fentry on do_nanosleep attached" or (fdetail or "load failed"),
+      "optional: denet's built-ins use tracepoints only", false)
+  else
+    add("tracepoint program", false, "skipped: fix the checks above first", "", true)
+  end
+
+  local stats = sys.read_first_line("/proc/sys/kernel/bpf_stats_enabled")
+  add("kernel.bpf_stats_enabled", stats == "1", stats == "1" and "on: per-program run time is counted"
+    or "off", "optional, for BPF cost figures: sysctl -w kernel.bpf_stats_enabled=1", false)
+  return out
+end
+
+function M.main(args)
+  local bad = false
+  for _, c in ipairs(M.checks()) do
+    if c.ok then
+      print(string.format("✓ %-26s %s", c.name, c.detail or ""))
+    else
+      local line = string.format("✗ %-26s %s%s", c.name, c.fatal and "(required) " or "", c.detail or "")
+      if c.fix and c.fix ~= "" then
+        line = line .. " — fix: " .. c.fix
+      end
+      print(line)
+      bad = bad or c.fatal
+    end
+  end
+  if bad then
+    print("BPF cannot work here until the required checks above pass.")
+    return 1
+  end
+  print("BPF works here.")
+  return 0
+end
+
+return M

@@ -1,0 +1,41 @@
+-- denet.errors: the two kinds of failure a user sees.
+--
+-- A *user error* is something the user can act on (no such PID, no
+-- privileges, missing headers, a bad flag): the host prints it as one line,
+-- "denet: <what failed>: <why>; <how to fix>", and exits with its code
+-- (2 unless said otherwise), without a traceback. Anything else raised is a
+-- script bug and is printed as file:line with a traceback (exit 1).
+local M = {}
+
+local UserError = {}
+UserError.__index = UserError
+UserError.__tostring = function(e)
+  return e.message
+end
+
+-- Build a user error. code defaults to 2.
+function M.user(message, code)
+  return setmetatable({ denet_error = true, message = message, code = code or 2 }, UserError)
+end
+
+-- Raise a user error.
+function M.raise(message, code)
+  error(M.user(message, code), 0)
+end
+
+-- A script-level failure that already names its place (a BPF compile
+-- error with clang's diagnostics): printed as is, exit 1, no traceback.
+function M.script(message)
+  error(setmetatable({ denet_error = true, message = message, code = 1 }, UserError), 0)
+end
+
+function M.is_user(e)
+  return type(e) == "table" and e.denet_error == true
+end
+
+-- True for the error a SIGINT/SIGTERM raises in running Lua code.
+function M.is_interrupt(e)
+  return type(e) == "table" and e.interrupted == true
+end
+
+return M

@@ -1,0 +1,288 @@
+-- denet: processes, time and the event loop for scripts.
+--
+--   local denet = require("denet")
+--   local p = denet.spawn({ "./server", "--port", "8080" })  -- held before exec
+--   ... attach probes ...
+--   p:resume()
+--   local code, rusage = p:wait()
+--
+-- The loop itself is C (host/dn_loop.c): BPF buffers, timers, children and
+-- signals are waited on together, and Lua callbacks are called from C.
+-- This module gives it a Lua shape: denet.every/after (timers),
+-- denet.poll (one round), denet.run (until stopped), denet.sleep.
+local core = require("denet.core")
+local errors = require("denet.errors")
+
+local M = {
+  version = core.version,
+  root = core.root,
+  libbcc_version = core.libbcc_version,
+}
+
+local SIGNAMES = { [1] = "SIGHUP", [2] = "SIGINT", [9] = "SIGKILL", [15] = "SIGTERM" }
+M.SIGHUP, M.SIGINT, M.SIGKILL, M.SIGTERM = 1, 2, 9, 15
+local SI_KERNEL = 0x80
+
+--- Seconds on the monotonic clock (for intervals).
+M.clock = core.monotonic
+M.monotonic = core.monotonic
+--- Nanoseconds on the monotonic clock, the clock of bpf_ktime_get_ns().
+M.monotonic_ns = core.monotonic_ns
+--- Seconds since the Unix epoch (for timestamps).
+M.time = core.realtime
+
+function M.signal_name(sig)
+  return SIGNAMES[sig] or ("signal " .. tostring(sig))
+end
+
+-- Raise the error a signal raises in running code (exit 128+sig).
+local function interrupt(sig)
+  core.raise_interrupt(sig)
+end
+
+---------------------------------------------------------------------------
+-- loop sources
+
+local Source = {}
+Source.__index = Source
+
+function Source:close()
+  if self.id then
+    core.loop_close(self.id)
+    self.id = nil
+  end
+end
+
+local function source(id)
+  return setmetatable({ id = id }, Source)
+end
+M._source = source
+
+--- Call fn(expirations) every `interval` seconds, first after `first`
+--- (default: one interval). Absolute deadlines: no drift. Returns a source
+--- with :close().
+function M.every(interval, fn, first)
+  if type(interval) ~= "number" or interval <= 0 then
+    error("denet.every: interval must be a positive number of seconds", 2)
+  end
+  local id = assert(core.loop_timer(first or interval, interval, fn))
+  return source(id)
+end
+
+--- Call fn() once after `delay` seconds. Returns a source with :close().
+function M.after(delay, fn)
+  local s
+  local id = assert(core.loop_timer(delay, 0, function()
+    s:close()
+    fn()
+  end))
+  s = source(id)
+  return s
+end
+
+--- Call fn() whenever fd is readable (level-triggered).
+function M.watch_fd(fd, fn)
+  return source(assert(core.loop_fd(fd, fn)))
+end
+
+local stop_requested = false
+
+--- Wait up to `timeout` seconds (nil: until something happens) and run the
+--- callbacks of what is ready. Returns the number of callbacks run and the
+--- signal that arrived meanwhile (0 if none) with its si_code.
+function M.poll(timeout)
+  return core.loop_poll(timeout or -1)
+end
+
+--- Make denet.run() return after the current callback.
+function M.stop()
+  stop_requested = true
+end
+
+--- Run the loop until denet.stop(), a signal, or opts.duration seconds.
+--- Returns the reason: "stopped", "signal" (and the signal number),
+--- "timeout".
+function M.run(opts)
+  opts = opts or {}
+  stop_requested = false
+  local deadline = opts.duration and (core.monotonic() + opts.duration)
+  return M.with_signals_deferred(function()
+    while true do
+      local timeout = -1
+      if deadline then
+        timeout = deadline - core.monotonic()
+        if timeout <= 0 then
+          return "timeout"
+        end
+      end
+      local _, sig = core.loop_poll(timeout)
+      if sig ~= 0 then
+        return "signal", sig
+      end
+      if stop_requested then
+        stop_requested = false
+        return "stopped"
+      end
+    end
+  end)
+end
+
+--- Run fn with signals delivered only through denet.poll's results, not
+--- raised as interrupts into running Lua code; for loops that handle
+--- signals themselves. Returns what fn returns.
+function M.with_signals_deferred(fn, ...)
+  core.defer_signals(true)
+  local res = { pcall(fn, ...) }
+  core.defer_signals(false)
+  if not res[1] then
+    error(res[2], 0)
+  end
+  return unpack(res, 2, table.maxn(res))
+end
+
+--- Sleep `seconds`, running loop callbacks meanwhile (buffers keep being
+--- drained). A SIGINT/SIGTERM raises the interrupt error, as Ctrl-C does
+--- in any running code.
+function M.sleep(seconds)
+  local deadline = core.monotonic() + seconds
+  while true do
+    local left = deadline - core.monotonic()
+    if left <= 0 then
+      return
+    end
+    local _, sig = core.loop_poll(left)
+    if sig ~= 0 then
+      interrupt(sig)
+    end
+  end
+end
+
+---------------------------------------------------------------------------
+-- processes
+
+local Proc = {}
+Proc.__index = Proc
+
+--- Start argv held before exec. opts: stdin/stdout/stderr ("inherit",
+--- "null", a path, or an fd), cwd. Raises a user error naming the command
+--- when it cannot be executed.
+function M.spawn(argv, opts)
+  if type(argv) ~= "table" or #argv == 0 then
+    error("denet.spawn: argv must be a non-empty list of strings", 2)
+  end
+  local c, msg = core.spawn(argv, opts)
+  if not c then
+    errors.raise(msg)
+  end
+  return setmetatable({ c = c, pid = c:pid(), argv = argv }, Proc)
+end
+
+--- Let a held process exec its command. Raises a user error when exec
+--- fails (not executable, bad interpreter, ...).
+function Proc:resume()
+  local ok, msg = self.c:resume()
+  if not ok then
+    self.code = 127
+    errors.raise(msg)
+  end
+  return self
+end
+
+--- Is the process held (spawned, not resumed)?
+function Proc:held()
+  return self.c:held()
+end
+
+--- Exit code (or 128+signal), rusage and terminating signal once it has
+--- exited; false while it runs. Never blocks.
+function Proc:try_wait()
+  if self.code and self.rusage then
+    return self.code, self.rusage, self.signal
+  end
+  local code, ru, sig = self.c:try_wait()
+  if code then
+    self.code, self.rusage, self.signal = code, ru, sig
+  end
+  return code, ru, sig
+end
+
+--- Send a signal (default SIGTERM). Returns true, or nil and a message.
+function Proc:kill(sig)
+  return self.c:kill(sig or M.SIGTERM)
+end
+
+--- Wait for the process to exit, running the loop meanwhile (buffer and
+--- timer callbacks keep firing). Returns the exit code (128+signal when
+--- killed), the rusage of the command and its reaped descendants
+--- ({utime, stime, maxrss_kb, minflt, majflt, nvcsw, nivcsw, inblock,
+--- oublock}) and the signal that killed it, if any.
+---
+--- SIGINT/SIGTERM/SIGHUP sent to denet are forwarded to the command (a
+--- Ctrl-C from the terminal already reached it and is not sent twice); a
+--- third one kills the command and interrupts the script.
+--- opts.timeout: give up after that many seconds and return nil.
+function Proc:wait(opts)
+  if self:held() then
+    error("wait: the process is still held; call :resume() first", 2)
+  end
+  local code, ru, sig = self:try_wait()
+  if code then
+    return code, ru, sig
+  end
+  local done = false
+  local pidfd = self.c:pidfd()
+  local w = M.watch_fd(pidfd, function()
+    done = true
+  end)
+  local deadline = opts and opts.timeout and (core.monotonic() + opts.timeout)
+  local forwarded = 0
+  local ok, err = pcall(M.with_signals_deferred, function()
+    while not done do
+      local timeout = -1
+      if deadline then
+        timeout = deadline - core.monotonic()
+        if timeout <= 0 then
+          return
+        end
+      end
+      local _, s, si_code = core.loop_poll(timeout)
+      if s ~= 0 then
+        forwarded = forwarded + 1
+        if forwarded >= 3 then
+          self:kill(M.SIGKILL)
+          interrupt(s)
+        end
+        if not (s == M.SIGINT and si_code == SI_KERNEL) then
+          self:kill(s)
+        end
+      end
+    end
+  end)
+  w:close()
+  if not ok then
+    error(err, 0)
+  end
+  return self:try_wait()
+end
+
+function Proc:__tostring()
+  return string.format("denet.proc(%d %s)", self.pid, self.argv[1])
+end
+
+--- Become (or stop being) the child subreaper: orphaned descendants are
+--- re-parented to denet instead of init, so they stay in the tree.
+function M.set_subreaper(on)
+  return core.set_subreaper(on ~= false)
+end
+
+--- Resolve a command name like execvp does: its path, or nil and why.
+M.which = core.which
+
+--- Is fd a terminal?
+M.isatty = core.isatty
+
+--- Machine facts: uname fields.
+M.uname = core.uname
+
+M.Proc = Proc
+return M

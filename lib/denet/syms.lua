@@ -1,0 +1,117 @@
+-- denet.syms: addresses to names, with caches shared by every feature.
+--
+-- Kernel symbols come from one libbcc symbol cache over /proc/kallsyms.
+-- User symbols come from a capture of a process's executable mappings
+-- (host/dn_sym.c): capture(pid) while the process lives, and its stacks
+-- still resolve after it exits. ELF symbol tables are loaded once per file
+-- and shared between processes.
+local core = require("denet.core")
+
+local M = {}
+
+local kcache
+local procs = {} -- pid -> captured mappings
+
+local function kernel()
+  if not kcache then
+    kcache = assert(core.ksyms())
+  end
+  return kcache
+end
+
+local function hex(n)
+  return string.format("0x%x", tonumber(n))
+end
+
+--- Kernel symbol of addr: "name" or "name+0xoff"; "[unknown]" when none.
+function M.ksym(addr, show_offset)
+  local name, off = kernel():resolve(addr)
+  if not name then
+    return "[unknown]"
+  end
+  if show_offset then
+    return name .. "+" .. hex(off)
+  end
+  return name
+end
+
+--- Capture pid's mappings now (replacing an older capture: call it again
+--- after exec or dlopen). Returns true, or nil and why.
+function M.capture(pid)
+  local m, err = core.usyms(pid)
+  if not m then
+    return nil, err
+  end
+  procs[pid] = m
+  return true
+end
+
+--- Forget a capture (the pid may be reused).
+function M.forget(pid)
+  procs[pid] = nil
+end
+
+local function proc(pid)
+  local m = procs[pid]
+  if not m then
+    m = core.usyms(pid)
+    procs[pid] = m or false
+  end
+  return m or nil
+end
+
+--- Resolve a user address of pid: name|nil, offset, module. offset is
+--- from the symbol, or the module's ELF address when no symbol covers it.
+function M.resolve(pid, addr)
+  local m = proc(pid)
+  if not m then
+    return nil
+  end
+  local name, off, module = m:resolve(addr)
+  if name == nil then
+    return nil
+  end
+  return name or nil, off, module
+end
+
+local function basename(p)
+  return p and (p:match("([^/]+)$") or p)
+end
+
+--- User symbol of addr in pid as text: "name" ("name+0xoff" with
+--- opts.offset, "name [module]" with opts.module), "module+0xoff" when no
+--- symbol covers it, "[unknown]" when no mapping does.
+function M.usym(pid, addr, opts)
+  opts = opts or {}
+  local name, off, module = M.resolve(pid, addr)
+  if name then
+    local s = name
+    if opts.offset then
+      s = s .. "+" .. hex(off)
+    end
+    if opts.module then
+      s = s .. " [" .. basename(module) .. "]"
+    end
+    return s
+  end
+  if module then
+    return basename(module) .. "+" .. hex(off)
+  end
+  return "[unknown]"
+end
+
+--- Frame names of a stack (a list of addresses, leaf first): kernel
+--- addresses when pid is nil or negative, else user addresses of pid.
+function M.frames(addrs, pid, opts)
+  local out = {}
+  for i, a in ipairs(addrs) do
+    if pid and pid >= 0 then
+      out[i] = M.usym(pid, a, opts)
+    else
+      out[i] = M.ksym(a, opts and opts.offset)
+    end
+  end
+  return out
+end
+
+return M

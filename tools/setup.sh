@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Idempotent machine set-up for building, testing and running denet.
+#
+# Installs the Debian packages denet needs (build, run, tests, benchmarks),
+# mounts tracefs when it is missing, and, when the running kernel ships no
+# headers of its own, points /lib/modules/$(uname -r)/{build,source} at the
+# newest Debian linux-headers-* directories so libbcc can compile BPF C.
+# Safe to run any number of times; does nothing that is already done.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  build-essential cmake pkg-config
+  libbpfcc-dev libluajit-5.1-dev luajit libelf-dev libreadline-dev
+  # run-time Lua modules
+  lua-cjson lua-argparse
+  # tests
+  lua-busted bpftool libclang-rt-14-dev
+  # kernel headers for libbcc (see DEVELOPERS notes in docs/troubleshooting.md)
+  linux-headers-amd64
+  # anchors and benchmark tools
+  bpftrace bpfcc-tools hyperfine stress-ng sysstat linux-perf
+)
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    log "must run as root (packages, tracefs and /lib/modules need it); try: sudo $0"
+    exit 2
+  fi
+}
+
+install_packages() {
+  local missing=()
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    return 0
+  fi
+  log "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+mount_tracefs() {
+  if [ -e /sys/kernel/tracing/events ]; then
+    return 0
+  fi
+  log "mounting tracefs at /sys/kernel/tracing"
+  mount -t tracefs tracefs /sys/kernel/tracing
+}
+
+# libbcc looks for /lib/modules/$(uname -r)/build (and source on split
+# layouts). Debian's packaged headers are for its own kernel; tracepoint
+# programs only need the generic headers, so link the newest ones.
+link_kernel_headers() {
+  local rel mod
+  rel=$(uname -r)
+  mod=/lib/modules/$rel
+  # Headers are usable when build/ has include/ and linux/ sits either there
+  # (one tree) or under source/ (Debian's split -amd64/-common layout).
+  if [ -d "$mod/build/include" ] &&
+     { [ -d "$mod/build/include/linux" ] || [ -d "$mod/source/include/linux" ]; }; then
+    return 0
+  fi
+  local amd64 common
+  amd64=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
+  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$amd64" ] || [ -z "$common" ]; then
+    log "no Debian kernel headers under /usr/src; install linux-headers-amd64"
+    exit 2
+  fi
+  log "linking $mod/build -> $amd64 and $mod/source -> $common"
+  mkdir -p "$mod"
+  ln -sfn "$amd64" "$mod/build"
+  ln -sfn "$common" "$mod/source"
+}
+
+need_root
+install_packages
+mount_tracefs
+link_kernel_headers
