@@ -78,6 +78,23 @@ static int core_open(lua_State *L)
 	return 1;
 }
 
+/* os.exit(code): release probes and buffers while the Lua state is still
+ * valid, then exit without lua_close (LuaJIT's os.exit(code, true) would
+ * free the state under the cleanup handlers). */
+static int os_exit(lua_State *L)
+{
+	int code;
+
+	if (lua_isboolean(L, 1))
+		code = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+	else
+		code = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+	fflush(NULL);
+	dn_cleanup_run();
+	exit(code);
+	return 0;
+}
+
 lua_State *dn_vm_new(void)
 {
 	/* luaL_newstate, not lua_newstate: LuaJIT on x86_64 needs its own
@@ -88,6 +105,10 @@ lua_State *dn_vm_new(void)
 	if (!L)
 		return NULL;
 	luaL_openlibs(L);
+	lua_getglobal(L, "os");
+	lua_pushcfunction(L, os_exit);
+	lua_setfield(L, -2, "exit");
+	lua_pop(L, 1);
 
 	/* stack: package */
 	lua_getglobal(L, "package");

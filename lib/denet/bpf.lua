@@ -444,9 +444,10 @@ function BPF:get_table(name)
   t = setmetatable({ bpf = self, name = name, info = info, fd = info.fd, type = info.type }, Table)
   t.key = ctypes.from_desc(info.key_desc, info.key_size)
   t.leaf = ctypes.from_desc(info.leaf_desc, info.leaf_size)
-  t.key_arr = ffi.typeof("$[1]", t.key.ct)
-  t.key_ptr = ffi.typeof("$*", t.key.ct)
-  t.leaf_ptr = ffi.typeof("$*", t.leaf.ct)
+  t.key_arr = ffi.typeof(t.key.name .. "[1]")
+  t.leaf_arr = ffi.typeof(t.leaf.name .. "[1]")
+  t.key_ptr = ffi.typeof(t.key.name .. " *")
+  t.leaf_ptr = ffi.typeof(t.leaf.name .. " *")
   t.percpu = PERCPU[info.type] or false
   t.is_array = ARRAYS[info.type] or false
   if t.percpu then
@@ -545,7 +546,7 @@ function Table:set(k, v, flags)
       end
     end
   else
-    vb = ffi.new("$[1]", self.leaf.ct)
+    vb = self.leaf_arr()
     vb[0] = (type(v) == "table") and self.leaf.ct(v) or v
   end
   local ok, msg = core.map_update(self.fd, kb, vb, flags or 0)
@@ -730,7 +731,7 @@ end
 -- Wrap a user callback so it receives typed records.
 local function typed_cb(ev, cb)
   if ev then
-    local ptr_t = ffi.typeof("$*", ev.ct)
+    local ptr_t = ffi.typeof(ev.name .. " *")
     return function(p, size)
       cb(ffi.cast(ptr_t, p), size)
     end
@@ -750,7 +751,7 @@ function Table:open_perf_buffer(cb, opts)
   if self.type ~= MAP.PERF_EVENT_ARRAY then
     error(string.format("table %s is not a BPF_PERF_OUTPUT", self.name), 2)
   end
-  local ev = opts.type and { ct = ffi.typeof(opts.type) } or event_type(self)
+  local ev = opts.type and { name = opts.type } or event_type(self)
   local id, msg = core.loop_perfbuf(self.fd, sys.online_cpus(), opts.page_cnt or 64, typed_cb(ev, cb),
     opts.lost_cb)
   if not id then
@@ -767,7 +768,7 @@ function Table:open_ring_buffer(cb, opts)
   if self.type ~= MAP.RINGBUF then
     error(string.format("table %s is not a BPF_RINGBUF_OUTPUT", self.name), 2)
   end
-  local ev = opts.type and { ct = ffi.typeof(opts.type) } or event_type(self)
+  local ev = opts.type and { name = opts.type } or event_type(self)
   local id, msg = core.loop_ringbuf(self.fd, typed_cb(ev, cb))
   if not id then
     errors.raise(msg)

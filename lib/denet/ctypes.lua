@@ -11,6 +11,30 @@ local cjson = require("cjson")
 
 local M = {}
 
+-- The kernel's integer names, as BPF C and libbcc's record fields use them.
+pcall(ffi.cdef, [[
+typedef uint8_t u8; typedef uint16_t u16; typedef uint32_t u32; typedef uint64_t u64;
+typedef int8_t s8; typedef int16_t s16; typedef int32_t s32; typedef int64_t s64;
+typedef uint8_t __u8; typedef uint16_t __u16; typedef uint32_t __u32; typedef uint64_t __u64;
+typedef int8_t __s8; typedef int16_t __s16; typedef int32_t __s32; typedef int64_t __s64;
+]])
+
+-- Every described type gets a typedef name, so arrays and pointers of it
+-- are spelt as plain strings ("__dn_t3[1]", "__dn_t3 *") rather than with
+-- ffi.typeof's "$" parameters, which some embeddings of LuaJIT 2.1 (busted's
+-- runner among them) resolve to the wrong type after the first use.
+local ntypes = 0
+local function name_type(text)
+  ntypes = ntypes + 1
+  local tname = "__dn_t" .. ntypes
+  local ok = pcall(ffi.cdef, "typedef " .. text .. " " .. tname .. ";")
+  if not ok then
+    return nil
+  end
+  return tname
+end
+M.name_type = name_type
+
 -- C names clang prints that the FFI spells differently or lacks.
 local RENAME = {
   ["_Bool"] = "bool",
@@ -96,7 +120,7 @@ local WIDE_INT = {
 }
 
 --- Describe a libbcc type description (JSON text) as
---- { ct = ctype, size = bytes, scalar = "small"|"wide"|"float"|nil,
+--- { ct = ctype, name = typedef name, size = bytes, scalar = "small"|"wide"|"float"|nil,
 ---   fields = { {name, kind}, ... } for structs, decl = C text }.
 --- expected_size, when given, must match ffi.sizeof (a mismatch raises).
 function M.from_desc(json, expected_size)
@@ -108,15 +132,17 @@ function M.from_desc(json, expected_size)
     d = d:gsub('^"(.*)"$', "%1")
   end
   local text = decl(d)
-  local ok2, ct = pcall(ffi.typeof, text)
-  if not ok2 then
+  local tname = name_type(text)
+  if not tname then
     -- a type the FFI cannot express: fall back to opaque bytes
-    ct = ffi.typeof("uint8_t[$]", expected_size or 0)
     text = string.format("uint8_t[%d]", expected_size or 0)
+    tname = name_type(text)
     d = nil
   end
-  local t = { ct = ct, size = ffi.sizeof(ct), decl = text }
-  if expected_size and t.size ~= expected_size then
+  local ct = ffi.typeof(tname)
+  local t = { ct = ct, name = tname, size = ffi.sizeof(ct), decl = text }
+  -- ring buffers describe no key or leaf (size 0)
+  if expected_size and expected_size > 0 and t.size ~= expected_size then
     error(string.format("type %s is %d bytes in LuaJIT but %d in BPF", text, t.size, expected_size), 2)
   end
   if type(d) == "string" then
@@ -167,11 +193,12 @@ function M.from_fields(fields)
   end
   parts[#parts + 1] = "}"
   local text = table.concat(parts)
-  local ok, ct = pcall(ffi.typeof, text)
-  if not ok then
+  local tname = name_type(text)
+  if not tname then
     return nil
   end
-  return { ct = ct, size = ffi.sizeof(ct), decl = text }
+  local ct = ffi.typeof(tname)
+  return { ct = ct, name = tname, size = ffi.sizeof(ct), decl = text }
 end
 
 return M

@@ -1,0 +1,85 @@
+-- Shared by every busted spec (loaded with --helper): where the build and
+-- fixtures are, and how to run denet as a separate process.
+local H = {}
+
+H.bin = os.getenv("DENET_BIN") or "denet"
+H.fixtures = os.getenv("DENET_FIXTURES") or "."
+H.source = os.getenv("DENET_SOURCE") or "."
+
+function H.fixture(name)
+  return H.fixtures .. "/" .. name
+end
+
+local function slurp(path)
+  local f = io.open(path, "rb")
+  if not f then
+    return ""
+  end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+H.slurp = slurp
+
+function H.write(path, text)
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+local tmpdir
+function H.tmpdir()
+  if not tmpdir then
+    local p = io.popen("mktemp -d /tmp/denet-test.XXXXXX")
+    tmpdir = p:read("*l")
+    p:close()
+  end
+  return tmpdir
+end
+
+local n = 0
+function H.tmpfile(suffix)
+  n = n + 1
+  return string.format("%s/f%d%s", H.tmpdir(), n, suffix or "")
+end
+
+function H.quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+-- Run a shell command line; returns exit code, stdout, stderr.
+function H.sh(cmdline)
+  local out, err = H.tmpfile(".out"), H.tmpfile(".err")
+  local ok, how, code = os.execute(string.format("%s >%s 2>%s", cmdline, out, err))
+  -- LuaJIT's os.execute returns the raw wait status unless built with 5.2 compat
+  if type(ok) == "number" then
+    code = ok >= 256 and math.floor(ok / 256) or ok
+  elseif how == "signal" then
+    code = 128 + code
+  end
+  return code, slurp(out), slurp(err)
+end
+
+-- Run denet with the given argument list; returns code, stdout, stderr.
+function H.denet(args, prefix)
+  local q = {}
+  for i, a in ipairs(args) do
+    q[i] = H.quote(a)
+  end
+  return H.sh((prefix or "") .. H.quote(H.bin) .. " " .. table.concat(q, " "))
+end
+
+-- Write a Lua script to a temp file and return its path.
+function H.script(text)
+  return H.write(H.tmpfile(".lua"), text)
+end
+
+-- Syscall number of a syscall by name, from the C library's headers.
+function H.nr(name)
+  local s = slurp("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
+  return tonumber(s:match("#define __NR_" .. name .. "%s+(%d+)"))
+end
+
+_G.H = H
+return H
