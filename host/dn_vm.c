@@ -153,7 +153,7 @@ int dn_vm_pcall(lua_State *L, int nargs, int nresults)
 
 int dn_vm_report(lua_State *L)
 {
-	int code = 1;
+	int code = 1, plain;
 
 	if (lua_type(L, -1) == LUA_TTABLE) {
 		/* stack: err */
@@ -161,10 +161,13 @@ int dn_vm_report(lua_State *L)
 		if (lua_isnumber(L, -1))
 			code = (int)lua_tointeger(L, -1);
 		lua_pop(L, 1);
-		lua_getfield(L, -1, "message");
+		lua_getfield(L, -1, "plain");
+		plain = lua_toboolean(L, -1);
+		lua_getfield(L, -2, "message");
+		/* script errors already start with their file:line */
 		if (lua_isstring(L, -1) && lua_objlen(L, -1) > 0)
-			fprintf(stderr, "denet: %s\n", lua_tostring(L, -1));
-		lua_pop(L, 2);
+			fprintf(stderr, "%s%s\n", plain ? "" : "denet: ", lua_tostring(L, -1));
+		lua_pop(L, 3);
 		return code;
 	}
 	fprintf(stderr, "%s\n", lua_isstring(L, -1) ? lua_tostring(L, -1) : "(error without message)");

@@ -34,6 +34,8 @@ function H.tmpdir()
     local p = io.popen("mktemp -d /tmp/denet-test.XXXXXX")
     tmpdir = p:read("*l")
     p:close()
+    -- tests that drop privileges still read their scripts
+    os.execute("chmod 755 " .. tmpdir)
   end
   return tmpdir
 end

@@ -26,7 +26,7 @@ end
 -- A script-level failure that already names its place (a BPF compile
 -- error with clang's diagnostics): printed as is, exit 1, no traceback.
 function M.script(message)
-  error(setmetatable({ denet_error = true, message = message, code = 1 }, UserError), 0)
+  error(setmetatable({ denet_error = true, message = message, code = 1, plain = true }, UserError), 0)
 end
 
 function M.is_user(e)
