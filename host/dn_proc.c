@@ -8,6 +8,10 @@
  * it be collected while still held makes the child exit without running
  * the command (its go-pipe closes).
  *
+ * A command still running when denet exits (an error, a signal, or a
+ * script that never waited) is sent SIGTERM by the cleanup registry, so no
+ * traced command outlives its tracer unnoticed.
+ *
  * The held child waits on a pipe: one byte means exec, EOF means give up.
  * A second, close-on-exec pipe reports exec's errno, so resume() can tell
  * "not executable" from a command that ran and exited 127.
@@ -40,6 +44,18 @@ struct dn_proc {
 	struct rusage ru;
 	char *path;
 };
+
+static void proc_release(void *obj)
+{
+	struct dn_proc *p = obj;
+
+	if (p->go_fd >= 0) {
+		close(p->go_fd); /* a held child exits without exec */
+		p->go_fd = -1;
+	} else if (!p->reaped && p->pidfd >= 0) {
+		syscall(SYS_pidfd_send_signal, p->pidfd, SIGTERM, NULL, 0);
+	}
+}
 
 /* Find argv0 the way execvp would; 0 and the path, or -errno. */
 static int resolve_cmd(const char *cmd, char *out, size_t outsz)
@@ -239,6 +255,7 @@ static int l_spawn(lua_State *L)
 	p->err_fd = ep[0];
 	p->path = strdup(path);
 	p->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	dn_cleanup_add(p, proc_release);
 	return 1;
 }
 
@@ -387,6 +404,7 @@ static int l_proc_gc(lua_State *L)
 {
 	struct dn_proc *p = check_proc(L);
 
+	dn_cleanup_remove(p);
 	if (p->go_fd >= 0) {
 		/* never resumed: closing the go pipe makes it exit; reap it */
 		close(p->go_fd);

@@ -221,6 +221,7 @@ end
 --- Ctrl-C from the terminal already reached it and is not sent twice); a
 --- third one kills the command and interrupts the script.
 --- opts.timeout: give up after that many seconds and return nil.
+--- A command still running when denet exits is sent SIGTERM.
 function Proc:wait(opts)
   if self:held() then
     error("wait: the process is still held; call :resume() first", 2)
@@ -262,7 +263,11 @@ function Proc:wait(opts)
   if not ok then
     error(err, 0)
   end
-  return self:try_wait()
+  local code2, ru2, sig2 = self:try_wait()
+  if not code2 then
+    return nil -- timed out
+  end
+  return code2, ru2, sig2
 end
 
 function Proc:__tostring()

@@ -1,0 +1,136 @@
+/*
+ * test_host.c - C unit tests of the host: the user symbol resolver on a
+ * fixture binary (names, offsets, shared tables, unmapped addresses,
+ * paths with spaces) and the cleanup registry's order.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dn.h"
+
+static int failures;
+
+#define CHECK(cond, ...)                                                      \
+	do {                                                                  \
+		if (!(cond)) {                                                \
+			failures++;                                           \
+			fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, \
+			        __LINE__, #cond);                             \
+			fprintf(stderr, __VA_ARGS__);                         \
+			fputc('\n', stderr);                                  \
+		}                                                             \
+	} while (0)
+
+/* ELF address of a symbol, read with nm (independent of the resolver) */
+static uint64_t nm_addr(const char *bin, const char *sym)
+{
+	char cmd[1024], line[256];
+	uint64_t a = 0;
+	FILE *p;
+
+	snprintf(cmd, sizeof(cmd), "nm '%s'", bin);
+	p = popen(cmd, "r");
+	if (!p)
+		return 0;
+	while (fgets(line, sizeof(line), p)) {
+		char name[200], type;
+		unsigned long long v;
+
+		if (sscanf(line, "%llx %c %199s", &v, &type, name) == 3 && strcmp(name, sym) == 0)
+			a = v;
+	}
+	pclose(p);
+	return a;
+}
+
+static void test_resolver(const char *fixtures)
+{
+	char bin[512], maps[2048];
+	uint64_t fn, base = 0x555555554000ull;
+	struct dn_sym_maps *m, *m2;
+	struct dn_sym_result r, r2;
+	const char *first_name;
+
+	snprintf(bin, sizeof(bin), "%s/ufunc", fixtures);
+	fn = nm_addr(bin, "dn_target_fn");
+	CHECK(fn != 0, "nm found no dn_target_fn in %s", bin);
+	/* a PIE mapped as the kernel maps it: headers r--p, text r-xp with
+	 * file offset == ELF address for the fixture's text segment */
+	snprintf(maps, sizeof(maps),
+	         "%llx-%llx r--p 00000000 fe:01 4242 %s\n"
+	         "%llx-%llx r-xp 00001000 fe:01 4242 %s\n"
+	         "7f0000000000-7f0000001000 r-xp 00000000 00:00 0 \n"
+	         "7ffff7fc1000-7ffff7fc3000 r-xp 00000000 00:00 0 [vdso]\n",
+	         (unsigned long long)base, (unsigned long long)base + 0x1000, bin,
+	         (unsigned long long)base + 0x1000, (unsigned long long)base + 0x2000, bin);
+	m = dn_sym_maps_parse(maps);
+	CHECK(m != NULL, "parse failed");
+	CHECK(dn_sym_maps_resolve(m, base + fn, &r) == 0, "dn_target_fn not mapped");
+	CHECK(r.name && strcmp(r.name, "dn_target_fn") == 0, "name %s", r.name ? r.name : "(null)");
+	CHECK(r.offset == 0, "offset %llu", (unsigned long long)r.offset);
+	CHECK(r.module && strcmp(r.module, bin) == 0, "module %s", r.module ? r.module : "(null)");
+	first_name = r.name;
+	CHECK(dn_sym_maps_resolve(m, base + fn + 3, &r) == 0 && r.offset == 3 && r.name &&
+	          strcmp(r.name, "dn_target_fn") == 0,
+	      "+3 gave %s+%llu", r.name ? r.name : "(null)", (unsigned long long)r.offset);
+	/* not executable, and anonymous code: no answer */
+	CHECK(dn_sym_maps_resolve(m, base + 0x10, &r) != 0, "r--p mapping resolved");
+	CHECK(dn_sym_maps_resolve(m, 0x7f0000000010ull, &r) != 0, "anonymous mapping resolved");
+	CHECK(dn_sym_maps_resolve(m, 0x10, &r) != 0, "unmapped address resolved");
+
+	/* a second process mapping the same file shares its symbol table */
+	m2 = dn_sym_maps_parse(maps);
+	CHECK(dn_sym_maps_resolve(m2, base + fn, &r2) == 0 && r2.name == first_name,
+	      "symbol table not shared between captures");
+	dn_sym_maps_free(m2);
+	dn_sym_maps_free(m);
+
+	/* paths with spaces survive parsing */
+	m = dn_sym_maps_parse("1000-2000 r-xp 00000000 fe:01 1 /tmp/a dir/with space\n");
+	CHECK(dn_sym_maps_resolve(m, 0x1500, &r) == 0 && strcmp(r.module, "/tmp/a dir/with space") == 0,
+	      "module %s", r.module ? r.module : "(null)");
+	CHECK(r.name == NULL && r.offset == 0x500, "missing file gives module+offset, got %llx",
+	      (unsigned long long)r.offset);
+	dn_sym_maps_free(m);
+}
+
+static char order[8];
+static int norder;
+
+static void rec(void *obj)
+{
+	order[norder++] = *(char *)obj;
+}
+
+static void test_cleanup(void)
+{
+	static char a = 'a', b = 'b', c = 'c';
+
+	dn_cleanup_add(&a, rec);
+	dn_cleanup_add(&b, rec);
+	dn_cleanup_add(&c, rec);
+	dn_cleanup_remove(&b);
+	dn_cleanup_run();
+	dn_cleanup_run(); /* idempotent */
+	CHECK(norder == 2 && order[0] == 'c' && order[1] == 'a', "order %.*s", norder, order);
+}
+
+int main(void)
+{
+	const char *fixtures = getenv("DENET_FIXTURES");
+
+	if (!fixtures) {
+		fprintf(stderr, "DENET_FIXTURES is not set\n");
+		return 2;
+	}
+	test_resolver(fixtures);
+	test_cleanup();
+	if (failures) {
+		fprintf(stderr, "%d check(s) failed\n", failures);
+		return 1;
+	}
+	printf("all checks passed\n");
+	return 0;
+}
