@@ -407,6 +407,29 @@ static int l_usyms_gc(lua_State *L)
 	return 0;
 }
 
+/* core.elf_file_offset(path, vaddr) -> offset | nil, msg: where an ELF
+ * virtual address (as nm prints it) lies in the file, for uprobes by
+ * address. */
+static int l_elf_file_offset(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	uint64_t vaddr = dn_vm_checku64(L, 2);
+	struct elf_tab *t = tab_get(path, 0);
+	size_t i;
+
+	if (!t)
+		return luaL_error(L, "out of memory");
+	if (!t->loaded)
+		tab_load(t);
+	for (i = 0; i < t->nsegs; i++)
+		if (vaddr >= t->segs[i].vaddr && vaddr < t->segs[i].vaddr + t->segs[i].memsz) {
+			lua_pushnumber(L, (lua_Number)(vaddr - t->segs[i].vaddr + t->segs[i].off));
+			return 1;
+		}
+	return dn_vm_fail(L, ENOENT, "address 0x%llx is in no loadable segment of %s", (unsigned long long)vaddr,
+	                  path);
+}
+
 /* core.resolve_symname(binary, symbol, pid) -> path, file_offset | nil, msg
  * For uprobes: binary may be a path or a library name ("c"). */
 static int l_resolve_symname(lua_State *L)
@@ -468,4 +491,6 @@ void dn_sym_open(lua_State *L)
 	lua_setfield(L, -2, "usyms_parse");
 	lua_pushcfunction(L, l_resolve_symname);
 	lua_setfield(L, -2, "resolve_symname");
+	lua_pushcfunction(L, l_elf_file_offset);
+	lua_setfield(L, -2, "elf_file_offset");
 }

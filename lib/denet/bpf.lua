@@ -283,7 +283,7 @@ local function attach_uprobe(self, a, is_ret)
     error("attach_uprobe: needs name= (binary), sym= or addr=, and fn_name=", 3)
   end
   local pid = a.pid or -1
-  local path, off
+  local path, off, msg
   if a.sym then
     path, off = core.resolve_symname(a.name, a.sym, pid)
     if not path then
@@ -291,9 +291,15 @@ local function attach_uprobe(self, a, is_ret)
     end
     off = off + (a.sym_off or 0)
   else
-    path, off = core.resolve_symname(a.name, "", pid) -- module path only
-    path = path or a.name
-    off = a.addr
+    -- addr is an ELF virtual address, as nm and objdump print it
+    path = a.name
+    if not path:find("/") then
+      path = core.which(path) or path
+    end
+    off, msg = core.elf_file_offset(path, a.addr)
+    if not off then
+      errors.raise(msg)
+    end
   end
   local fd = self:load_func(a.fn_name, BPF.KPROBE)
   local ev = string.format("dn_%s_%s_0x%x_%d", is_ret and "r" or "p", sanitize(path):sub(-40), off, pid)
@@ -304,8 +310,9 @@ local function attach_uprobe(self, a, is_ret)
   return add_probe(self, (is_ret and "uretprobe:" or "uprobe:") .. path .. ":" .. tostring(a.sym or a.addr), h)
 end
 
---- attach_uprobe{ name = binary or library, sym = "func" | addr = file
---- offset, fn_name = "fn", pid = only this process (default all) }
+--- attach_uprobe{ name = binary or library, sym = "func" | addr = ELF
+--- address (as nm prints it), fn_name = "fn", pid = only this process
+--- (default all) }
 function BPF:attach_uprobe(a)
   return attach_uprobe(self, a, false)
 end

@@ -35,9 +35,11 @@ local function script_path(name)
     end
     return nil, string.format("cannot open script %s: no such file", name)
   end
-  local builtin = string.format("%s/scripts/%s.lua", core.root, name)
-  if is_file(builtin) then
-    return builtin
+  for _, dir in ipairs({ "scripts", "scripts/examples" }) do
+    local builtin = string.format("%s/%s/%s.lua", core.root, dir, name)
+    if is_file(builtin) then
+      return builtin
+    end
   end
   if is_file(name) then
     return name

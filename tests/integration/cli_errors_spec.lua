@@ -63,6 +63,25 @@ int f(void *ctx) {
     assert.not_matches("stack traceback", err)
   end)
 
+  it("reports a verifier rejection with the verifier log's tail", function()
+    local s = H.script([=[
+local BPF = require("denet.bpf")
+local b = BPF.new{ text = [[
+BPF_HASH(m, u32, u64);
+TRACEPOINT_PROBE(sched, sched_switch) {
+  u32 k = 0;
+  u64 *v = m.lookup(&k);
+  *v += 1;
+  return 0;
+}
+]] }
+]=])
+    local code, _, err = H.denet({ "script", s })
+    assert.equals(1, code)
+    assert.matches("^" .. s:gsub("%p", "%%%0") .. ":2: the kernel refused BPF function tracepoint__sched__sched_switch", err)
+    assert.matches("invalid mem access 'map_value_or_null'", err)
+  end)
+
   it("rejects an unknown command, exit 2", function()
     local code, _, err = H.denet({ "frobnicate" })
     assert.equals(2, code)
@@ -167,6 +186,13 @@ os.exit(128 + (sig or 0))
     assert.equals(1, before)
     assert.equals(143, rc)
     assert.is_true(ms < 1000, "took " .. tostring(ms) .. " ms")
+    assert.equals(0, after)
+  end)
+
+  it("a Lua error after attaching leaves no program loaded", function()
+    local rc, _, before, after = signal_run("0", "denet.sleep(1)\nerror('late failure')\n")
+    assert.equals(1, before)
+    assert.equals(1, rc)
     assert.equals(0, after)
   end)
 

@@ -38,6 +38,19 @@ int on_return(struct pt_regs *ctx) {
     b:close()
   end)
 
+  it("attach by ELF address counts the same", function()
+    local nm = io.popen("nm " .. H.fixture("ufunc") .. " | awk '$3 == \"dn_target_fn\" {print $1}'")
+    local addr = tonumber(nm:read("*l"), 16)
+    nm:close()
+    local p = denet.spawn({ H.fixture("ufunc"), "321" })
+    local b = BPF.new{ text = "BPF_ARRAY(calls, u64, 1);\nint on_entry(void *ctx) { int z = 0; calls.increment(z); return 0; }" }
+    b:attach_uprobe{ name = H.fixture("ufunc"), addr = addr, fn_name = "on_entry", pid = p.pid }
+    p:resume()
+    p:wait()
+    assert.equals(321, tonumber(b:get_table("calls"):get(0)))
+    b:close()
+  end)
+
   it("raises a clear error for a symbol that does not exist", function()
     local b = BPF.new{ text = "int f(void *ctx) { return 0; }" }
     local ok, err = pcall(b.attach_uprobe, b, { name = H.fixture("ufunc"), sym = "no_such_fn", fn_name = "f" })

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Run every benchmark; each writes its table to bench/results/.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+build=$(cd "${1:-$here/../build}" && pwd)
+"$here/startup.sh" "$build"
