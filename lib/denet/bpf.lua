@@ -110,6 +110,7 @@ function BPF.new(opts)
   end
   local ringbufs
   text, ringbufs = BPF._count_ringbuf_losses(text)
+  text = BPF._fix_lines(text, name)
   local cflags = { "-I" .. core.root .. "/bpf-src" }
   for _, f in ipairs(opts.cflags or {}) do
     cflags[#cflags + 1] = f
@@ -180,6 +181,41 @@ function BPF._count_ringbuf_losses(text)
     .. " u64 *c = __denet_rb_lost.lookup(&i); if (c) (*c)++; }", #names)
   text = text:gsub("(BPF_RINGBUF_OUTPUT%s*%b()%s*;)", "%1" .. decl, 1)
   return text, index
+end
+
+-- libbcc inserts the definition of each tracepoint's argument struct just
+-- before its TRACEPOINT_PROBE function, which moves every later line of
+-- clang's diagnostics down. A #line directive right after each probe's
+-- opening brace puts the numbering back, so errors point at the user's
+-- lines. Lines of `text` already carrying #line directives (composed
+-- sources) are followed.
+function BPF._fix_lines(text, name)
+  local out = {}
+  local file, line = name, 0
+  local pending = false -- inside a TRACEPOINT_PROBE header, before its '{'
+  for l in (text .. (text:sub(-1) == "\n" and "" or "\n")):gmatch("([^\n]*)\n") do
+    line = line + 1
+    local ln, fname = l:match('^%s*#%s*line%s+(%d+)%s*"([^"]*)"')
+    if ln then
+      out[#out + 1] = l
+      file, line = fname, tonumber(ln) - 1
+    else
+      if l:find("TRACEPOINT_PROBE%s*%(") then
+        pending = true
+      end
+      local brace = pending and l:find("{", 1, true)
+      if brace then
+        pending = false
+        out[#out + 1] = l:sub(1, brace)
+        out[#out + 1] = string.format('#line %d "%s"', line, file)
+        -- spaces keep clang's column numbers right for the rest of the line
+        out[#out + 1] = string.rep(" ", brace) .. l:sub(brace + 1)
+      else
+        out[#out + 1] = l
+      end
+    end
+  end
+  return table.concat(out, "\n")
 end
 
 -- bcc's naming: functions named by their probe attach by themselves.

@@ -63,6 +63,16 @@ int f(void *ctx) {
     assert.not_matches("stack traceback", err)
   end)
 
+  it("keeps clang's line numbers right inside and after TRACEPOINT_PROBE functions", function()
+    local BPF = require("denet.bpf")
+    local ok, err = pcall(BPF.new, { text = "BPF_HASH(h, u32, u64);\nTRACEPOINT_PROBE(sched, sched_switch) {\n"
+      .. "  u32 k = args->prev_pid\n  return 0;\n}\nTRACEPOINT_PROBE(sched, sched_wakeup)\n{\n  return 0;\n}\n"
+      .. "int f(void *c) { return x; }\n" })
+    assert.is_false(ok)
+    assert.matches("bpf.c:3:25: error: expected ';' at end of declaration", tostring(err))
+    assert.matches("bpf.c:10:25: error: use of undeclared identifier 'x'", tostring(err))
+  end)
+
   it("reports a verifier rejection with the verifier log's tail", function()
     local s = H.script([=[
 local BPF = require("denet.bpf")

@@ -1,0 +1,485 @@
+/*
+ * dn_procfs.c - fast /proc readers for the process monitor.
+ *
+ * A process table (userdata "denet.ptab") keeps, per watched process, open
+ * fds on /proc/PID/stat, /proc/PID/io, /proc/PID/fd and (on demand)
+ * /proc/PID/smaps_rollup. A sample re-reads them with pread at offset 0
+ * (procfs regenerates the text) and fstat (the fd directory's size is the
+ * number of open fds on Linux >= 6.2): three syscalls per process, no
+ * open/close, no path lookups. An fd on /proc/PID/... stays bound to the
+ * process it was opened for, so a PID reused by a new process reads as
+ * gone instead of silently becoming somebody else.
+ *
+ * Results are written into a caller-supplied array of struct dn_psample
+ * (the Lua side views it through the FFI with the same declaration; see
+ * lib/denet/procfs.lua, checked against dn_psample_size()).
+ *
+ * Depends only on libc and procfs.
+ */
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include "dn.h"
+
+#define PTAB_MT "denet.ptab"
+
+/* keep in sync with lib/denet/procfs.lua */
+struct dn_psample {
+	int32_t pid, ppid;
+	int32_t state; /* the stat state letter */
+	int32_t threads;
+	int32_t processor;
+	int32_t fd_count; /* -1 when unreadable */
+	uint32_t flags;
+	int32_t pad_;
+	uint64_t utime, stime, cutime, cstime; /* clock ticks */
+	uint64_t minflt, cminflt, majflt, cmajflt;
+	uint64_t starttime; /* clock ticks after boot */
+	uint64_t vsize;     /* bytes */
+	uint64_t rss_pages;
+	uint64_t rchar, wchar, read_bytes, write_bytes, cancelled_write_bytes;
+	uint64_t pss_kb;
+	uint64_t nvcsw, nivcsw; /* from status, when asked */
+	char comm[16];
+};
+
+enum {
+	DN_PS_GONE = 1,   /* the process no longer exists */
+	DN_PS_IO = 2,     /* io fields are valid */
+	DN_PS_PSS = 4,    /* pss_kb is valid */
+	DN_PS_CTXSW = 8,  /* nvcsw/nivcsw are valid */
+};
+
+/* sample() flags */
+enum { WANT_PSS = 1, WANT_STATUS = 2 };
+
+struct pent {
+	int pid;
+	int stat_fd, io_fd, fd_dir, smaps_fd, status_fd;
+};
+
+struct ptab {
+	struct pent *e;
+	int n, cap;
+};
+
+static void pent_close(struct pent *p)
+{
+	if (p->stat_fd >= 0)
+		close(p->stat_fd);
+	if (p->io_fd >= 0)
+		close(p->io_fd);
+	if (p->fd_dir >= 0)
+		close(p->fd_dir);
+	if (p->smaps_fd >= 0)
+		close(p->smaps_fd);
+	if (p->status_fd >= 0)
+		close(p->status_fd);
+	p->stat_fd = p->io_fd = p->fd_dir = p->smaps_fd = p->status_fd = -1;
+}
+
+static int open_in(int dirfd, const char *name, int flags)
+{
+	return openat(dirfd, name, flags | O_CLOEXEC);
+}
+
+/* Parse /proc/PID/stat text. The comm may hold spaces and parentheses:
+ * it runs from the first '(' to the last ')'. */
+static int parse_stat(const char *buf, struct dn_psample *s)
+{
+	const char *l = strchr(buf, '('), *r = strrchr(buf, ')');
+	unsigned long long v[50];
+	const char *p;
+	int i = 0;
+	size_t len;
+
+	if (!l || !r || r < l)
+		return -1;
+	len = (size_t)(r - l - 1);
+	if (len >= sizeof(s->comm))
+		len = sizeof(s->comm) - 1;
+	memcpy(s->comm, l + 1, len);
+	s->comm[len] = '\0';
+	p = r + 1;
+	while (*p == ' ')
+		p++;
+	s->state = *p;
+	p++;
+	/* fields 4.. (ppid onwards) */
+	while (*p && i < 50) {
+		char *end;
+
+		while (*p == ' ')
+			p++;
+		if (!*p || *p == '\n')
+			break;
+		v[i++] = strtoull(p, &end, 10);
+		if (end == p) {
+			/* negative numbers (priority, nice) */
+			long long sv = strtoll(p, &end, 10);
+
+			v[i - 1] = (unsigned long long)sv;
+			if (end == p)
+				break;
+		}
+		p = end;
+	}
+	if (i < 36)
+		return -1;
+	/* v[k] is field k+4 of proc(5) */
+	s->ppid = (int32_t)v[0];
+	s->minflt = v[6];
+	s->cminflt = v[7];
+	s->majflt = v[8];
+	s->cmajflt = v[9];
+	s->utime = v[10];
+	s->stime = v[11];
+	s->cutime = v[12];
+	s->cstime = v[13];
+	s->threads = (int32_t)v[16];
+	s->starttime = v[18];
+	s->vsize = v[19];
+	s->rss_pages = v[20];
+	s->processor = (int32_t)v[35];
+	return 0;
+}
+
+static unsigned long long field_after(const char *buf, const char *key)
+{
+	const char *p = strstr(buf, key);
+
+	if (!p)
+		return 0;
+	p += strlen(key);
+	while (*p == ' ' || *p == '\t' || *p == ':')
+		p++;
+	return strtoull(p, NULL, 10);
+}
+
+static ssize_t reread(int fd, char *buf, size_t size)
+{
+	ssize_t n = pread(fd, buf, size - 1, 0);
+
+	if (n >= 0)
+		buf[n] = '\0';
+	return n;
+}
+
+/* Read one process into s. 0, or -1 when it has gone. */
+static int pent_sample(struct pent *p, struct dn_psample *s, int want)
+{
+	char buf[4096];
+	ssize_t n;
+	struct stat st;
+
+	memset(s, 0, sizeof(*s));
+	s->pid = p->pid;
+	s->fd_count = -1;
+	n = reread(p->stat_fd, buf, sizeof(buf));
+	if (n <= 0 || parse_stat(buf, s) < 0) {
+		s->flags = DN_PS_GONE;
+		return -1;
+	}
+	if (p->io_fd >= 0 && reread(p->io_fd, buf, sizeof(buf)) > 0) {
+		s->rchar = field_after(buf, "rchar");
+		s->wchar = field_after(buf, "wchar");
+		s->read_bytes = field_after(buf, "read_bytes");
+		s->write_bytes = field_after(buf, "\nwrite_bytes");
+		s->cancelled_write_bytes = field_after(buf, "cancelled_write_bytes");
+		s->flags |= DN_PS_IO;
+	}
+	if (p->fd_dir >= 0 && fstat(p->fd_dir, &st) == 0 && st.st_size > 0) {
+		s->fd_count = (int32_t)st.st_size;
+	} else if (p->fd_dir >= 0) {
+		/* kernels before 6.2 report no size: count the entries */
+		int dup_fd = dup(p->fd_dir);
+		DIR *d = dup_fd >= 0 ? fdopendir(dup_fd) : NULL;
+		struct dirent *de;
+		int c = 0;
+
+		if (d) {
+			rewinddir(d);
+			while ((de = readdir(d)))
+				if (de->d_name[0] != '.')
+					c++;
+			closedir(d);
+			s->fd_count = c;
+		} else if (dup_fd >= 0) {
+			close(dup_fd);
+		}
+	}
+	if ((want & WANT_PSS) && p->smaps_fd >= 0 && reread(p->smaps_fd, buf, sizeof(buf)) > 0) {
+		s->pss_kb = field_after(buf, "\nPss:");
+		s->flags |= DN_PS_PSS;
+	}
+	if ((want & WANT_STATUS) && p->status_fd >= 0 && reread(p->status_fd, buf, sizeof(buf)) > 0) {
+		s->nvcsw = field_after(buf, "\nvoluntary_ctxt_switches");
+		s->nivcsw = field_after(buf, "nonvoluntary_ctxt_switches");
+		s->flags |= DN_PS_CTXSW;
+	}
+	return 0;
+}
+
+/* core.ptab_new() -> table of watched processes */
+static int l_ptab_new(lua_State *L)
+{
+	struct ptab *t = lua_newuserdata(L, sizeof(*t));
+
+	memset(t, 0, sizeof(*t));
+	luaL_getmetatable(L, PTAB_MT);
+	lua_setmetatable(L, -2);
+	return 1;
+}
+
+static struct ptab *check_ptab(lua_State *L)
+{
+	return luaL_checkudata(L, 1, PTAB_MT);
+}
+
+static int find(struct ptab *t, int pid)
+{
+	int i;
+
+	for (i = 0; i < t->n; i++)
+		if (t->e[i].pid == pid)
+			return i;
+	return -1;
+}
+
+/* t:add(pid) -> true | nil, msg, errno. Opens the process's files now:
+ * ENOENT/ESRCH when it does not exist, EACCES when it may not be read. */
+static int l_ptab_add(lua_State *L)
+{
+	struct ptab *t = check_ptab(L);
+	int pid = (int)luaL_checkinteger(L, 2);
+	char path[64];
+	struct pent e;
+	int dir;
+
+	if (find(t, pid) >= 0) {
+		lua_pushboolean(L, 1);
+		return 1;
+	}
+	snprintf(path, sizeof(path), "/proc/%d", pid);
+	dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dir < 0)
+		return dn_vm_fail(L, errno, "no process %d", pid);
+	e.pid = pid;
+	e.stat_fd = open_in(dir, "stat", O_RDONLY);
+	e.io_fd = open_in(dir, "io", O_RDONLY);
+	e.fd_dir = open_in(dir, "fd", O_RDONLY | O_DIRECTORY);
+	e.smaps_fd = open_in(dir, "smaps_rollup", O_RDONLY);
+	e.status_fd = open_in(dir, "status", O_RDONLY);
+	close(dir);
+	if (e.stat_fd < 0) {
+		int err = errno;
+
+		pent_close(&e);
+		return dn_vm_fail(L, err, "cannot read /proc/%d/stat: %s", pid, strerror(err));
+	}
+	if (t->n == t->cap) {
+		int nc = t->cap ? t->cap * 2 : 64;
+		struct pent *ne = realloc(t->e, sizeof(*ne) * (size_t)nc);
+
+		if (!ne) {
+			pent_close(&e);
+			return luaL_error(L, "out of memory");
+		}
+		t->e = ne;
+		t->cap = nc;
+	}
+	t->e[t->n++] = e;
+	lua_pushboolean(L, 1);
+	/* whether io (and fd) were readable: attaching to another user's
+	 * process without privileges leaves them closed */
+	lua_pushboolean(L, e.io_fd >= 0);
+	return 2;
+}
+
+/* t:remove(pid) */
+static int l_ptab_remove(lua_State *L)
+{
+	struct ptab *t = check_ptab(L);
+	int i = find(t, (int)luaL_checkinteger(L, 2));
+
+	if (i >= 0) {
+		pent_close(&t->e[i]);
+		t->e[i] = t->e[--t->n];
+	}
+	return 0;
+}
+
+/* t:count() -> processes watched */
+static int l_ptab_count(lua_State *L)
+{
+	lua_pushinteger(L, check_ptab(L)->n);
+	return 1;
+}
+
+/* t:sample(buf, max, want_pss, want_status) -> n
+ * Fill buf (cdata array of struct dn_psample, at least max entries) with
+ * one entry per watched process, gone ones flagged DN_PS_GONE. */
+static int l_ptab_sample(lua_State *L)
+{
+	struct ptab *t = check_ptab(L);
+	struct dn_psample *buf = (struct dn_psample *)lua_topointer(L, 2);
+	int max = (int)luaL_checkinteger(L, 3);
+	int want = (lua_toboolean(L, 4) ? WANT_PSS : 0) | (lua_toboolean(L, 5) ? WANT_STATUS : 0);
+	int i, n = 0;
+
+	if (lua_type(L, 2) != 10 || !buf)
+		return luaL_argerror(L, 2, "cdata buffer expected");
+	for (i = 0; i < t->n && n < max; i++)
+		pent_sample(&t->e[i], &buf[n++], want);
+	lua_pushinteger(L, n);
+	return 1;
+}
+
+static int l_ptab_gc(lua_State *L)
+{
+	struct ptab *t = check_ptab(L);
+	int i;
+
+	for (i = 0; i < t->n; i++)
+		pent_close(&t->e[i]);
+	free(t->e);
+	t->e = NULL;
+	t->n = t->cap = 0;
+	return 0;
+}
+
+/* core.psample_size() -> sizeof(struct dn_psample), to check the FFI view */
+static int l_psample_size(lua_State *L)
+{
+	lua_pushinteger(L, (lua_Integer)sizeof(struct dn_psample));
+	return 1;
+}
+
+/* core.read_stat(pid) -> ppid, starttime, comm | nil: one-off read of
+ * /proc/PID/stat (discovering processes, checking pid reuse). */
+static int l_read_stat(lua_State *L)
+{
+	char path[64], buf[4096];
+	struct dn_psample s;
+	int fd;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)luaL_checkinteger(L, 1));
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return dn_vm_fail(L, errno, "%s: %s", path, strerror(errno));
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return dn_vm_fail(L, ESRCH, "%s: empty", path);
+	buf[n] = '\0';
+	memset(&s, 0, sizeof(s));
+	if (parse_stat(buf, &s) < 0)
+		return dn_vm_fail(L, EINVAL, "%s: unparsable", path);
+	lua_pushinteger(L, s.ppid);
+	lua_pushnumber(L, (lua_Number)s.starttime);
+	lua_pushstring(L, s.comm);
+	lua_pushinteger(L, s.state);
+	return 4;
+}
+
+/* core.list_pids() -> { pid, ... } of every process now */
+static int l_list_pids(lua_State *L)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *de;
+	int n = 0;
+
+	if (!d)
+		return dn_vm_fail(L, errno, "/proc: %s", strerror(errno));
+	lua_newtable(L);
+	while ((de = readdir(d)))
+		if (isdigit((unsigned char)de->d_name[0])) {
+			lua_pushinteger(L, atoi(de->d_name));
+			lua_rawseti(L, -2, ++n);
+		}
+	closedir(d);
+	return 1;
+}
+
+/* core.clk_tck(), core.page_size() */
+static int l_clk_tck(lua_State *L)
+{
+	lua_pushinteger(L, sysconf(_SC_CLK_TCK));
+	return 1;
+}
+
+static int l_page_size(lua_State *L)
+{
+	lua_pushinteger(L, sysconf(_SC_PAGESIZE));
+	return 1;
+}
+
+/* core.read_file(path [, max]) -> text | nil, msg, errno (procfs/sysfs
+ * files in one read, for callers outside the hot path) */
+static int l_read_file(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	size_t max = (size_t)luaL_optinteger(L, 2, 65536);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	luaL_Buffer b;
+	char buf[4096];
+	ssize_t n;
+	size_t total = 0;
+
+	if (fd < 0)
+		return dn_vm_fail(L, errno, "%s: %s", path, strerror(errno));
+	luaL_buffinit(L, &b);
+	while (total < max && (n = read(fd, buf, sizeof(buf))) > 0) {
+		luaL_addlstring(&b, buf, (size_t)n);
+		total += (size_t)n;
+	}
+	close(fd);
+	luaL_pushresult(&b);
+	return 1;
+}
+
+void dn_procfs_open(lua_State *L)
+{
+	static const luaL_Reg methods[] = {
+		{ "add", l_ptab_add },
+		{ "remove", l_ptab_remove },
+		{ "count", l_ptab_count },
+		{ "sample", l_ptab_sample },
+		{ NULL, NULL },
+	};
+	static const luaL_Reg fns[] = {
+		{ "ptab_new", l_ptab_new },
+		{ "psample_size", l_psample_size },
+		{ "read_stat", l_read_stat },
+		{ "list_pids", l_list_pids },
+		{ "clk_tck", l_clk_tck },
+		{ "page_size", l_page_size },
+		{ "read_file", l_read_file },
+		{ NULL, NULL },
+	};
+	const luaL_Reg *r;
+
+	if (luaL_newmetatable(L, PTAB_MT)) {
+		lua_pushcfunction(L, l_ptab_gc);
+		lua_setfield(L, -2, "__gc");
+		lua_newtable(L);
+		for (r = methods; r->name; r++) {
+			lua_pushcfunction(L, r->func);
+			lua_setfield(L, -2, r->name);
+		}
+		lua_setfield(L, -2, "__index");
+	}
+	lua_pop(L, 1);
+	for (r = fns; r->name; r++) {
+		lua_pushcfunction(L, r->func);
+		lua_setfield(L, -2, r->name);
+	}
+}
