@@ -6,6 +6,7 @@
  *   dn_bcc_*   libbcc modules, program loading, attaching, maps (dn_bcc.c)
  *   dn_loop_*  the event loop: buffers, timers, children, signals (dn_loop.c)
  *   dn_proc_*  held spawn, wait, kill (dn_proc.c)
+ *   dn_procfs_* fast /proc readers for the monitor (dn_procfs.c)
  *   dn_sym_*   kernel and user symbol resolution (dn_sym.c)
  *   dn_sys_*   clocks, privileges and machine probes for `doctor` (dn_sys.c)
  * Each subsystem exposes its Lua functions by adding them to the table on
@@ -69,6 +70,7 @@ void dn_cleanup_run(void);
 void dn_bcc_open(lua_State *L);
 void dn_loop_open(lua_State *L);
 void dn_proc_open(lua_State *L);
+void dn_procfs_open(lua_State *L);
 void dn_sym_open(lua_State *L);
 void dn_sys_open(lua_State *L);
 

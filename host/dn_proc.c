@@ -422,18 +422,30 @@ static int l_proc_gc(lua_State *L)
 	return 0;
 }
 
-/* core.wait_any() -> pid, code  |  nil: reap one exited child that no proc
- * object owns (orphans re-parented to us as subreaper). */
-static int l_reap_any(lua_State *L)
+/* core.reap(pid) -> code, rusage | nil: reap one exited child by pid
+ * (orphans re-parented to us as subreaper), never blocking; -1 reaps any. */
+static int l_reap(lua_State *L)
 {
 	int status;
-	pid_t r = waitpid(-1, &status, WNOHANG);
+	struct rusage ru;
+	pid_t r = wait4((pid_t)luaL_checkinteger(L, 1), &status, WNOHANG, &ru);
 
 	if (r <= 0)
 		return 0;
-	lua_pushinteger(L, r);
 	lua_pushinteger(L, status_code(status));
-	return 2;
+	push_rusage(L, &ru);
+	lua_pushinteger(L, r);
+	return 3;
+}
+
+/* core.children_rusage() -> rusage of every child denet has reaped */
+static int l_children_rusage(lua_State *L)
+{
+	struct rusage ru;
+
+	getrusage(RUSAGE_CHILDREN, &ru);
+	push_rusage(L, &ru);
+	return 1;
 }
 
 /* core.set_subreaper(on) -> true | nil, msg, errno */
@@ -486,8 +498,10 @@ void dn_proc_open(lua_State *L)
 	lua_pop(L, 1);
 	lua_pushcfunction(L, l_spawn);
 	lua_setfield(L, -2, "spawn");
-	lua_pushcfunction(L, l_reap_any);
-	lua_setfield(L, -2, "reap_any");
+	lua_pushcfunction(L, l_reap);
+	lua_setfield(L, -2, "reap");
+	lua_pushcfunction(L, l_children_rusage);
+	lua_setfield(L, -2, "children_rusage");
 	lua_pushcfunction(L, l_set_subreaper);
 	lua_setfield(L, -2, "set_subreaper");
 	lua_pushcfunction(L, l_which);

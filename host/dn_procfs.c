@@ -2,8 +2,9 @@
  * dn_procfs.c - fast /proc readers for the process monitor.
  *
  * A process table (userdata "denet.ptab") keeps, per watched process, open
- * fds on /proc/PID/stat, /proc/PID/io, /proc/PID/fd and (on demand)
- * /proc/PID/smaps_rollup. A sample re-reads them with pread at offset 0
+ * fds on /proc/PID (the directory), /proc/PID/stat, /proc/PID/io and
+ * /proc/PID/fd; smaps_rollup is opened at each (rarer) PSS read, since it
+ * binds to the address space at open and exec replaces that. A sample re-reads them with pread at offset 0
  * (procfs regenerates the text) and fstat (the fd directory's size is the
  * number of open fds on Linux >= 6.2): three syscalls per process, no
  * open/close, no path lookups. An fd on /proc/PID/... stays bound to the
@@ -62,7 +63,7 @@ enum { WANT_PSS = 1, WANT_STATUS = 2 };
 
 struct pent {
 	int pid;
-	int stat_fd, io_fd, fd_dir, smaps_fd, status_fd;
+	int dir_fd, stat_fd, io_fd, fd_dir, status_fd;
 };
 
 struct ptab {
@@ -78,11 +79,11 @@ static void pent_close(struct pent *p)
 		close(p->io_fd);
 	if (p->fd_dir >= 0)
 		close(p->fd_dir);
-	if (p->smaps_fd >= 0)
-		close(p->smaps_fd);
+	if (p->dir_fd >= 0)
+		close(p->dir_fd);
 	if (p->status_fd >= 0)
 		close(p->status_fd);
-	p->stat_fd = p->io_fd = p->fd_dir = p->smaps_fd = p->status_fd = -1;
+	p->stat_fd = p->io_fd = p->fd_dir = p->dir_fd = p->status_fd = -1;
 }
 
 static int open_in(int dirfd, const char *name, int flags)
@@ -215,9 +216,16 @@ static int pent_sample(struct pent *p, struct dn_psample *s, int want)
 			close(dup_fd);
 		}
 	}
-	if ((want & WANT_PSS) && p->smaps_fd >= 0 && reread(p->smaps_fd, buf, sizeof(buf)) > 0) {
-		s->pss_kb = field_after(buf, "\nPss:");
-		s->flags |= DN_PS_PSS;
+	if (want & WANT_PSS) {
+		int fd = open_in(p->dir_fd, "smaps_rollup", O_RDONLY);
+
+		if (fd >= 0) {
+			if (reread(fd, buf, sizeof(buf)) > 0) {
+				s->pss_kb = field_after(buf, "\nPss:");
+				s->flags |= DN_PS_PSS;
+			}
+			close(fd);
+		}
 	}
 	if ((want & WANT_STATUS) && p->status_fd >= 0 && reread(p->status_fd, buf, sizeof(buf)) > 0) {
 		s->nvcsw = field_after(buf, "\nvoluntary_ctxt_switches");
@@ -261,7 +269,7 @@ static int l_ptab_add(lua_State *L)
 	int pid = (int)luaL_checkinteger(L, 2);
 	char path[64];
 	struct pent e;
-	int dir;
+	int dir, stat_err;
 
 	if (find(t, pid) >= 0) {
 		lua_pushboolean(L, 1);
@@ -273,16 +281,14 @@ static int l_ptab_add(lua_State *L)
 		return dn_vm_fail(L, errno, "no process %d", pid);
 	e.pid = pid;
 	e.stat_fd = open_in(dir, "stat", O_RDONLY);
+	stat_err = errno;
 	e.io_fd = open_in(dir, "io", O_RDONLY);
 	e.fd_dir = open_in(dir, "fd", O_RDONLY | O_DIRECTORY);
-	e.smaps_fd = open_in(dir, "smaps_rollup", O_RDONLY);
 	e.status_fd = open_in(dir, "status", O_RDONLY);
-	close(dir);
+	e.dir_fd = dir; /* bound to this process: a reused pid reads as gone */
 	if (e.stat_fd < 0) {
-		int err = errno;
-
 		pent_close(&e);
-		return dn_vm_fail(L, err, "cannot read /proc/%d/stat: %s", pid, strerror(err));
+		return dn_vm_fail(L, stat_err, "cannot read /proc/%d/stat: %s", pid, strerror(stat_err));
 	}
 	if (t->n == t->cap) {
 		int nc = t->cap ? t->cap * 2 : 64;
@@ -309,9 +315,13 @@ static int l_ptab_remove(lua_State *L)
 	struct ptab *t = check_ptab(L);
 	int i = find(t, (int)luaL_checkinteger(L, 2));
 
+	/* keep insertion order: parents were added before their children, and
+	 * sampling ancestors first means a child reaped while we read is never
+	 * counted twice (in itself and in its parent's reaped-children times) */
 	if (i >= 0) {
 		pent_close(&t->e[i]);
-		t->e[i] = t->e[--t->n];
+		memmove(&t->e[i], &t->e[i + 1], sizeof(*t->e) * (size_t)(t->n - i - 1));
+		t->n--;
 	}
 	return 0;
 }
@@ -324,7 +334,7 @@ static int l_ptab_count(lua_State *L)
 }
 
 /* t:sample(buf, max, want_pss, want_status) -> n
- * Fill buf (cdata array of struct dn_psample, at least max entries) with
+ * In the order processes were added. Fill buf (cdata array of struct dn_psample, at least max entries) with
  * one entry per watched process, gone ones flagged DN_PS_GONE. */
 static int l_ptab_sample(lua_State *L)
 {
@@ -409,6 +419,39 @@ static int l_list_pids(lua_State *L)
 	return 1;
 }
 
+/* core.list_dir(path) -> { name, ... } without . and .. | nil, msg, errno */
+static int l_list_dir(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	DIR *d = opendir(path);
+	struct dirent *de;
+	int n = 0;
+
+	if (!d)
+		return dn_vm_fail(L, errno, "%s: %s", path, strerror(errno));
+	lua_newtable(L);
+	while ((de = readdir(d)))
+		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
+			lua_pushstring(L, de->d_name);
+			lua_rawseti(L, -2, ++n);
+		}
+	closedir(d);
+	return 1;
+}
+
+/* core.readlink(path) -> target | nil, msg, errno */
+static int l_readlink(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	char buf[4096];
+	ssize_t n = readlink(path, buf, sizeof(buf) - 1);
+
+	if (n < 0)
+		return dn_vm_fail(L, errno, "%s: %s", path, strerror(errno));
+	lua_pushlstring(L, buf, (size_t)n);
+	return 1;
+}
+
 /* core.clk_tck(), core.page_size() */
 static int l_clk_tck(lua_State *L)
 {
@@ -463,6 +506,8 @@ void dn_procfs_open(lua_State *L)
 		{ "clk_tck", l_clk_tck },
 		{ "page_size", l_page_size },
 		{ "read_file", l_read_file },
+		{ "list_dir", l_list_dir },
+		{ "readlink", l_readlink },
 		{ NULL, NULL },
 	};
 	const luaL_Reg *r;

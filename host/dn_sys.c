@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <linux/capability.h>
@@ -51,6 +52,26 @@ static int l_monotonic_ns(lua_State *L)
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	lua_pushnumber(L, (double)t.tv_sec * 1e9 + (double)t.tv_nsec);
 	return 1;
+}
+
+/* core.boottime() -> seconds since boot (CLOCK_BOOTTIME), the clock of
+ * /proc/PID/stat's starttime */
+static int l_boottime(lua_State *L)
+{
+	lua_pushnumber(L, clock_s(CLOCK_BOOTTIME));
+	return 1;
+}
+
+/* core.cputime() -> user, system seconds used by denet itself */
+static int l_cputime(lua_State *L)
+{
+	struct rusage ru;
+
+	getrusage(RUSAGE_SELF, &ru);
+	lua_pushnumber(L, (lua_Number)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6);
+	lua_pushnumber(L, (lua_Number)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6);
+	lua_pushnumber(L, (lua_Number)ru.ru_maxrss);
+	return 3;
 }
 
 /* core.uname() -> { sysname, nodename, release, version, machine } */
@@ -146,6 +167,8 @@ void dn_sys_open(lua_State *L)
 		{ "monotonic", l_monotonic },
 		{ "monotonic_ns", l_monotonic_ns },
 		{ "realtime", l_realtime },
+		{ "boottime", l_boottime },
+		{ "cputime", l_cputime },
 		{ "uname", l_uname },
 		{ "ids", l_ids },
 		{ "caps", l_caps },

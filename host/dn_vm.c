@@ -69,6 +69,7 @@ static int core_open(lua_State *L)
 	dn_bcc_open(L);
 	dn_loop_open(L);
 	dn_proc_open(L);
+	dn_procfs_open(L);
 	dn_sym_open(L);
 	dn_sys_open(L);
 	lua_pushstring(L, dn_vm_root());

@@ -142,6 +142,27 @@ function BPF.new(opts)
   return self
 end
 
+--- Join BPF C sources into one program text: each part is a file name in
+--- bpf-src/ ("tree.c") or { name = ..., text = ... }. A #line directive
+--- before each part keeps clang's diagnostics in the part's own lines.
+--- TRACEPOINT_PROBE functions must be in the program's main text for
+--- libbcc to type their arguments, so shared probes are composed, not
+--- #included.
+function BPF.compose(parts)
+  local out = {}
+  for _, part in ipairs(parts) do
+    local name, text = part, nil
+    if type(part) == "table" then
+      name, text = part.name or "bpf.c", part.text
+    else
+      text = read_file(core.root .. "/bpf-src/" .. part)
+    end
+    out[#out + 1] = string.format('#line 1 "%s"', name)
+    out[#out + 1] = text
+  end
+  return table.concat(out, "\n")
+end
+
 -- Ring buffers cannot tell user space what they dropped: a full buffer
 -- makes ringbuf_output/ringbuf_reserve fail in the program. Rewrite those
 -- calls so each failure also bumps a per-CPU counter per ring buffer

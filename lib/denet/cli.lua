@@ -10,6 +10,10 @@ local USAGE = [[
 usage: denet <command> [args]
 
 commands:
+  [options] run [options] -- CMD [ARGS...]
+                               monitor a command and all its descendants (see denet run --help)
+  [options] attach PID         monitor a running process and its descendants
+  stats FILE [--json]          recompute the summary of a JSONL file
   script NAME|FILE [args...]   run a built-in script or a Lua file; `arg` holds its arguments
   doctor                       check whether BPF can work here, and how to fix what is missing
   version                      print versions of denet, LuaJIT and libbcc
@@ -110,6 +114,11 @@ local COMMANDS = {
   end,
   busted = busted,
 }
+
+-- the monitor's front doors; its options may also come first
+local function monitor(args)
+  return M.run_script(core.root .. "/scripts/monitor.lua", args)
+end
 COMMANDS["-h"] = COMMANDS.help
 COMMANDS["--help"] = COMMANDS.help
 
@@ -118,11 +127,15 @@ function M.main(argv)
   for i = 1, #argv do
     args[i] = argv[i]
   end
-  local cmd = table.remove(args, 1)
+  local cmd = args[1]
   if not cmd then
     io.stderr:write(USAGE)
     return 2
   end
+  if cmd == "run" or cmd == "attach" or cmd == "stats" or (cmd:sub(1, 1) == "-" and not COMMANDS[cmd]) then
+    return monitor(args)
+  end
+  table.remove(args, 1)
   local f = COMMANDS[cmd]
   if not f then
     errors.raise(string.format("unknown command '%s' (try: denet help)", cmd))

@@ -1,0 +1,40 @@
+/*
+ * denet.h - types shared by denet's BPF programs and their Lua readers
+ * (lib/denet/tree.lua declares the same layouts for the FFI).
+ *
+ * Only tracepoint arguments and helpers are used: no kernel struct layout
+ * from headers, which may not match the running kernel.
+ */
+#ifndef DENET_BPF_H
+#define DENET_BPF_H
+
+#define DN_CLONE_THREAD 0x00010000ULL
+
+/* sched_switch's prev_state: the task state bits; a preempted task
+ * reports TASK_REPORT_MAX (0x100), which has none of them set */
+#define DN_TASK_STATE_MASK 0xffULL
+
+/* One tracked process (thread group), keyed by tgid. */
+struct dn_task {
+	u32 ppid;      /* the process that forked it (0: a root) */
+	u32 flags;
+	u64 nvcsw;     /* voluntary context switches of all its threads */
+	u64 nivcsw;    /* involuntary ones (preempted while runnable) */
+};
+
+enum dn_tree_kind { DN_EV_FORK = 1, DN_EV_EXEC = 2, DN_EV_EXIT = 3 };
+
+/* fork/exec/exit of a tracked process, for user space */
+struct dn_tree_event {
+	u32 kind;
+	u32 pid;
+	u32 ppid;
+	u32 pad;
+	u64 ts_ns;     /* bpf_ktime_get_ns() */
+	u64 nvcsw;     /* at exit: final context switch counts */
+	u64 nivcsw;
+	char comm[16];
+	char filename[128]; /* at exec */
+};
+
+#endif

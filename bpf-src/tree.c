@@ -1,0 +1,109 @@
+/*
+ * tree.c - the tracked process tree, shared by every denet feature.
+ *
+ * dn_tracked holds the tgids being watched. User space seeds it with the
+ * root(s); new processes forked by a tracked one are added here, in the
+ * kernel, before the child first runs (task_newtask fires in
+ * copy_process), so not one event of a short-lived child is missed.
+ * Threads (CLONE_THREAD) are not processes and are not added. Fork, exec
+ * and exit are reported to user space through dn_tree_events; these are
+ * rare events, so they are sent one by one.
+ *
+ * Other features filter with dn_is_tracked(tgid).
+ */
+#include "denet.h"
+
+#ifndef DN_MAX_TRACKED
+#define DN_MAX_TRACKED 65536
+#endif
+#ifndef DN_TREE_PAGES
+#define DN_TREE_PAGES 64
+#endif
+
+BPF_HASH(dn_tracked, u32, struct dn_task, DN_MAX_TRACKED);
+BPF_RINGBUF_OUTPUT(dn_tree_events, DN_TREE_PAGES);
+
+static __always_inline struct dn_task *dn_is_tracked(u32 tgid)
+{
+	return dn_tracked.lookup(&tgid);
+}
+
+TRACEPOINT_PROBE(task, task_newtask)
+{
+	if (args->clone_flags & DN_CLONE_THREAD)
+		return 0;
+	u32 parent = bpf_get_current_pid_tgid() >> 32;
+	if (!dn_is_tracked(parent))
+		return 0;
+	u32 child = args->pid;
+	struct dn_task t = {};
+	t.ppid = parent;
+	dn_tracked.update(&child, &t);
+	struct dn_tree_event *e = dn_tree_events.ringbuf_reserve(sizeof(struct dn_tree_event));
+	if (!e)
+		return 0;
+	e->kind = DN_EV_FORK;
+	e->pid = child;
+	e->ppid = parent;
+	e->pad = 0;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->nvcsw = 0;
+	e->nivcsw = 0;
+	bpf_probe_read_kernel(e->comm, sizeof(e->comm), args->comm);
+	e->filename[0] = 0;
+	dn_tree_events.ringbuf_submit(e, 0);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct dn_task *t = dn_is_tracked(tgid);
+	if (!t)
+		return 0;
+	struct dn_tree_event *e = dn_tree_events.ringbuf_reserve(sizeof(struct dn_tree_event));
+	if (!e)
+		return 0;
+	e->kind = DN_EV_EXEC;
+	e->pid = tgid;
+	e->ppid = t->ppid;
+	e->pad = 0;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->nvcsw = 0;
+	e->nivcsw = 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	TP_DATA_LOC_READ_STR(e->filename, filename, sizeof(e->filename));
+	dn_tree_events.ringbuf_submit(e, 0);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32;
+#ifdef DN_HAVE_GROUP_DEAD
+	if (!args->group_dead)
+		return 0; /* a thread, not the last one of its process */
+#else
+	if ((u32)id != tgid)
+		return 0;
+#endif
+	struct dn_task *t = dn_is_tracked(tgid);
+	if (!t)
+		return 0;
+	struct dn_tree_event *e = dn_tree_events.ringbuf_reserve(sizeof(struct dn_tree_event));
+	if (e) {
+		e->kind = DN_EV_EXIT;
+		e->pid = tgid;
+		e->ppid = t->ppid;
+		e->pad = 0;
+		e->ts_ns = bpf_ktime_get_ns();
+		e->nvcsw = t->nvcsw;
+		e->nivcsw = t->nivcsw;
+		bpf_probe_read_kernel(e->comm, sizeof(e->comm), args->comm);
+		e->filename[0] = 0;
+		dn_tree_events.ringbuf_submit(e, 0);
+	}
+	dn_tracked.delete(&tgid);
+	return 0;
+}

@@ -1,0 +1,131 @@
+-- denet.procfs: /proc readers for the monitor, as typed data.
+--
+-- The C side (host/dn_procfs.c) keeps /proc/PID files open per watched
+-- process and fills an array of struct dn_psample per sample; this module
+-- declares the same struct for the FFI and checks the sizes agree.
+local ffi = require("ffi")
+local core = require("denet.core")
+
+local M = {}
+
+ffi.cdef([[
+struct dn_psample {
+  int32_t pid, ppid;
+  int32_t state;
+  int32_t threads;
+  int32_t processor;
+  int32_t fd_count;
+  uint32_t flags;
+  int32_t pad_;
+  uint64_t utime, stime, cutime, cstime;
+  uint64_t minflt, cminflt, majflt, cmajflt;
+  uint64_t starttime;
+  uint64_t vsize;
+  uint64_t rss_pages;
+  uint64_t rchar, wchar, read_bytes, write_bytes, cancelled_write_bytes;
+  uint64_t pss_kb;
+  uint64_t nvcsw, nivcsw;
+  char comm[16];
+};
+]])
+
+assert(ffi.sizeof("struct dn_psample") == core.psample_size(),
+  "struct dn_psample differs between lib/denet/procfs.lua and host/dn_procfs.c")
+
+M.GONE, M.IO, M.PSS, M.CTXSW = 1, 2, 4, 8
+M.CLK_TCK = core.clk_tck()
+M.PAGE_KB = core.page_size() / 1024
+
+local sample_arr = ffi.typeof("struct dn_psample[?]")
+
+local Table = {}
+Table.__index = Table
+
+--- A table of watched processes.
+function M.new()
+  return setmetatable({ t = core.ptab_new(), cap = 0, buf = nil }, Table)
+end
+
+--- Watch pid: true, io_readable | nil, message, errno.
+function Table:add(pid)
+  return self.t:add(pid)
+end
+
+function Table:remove(pid)
+  self.t:remove(pid)
+end
+
+function Table:count()
+  return self.t:count()
+end
+
+--- Read every watched process. Returns the sample array (0-based) and its
+--- length; entries of processes that have gone carry flags GONE.
+function Table:sample(want_pss, want_status)
+  local n = self.t:count()
+  if n > self.cap then
+    self.cap = math.max(64, n * 2)
+    self.buf = sample_arr(self.cap)
+  end
+  if n == 0 then
+    return self.buf, 0
+  end
+  return self.buf, self.t:sample(self.buf, self.cap, want_pss or false, want_status or false)
+end
+
+--- The command line of pid as a list, or nil (kernel threads, gone).
+function M.cmdline(pid)
+  local s = core.read_file("/proc/" .. pid .. "/cmdline", 65536)
+  if not s or s == "" then
+    return nil
+  end
+  local out = {}
+  for a in s:gmatch("([^%z]*)%z") do
+    out[#out + 1] = a
+  end
+  return out
+end
+
+--- The executable of pid (readlink of /proc/PID/exe), or nil.
+function M.exe(pid)
+  return (core.readlink("/proc/" .. tonumber(pid) .. "/exe"))
+end
+
+--- Children of pid right now, from /proc/PID/task/*/children (used when
+--- BPF is not available to report forks).
+function M.children(pid)
+  local out = {}
+  for _, tid in ipairs(core.list_dir("/proc/" .. tonumber(pid) .. "/task") or {}) do
+    local s = core.read_file(string.format("/proc/%d/task/%s/children", pid, tid))
+    if s then
+      for c in s:gmatch("%d+") do
+        out[#out + 1] = tonumber(c)
+      end
+    end
+  end
+  return out
+end
+
+--- Every process descending from root now (not root itself), by walking
+--- the ppid links of all processes once.
+function M.descendants(root)
+  local kids = {}
+  for _, pid in ipairs(core.list_pids()) do
+    local ppid = core.read_stat(pid)
+    if ppid then
+      kids[ppid] = kids[ppid] or {}
+      table.insert(kids[ppid], pid)
+    end
+  end
+  local out, queue = {}, { root }
+  while #queue > 0 do
+    local p = table.remove(queue)
+    for _, c in ipairs(kids[p] or {}) do
+      out[#out + 1] = c
+      queue[#queue + 1] = c
+    end
+  end
+  return out
+end
+
+return M

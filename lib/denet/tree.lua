@@ -1,0 +1,203 @@
+-- denet.tree: who is being watched. One model of the target process tree,
+-- shared by every feature, so the monitor, off-CPU analysis and syscall
+-- tracking always agree.
+--
+-- With BPF (the normal case) the set lives in the kernel map dn_tracked
+-- (bpf-src/tree.c): forks of tracked processes are added before the child
+-- first runs, exits remove them, and fork/exec/exit reach user space as
+-- ring buffer events. Features compose their own BPF C with tree.c into
+-- one program (opts.parts) and filter with dn_is_tracked(tgid).
+--
+-- Without BPF privileges the tree is found by polling /proc (children of
+-- each tracked process at every refresh); processes that live shorter than
+-- one refresh are then not seen (their CPU time still reaches their parent
+-- through the kernel's accounting of reaped children).
+local ffi = require("ffi")
+local core = require("denet.core")
+local procfs = require("denet.procfs")
+local sys = require("denet.sys")
+
+local M = {}
+
+ffi.cdef([[
+struct dn_tree_event {
+  uint32_t kind, pid, ppid, pad;
+  uint64_t ts_ns, nvcsw, nivcsw;
+  char comm[16];
+  char filename[128];
+};
+]])
+
+M.FORK, M.EXEC, M.EXIT = 1, 2, 3
+local KIND_NAME = { "fork", "exec", "exit" }
+
+local Tree = {}
+Tree.__index = Tree
+
+-- Can this process use BPF? (checked without raising)
+local function bpf_usable()
+  local ok = sys.privileges()
+  return ok and sys.kernel_headers() ~= nil and sys.tracefs() ~= nil
+end
+M.bpf_usable = bpf_usable
+
+--- Create the tree model.
+--- opts.bpf: true (required), false (never), nil (when usable);
+--- opts.parts: more bpf-src files or {name=, text=} to compile with tree.c;
+--- opts.cflags; opts.follow (default true): add forked children;
+--- opts.on_event(ev): ev = { kind = "fork"|"exec"|"exit", pid, ppid,
+---   comm, filename, ts_ns, nvcsw, nivcsw }.
+--- tree.mode is "bpf" or "proc".
+function M.new(opts)
+  opts = opts or {}
+  local self = setmetatable({
+    on_event = opts.on_event,
+    follow = opts.follow ~= false,
+    live = {},   -- pid -> { ppid = }
+    roots = {},
+    forks = 0,
+    exits = 0,
+  }, Tree)
+  local want = opts.bpf
+  if want == nil then
+    want = bpf_usable()
+  end
+  if want then
+    local BPF = require("denet.bpf")
+    local parts = { "tree.c" }
+    for _, p in ipairs(opts.parts or {}) do
+      parts[#parts + 1] = p
+    end
+    local cflags = {}
+    for _, f in ipairs(opts.cflags or {}) do
+      cflags[#cflags + 1] = f
+    end
+    if sys.exists(sys.tracefs() .. "/events/sched/sched_process_exit/format") then
+      local fmt = core.read_file(sys.tracefs() .. "/events/sched/sched_process_exit/format") or ""
+      if fmt:find("group_dead") then
+        cflags[#cflags + 1] = "-DDN_HAVE_GROUP_DEAD"
+      end
+    end
+    self.bpf = BPF.new{ text = BPF.compose(parts), cflags = cflags, name = "tree" }
+    self.tracked = self.bpf:get_table("dn_tracked")
+    self.events = self.bpf:get_table("dn_tree_events"):open_ring_buffer(function(e)
+      self:_event(e)
+    end, { type = "struct dn_tree_event" })
+    self.mode = "bpf"
+  else
+    self.mode = "proc"
+  end
+  return self
+end
+
+function Tree:_event(e)
+  local kind = tonumber(e.kind)
+  local pid, ppid = tonumber(e.pid), tonumber(e.ppid)
+  if kind == M.FORK then
+    if not self.follow then
+      -- the kernel already added it; keep the set to the roots
+      self.tracked:delete(pid)
+      return
+    end
+    self.live[pid] = { ppid = ppid }
+    self.forks = self.forks + 1
+  elseif kind == M.EXIT then
+    self.live[pid] = nil
+    self.exits = self.exits + 1
+  end
+  if self.on_event then
+    self.on_event({
+      kind = KIND_NAME[kind],
+      pid = pid,
+      ppid = ppid,
+      comm = ffi.string(e.comm),
+      filename = kind == M.EXEC and ffi.string(e.filename) or nil,
+      ts_ns = tonumber(e.ts_ns),
+      nvcsw = tonumber(e.nvcsw),
+      nivcsw = tonumber(e.nivcsw),
+    })
+  end
+end
+
+--- Start watching pid (and, with opts.descendants, the processes that
+--- already descend from it). In BPF mode it enters dn_tracked at once, so
+--- a held child tracked before resume is followed from its first fork.
+function Tree:add(pid, ppid, opts)
+  self.live[pid] = { ppid = ppid or 0 }
+  if self.tracked then
+    self.tracked:set(pid, { ppid = ppid or 0 })
+  end
+  if opts and opts.root then
+    self.roots[pid] = true
+  end
+  if opts and opts.descendants and self.follow then
+    for _, c in ipairs(procfs.descendants(pid)) do
+      local cppid = core.read_stat(c)
+      if cppid and not self.live[c] then
+        self:add(c, cppid)
+      end
+    end
+  end
+end
+
+--- Stop watching pid (it has gone).
+function Tree:remove(pid)
+  self.live[pid] = nil
+  if self.tracked then
+    self.tracked:delete(pid)
+  end
+end
+
+--- Without BPF: look for children of the tracked processes; calls
+--- on_event({kind="fork"}) for each new one. With BPF: nothing to do
+--- (events arrive through the loop).
+function Tree:refresh()
+  if self.mode ~= "proc" or not self.follow then
+    return
+  end
+  local new = {}
+  for pid in pairs(self.live) do
+    for _, c in ipairs(procfs.children(pid)) do
+      if not self.live[c] then
+        new[#new + 1] = { pid = c, ppid = pid }
+      end
+    end
+  end
+  for _, n in ipairs(new) do
+    if not self.live[n.pid] then
+      self.live[n.pid] = { ppid = n.ppid }
+      self.forks = self.forks + 1
+      if self.on_event then
+        local _, _, comm = core.read_stat(n.pid)
+        self.on_event({ kind = "fork", pid = n.pid, ppid = n.ppid, comm = comm or "?" })
+      end
+    end
+  end
+end
+
+--- Context switch counters of live tracked processes (BPF mode):
+--- pid -> { nvcsw, nivcsw }; nil without BPF.
+function Tree:ctx_switches()
+  if not self.tracked then
+    return nil
+  end
+  local out = {}
+  for k, v in self.tracked:items() do
+    out[k] = { tonumber(v.nvcsw), tonumber(v.nivcsw) }
+  end
+  return out
+end
+
+--- Records of the tree's event buffer that were dropped (buffer full).
+function Tree:lost()
+  return self.events and self.events:lost() or 0
+end
+
+function Tree:close()
+  if self.bpf then
+    self.bpf:close()
+    self.bpf = nil
+  end
+end
+
+return M

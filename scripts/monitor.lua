@@ -1,0 +1,460 @@
+-- monitor: CPU, memory, I/O and threads of a command or a running process
+-- and all its descendants, streamed as JSONL (the original denet's
+-- format) with a live status line and a summary.
+--
+--   denet [options] run [options] -- CMD [ARGS...]
+--   denet [options] attach [options] PID
+--   denet stats FILE [--json]
+--
+-- `denet run`, `denet attach` and `denet stats` run this script. The work
+-- is done by lib/denet/monitor.lua; this file is the command line, the
+-- output streams and the display.
+local denet = require("denet")
+local core = require("denet.core")
+local errors = require("denet.errors")
+local monitor = require("denet.monitor")
+local cjson = require("cjson")
+
+cjson.encode_number_precision(14)
+cjson.encode_sparse_array(true)
+
+local USAGE = [[
+usage: denet [options] run [options] -- CMD [ARGS...]
+       denet [options] attach [options] PID
+       denet stats FILE [--json]
+
+options:
+  -i, --interval MS         base sampling interval (default 100)
+  -m, --max-interval MS     adaptive upper bound (default 1000): the base interval for the
+                            first second, then a linear ramp to this by 10 s
+  -d, --duration S          stop after S seconds (run: SIGTERM the command, SIGKILL after 2 s)
+  -o, --out FILE            write JSONL to FILE
+  -j, --json                write JSONL to stdout (the command's stdout goes to stderr)
+  -q, --quiet               no live display and no summary table
+  -n, --no-update           one line per sample instead of an updating status line
+      --exclude-children    the root process only (`sample` records instead of `tree`)
+      --since-process-start I/O counted from each process's start, not from when monitoring began
+      --write-env           an `env` record first (host, kernel, CPU model and cores)
+      --stats FILE          also write the summary record to FILE
+      --no-bpf              do not use BPF (poll /proc only; short-lived children are not seen)
+      --enable-ebpf         accepted for compatibility (BPF is used whenever it can be)
+  -h, --help                this text
+]]
+
+local function fail(msg)
+  errors.raise(msg .. " (see denet run --help)")
+end
+
+-- option name -> { key, takes_value }
+local OPTIONS = {
+  ["-i"] = { "interval", true }, ["--interval"] = { "interval", true },
+  ["-m"] = { "max_interval", true }, ["--max-interval"] = { "max_interval", true },
+  ["-d"] = { "duration", true }, ["--duration"] = { "duration", true },
+  ["-o"] = { "out", true }, ["--out"] = { "out", true },
+  ["-j"] = { "json" }, ["--json"] = { "json" },
+  ["-q"] = { "quiet" }, ["--quiet"] = { "quiet" },
+  ["-n"] = { "no_update" }, ["--no-update"] = { "no_update" },
+  ["--exclude-children"] = { "exclude_children" },
+  ["--since-process-start"] = { "since_process_start" },
+  ["--write-env"] = { "write_env" },
+  ["--stats"] = { "stats", true },
+  ["--no-bpf"] = { "no_bpf" },
+  ["--enable-ebpf"] = { "enable_ebpf" },
+  ["-h"] = { "help" }, ["--help"] = { "help" },
+}
+
+--- Parse the command line: options may come before and after the
+--- subcommand; `run` takes the first non-option (or what follows `--`)
+--- as the command.
+local function parse(args)
+  local o = { cmd = {} }
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    if a == "--" then
+      if o.sub ~= "run" then
+        fail("'--' comes after 'run'")
+      end
+      for j = i + 1, #args do
+        o.cmd[#o.cmd + 1] = args[j]
+      end
+      break
+    elseif a:sub(1, 1) == "-" and #a > 1 then
+      local name, inline = a:match("^(%-%-[^=]+)=(.*)$")
+      name = name or a
+      local spec = OPTIONS[name]
+      if not spec then
+        fail(string.format("unknown option '%s'", a))
+      end
+      if spec[2] then
+        local v = inline
+        if not v then
+          i = i + 1
+          v = args[i]
+        end
+        if v == nil then
+          fail(string.format("option %s needs a value", name))
+        end
+        o[spec[1]] = v
+      else
+        o[spec[1]] = true
+      end
+    elseif not o.sub then
+      if a ~= "run" and a ~= "attach" and a ~= "stats" then
+        fail(string.format("unknown command '%s'", a))
+      end
+      o.sub = a
+    elseif o.sub == "run" then
+      for j = i, #args do
+        o.cmd[#o.cmd + 1] = args[j]
+      end
+      break
+    elseif o.sub == "attach" then
+      if o.pid then
+        fail(string.format("attach takes one PID, got '%s' too", a))
+      end
+      o.pid = a
+    else -- stats
+      if o.file then
+        fail(string.format("stats takes one FILE, got '%s' too", a))
+      end
+      o.file = a
+    end
+    i = i + 1
+  end
+  return o
+end
+
+local function number_opt(o, key, flag, min, unit)
+  local v = o[key]
+  if v == nil then
+    return nil
+  end
+  local n = tonumber(v)
+  if not n or n < min or n ~= n or n == math.huge then
+    errors.raise(string.format("%s needs a number of %s%s, got '%s'", flag, unit,
+      min > 0 and " above 0" or "", tostring(v)))
+  end
+  return n
+end
+
+---------------------------------------------------------------------------
+-- output
+
+local function open_out(path)
+  local f, err = io.open(path, "w")
+  if not f then
+    errors.raise(string.format("cannot write %s: %s", path, (err or "?"):gsub("^[^:]*: ", "")))
+  end
+  -- one write(2) per record, so a reader never sees half a line
+  f:setvbuf("full", 1048576)
+  return f
+end
+
+local Out = {}
+Out.__index = Out
+
+function Out.new(files)
+  return setmetatable({ files = files }, Out)
+end
+
+function Out:write(rec)
+  if #self.files == 0 then
+    return
+  end
+  local line = cjson.encode(rec)
+  -- lua-cjson writes an empty table as {}: these two are lists
+  if rec.children and #rec.children == 0 then
+    line = line:gsub('"children":{}', '"children":[]', 1)
+  end
+  if rec.cmd and #rec.cmd == 0 then
+    line = line:gsub('"cmd":{}', '"cmd":[]', 1)
+  end
+  line = line .. "\n"
+  for _, f in ipairs(self.files) do
+    f:write(line)
+    f:flush()
+  end
+end
+
+local function human_bytes(n)
+  n = n or 0
+  local units = { "B", "KiB", "MiB", "GiB", "TiB" }
+  local i = 1
+  while n >= 1024 and i < #units do
+    n = n / 1024
+    i = i + 1
+  end
+  return i == 1 and string.format("%d %s", n, units[i]) or string.format("%.1f %s", n, units[i])
+end
+
+-- The live status line: elapsed, CPU, RSS, I/O rates, processes, threads.
+local Display = {}
+Display.__index = Display
+
+function Display.new(mode, t0)
+  return setmetatable({ mode = mode, t0 = t0, last = nil }, Display)
+end
+
+function Display:show(rec)
+  local a = rec.kind == "tree" and rec.aggregated or rec
+  local now = core.monotonic()
+  local rr, wr = 0, 0
+  if self.last then
+    local dt = math.max((a.ts_ms - self.last.ts_ms) / 1000, 1e-3)
+    rr = ((a.disk_read_bytes or 0) - (self.last.r or 0)) / dt
+    wr = ((a.disk_write_bytes or 0) - (self.last.w or 0)) / dt
+  end
+  self.last = { ts_ms = a.ts_ms, r = a.disk_read_bytes, w = a.disk_write_bytes }
+  local line = string.format("%6.1fs  CPU %6.1f%%  RSS %9s  read %9s/s  write %9s/s  %d proc  %d thr",
+    now - self.t0, a.cpu_usage or 0, human_bytes((a.mem_rss_kb or 0) * 1024), human_bytes(rr),
+    human_bytes(wr), a.process_count or 1, a.thread_count or 0)
+  if self.mode == "update" then
+    io.stderr:write("\r\27[K", line)
+  else
+    io.stderr:write(line, "\n")
+  end
+  io.stderr:flush()
+end
+
+function Display:done()
+  if self.mode == "update" then
+    io.stderr:write("\r\27[K")
+  end
+end
+
+local function print_summary(s, out)
+  local rows = {
+    { "total time", string.format("%.2f s", s.total_time_secs) },
+    { "samples", tostring(s.sample_count) },
+    { "CPU time", string.format("%.3f s", s.cpu_time_secs) },
+    { "average CPU", string.format("%.1f %%", s.avg_cpu_usage) },
+    { "peak RSS", human_bytes(s.peak_mem_rss_kb * 1024) },
+    { "peak PSS", human_bytes((s.peak_mem_pss_kb or 0) * 1024) },
+    { "disk read", human_bytes(s.total_disk_read_bytes) },
+    { "disk written", human_bytes(s.total_disk_write_bytes) },
+    { "read (syscalls)", human_bytes(s.total_syscall_read_bytes) },
+    { "written (syscalls)", human_bytes(s.total_syscall_write_bytes) },
+    { "max processes", tostring(s.max_processes) },
+    { "max threads", tostring(s.max_threads) },
+  }
+  if s.exit_code ~= cjson.null and s.exit_code ~= nil then
+    rows[#rows + 1] = { "exit code", tostring(s.exit_code) }
+  end
+  out:write("\n")
+  for _, r in ipairs(rows) do
+    out:write(string.format("  %-20s %s\n", r[1], r[2]))
+  end
+end
+
+---------------------------------------------------------------------------
+-- denet stats
+
+local function stats(o)
+  if not o.file then
+    errors.raise("stats needs a FILE: denet stats FILE [--json]")
+  end
+  local f, err = io.open(o.file, "r")
+  if not f then
+    errors.raise(string.format("cannot read %s: %s", o.file, (err or "?"):gsub("^[^:]*: ", "")))
+  end
+  local sum = monitor.summary()
+  local n, bad = 0, 0
+  for line in f:lines() do
+    if line:find("%S") then
+      local ok, rec = pcall(cjson.decode, line)
+      if ok and type(rec) == "table" then
+        n = n + 1
+        sum:add(rec)
+      else
+        bad = bad + 1
+      end
+    end
+  end
+  f:close()
+  if n == 0 then
+    errors.raise(string.format("%s holds no denet records", o.file))
+  end
+  if bad > 0 then
+    io.stderr:write(string.format("denet: skipped %d line(s) of %s that are not JSON (a partial last line?)\n", bad,
+      o.file))
+  end
+  local s = sum:result()
+  if o.json then
+    io.stdout:write(cjson.encode(s), "\n")
+  else
+    print_summary(s, io.stdout)
+  end
+  return 0
+end
+
+---------------------------------------------------------------------------
+-- run / attach
+
+local function main(args)
+  local o = parse(args)
+  if o.help then
+    io.stdout:write(USAGE)
+    return 0
+  end
+  if not o.sub then
+    fail("missing the command: run, attach or stats")
+  end
+  if o.sub == "stats" then
+    return stats(o)
+  end
+  local interval = number_opt(o, "interval", "-i/--interval", 1, "milliseconds") or 100
+  local max_interval = number_opt(o, "max_interval", "-m/--max-interval", 1, "milliseconds") or 1000
+  local duration = number_opt(o, "duration", "-d/--duration", 0, "seconds") or 0
+  local pid
+  if o.sub == "run" then
+    if #o.cmd == 0 then
+      errors.raise("run needs a command: denet run -- CMD [ARGS...]")
+    end
+  else
+    pid = tonumber(o.pid or "")
+    if not o.pid then
+      errors.raise("attach needs a PID: denet attach PID")
+    elseif not pid or pid ~= math.floor(pid) or pid <= 0 then
+      errors.raise(string.format("attach needs a PID (a positive number), got '%s'", o.pid))
+    end
+  end
+
+  -- outputs are opened before anything starts: a bad path runs nothing
+  local files = {}
+  if o.out then
+    files[#files + 1] = open_out(o.out)
+  end
+  if o.json then
+    io.stdout:setvbuf("full", 1048576)
+    files[#files + 1] = io.stdout
+  end
+  local stats_file = o.stats and open_out(o.stats)
+  local out = Out.new(files)
+  local tty = core.isatty(2)
+  local display
+  if not o.quiet and not o.json and tty then
+    display = Display.new(o.no_update and "lines" or "update", core.monotonic())
+  end
+
+  local bpf = nil
+  if o.no_bpf then
+    bpf = false
+  end
+  local tree = require("denet.tree")
+  if bpf == nil and not tree.bpf_usable() then
+    local sys = require("denet.sys")
+    local ok, who = sys.privileges()
+    local why = not ok and ("no BPF privileges (" .. who .. ")") or (not sys.kernel_headers() and
+      "no kernel headers") or "tracefs is not mounted"
+    io.stderr:write(string.format("denet: %s: monitoring by /proc polling only; children that live shorter than "
+      .. "one interval are not seen, though their CPU time still counts through their parent\n", why))
+    bpf = false
+  end
+
+  local proc
+  if o.sub == "run" then
+    denet.set_subreaper(true)
+    proc = denet.spawn(o.cmd, { stdout = o.json and 2 or nil })
+  end
+
+  local sum = monitor.summary()
+  local function emit(rec)
+    sum:add(rec)
+    out:write(rec)
+  end
+  local m = monitor.new{
+    proc = proc,
+    pid = pid,
+    interval = interval / 1000,
+    max_interval = max_interval / 1000,
+    exclude_children = o.exclude_children,
+    since_process_start = o.since_process_start,
+    bpf = bpf,
+    on_sample = function(rec)
+      emit(rec)
+      if display then
+        display:show(rec)
+      end
+    end,
+  }
+
+  if o.write_env then
+    emit(monitor.env_record())
+  end
+  local root = pid or proc.pid
+  local argv = o.cmd
+  local exe
+  if o.sub == "attach" then
+    local procfs = require("denet.procfs")
+    argv = procfs.cmdline(root) or {}
+    exe = procfs.exe(root)
+  else
+    exe = denet.which(o.cmd[1])
+  end
+  m:start()
+  emit({ kind = "metadata", pid = root, cmd = argv, executable = exe or cjson.null, t0_ms = m.t0_ms })
+
+  -- run until the end, handling signals and the duration
+  local stop_at = duration > 0 and (m.t0_mono + duration) or nil
+  local signals, killed = 0, false
+  local exit_code
+  while true do
+    local why, sig, si_code = m:run{ stop_at = stop_at }
+    if why == "exit" then
+      break
+    elseif why == "duration" then
+      if not proc then
+        break
+      end
+      -- terminate the command, then insist
+      if not killed then
+        proc:kill(denet.SIGTERM)
+        killed = true
+        stop_at = core.monotonic() + 2
+      else
+        proc:kill(denet.SIGKILL)
+        stop_at = nil
+      end
+    elseif why == "signal" then
+      signals = signals + 1
+      if not proc then
+        break
+      end
+      if signals >= 2 then
+        proc:kill(denet.SIGKILL)
+      elseif not (sig == denet.SIGINT and si_code == 0x80) then
+        -- a terminal's Ctrl-C reached the command already
+        proc:kill(sig)
+      end
+      exit_code = 128 + sig
+    end
+  end
+  if proc then
+    exit_code = m:collect_root()
+  end
+  m:finish()
+  if display then
+    display:done()
+  end
+  local s = sum:result(proc and exit_code or nil)
+  out:write(s)
+  if stats_file then
+    stats_file:write(cjson.encode(s), "\n")
+    stats_file:close()
+  end
+  for _, f in ipairs(files) do
+    if f ~= io.stdout then
+      f:close()
+    end
+  end
+  if not o.quiet and not o.json then
+    print_summary(s, io.stderr)
+  end
+  if proc then
+    return exit_code
+  end
+  return 0
+end
+
+return main(arg)
