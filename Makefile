@@ -19,7 +19,7 @@ build: setup
 	cmake --build $(BUILD) -j $(JOBS)
 
 demo: build
-	./$(BUILD)/denet script scripts/examples/cswitch.lua -- sh scripts/examples/demo-workload.sh
+	./$(BUILD)/denet run -- sh scripts/examples/demo-workload.sh
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure

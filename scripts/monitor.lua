@@ -393,6 +393,9 @@ local function main(args)
     exe = denet.which(o.cmd[1])
   end
   m:start()
+  if display then
+    display.t0 = m.t0_mono
+  end
   emit({ kind = "metadata", pid = root, cmd = argv, executable = exe or cjson.null, t0_ms = m.t0_ms })
 
   -- run until the end, handling signals and the duration

@@ -1,0 +1,339 @@
+-- The process monitor on real processes: numbers checked against the
+-- fixtures' known behaviour and against the kernel's own rusage (GNU time
+-- wrapping the command reports what its children used).
+local cjson = require("cjson")
+
+local function records(path)
+  local out = {}
+  for line in io.lines(path) do
+    out[#out + 1] = cjson.decode(line)
+  end
+  return out
+end
+
+local function summary_of(recs)
+  local s = recs[#recs]
+  assert.equals("summary", s.kind)
+  return s
+end
+
+local function trees(recs)
+  local out = {}
+  for _, r in ipairs(recs) do
+    if r.kind == "tree" then
+      out[#out + 1] = r
+    end
+  end
+  return out
+end
+
+-- run denet on argv (a list), JSONL to a temp file; returns code, records,
+-- stdout, stderr and the rusage GNU time reported (when timed)
+local function run(opts, argv, timed)
+  local out = H.tmpfile(".jsonl")
+  local args = { "run", "-q", "-o", out }
+  for _, o in ipairs(opts) do
+    args[#args + 1] = o
+  end
+  args[#args + 1] = "--"
+  local tfile
+  if timed then
+    tfile = H.tmpfile(".time")
+    for _, a in ipairs({ "/usr/bin/time", "-f", "%U %S", "-o", tfile }) do
+      args[#args + 1] = a
+    end
+  end
+  for _, a in ipairs(argv) do
+    args[#args + 1] = a
+  end
+  local code, stdout, stderr = H.denet(args)
+  local ru
+  if tfile then
+    local u, s = H.slurp(tfile):match("([%d.]+) ([%d.]+)")
+    ru = tonumber(u) + tonumber(s)
+  end
+  return code, records(out), stdout, stderr, ru
+end
+
+local function within(x, want, frac)
+  return math.abs(x - want) <= want * frac
+end
+
+describe("denet run", function()
+  it("N busy children on N cores: ~N x 100% and the kernel's CPU time within 3%", function()
+    local code, recs, _, err, ru = run({}, { H.fixture("spin_children"), "2", "2" }, true)
+    assert.equals(0, code, err)
+    local t = trees(recs)
+    local t0 = recs[1].t0_ms
+    local n = 0
+    for _, r in ipairs(t) do
+      local at = (r.ts_ms - t0) / 1000
+      if at > 0.5 and at < 1.6 then
+        n = n + 1
+        assert.is_true(within(r.aggregated.cpu_usage, 200, 0.15),
+          string.format("cpu %.1f%% at %.2f s", r.aggregated.cpu_usage, at))
+        -- time, the fixture and its two children
+        assert.equals(4, r.aggregated.process_count)
+      end
+    end
+    assert.is_true(n >= 5)
+    local s = summary_of(recs)
+    assert.is_true(within(s.cpu_time_secs, ru, 0.03), string.format("%.3f vs rusage %.3f", s.cpu_time_secs, ru))
+    assert.equals(4, s.max_processes)
+  end)
+
+  it("8 spinning threads are one process with >= 8 threads at ~cores x 100%", function()
+    local code, recs = run({}, { H.fixture("spin_threads"), "8", "1.5" })
+    assert.equals(0, code)
+    local ncpu = #require("denet.sys").online_cpus()
+    local t0 = recs[1].t0_ms
+    local max_threads = 0
+    for _, r in ipairs(trees(recs)) do
+      assert.is_true(r.aggregated.process_count <= 1)
+      assert.equals(0, #r.children)
+      max_threads = math.max(max_threads, r.aggregated.thread_count)
+      local at = (r.ts_ms - t0) / 1000
+      if at > 0.4 and at < 1.2 then
+        assert.is_true(within(r.aggregated.cpu_usage, ncpu * 100, 0.15), "cpu " .. r.aggregated.cpu_usage)
+      end
+    end
+    assert.is_true(max_threads >= 8)
+    assert.equals(1, summary_of(recs).max_processes)
+  end)
+
+  it("counts 32 MiB written with fsync as disk writes, within 5%", function()
+    local file = H.tmpfile(".dat")
+    local code, recs = run({}, { H.fixture("write_fsync"), file, "32" })
+    assert.equals(0, code)
+    local s = summary_of(recs)
+    assert.is_true(within(s.total_disk_write_bytes, 32 * 1048576, 0.05), "disk writes " .. s.total_disk_write_bytes)
+    assert.is_true(s.total_syscall_write_bytes >= 32 * 1048576)
+    -- reading it back from the page cache: syscalls, not the disk (read
+    -- once first, so it is all cached whatever the kernel evicted)
+    os.execute("cat " .. file .. " > /dev/null")
+    code, recs = run({}, { H.fixture("read_file"), file })
+    assert.equals(0, code)
+    s = summary_of(recs)
+    assert.is_true(s.total_syscall_read_bytes >= 32 * 1048576, "read " .. s.total_syscall_read_bytes)
+    assert.is_true(s.total_disk_read_bytes <= 32 * 1048576 / 100, "disk reads " .. s.total_disk_read_bytes)
+  end)
+
+  it("counts all the CPU of 200 short-lived children, within 5% of rusage", function()
+    local code, recs, _, _, ru = run({}, { H.fixture("fork_burn"), "200", "5" }, true)
+    assert.equals(0, code)
+    local s = summary_of(recs)
+    assert.is_true(ru > 0.9, "rusage " .. ru)
+    assert.is_true(within(s.cpu_time_secs, ru, 0.05), string.format("%.3f vs rusage %.3f", s.cpu_time_secs, ru))
+    -- the tree saw every fork, even of children that lived < one interval
+    local last = trees(recs)
+    assert.is_true(last[#last].aggregated.processes_started >= 201)
+  end)
+
+  it("passes stdout through and exits with the command's code", function()
+    local code, _, stdout = run({}, { H.fixture("exit_with"), "7", "through" })
+    assert.equals(7, code)
+    assert.equals("through\n", stdout)
+    local _, _, _, err = run({}, { H.fixture("exit_with"), "kill" })
+    code = run({}, { H.fixture("exit_with"), "kill" })
+    assert.equals(137, code)
+  end)
+
+  it("with --json keeps stdout pure JSONL and moves the command's output to stderr", function()
+    local code, out, err = H.denet({ "run", "--json", "--", H.fixture("exit_with"), "0", "noise" })
+    assert.equals(0, code)
+    local n = 0
+    for line in out:gmatch("[^\n]+") do
+      assert.is_table(cjson.decode(line))
+      n = n + 1
+    end
+    assert.is_true(n >= 3)
+    assert.equals("noise\n", err)
+  end)
+
+  it("--duration terminates the command and still writes the summary", function()
+    local t0 = require("denet").clock()
+    local code, recs = run({ "-d", "1" }, { H.fixture("sleeper"), "30" })
+    assert.equals(143, code)
+    assert.is_true(require("denet").clock() - t0 < 4)
+    local s = summary_of(recs)
+    assert.equals(143, s.exit_code)
+    assert.is_true(math.abs(s.total_time_secs - 1) < 0.3, "ran " .. s.total_time_secs)
+  end)
+
+  it("SIGINT leaves a complete stream ending with the summary, exit 130", function()
+    local out = H.tmpfile(".jsonl")
+    local sh = string.format([[%s run -q -o %s -- %s 30 & p=$!; sleep 1.2; kill -INT $p; wait $p; echo rc=$?]],
+      H.quote(H.bin), H.quote(out), H.quote(H.fixture("sleeper")))
+    local _, o = H.sh("bash -c " .. H.quote(sh))
+    assert.equals("rc=130", o:match("rc=%d+"))
+    local recs = records(out) -- every line parses
+    assert.equals("metadata", recs[1].kind)
+    assert.equals(130, summary_of(recs).exit_code)
+    assert.is_true(#trees(recs) >= 3)
+  end)
+
+  it("denet stats recomputes the same summary from the file", function()
+    local out = H.tmpfile(".jsonl")
+    local code = H.denet({ "run", "-q", "-o", out, "--", H.fixture("spin_children"), "2", "0.5" })
+    assert.equals(0, code)
+    local recs = records(out)
+    local written = summary_of(recs)
+    local c2, stdout = H.denet({ "stats", out, "--json" })
+    assert.equals(0, c2)
+    assert.same(written, cjson.decode(stdout))
+    -- without the summary line too (a file cut short), the same numbers
+    local lines = {}
+    for line in io.lines(out) do
+      lines[#lines + 1] = line
+    end
+    table.remove(lines)
+    local cut = H.write(H.tmpfile(".jsonl"), table.concat(lines, "\n") .. "\n")
+    local _, stdout2 = H.denet({ "stats", cut, "--json" })
+    local again = cjson.decode(stdout2)
+    again.exit_code, written.exit_code = nil, nil
+    assert.same(written, again)
+  end)
+
+  it("samples on the adaptive schedule without drift", function()
+    local code, recs = run({ "-i", "50", "-m", "200" }, { H.fixture("sleeper"), "2.5" })
+    assert.equals(0, code)
+    local monitor = require("denet.monitor")
+    local t0 = recs[1].t0_ms
+    local t = trees(recs)
+    -- every sample on its scheduled deadline: 50 ms for the first second,
+    -- then growing linearly toward 200 ms; each deadline from the last
+    local deadline, worst = 0, 0
+    for k = 1, #t - 1 do
+      deadline = deadline + monitor.interval_at(deadline / 1000, 0.05, 0.2) * 1000
+      worst = math.max(worst, math.abs(t[k].ts_ms - (t0 + deadline)))
+    end
+    assert.is_true(worst <= 20, string.format("a sample %d ms off its deadline", worst))
+    -- as many samples as deadlines in the run (the last one is the final)
+    local total_ms = summary_of(recs).total_time_secs * 1000
+    local due, d = 0, 0
+    while true do
+      d = d + monitor.interval_at(d / 1000, 0.05, 0.2) * 1000
+      if d > total_ms then
+        break
+      end
+      due = due + 1
+    end
+    assert.is_true(math.abs((#t - 1) - due) <= 1, string.format("%d samples for %d deadlines", #t - 1, due))
+  end)
+
+  it("--exclude-children writes flat sample records of the root only", function()
+    local code, recs = run({ "--exclude-children" }, { H.fixture("spin_children"), "2", "0.6" })
+    assert.equals(0, code)
+    local n = 0
+    for _, r in ipairs(recs) do
+      assert.is_not.equals("tree", r.kind)
+      if r.kind == "sample" and r.thread_count then
+        n = n + 1
+        assert.is_true(r.cpu_usage < 20, "root cpu " .. r.cpu_usage)
+      end
+    end
+    assert.is_true(n >= 3)
+  end)
+
+  it("--write-env writes an env record first", function()
+    local code, recs = run({ "--write-env" }, { H.fixture("exit_with"), "0" })
+    assert.equals(0, code)
+    assert.equals("env", recs[1].kind)
+    assert.is_string(recs[1].kernel)
+    assert.is_true(recs[1].lscpu.cpus >= 1)
+    assert.equals("metadata", recs[2].kind)
+  end)
+end)
+
+describe("denet attach", function()
+  it("follows a running process and its children, odd comms included", function()
+    local out = H.tmpfile(".jsonl")
+    local sh = string.format([[%s 1.5 & p=$!; sleep 0.2; %s attach -q -o %s $p; echo rc=$?]],
+      H.quote(H.fixture("odd_comm")), H.quote(H.bin), H.quote(out))
+    local _, o = H.sh("bash -c " .. H.quote(sh))
+    assert.equals("rc=0", o:match("rc=%d+"))
+    local recs = records(out)
+    local saw_child = false
+    for _, r in ipairs(trees(recs)) do
+      if #r.children == 1 then
+        saw_child = true
+      end
+    end
+    assert.is_true(saw_child)
+    assert.equals(2, summary_of(recs).max_processes)
+  end)
+end)
+
+describe("bad input: one line, exit 2, nothing started", function()
+  local function one_line(code, err, pattern)
+    assert.equals(2, code)
+    local n = select(2, err:gsub("\n", ""))
+    assert.equals(1, n, err)
+    assert.matches(pattern, err)
+  end
+
+  it("no such PID", function()
+    local code, _, err = H.denet({ "attach", "999999" })
+    one_line(code, err, "no such process: 999999")
+  end)
+
+  it("a PID the caller may not read", function()
+    local code, _, err = H.denet({ "attach", "--no-bpf", "1" }, "setpriv --reuid=65534 --regid=65534 --clear-groups ")
+    one_line(code, err:gsub("[^\n]*polling only[^\n]*\n", ""), "cannot read process 1")
+  end)
+
+  it("-o to a path that cannot be written: the command never runs", function()
+    local marker = H.tmpfile(".marker")
+    local code, _, err = H.denet({ "run", "-o", "/nonexistent/dir/x.jsonl", "--", "touch", marker })
+    one_line(code, err, "cannot write /nonexistent/dir/x.jsonl")
+    assert.is_false(require("denet.sys").exists(marker))
+  end)
+
+  it("unknown options, run without a command, a bad interval", function()
+    local code, _, err = H.denet({ "--frobnicate", "run", "--", "true" })
+    one_line(code, err, "unknown option '%-%-frobnicate'")
+    code, _, err = H.denet({ "run" })
+    one_line(code, err, "run needs a command")
+    code, _, err = H.denet({ "run", "-i", "abc", "--", "true" })
+    one_line(code, err, "%-i/%-%-interval needs a number")
+    code, _, err = H.denet({ "run", "--", "no-such-command-xyz" })
+    one_line(code, err, "cannot execute 'no%-such%-command%-xyz'")
+  end)
+end)
+
+describe("without BPF privileges", function()
+  it("says what is lost in one line and still monitors by /proc polling", function()
+    local dir = H.tmpdir() .. "/shared"
+    os.execute("mkdir -p " .. dir .. " && chmod 1777 " .. dir)
+    local out = dir .. "/nobody.jsonl"
+    local code, _, err = H.denet({ "run", "-q", "-o", out, "--", H.fixture("spin_children"), "2", "0.5" },
+      "setpriv --reuid=65534 --regid=65534 --clear-groups ")
+    assert.equals(0, code, err)
+    assert.matches("no BPF privileges.*polling only; children that live shorter than one interval are not seen", err)
+    local recs = records(out)
+    local s = summary_of(recs)
+    assert.equals(3, s.max_processes)
+    assert.is_true(s.cpu_time_secs > 0.8, "cpu " .. s.cpu_time_secs)
+  end)
+end)
+
+describe("the Lua API", function()
+  it("monitors a spawned command and hands each sample to a callback", function()
+    local denet = require("denet")
+    local monitor = require("denet.monitor")
+    local p = denet.spawn({ H.fixture("spin_children"), "1", "0.5" })
+    local seen = {}
+    local m = monitor.new{ proc = p, interval = 0.05, max_interval = 0.05, on_sample = function(rec)
+      seen[#seen + 1] = rec
+    end }
+    m:start()
+    assert.equals("exit", m:run())
+    local code = m:collect_root()
+    local last = m:finish()
+    assert.equals(0, code)
+    assert.is_true(#seen >= 8)
+    assert.equals("tree", seen[3].kind)
+    assert.is_true(seen[3].aggregated.process_count >= 1)
+    assert.is_true(math.abs(last.aggregated.cpu_time_secs - 0.5) < 0.1)
+  end)
+end)
