@@ -4,3 +4,4 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=$(cd "${1:-$here/../build}" && pwd)
 "$here/startup.sh" "$build"
+"$here/monitor.sh" "$build"

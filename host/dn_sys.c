@@ -7,10 +7,12 @@
  * cannot make on its own.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
@@ -72,6 +74,54 @@ static int l_cputime(lua_State *L)
 	lua_pushnumber(L, (lua_Number)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6);
 	lua_pushnumber(L, (lua_Number)ru.ru_maxrss);
 	return 3;
+}
+
+/* core.release_compiler_memory() -> kib_paged_out
+ * After the BPF programs are compiled, the compiler (LLVM and clang inside
+ * libbcc) sits idle: give its heap back (malloc_trim) and page its
+ * libraries out of our resident set (MADV_PAGEOUT; clean file pages, so
+ * nothing is lost, and a later compile faults them back in). Only mappings
+ * of libLLVM, libclang and libbcc are touched. */
+static int l_release_compiler_memory(lua_State *L)
+{
+	FILE *f = fopen("/proc/self/maps", "re");
+	char line[4096];
+	uint64_t total = 0;
+
+	malloc_trim(0);
+	if (!f) {
+		lua_pushinteger(L, 0);
+		return 1;
+	}
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long long start, end;
+		char *path = strchr(line, '/');
+
+		if (!path || sscanf(line, "%llx-%llx", &start, &end) != 2)
+			continue;
+		if (!strstr(path, "libLLVM") && !strstr(path, "libclang") && !strstr(path, "libbcc"))
+			continue;
+		if (madvise((void *)(uintptr_t)start, (size_t)(end - start), 21 /* MADV_PAGEOUT */) == 0)
+			total += end - start;
+	}
+	fclose(f);
+	lua_pushinteger(L, (lua_Integer)(total / 1024));
+	return 1;
+}
+
+/* core.rss_kb() -> resident set size now (VmRSS), in KiB */
+static int l_rss_kb(lua_State *L)
+{
+	FILE *f = fopen("/proc/self/statm", "re");
+	unsigned long size = 0, res = 0;
+
+	if (f) {
+		if (fscanf(f, "%lu %lu", &size, &res) != 2)
+			res = 0;
+		fclose(f);
+	}
+	lua_pushinteger(L, (lua_Integer)(res * (unsigned long)sysconf(_SC_PAGESIZE) / 1024));
+	return 1;
 }
 
 /* core.uname() -> { sysname, nodename, release, version, machine } */
@@ -168,6 +218,8 @@ void dn_sys_open(lua_State *L)
 		{ "monotonic_ns", l_monotonic_ns },
 		{ "realtime", l_realtime },
 		{ "boottime", l_boottime },
+		{ "release_compiler_memory", l_release_compiler_memory },
+		{ "rss_kb", l_rss_kb },
 		{ "cputime", l_cputime },
 		{ "uname", l_uname },
 		{ "ids", l_ids },

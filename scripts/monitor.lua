@@ -393,6 +393,8 @@ local function main(args)
     exe = denet.which(o.cmd[1])
   end
   m:start()
+  -- the compiler's job is done: keep the resident set small from here on
+  core.release_compiler_memory()
   if display then
     display.t0 = m.t0_mono
   end

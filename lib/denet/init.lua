@@ -286,6 +286,13 @@ M.which = core.which
 --- Is fd a terminal?
 M.isatty = core.isatty
 
+--- Once the BPF programs are compiled: return the compiler's heap and
+--- page its libraries out of the resident set. Returns KiB paged out.
+M.release_compiler_memory = core.release_compiler_memory
+
+--- Resident set size of denet now, in KiB.
+M.rss_kb = core.rss_kb
+
 --- Machine facts: uname fields.
 M.uname = core.uname
 
