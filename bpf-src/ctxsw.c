@@ -1,20 +1,41 @@
 /*
  * ctxsw.c - context switches of every tracked process, counted at
  * sched_switch for all its threads (including threads that have exited,
- * which /proc no longer shows). Needs tree.c.
+ * which /proc no longer shows), and which processes ran: switch-ins and
+ * the number of its threads on a CPU now. Needs tree.c.
  *
  * Voluntary: the thread blocked. Involuntary: it was preempted while
- * runnable (or yielded), as getrusage counts them.
+ * runnable (or yielded), as getrusage counts them. User space reads a
+ * process's /proc files only when it ran since the last sample (its
+ * switch counts moved, or a thread is on a CPU now).
  */
 TRACEPOINT_PROBE(sched, sched_switch)
 {
-	u32 tgid = bpf_get_current_pid_tgid() >> 32; /* current is prev */
-	struct dn_task *t = dn_is_tracked(tgid);
-	if (!t)
-		return 0;
-	if (args->prev_state & DN_TASK_STATE_MASK)
-		__sync_fetch_and_add(&t->nvcsw, 1);
-	else
-		__sync_fetch_and_add(&t->nivcsw, 1);
+	u32 prev = args->prev_pid, next = args->next_pid;
+	struct dn_thread *pt = dn_threads.lookup(&prev);
+	if (pt) {
+		struct dn_task *t = dn_is_tracked(pt->tgid);
+		if (t) {
+			if (args->prev_state & DN_TASK_STATE_MASK)
+				__sync_fetch_and_add(&t->nvcsw, 1);
+			else
+				__sync_fetch_and_add(&t->nivcsw, 1);
+			if (pt->oncpu) {
+				pt->oncpu = 0;
+				__sync_fetch_and_add(&t->running, -1);
+			}
+		}
+	}
+	struct dn_thread *nt = dn_threads.lookup(&next);
+	if (nt) {
+		struct dn_task *t = dn_is_tracked(nt->tgid);
+		if (t) {
+			__sync_fetch_and_add(&t->ins, 1);
+			if (!nt->oncpu) {
+				nt->oncpu = 1;
+				__sync_fetch_and_add(&t->running, 1);
+			}
+		}
+	}
 	return 0;
 }

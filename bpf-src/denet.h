@@ -17,9 +17,16 @@
 /* One tracked process (thread group), keyed by tgid. */
 struct dn_task {
 	u32 ppid;      /* the process that forked it (0: a root) */
-	u32 flags;
+	u32 running;   /* its threads on a CPU right now */
 	u64 nvcsw;     /* voluntary context switches of all its threads */
 	u64 nivcsw;    /* involuntary ones (preempted while runnable) */
+	u64 ins;       /* times one of its threads was switched in */
+};
+
+/* One thread of a tracked process, keyed by tid. */
+struct dn_thread {
+	u32 tgid;
+	u32 oncpu;     /* switched in and not out since */
 };
 
 enum dn_tree_kind { DN_EV_FORK = 1, DN_EV_EXEC = 2, DN_EV_EXIT = 3 };

@@ -9,18 +9,25 @@
  * and exit are reported to user space through dn_tree_events; these are
  * rare events, so they are sent one by one.
  *
+ * dn_threads maps the tid of every thread of a tracked process to its
+ * tgid (sched_switch names the next task only by tid).
+ *
  * Other features filter with dn_is_tracked(tgid).
  */
 #include "denet.h"
 
 #ifndef DN_MAX_TRACKED
-#define DN_MAX_TRACKED 65536
+#define DN_MAX_TRACKED 8192
+#endif
+#ifndef DN_MAX_THREADS
+#define DN_MAX_THREADS 65536
 #endif
 #ifndef DN_TREE_PAGES
 #define DN_TREE_PAGES 64
 #endif
 
 BPF_HASH(dn_tracked, u32, struct dn_task, DN_MAX_TRACKED);
+BPF_HASH(dn_threads, u32, struct dn_thread, DN_MAX_THREADS);
 BPF_RINGBUF_OUTPUT(dn_tree_events, DN_TREE_PAGES);
 
 static __always_inline struct dn_task *dn_is_tracked(u32 tgid)
@@ -30,15 +37,22 @@ static __always_inline struct dn_task *dn_is_tracked(u32 tgid)
 
 TRACEPOINT_PROBE(task, task_newtask)
 {
-	if (args->clone_flags & DN_CLONE_THREAD)
-		return 0;
 	u32 parent = bpf_get_current_pid_tgid() >> 32;
 	if (!dn_is_tracked(parent))
 		return 0;
 	u32 child = args->pid;
+	struct dn_thread th = {};
+	if (args->clone_flags & DN_CLONE_THREAD) {
+		/* a thread of the same process */
+		th.tgid = parent;
+		dn_threads.update(&child, &th);
+		return 0;
+	}
 	struct dn_task t = {};
 	t.ppid = parent;
 	dn_tracked.update(&child, &t);
+	th.tgid = child;
+	dn_threads.update(&child, &th);
 	struct dn_tree_event *e = dn_tree_events.ringbuf_reserve(sizeof(struct dn_tree_event));
 	if (!e)
 		return 0;
@@ -61,6 +75,11 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	struct dn_task *t = dn_is_tracked(tgid);
 	if (!t)
 		return 0;
+	if (args->old_pid != args->pid) {
+		/* a non-leader thread exec'd and took the leader's tid */
+		u32 old = args->old_pid;
+		dn_threads.delete(&old);
+	}
 	struct dn_tree_event *e = dn_tree_events.ringbuf_reserve(sizeof(struct dn_tree_event));
 	if (!e)
 		return 0;
@@ -80,7 +99,17 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
 	u64 id = bpf_get_current_pid_tgid();
-	u32 tgid = id >> 32;
+	u32 tgid = id >> 32, tid = (u32)id;
+	struct dn_thread *th = dn_threads.lookup(&tid);
+	if (th) {
+		if (th->oncpu) {
+			/* it will not be switched out as itself again */
+			struct dn_task *owner = dn_is_tracked(th->tgid);
+			if (owner)
+				__sync_fetch_and_add(&owner->running, -1);
+		}
+		dn_threads.delete(&tid);
+	}
 #ifdef DN_HAVE_GROUP_DEAD
 	if (!args->group_dead)
 		return 0; /* a thread, not the last one of its process */

@@ -618,6 +618,68 @@ static int l_map_dump(lua_State *L)
 	size_t n = 0, cap = 0;
 	int err = 0, have_prev = 0;
 
+	/* Whole chunks per syscall where the kernel can (hash maps):
+	 * BPF_MAP_LOOKUP_BATCH. Falls back to walking key by key. */
+	{
+		size_t chunk = max < 1024 ? max : 1024;
+		char *tok_in = malloc(ks > 8 ? ks : 8), *tok_out = malloc(ks > 8 ? ks : 8);
+		int first = 1, ok = tok_in && tok_out && chunk > 0;
+
+		while (ok && n < max) {
+			__u32 count;
+			int r;
+
+			if (n + chunk > cap) {
+				size_t nc = cap ? cap * 2 : chunk;
+				char *nk, *nl;
+
+				while (nc < n + chunk)
+					nc *= 2;
+				nk = realloc(keys, nc * ks);
+				if (nk)
+					keys = nk;
+				nl = nk ? realloc(leaves, nc * ls) : NULL;
+				if (nl)
+					leaves = nl;
+				if (!nk || !nl) {
+					ok = 0;
+					break;
+				}
+				cap = nc;
+			}
+			count = (__u32)chunk;
+			r = bpf_lookup_batch(fd, first ? NULL : (__u32 *)tok_in, (__u32 *)tok_out, keys + n * ks,
+			                     leaves + n * ls, &count);
+			if (r != 0 && errno != ENOENT) {
+				if (first)
+					ok = 0; /* not supported: walk instead */
+				else
+					err = errno;
+				break;
+			}
+			n += count;
+			if (r != 0)
+				break; /* ENOENT: that was the last chunk */
+			memcpy(tok_in, tok_out, ks > 8 ? ks : 8);
+			first = 0;
+		}
+		free(tok_in);
+		free(tok_out);
+		if (ok || err) {
+			if (err) {
+				free(keys);
+				free(leaves);
+				return dn_vm_fail(L, err, "map iteration failed: %s", strerror(err));
+			}
+			lua_pushlstring(L, keys ? keys : "", n * ks);
+			lua_pushlstring(L, leaves ? leaves : "", n * ls);
+			lua_pushinteger(L, (lua_Integer)n);
+			free(keys);
+			free(leaves);
+			return 3;
+		}
+		n = 0;
+	}
 	cur = malloc(ks);
 	prev = malloc(ks);
 	if (!cur || !prev) {

@@ -436,6 +436,27 @@ static int l_loop_timer(lua_State *L)
 	return 1;
 }
 
+/* core.loop_timer_at(id, deadline_s, interval_s): re-arm a timer to fire
+ * at an absolute CLOCK_MONOTONIC time (seconds, as core.monotonic gives),
+ * then every interval_s (0: once). Cheaper than a new timer per tick. */
+static int l_loop_timer_at(lua_State *L)
+{
+	struct source *s = src_get(L, (int)luaL_checkinteger(L, 1));
+	double at = luaL_checknumber(L, 2), every = luaL_optnumber(L, 3, 0);
+	struct itimerspec its;
+
+	if (s->kind != SRC_TIMER)
+		return luaL_error(L, "loop source %d is not a timer", s->id);
+	if (at <= 0)
+		at = 1e-9;
+	its.it_value = ns_ts((uint64_t)(at * 1e9));
+	its.it_interval = ns_ts((uint64_t)(every * 1e9));
+	if (timerfd_settime(s->timerfd, TFD_TIMER_ABSTIME, &its, NULL) < 0)
+		return dn_vm_fail(L, errno, "cannot arm the timer: %s", strerror(errno));
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 /* core.loop_fd(fd, cb) -> id. cb() whenever fd is readable (level
  * triggered: the callback must consume or close the source). */
 static int l_loop_fd(lua_State *L)
@@ -632,6 +653,7 @@ void dn_loop_open(lua_State *L)
 		{ "loop_perfbuf", l_loop_perfbuf },
 		{ "loop_timer", l_loop_timer },
 		{ "loop_fd", l_loop_fd },
+		{ "loop_timer_at", l_loop_timer_at },
 		{ "loop_close", l_loop_close },
 		{ "loop_lost", l_loop_lost },
 		{ "loop_poll", l_loop_poll },

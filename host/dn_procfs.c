@@ -56,6 +56,7 @@ enum {
 	DN_PS_IO = 2,     /* io fields are valid */
 	DN_PS_PSS = 4,    /* pss_kb is valid */
 	DN_PS_CTXSW = 8,  /* nvcsw/nivcsw are valid */
+	DN_PS_SKIPPED = 16, /* not read this time (only pid is set) */
 };
 
 /* sample() flags */
@@ -333,22 +334,47 @@ static int l_ptab_count(lua_State *L)
 	return 1;
 }
 
-/* t:sample(buf, max, want_pss, want_status) -> n
- * In the order processes were added. Fill buf (cdata array of struct dn_psample, at least max entries) with
- * one entry per watched process, gone ones flagged DN_PS_GONE. */
+/* t:sample(buf, max, want_pss, want_status [, skip]) -> n
+ * Fill buf (cdata array of struct dn_psample, at least max entries) with
+ * one entry per watched process, in the order they were added; gone ones
+ * are flagged DN_PS_GONE. skip (cdata uint8_t array in the same order)
+ * marks processes not to read this time (DN_PS_SKIPPED). */
 static int l_ptab_sample(lua_State *L)
 {
 	struct ptab *t = check_ptab(L);
 	struct dn_psample *buf = (struct dn_psample *)lua_topointer(L, 2);
 	int max = (int)luaL_checkinteger(L, 3);
 	int want = (lua_toboolean(L, 4) ? WANT_PSS : 0) | (lua_toboolean(L, 5) ? WANT_STATUS : 0);
+	const uint8_t *skip = lua_type(L, 6) == 10 ? (const uint8_t *)lua_topointer(L, 6) : NULL;
 	int i, n = 0;
 
 	if (lua_type(L, 2) != 10 || !buf)
 		return luaL_argerror(L, 2, "cdata buffer expected");
-	for (i = 0; i < t->n && n < max; i++)
+	for (i = 0; i < t->n && n < max; i++) {
+		if (skip && skip[i]) {
+			memset(&buf[n], 0, sizeof(buf[n]));
+			buf[n].pid = t->e[i].pid;
+			buf[n].flags = DN_PS_SKIPPED;
+			n++;
+			continue;
+		}
 		pent_sample(&t->e[i], &buf[n++], want);
+	}
 	lua_pushinteger(L, n);
+	return 1;
+}
+
+/* t:pids() -> { pid, ... } in sampling order */
+static int l_ptab_pids(lua_State *L)
+{
+	struct ptab *t = check_ptab(L);
+	int i;
+
+	lua_createtable(L, t->n, 0);
+	for (i = 0; i < t->n; i++) {
+		lua_pushinteger(L, t->e[i].pid);
+		lua_rawseti(L, -2, i + 1);
+	}
 	return 1;
 }
 
@@ -452,6 +478,46 @@ static int l_readlink(lua_State *L)
 	return 1;
 }
 
+/* core.net_dev_bytes(pid) -> rx, tx | nil: bytes received and sent on every
+ * interface but loopback of the network namespace pid is in */
+static int l_net_dev_bytes(lua_State *L)
+{
+	char path[64], buf[16384], *line, *save = NULL;
+	unsigned long long rx = 0, tx = 0;
+	int fd;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/%d/net/dev", (int)luaL_checkinteger(L, 1));
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char *colon = strchr(line, ':'), *name = line;
+		unsigned long long v[9];
+
+		if (!colon)
+			continue;
+		*colon = '\0';
+		while (*name == ' ')
+			name++;
+		if (strcmp(name, "lo") == 0)
+			continue;
+		if (sscanf(colon + 1, "%llu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+		           &v[4], &v[5], &v[6], &v[7], &v[8]) == 9) {
+			rx += v[0];
+			tx += v[8];
+		}
+	}
+	lua_pushnumber(L, (lua_Number)rx);
+	lua_pushnumber(L, (lua_Number)tx);
+	return 2;
+}
+
 /* core.clk_tck(), core.page_size() */
 static int l_clk_tck(lua_State *L)
 {
@@ -496,6 +562,7 @@ void dn_procfs_open(lua_State *L)
 		{ "remove", l_ptab_remove },
 		{ "count", l_ptab_count },
 		{ "sample", l_ptab_sample },
+		{ "pids", l_ptab_pids },
 		{ NULL, NULL },
 	};
 	static const luaL_Reg fns[] = {
@@ -508,6 +575,7 @@ void dn_procfs_open(lua_State *L)
 		{ "read_file", l_read_file },
 		{ "list_dir", l_list_dir },
 		{ "readlink", l_readlink },
+		{ "net_dev_bytes", l_net_dev_bytes },
 		{ NULL, NULL },
 	};
 	const luaL_Reg *r;

@@ -154,15 +154,15 @@ end
 local Out = {}
 Out.__index = Out
 
-function Out.new(files)
-  return setmetatable({ files = files }, Out)
+function Out.new(files, encode)
+  return setmetatable({ files = files, encode = encode }, Out)
 end
 
 function Out:write(rec)
   if #self.files == 0 then
     return
   end
-  local line = cjson.encode(rec)
+  local line = self.encode and self.encode(rec) or cjson.encode(rec)
   -- lua-cjson writes an empty table as {}: these two are lists
   if rec.children and #rec.children == 0 then
     line = line:gsub('"children":{}', '"children":[]', 1)
@@ -391,6 +391,9 @@ local function main(args)
     exe = procfs.exe(root)
   else
     exe = denet.which(o.cmd[1])
+  end
+  out.encode = function(rec)
+    return m:encode(rec)
   end
   m:start()
   -- the compiler's job is done: keep the resident set small from here on

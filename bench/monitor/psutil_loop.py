@@ -1,6 +1,6 @@
 # What psrecord-style monitors do: every interval, read each process of a
 # tree through psutil (CPU times, memory, I/O, threads, fds, context
-# switches). Samples N times at 10 per second; prints the sample count.
+# switches). Samples N times at 10 per second; prints a line per sample.
 import sys
 import time
 
@@ -24,6 +24,6 @@ for _ in range(n):
                 p.num_ctx_switches()
         except psutil.Error:
             pass
+    print("sample", flush=True)
     next_t += interval
     time.sleep(max(0, next_t - time.monotonic()))
-print(n)

@@ -80,6 +80,20 @@ function M.after(delay, fn)
   return s
 end
 
+--- A timer that fires fn() at absolute times on the monotonic clock
+--- (denet.clock()): timer:at(t) arms it for t (re-arming replaces the
+--- previous deadline). Deadlines computed from the previous one do not
+--- drift.
+function M.timer(fn)
+  -- created disarmed: a one-shot far in the future, re-armed by :at()
+  local id = assert(core.loop_timer(1e9, 0, fn))
+  local t = source(id)
+  function t:at(deadline)
+    return core.loop_timer_at(self.id, deadline, 0)
+  end
+  return t
+end
+
 --- Call fn() whenever fd is readable (level-triggered).
 function M.watch_fd(fd, fn)
   return source(assert(core.loop_fd(fd, fn)))

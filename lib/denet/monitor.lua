@@ -32,7 +32,7 @@ local cjson = require("cjson")
 
 local M = {}
 
-local GONE, IO, PSS, CTXSW = procfs.GONE, procfs.IO, procfs.PSS, procfs.CTXSW
+local GONE, IO, PSS, CTXSW, SKIPPED = procfs.GONE, procfs.IO, procfs.PSS, procfs.CTXSW, procfs.SKIPPED
 local TCK = procfs.CLK_TCK
 local PAGE_KB = procfs.PAGE_KB
 local ZOMBIE = string.byte("Z")
@@ -55,6 +55,12 @@ function M.interval_at(elapsed, base, max)
   return base + (max - base) * (elapsed - 1) / 9
 end
 
+-- Bytes received and sent on every interface but loopback of the network
+-- namespace pid lives in (namespace-wide, not per process, as the
+-- original denet reported them).
+local net_bytes = core.net_dev_bytes
+M.net_bytes = net_bytes
+
 local Monitor = {}
 Monitor.__index = Monitor
 
@@ -74,7 +80,10 @@ end
 ---   exclude_children; since_process_start (I/O counted from each
 ---   process's start instead of from when monitoring began);
 ---   bpf = true/false/nil (nil: use BPF when it can work here);
----   pss_interval (seconds between smaps_rollup reads, default 1);
+---   pss_interval (seconds between smaps_rollup reads, default 5: the
+---   kernel walks every page table for it);
+---   refresh_interval (seconds between reads of processes that did not
+---   run, for their resident memory; default 2);
 ---   on_sample(record), on_event(ev) (fork/exec/exit of the tree);
 ---   parts, cflags: more BPF C to compile with the tree (other features).
 function M.new(opts)
@@ -84,7 +93,8 @@ function M.new(opts)
     root = opts.proc and opts.proc.pid or opts.pid,
     base = opts.interval or 0.1,
     max = math.max(opts.max_interval or 1, opts.interval or 0.1),
-    pss_interval = opts.pss_interval or 1,
+    pss_interval = opts.pss_interval or 5,
+    refresh_interval = opts.refresh_interval or 2,
     exclude_children = opts.exclude_children or false,
     since_start = opts.since_process_start or false,
     on_sample = opts.on_sample,
@@ -114,6 +124,14 @@ function M.new(opts)
     end,
   }
   self.ptab = procfs.new()
+  -- did pid not run since its last read? (its switch counts are the same
+  -- and no thread of it is on a CPU)
+  self.idle = function(pid)
+    local st, c = self.procs[pid], self.ctx_now[pid]
+    local seen = st and st.seen
+    return seen ~= nil and c ~= nil and c[5] == self.ctx_gen and c[4] == 0 and c[1] == seen[1] and c[2] == seen[2]
+      and c[3] == seen[3]
+  end
   return self
 end
 
@@ -220,8 +238,10 @@ function Monitor:start()
       end
     end
   end
+  self.net0 = { net_bytes(self.root) }
   self.prev_t = self.t0_boot
   self.last_pss_t = -math.huge
+  self.last_full_t = -math.huge
   if self.proc and self.proc:held() then
     self.proc:resume()
   end
@@ -302,8 +322,17 @@ function Monitor:sample()
   if want_pss then
     self.last_pss_t = now
   end
-  local buf, n = self.ptab:sample(want_pss, self.tree.mode ~= "bpf")
-  local ctx = self.tree:ctx_switches()
+  local full = want_pss or now - self.last_full_t >= self.refresh_interval
+  if full then
+    self.last_full_t = now
+  end
+  -- with BPF, read only processes that ran since their last read (their
+  -- switch counts moved, or a thread is on a CPU now): nothing of a
+  -- process that did not run can have changed but its resident memory,
+  -- which the full read every pss_interval refreshes
+  local ctx, gen = self.tree:ctx_switches()
+  self.ctx_now, self.ctx_gen = ctx, gen
+  local buf, n = self.ptab:sample(want_pss, self.tree.mode ~= "bpf", (ctx and not full) and self.idle or nil)
 
   local agg = {
     cpu_usage = 0, mem_rss_kb = 0, mem_vms_kb = 0, mem_pss_kb = 0,
@@ -318,19 +347,19 @@ function Monitor:sample()
   -- denet that have exited (reaped now, for their exact rusage). Children
   -- before parents: a child whose parent also left in this interval was
   -- reaped by it, and its time went up the tree with the parent's.
-  local skip = {}
+  local skipped = {}
   for i = n - 1, 0, -1 do
     local s = buf[i]
     local st = self.procs[s.pid]
     if st and s.pid ~= self.root or (st and not self.proc) then
       if band(s.flags, GONE) ~= 0 then
-        skip[s.pid] = true
+        skipped[s.pid] = true
         self:_depart(st, nil)
-      elseif s.state == ZOMBIE and s.ppid == self.mypid then
+      elseif s.state == ZOMBIE and s.ppid == self.mypid and band(s.flags, SKIPPED) == 0 then
         st.last = sample_counters(s, st)
         local code, ru = core.reap(s.pid)
         if code then
-          skip[s.pid] = true
+          skipped[s.pid] = true
           self:_depart(st, ru)
         end
       end
@@ -340,39 +369,86 @@ function Monitor:sample()
   for i = 0, n - 1 do
     local s = buf[i]
     local st = self.procs[s.pid]
-    if st and not skip[s.pid] and band(s.flags, GONE) == 0 then
-      do
-        local c = sample_counters(s, st)
-        st.last, st.last_ppid = c, s.ppid
+    if st and not skipped[s.pid] and band(s.flags, GONE) == 0 then
+      local c, snap
+      local idle = band(s.flags, SKIPPED) ~= 0 and st.snap ~= nil
+      if idle and st.m then
+        -- did not run: the same figures, a new time; its tables are reused
+        c = st.last
+        local add = st.tot_add
+        for j = 1, #COUNTERS do
+          local k = COUNTERS[j]
+          tot[k] = tot[k] + (add[k] or 0)
+        end
+        local m = st.m
+        m.ts_ms = ts_ms
+        m.cpu_usage = 0
+        m.uptime_secs = round(now - st.snap.starttime / TCK, 2)
+        st.prev_t = now
+        agg.mem_rss_kb = agg.mem_rss_kb + m.mem_rss_kb
+        agg.mem_vms_kb = agg.mem_vms_kb + m.mem_vms_kb
+        agg.mem_pss_kb = agg.mem_pss_kb + (st.pss_kb or 0)
+        agg.thread_count = agg.thread_count + m.thread_count
+        agg.fd_count = agg.fd_count + (m.fd_count or 0)
+        agg.process_count = agg.process_count + 1
+        if s.pid == self.root then
+          parent = m
+          agg.uptime_secs = m.uptime_secs
+        else
+          children[#children + 1] = st.child
+        end
+        goto continue
+      end
+      if idle then
+        c, snap = st.last, st.snap
+      else
+        c = sample_counters(s, st)
+        snap = {
+          state = s.state, starttime = tonumber(s.starttime), rss_pages = tonumber(s.rss_pages),
+          vsize = tonumber(s.vsize), threads = tonumber(s.threads), processor = tonumber(s.processor),
+          fd_count = s.fd_count >= 0 and tonumber(s.fd_count) or nil,
+        }
+        st.snap, st.last, st.last_ppid = snap, c, s.ppid
         st.comm = ffi.string(s.comm)
-        if ctx and ctx[s.pid] then
-          st.ctx = ctx[s.pid]
+        local cx = ctx and ctx[s.pid]
+        if cx and cx[5] ~= gen then
+          cx = nil -- stale: the kernel stopped tracking it (it exited)
+        end
+        st.seen = cx and { cx[1], cx[2], cx[3] }
+        if cx then
+          st.ctx = st.seen
         elseif band(s.flags, CTXSW) ~= 0 then
           st.ctx = { tonumber(s.nvcsw), tonumber(s.nivcsw) }
         end
         if band(s.flags, PSS) ~= 0 then
           st.pss_kb = tonumber(s.pss_kb)
         end
+      end
+      do
         -- tree totals: own + reaped children, zombies included
+        local add = {}
         for _, k in ipairs(COUNTERS) do
           if k ~= "nvcsw" and k ~= "nivcsw" then
-            tot[k] = tot[k] + (c[k] or 0) - (st.base[k] or 0)
+            add[k] = (c[k] or 0) - (st.base[k] or 0)
           end
         end
         local ctxv = st.final_ctx or st.ctx
         if ctxv then
-          tot.nvcsw = tot.nvcsw + ctxv[1] - (st.base.nvcsw or 0)
-          tot.nivcsw = tot.nivcsw + ctxv[2] - (st.base.nivcsw or 0)
+          add.nvcsw = ctxv[1] - (st.base.nvcsw or 0)
+          add.nivcsw = ctxv[2] - (st.base.nivcsw or 0)
         end
-        if s.state ~= ZOMBIE then
+        for j = 1, #COUNTERS do
+          local k = COUNTERS[j]
+          tot[k] = tot[k] + (add[k] or 0)
+        end
+        st.tot_add = add
+        if snap.state ~= ZOMBIE then
           -- per-process metrics; a new process's first interval starts at
           -- its own start, not at 0% for the time before it existed
+          local started = snap.starttime / TCK
           local prev_t, prev_cpu = st.prev_t, st.prev_cpu
           if not prev_t then
-            prev_t = math.max(tonumber(s.starttime) / TCK, self.prev_t)
-            if tonumber(s.starttime) / TCK >= self.t0_boot then
-              prev_t = tonumber(s.starttime) / TCK
-            end
+            prev_t = started >= self.t0_boot and started or self.prev_t
             prev_cpu = 0
           end
           local pdt = math.max(now - prev_t, 1e-6)
@@ -381,8 +457,8 @@ function Monitor:sample()
           local m = {
             ts_ms = ts_ms,
             cpu_usage = round(cpu_usage, 2),
-            mem_rss_kb = tonumber(s.rss_pages) * PAGE_KB,
-            mem_vms_kb = math.floor(tonumber(s.vsize) / 1024),
+            mem_rss_kb = snap.rss_pages * PAGE_KB,
+            mem_vms_kb = math.floor(snap.vsize / 1024),
             mem_pss_kb = st.pss_kb,
             disk_read_bytes = c.read_bytes - st.base.read_bytes,
             disk_write_bytes = c.write_bytes - st.base.write_bytes,
@@ -390,12 +466,12 @@ function Monitor:sample()
             syscall_write_bytes = c.wchar - st.base.wchar,
             page_faults_cached = c.own_minflt - (st.base.own_minflt or 0),
             page_faults_disk = c.own_majflt - (st.base.own_majflt or 0),
-            thread_count = tonumber(s.threads),
-            fd_count = s.fd_count >= 0 and tonumber(s.fd_count) or nil,
+            thread_count = snap.threads,
+            fd_count = snap.fd_count,
             ctx_switches_voluntary = ctxv and (ctxv[1] - (st.base.nvcsw or 0)) or nil,
             ctx_switches_involuntary = ctxv and (ctxv[2] - (st.base.nivcsw or 0)) or nil,
-            uptime_secs = round(now - tonumber(s.starttime) / TCK, 2),
-            cpu_core = tonumber(s.processor),
+            uptime_secs = round(now - started, 2),
+            cpu_core = snap.processor,
           }
           agg.mem_rss_kb = agg.mem_rss_kb + m.mem_rss_kb
           agg.mem_vms_kb = agg.mem_vms_kb + m.mem_vms_kb
@@ -403,15 +479,20 @@ function Monitor:sample()
           agg.thread_count = agg.thread_count + m.thread_count
           agg.fd_count = agg.fd_count + (m.fd_count or 0)
           agg.process_count = agg.process_count + 1
+          st.m = m
           if s.pid == self.root then
             parent = m
             agg.uptime_secs = m.uptime_secs
           else
-            children[#children + 1] = { pid = s.pid, command = command_of(st), metrics = m }
+            st.child = { pid = s.pid, command = command_of(st), metrics = m }
+            children[#children + 1] = st.child
           end
+        else
+          st.m = nil -- a zombie is not listed
         end
       end
     end
+    ::continue::
   end
 
   for _, k in ipairs(COUNTERS) do
@@ -429,6 +510,16 @@ function Monitor:sample()
   agg.page_faults_disk = tot.majflt
   agg.ctx_switches_voluntary = tot.nvcsw
   agg.ctx_switches_involuntary = tot.nivcsw
+  local rx, tx = net_bytes(self.root)
+  if rx and self.net0[1] then
+    self.net_last = { rx - self.net0[1], tx - self.net0[2] }
+  end
+  if self.net_last then
+    agg.sys_net_rx_bytes, agg.sys_net_tx_bytes = self.net_last[1], self.net_last[2]
+    if parent then
+      parent.sys_net_rx_bytes, parent.sys_net_tx_bytes = self.net_last[1], self.net_last[2]
+    end
+  end
   agg.processes_started = self.started
   agg.processes_exited = self.exited
   agg.ts_ms = ts_ms
@@ -438,16 +529,16 @@ function Monitor:sample()
   self.samples = self.samples + 1
   local rec
   if self.exclude_children then
-    rec = parent or {}
+    rec = {}
+    for k, v in pairs(parent or {}) do
+      rec[k] = v
+    end
     rec.kind = "sample"
     rec.ts_ms = ts_ms
     rec.cpu_usage = agg.cpu_usage -- the root's own, measured like the tree's
     rec.cpu_time_secs = agg.cpu_time_secs
     rec.process_count = agg.process_count
   else
-    table.sort(children, function(a, b)
-      return a.pid < b.pid
-    end)
     rec = { kind = "tree", ts_ms = ts_ms, parent = parent or cjson.null, children = children, aggregated = agg }
   end
   self.last_record = rec
@@ -459,6 +550,58 @@ end
 
 --- The root has exited and was reaped with this rusage (run mode): count
 --- its exact CPU time and faults; its I/O comes from its last sample.
+local DYNAMIC = { ts_ms = true, cpu_usage = true, uptime_secs = true }
+
+-- A number as lua-cjson writes it ("%.14g"), integers without a fraction.
+local function num(x)
+  if x == math.floor(x) and math.abs(x) < 2 ^ 53 then
+    return string.format("%d", x)
+  end
+  return tostring(x)
+end
+
+--- A record as one JSON line (no newline). Tree records reuse, for each
+--- child that did not run since its last read, the JSON of what did not
+--- change, so idle processes cost a string.format, not a full encode.
+function Monitor:encode(rec)
+  if rec.kind ~= "tree" then
+    return cjson.encode(rec)
+  end
+  local parts = {}
+  local ts_num, ts_str
+  for i, c in ipairs(rec.children) do
+    local st = self.procs[c.pid]
+    local m = c.metrics
+    local cached = st and st.json_for == st.snap and st.json
+    if not cached then
+      local static = {}
+      for k, v in pairs(m) do
+        if not DYNAMIC[k] then
+          static[k] = v
+        end
+      end
+      local inner = cjson.encode(static):sub(2, -2)
+      cached = string.format('{"pid":%d,"command":%s,"metrics":{%s%s', c.pid, cjson.encode(c.command), inner,
+        inner ~= "" and "," or "")
+      if st then
+        st.json, st.json_for = cached, st.snap
+      end
+    end
+    local ts = m.ts_ms
+    if ts ~= ts_num then
+      ts_num, ts_str = ts, num(ts)
+    end
+    local cpu = m.cpu_usage
+    parts[i] = cached .. '"ts_ms":' .. ts_str .. ',"cpu_usage":' .. (cpu == 0 and "0" or num(cpu))
+      .. ',"uptime_secs":' .. num(m.uptime_secs) .. "}}"
+  end
+  local children = rec.children
+  rec.children = nil
+  local head = cjson.encode(rec)
+  rec.children = children
+  return head:sub(1, -2) .. ',"children":[' .. table.concat(parts, ",") .. "]}"
+end
+
 function Monitor:root_exited(rusage)
   local st = self.procs[self.root]
   if st then
@@ -481,24 +624,25 @@ function Monitor:run(opts)
     if stop_at and stop_at < fire then
       fire = stop_at
     end
-    timer = denet.after(math.max(0, fire - core.monotonic()), function()
-      local now = core.monotonic()
-      if stop_at and now >= stop_at - 1e-4 and now < self.deadline - 1e-4 then
-        reason = "duration"
-        return
-      end
-      self:sample()
-      self:_check_root_gone()
-      repeat
-        self.deadline = self.deadline + M.interval_at(self.deadline - self.t0_mono, self.base, self.max)
-      until self.deadline > now
-      if stop_at and now >= stop_at - 1e-4 then
-        reason = "duration"
-        return
-      end
-      arm()
-    end)
+    timer:at(fire)
   end
+  timer = denet.timer(function()
+    local now = core.monotonic()
+    if stop_at and now >= stop_at - 1e-4 and now < self.deadline - 1e-4 then
+      reason = "duration"
+      return
+    end
+    self:sample()
+    self:_check_root_gone()
+    repeat
+      self.deadline = self.deadline + M.interval_at(self.deadline - self.t0_mono, self.base, self.max)
+    until self.deadline > now
+    if stop_at and now >= stop_at - 1e-4 then
+      reason = "duration"
+      return
+    end
+    arm()
+  end)
   arm()
   local exit_watch
   if self.proc then

@@ -32,7 +32,7 @@ struct dn_psample {
 assert(ffi.sizeof("struct dn_psample") == core.psample_size(),
   "struct dn_psample differs between lib/denet/procfs.lua and host/dn_procfs.c")
 
-M.GONE, M.IO, M.PSS, M.CTXSW = 1, 2, 4, 8
+M.GONE, M.IO, M.PSS, M.CTXSW, M.SKIPPED = 1, 2, 4, 8, 16
 M.CLK_TCK = core.clk_tck()
 M.PAGE_KB = core.page_size() / 1024
 
@@ -43,34 +43,60 @@ Table.__index = Table
 
 --- A table of watched processes.
 function M.new()
-  return setmetatable({ t = core.ptab_new(), cap = 0, buf = nil }, Table)
+  -- order mirrors the C table's sampling order (insertion order)
+  return setmetatable({ t = core.ptab_new(), cap = 0, buf = nil, order = {}, index = {} }, Table)
 end
 
 --- Watch pid: true, io_readable | nil, message, errno.
 function Table:add(pid)
-  return self.t:add(pid)
+  local ok, a, b = self.t:add(pid)
+  if ok and not self.index[pid] then
+    self.order[#self.order + 1] = pid
+    self.index[pid] = true
+  end
+  return ok, a, b
 end
 
 function Table:remove(pid)
   self.t:remove(pid)
+  if self.index[pid] then
+    self.index[pid] = nil
+    for i, p in ipairs(self.order) do
+      if p == pid then
+        table.remove(self.order, i)
+        break
+      end
+    end
+  end
 end
 
 function Table:count()
   return self.t:count()
 end
 
---- Read every watched process. Returns the sample array (0-based) and its
---- length; entries of processes that have gone carry flags GONE.
-function Table:sample(want_pss, want_status)
+--- Read the watched processes, in the order they were added. Returns the
+--- sample array (0-based) and its length; entries of processes that have
+--- gone carry flags GONE. skip(pid) -> true leaves a process unread this
+--- time (flags SKIPPED).
+function Table:sample(want_pss, want_status, skip)
   local n = self.t:count()
   if n > self.cap then
     self.cap = math.max(64, n * 2)
     self.buf = sample_arr(self.cap)
+    self.mask = ffi.new("uint8_t[?]", self.cap)
   end
   if n == 0 then
     return self.buf, 0
   end
-  return self.buf, self.t:sample(self.buf, self.cap, want_pss or false, want_status or false)
+  local mask
+  if skip then
+    mask = self.mask
+    local order = self.order
+    for i = 1, #order do
+      mask[i - 1] = skip(order[i]) and 1 or 0
+    end
+  end
+  return self.buf, self.t:sample(self.buf, self.cap, want_pss or false, want_status or false, mask)
 end
 
 --- The command line of pid as a list, or nil (kernel threads, gone).

@@ -57,6 +57,9 @@ function M.new(opts)
     roots = {},
     forks = 0,
     exits = 0,
+    ctx_cache = {},
+    ctx_gen = 0,
+    ctx_n = 0,
   }, Tree)
   local want = opts.bpf
   if want == nil then
@@ -80,6 +83,7 @@ function M.new(opts)
     end
     self.bpf = BPF.new{ text = BPF.compose(parts), cflags = cflags, name = "tree" }
     self.tracked = self.bpf:get_table("dn_tracked")
+    self.threads = self.bpf:get_table("dn_threads")
     self.events = self.bpf:get_table("dn_tree_events"):open_ring_buffer(function(e)
       self:_event(e)
     end, { type = "struct dn_tree_event" })
@@ -125,7 +129,22 @@ end
 function Tree:add(pid, ppid, opts)
   self.live[pid] = { ppid = ppid or 0 }
   if self.tracked then
+    -- the process first, so threads it creates from now on are added by
+    -- the kernel; then the threads it has, marking those on a CPU now
     self.tracked:set(pid, { ppid = ppid or 0 })
+    local running = 0
+    for _, name in ipairs(core.list_dir("/proc/" .. pid .. "/task") or {}) do
+      local tid = tonumber(name)
+      local _, _, _, state = core.read_stat(tid)
+      local oncpu = state == 82 and 1 or 0 -- 'R'
+      running = running + oncpu
+      if tid then
+        self.threads:set(tid, { tgid = pid, oncpu = oncpu })
+      end
+    end
+    if running > 0 then
+      self.tracked:set(pid, { ppid = ppid or 0, running = running })
+    end
   end
   if opts and opts.root then
     self.roots[pid] = true
@@ -145,6 +164,7 @@ function Tree:remove(pid)
   self.live[pid] = nil
   if self.tracked then
     self.tracked:delete(pid)
+    self.threads:delete(pid)
   end
 end
 
@@ -175,17 +195,46 @@ function Tree:refresh()
   end
 end
 
---- Context switch counters of live tracked processes (BPF mode):
---- pid -> { nvcsw, nivcsw }; nil without BPF.
+--- Scheduling counters of live tracked processes (BPF mode), read in one
+--- pass: pid -> { nvcsw, nivcsw, switch-ins, threads on a CPU now, gen }
+--- (entries whose gen is not the returned gen are stale); nil without BPF.
+--- The tables are reused by the next call.
+local task_ptr = ffi.typeof("struct { uint32_t ppid, running; uint64_t nvcsw, nivcsw, ins; } *")
+local u32_ptr = ffi.typeof("const uint32_t *")
+
 function Tree:ctx_switches()
   if not self.tracked then
     return nil
   end
-  local out = {}
-  for k, v in self.tracked:items() do
-    out[k] = { tonumber(v.nvcsw), tonumber(v.nivcsw) }
+  -- one batch read of the map, viewed in place (this runs every sample)
+  local t = self.tracked
+  local keys, leaves, n = core.map_dump(t.fd, 4, t.value_size, t.info.max_entries)
+  if not keys then
+    return nil
   end
-  return out
+  local kp, vp = ffi.cast(u32_ptr, keys), ffi.cast(task_ptr, leaves)
+  -- the per-pid lists are reused from sample to sample (copy what you keep)
+  local out, gen = self.ctx_cache, self.ctx_gen + 1
+  self.ctx_gen = gen
+  for i = 0, n - 1 do
+    local v, pid = vp[i], kp[i]
+    local c = out[pid]
+    if not c then
+      c = {}
+      out[pid] = c
+    end
+    c[1], c[2], c[3], c[4], c[5] = tonumber(v.nvcsw), tonumber(v.nivcsw), tonumber(v.ins), v.running, gen
+  end
+  -- drop processes the kernel no longer tracks
+  if n < self.ctx_n then
+    for pid, c in pairs(out) do
+      if c[5] ~= gen then
+        out[pid] = nil
+      end
+    end
+  end
+  self.ctx_n = n
+  return out, gen
 end
 
 --- Records of the tree's event buffer that were dropped (buffer full).
