@@ -399,7 +399,9 @@ local function main(args)
   -- the compiler's job is done: keep the resident set small from here on
   core.release_compiler_memory()
   if display then
+    -- rates of the first sample are from the baseline
     display.t0 = m.t0_mono
+    display.last = { ts_ms = m.t0_ms, r = 0, w = 0 }
   end
   emit({ kind = "metadata", pid = root, cmd = argv, executable = exe or cjson.null, t0_ms = m.t0_ms })
 
