@@ -82,6 +82,26 @@ describe("denet run", function()
     assert.equals(4, s.max_processes)
   end)
 
+  it("does not report a new process's first sample as 0%", function()
+    local code, recs = run({}, { H.fixture("spin_children"), "2", "0.6" })
+    assert.equals(0, code)
+    -- the first sample in which each busy child appears already shows it busy
+    local first = {}
+    for _, r in ipairs(trees(recs)) do
+      for _, c in ipairs(r.children) do
+        if not first[c.pid] then
+          first[c.pid] = c.metrics.cpu_usage
+        end
+      end
+    end
+    local n = 0
+    for pid, cpu in pairs(first) do
+      n = n + 1
+      assert.is_true(cpu > 50, string.format("pid %d first sample %.1f%%", pid, cpu))
+    end
+    assert.equals(2, n)
+  end)
+
   it("8 spinning threads are one process with >= 8 threads at ~cores x 100%", function()
     local code, recs = run({}, { H.fixture("spin_threads"), "8", "1.5" })
     assert.equals(0, code)
