@@ -40,6 +40,11 @@ int dn_vm_pcall(lua_State *L, int nargs, int nresults);
  * return the process exit code it maps to (user error: its code, usually
  * 2; interrupt: 128+signal; script bug: 1). Pops it. */
 int dn_vm_report(lua_State *L);
+/* Add the functions of fns (NULL-terminated) to the table on top. */
+void dn_vm_setfuncs(lua_State *L, const luaL_Reg *fns);
+/* Register a userdata class: metatable `name` with __gc and methods as
+ * __index. Leaves the stack as it was. */
+void dn_vm_newclass(lua_State *L, const char *name, lua_CFunction gc, const luaL_Reg *methods);
 /* A 64-bit address argument: a Lua number or a 64-bit integer cdata. */
 uint64_t dn_vm_checku64(lua_State *L, int idx);
 /* Push a userdata-free argument error helper result: nil, message, errno.

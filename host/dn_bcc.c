@@ -93,6 +93,19 @@ static void capture_end(lua_State *L, struct capture *c)
 	luaL_pushresult(&b);
 }
 
+/* Restore stderr and drop what was written (libbcc's own complaints about
+ * a failed attach; the caller reports the failure itself). */
+static void capture_drop(struct capture *c)
+{
+	fflush(stderr);
+	if (c->saved >= 0) {
+		dup2(c->saved, STDERR_FILENO);
+		close(c->saved);
+	}
+	if (c->mfd >= 0)
+		close(c->mfd);
+}
+
 /* --- module lifetime ------------------------------------------------------ */
 
 static void detach_one(struct dn_att *a)
@@ -315,6 +328,18 @@ static int add_att(lua_State *L, struct dn_bpf *m, enum att_kind kind, int fd, c
 	return ++m->natts;
 }
 
+/* Finish an attach: record it and push its handle, or push nil, "cannot
+ * attach WHAT: why", errno. */
+static int attach_result(lua_State *L, struct dn_bpf *m, enum att_kind kind, int fd, int err, const char *ev,
+                         const char *what)
+{
+	if (fd < 0)
+		return dn_vm_fail(L, err, "cannot attach %s: %s", what,
+		                  err == ENOENT ? "no such tracepoint, function or file" : strerror(err));
+	lua_pushinteger(L, add_att(L, m, kind, fd, ev));
+	return 1;
+}
+
 /* m:attach_tracepoint(progfd, category, event) -> handle | nil, msg, errno */
 static int l_attach_tracepoint(lua_State *L)
 {
@@ -325,16 +350,14 @@ static int l_attach_tracepoint(lua_State *L)
 	struct capture cap;
 	int fd, err;
 
+	char what[256];
+
 	capture_begin(&cap);
 	fd = bpf_attach_tracepoint(progfd, cat, ev);
 	err = errno;
-	capture_end(L, &cap);
-	if (fd < 0)
-		return dn_vm_fail(L, err, "cannot attach to tracepoint %s:%s: %s", cat, ev,
-		                  err == ENOENT ? "no such tracepoint" : strerror(err));
-	lua_pop(L, 1);
-	lua_pushinteger(L, add_att(L, m, ATT_PERF_FD, fd, NULL));
-	return 1;
+	capture_drop(&cap);
+	snprintf(what, sizeof(what), "to tracepoint %s:%s", cat, ev);
+	return attach_result(L, m, ATT_PERF_FD, fd, err, NULL, what);
 }
 
 /* m:attach_raw_tracepoint(progfd, name) -> handle | nil, msg, errno */
@@ -346,16 +369,14 @@ static int l_attach_raw_tracepoint(lua_State *L)
 	struct capture cap;
 	int fd, err;
 
+	char what[256];
+
 	capture_begin(&cap);
 	fd = bpf_attach_raw_tracepoint(progfd, tp);
 	err = errno;
-	capture_end(L, &cap);
-	if (fd < 0)
-		return dn_vm_fail(L, err, "cannot attach to raw tracepoint %s: %s", tp,
-		                  err == ENOENT ? "no such tracepoint" : strerror(err));
-	lua_pop(L, 1);
-	lua_pushinteger(L, add_att(L, m, ATT_RAW_TP, fd, NULL));
-	return 1;
+	capture_drop(&cap);
+	snprintf(what, sizeof(what), "to raw tracepoint %s", tp);
+	return attach_result(L, m, ATT_RAW_TP, fd, err, NULL, what);
 }
 
 /* m:attach_uprobe(progfd, is_return, ev_name, path, offset, pid)
@@ -372,19 +393,15 @@ static int l_attach_uprobe(lua_State *L)
 	struct capture cap;
 	int fd, err;
 
+	char what[512];
+
 	capture_begin(&cap);
 	fd = bpf_attach_uprobe(progfd, ret ? BPF_PROBE_RETURN : BPF_PROBE_ENTRY, ev, path, off,
 	                       pid, 0);
 	err = errno;
-	capture_end(L, &cap);
-	if (fd < 0) {
-		/* stack: diag */
-		return dn_vm_fail(L, err, "cannot attach %s to %s+0x%llx: %s", ret ? "uretprobe" : "uprobe",
-		                  path, (unsigned long long)off, strerror(err));
-	}
-	lua_pop(L, 1);
-	lua_pushinteger(L, add_att(L, m, ATT_UPROBE, fd, ev));
-	return 1;
+	capture_drop(&cap);
+	snprintf(what, sizeof(what), "%s to %s+0x%llx", ret ? "uretprobe" : "uprobe", path, (unsigned long long)off);
+	return attach_result(L, m, ATT_UPROBE, fd, err, ev, what);
 }
 
 /* m:attach_kprobe(progfd, is_return, ev_name, fn_name) -> handle | nil, msg, errno */
@@ -398,16 +415,14 @@ static int l_attach_kprobe(lua_State *L)
 	struct capture cap;
 	int fd, err;
 
+	char what[256];
+
 	capture_begin(&cap);
 	fd = bpf_attach_kprobe(progfd, ret ? BPF_PROBE_RETURN : BPF_PROBE_ENTRY, ev, fn, 0, 0);
 	err = errno;
-	capture_end(L, &cap);
-	if (fd < 0)
-		return dn_vm_fail(L, err, "cannot attach %s to %s: %s", ret ? "kretprobe" : "kprobe", fn,
-		                  strerror(err));
-	lua_pop(L, 1);
-	lua_pushinteger(L, add_att(L, m, ATT_KPROBE, fd, ev));
-	return 1;
+	capture_drop(&cap);
+	snprintf(what, sizeof(what), "%s to %s", ret ? "kretprobe" : "kprobe", fn);
+	return attach_result(L, m, ATT_KPROBE, fd, err, ev, what);
 }
 
 /* m:attach_kfunc(progfd) -> handle | nil, msg, errno: fentry/fexit
@@ -422,12 +437,8 @@ static int l_attach_kfunc(lua_State *L)
 	capture_begin(&cap);
 	fd = bpf_attach_kfunc(progfd);
 	err = errno;
-	capture_end(L, &cap);
-	if (fd < 0)
-		return dn_vm_fail(L, err, "cannot attach the fentry/fexit program: %s", strerror(err));
-	lua_pop(L, 1);
-	lua_pushinteger(L, add_att(L, m, ATT_RAW_TP, fd, NULL));
-	return 1;
+	capture_drop(&cap);
+	return attach_result(L, m, ATT_RAW_TP, fd, err, NULL, "the fentry/fexit program");
 }
 
 /* m:attach_perf_event(progfd, type, config, period, freq, pid, cpu)
@@ -446,16 +457,14 @@ static int l_attach_perf_event(lua_State *L)
 	struct capture cap;
 	int fd, err;
 
+	char what[128];
+
 	capture_begin(&cap);
 	fd = bpf_attach_perf_event(progfd, type, config, period, freq, pid, cpu, -1);
 	err = errno;
-	capture_end(L, &cap);
-	if (fd < 0)
-		return dn_vm_fail(L, err, "cannot open perf event type %u config %u on cpu %d: %s", type,
-		                  config, cpu, strerror(err));
-	lua_pop(L, 1);
-	lua_pushinteger(L, add_att(L, m, ATT_PERF_FD, fd, NULL));
-	return 1;
+	capture_drop(&cap);
+	snprintf(what, sizeof(what), "perf event type %u config %u on cpu %d", type, config, cpu);
+	return attach_result(L, m, ATT_PERF_FD, fd, err, NULL, what);
 }
 
 /* m:detach(handle): detach one attachment; detaching twice is harmless. */
@@ -819,22 +828,6 @@ void dn_bcc_open(lua_State *L)
 		{ "close_fd", l_close_fd },
 		{ NULL, NULL },
 	};
-	const luaL_Reg *r;
-
-	/* stack: core */
-	if (luaL_newmetatable(L, MODULE_MT)) {
-		lua_pushcfunction(L, module_gc);
-		lua_setfield(L, -2, "__gc");
-		lua_newtable(L);
-		for (r = methods; r->name; r++) {
-			lua_pushcfunction(L, r->func);
-			lua_setfield(L, -2, r->name);
-		}
-		lua_setfield(L, -2, "__index");
-	}
-	lua_pop(L, 1);
-	for (r = fns; r->name; r++) {
-		lua_pushcfunction(L, r->func);
-		lua_setfield(L, -2, r->name);
-	}
+	dn_vm_newclass(L, MODULE_MT, module_gc, methods);
+	dn_vm_setfuncs(L, fns);
 }

@@ -662,10 +662,5 @@ void dn_loop_open(lua_State *L)
 		{ "defer_signals", l_defer_signals },
 		{ NULL, NULL },
 	};
-	const luaL_Reg *r;
-
-	for (r = fns; r->name; r++) {
-		lua_pushcfunction(L, r->func);
-		lua_setfield(L, -2, r->name);
-	}
+	dn_vm_setfuncs(L, fns);
 }

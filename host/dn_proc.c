@@ -482,28 +482,14 @@ void dn_proc_open(lua_State *L)
 		{ "held", l_held },
 		{ NULL, NULL },
 	};
-	const luaL_Reg *r;
-
-	/* stack: core */
-	if (luaL_newmetatable(L, PROC_MT)) {
-		lua_pushcfunction(L, l_proc_gc);
-		lua_setfield(L, -2, "__gc");
-		lua_newtable(L);
-		for (r = methods; r->name; r++) {
-			lua_pushcfunction(L, r->func);
-			lua_setfield(L, -2, r->name);
-		}
-		lua_setfield(L, -2, "__index");
-	}
-	lua_pop(L, 1);
-	lua_pushcfunction(L, l_spawn);
-	lua_setfield(L, -2, "spawn");
-	lua_pushcfunction(L, l_reap);
-	lua_setfield(L, -2, "reap");
-	lua_pushcfunction(L, l_children_rusage);
-	lua_setfield(L, -2, "children_rusage");
-	lua_pushcfunction(L, l_set_subreaper);
-	lua_setfield(L, -2, "set_subreaper");
-	lua_pushcfunction(L, l_which);
-	lua_setfield(L, -2, "which");
+	static const luaL_Reg fns[] = {
+		{ "spawn", l_spawn },
+		{ "reap", l_reap },
+		{ "children_rusage", l_children_rusage },
+		{ "set_subreaper", l_set_subreaper },
+		{ "which", l_which },
+		{ NULL, NULL },
+	};
+	dn_vm_newclass(L, PROC_MT, l_proc_gc, methods);
+	dn_vm_setfuncs(L, fns);
 }

@@ -578,21 +578,6 @@ void dn_procfs_open(lua_State *L)
 		{ "net_dev_bytes", l_net_dev_bytes },
 		{ NULL, NULL },
 	};
-	const luaL_Reg *r;
-
-	if (luaL_newmetatable(L, PTAB_MT)) {
-		lua_pushcfunction(L, l_ptab_gc);
-		lua_setfield(L, -2, "__gc");
-		lua_newtable(L);
-		for (r = methods; r->name; r++) {
-			lua_pushcfunction(L, r->func);
-			lua_setfield(L, -2, r->name);
-		}
-		lua_setfield(L, -2, "__index");
-	}
-	lua_pop(L, 1);
-	for (r = fns; r->name; r++) {
-		lua_pushcfunction(L, r->func);
-		lua_setfield(L, -2, r->name);
-	}
+	dn_vm_newclass(L, PTAB_MT, l_ptab_gc, methods);
+	dn_vm_setfuncs(L, fns);
 }

@@ -457,21 +457,6 @@ static int l_resolve_symname(lua_State *L)
 	return 2;
 }
 
-static void newmt(lua_State *L, const char *name, lua_CFunction gc, const luaL_Reg *methods)
-{
-	if (luaL_newmetatable(L, name)) {
-		lua_pushcfunction(L, gc);
-		lua_setfield(L, -2, "__gc");
-		lua_newtable(L);
-		for (; methods->name; methods++) {
-			lua_pushcfunction(L, methods->func);
-			lua_setfield(L, -2, methods->name);
-		}
-		lua_setfield(L, -2, "__index");
-	}
-	lua_pop(L, 1);
-}
-
 void dn_sym_open(lua_State *L)
 {
 	static const luaL_Reg kmethods[] = { { "resolve", l_ksyms_resolve }, { NULL, NULL } };
@@ -481,16 +466,16 @@ void dn_sym_open(lua_State *L)
 		{ NULL, NULL },
 	};
 
-	newmt(L, KSYMS_MT, l_ksyms_gc, kmethods);
-	newmt(L, USYMS_MT, l_usyms_gc, umethods);
-	lua_pushcfunction(L, l_ksyms);
-	lua_setfield(L, -2, "ksyms");
-	lua_pushcfunction(L, l_usyms);
-	lua_setfield(L, -2, "usyms");
-	lua_pushcfunction(L, l_usyms_parse);
-	lua_setfield(L, -2, "usyms_parse");
-	lua_pushcfunction(L, l_resolve_symname);
-	lua_setfield(L, -2, "resolve_symname");
-	lua_pushcfunction(L, l_elf_file_offset);
-	lua_setfield(L, -2, "elf_file_offset");
+	static const luaL_Reg fns[] = {
+		{ "ksyms", l_ksyms },
+		{ "usyms", l_usyms },
+		{ "usyms_parse", l_usyms_parse },
+		{ "resolve_symname", l_resolve_symname },
+		{ "elf_file_offset", l_elf_file_offset },
+		{ NULL, NULL },
+	};
+
+	dn_vm_newclass(L, KSYMS_MT, l_ksyms_gc, kmethods);
+	dn_vm_newclass(L, USYMS_MT, l_usyms_gc, umethods);
+	dn_vm_setfuncs(L, fns);
 }

@@ -229,12 +229,7 @@ void dn_sys_open(lua_State *L)
 		{ "strerror", l_strerror },
 		{ NULL, NULL },
 	};
-	const luaL_Reg *r;
-
-	for (r = fns; r->name; r++) {
-		lua_pushcfunction(L, r->func);
-		lua_setfield(L, -2, r->name);
-	}
+	dn_vm_setfuncs(L, fns);
 	lua_pushstring(L, LIBBCC_VERSION);
 	lua_setfield(L, -2, "libbcc_version");
 }

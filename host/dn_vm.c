@@ -198,3 +198,23 @@ uint64_t dn_vm_checku64(lua_State *L, int idx)
 		return *(const uint64_t *)lua_topointer(L, idx);
 	return (uint64_t)luaL_checknumber(L, idx);
 }
+
+void dn_vm_setfuncs(lua_State *L, const luaL_Reg *fns)
+{
+	for (; fns->name; fns++) {
+		lua_pushcfunction(L, fns->func);
+		lua_setfield(L, -2, fns->name);
+	}
+}
+
+void dn_vm_newclass(lua_State *L, const char *name, lua_CFunction gc, const luaL_Reg *methods)
+{
+	if (luaL_newmetatable(L, name)) {
+		lua_pushcfunction(L, gc);
+		lua_setfield(L, -2, "__gc");
+		lua_newtable(L);
+		dn_vm_setfuncs(L, methods);
+		lua_setfield(L, -2, "__index");
+	}
+	lua_pop(L, 1);
+}
