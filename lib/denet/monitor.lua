@@ -294,6 +294,16 @@ local function command_of(st)
   return st.cmd
 end
 
+-- Add one live process's metrics to the tree's sums.
+local function tally(agg, m, pss_kb)
+  agg.mem_rss_kb = agg.mem_rss_kb + m.mem_rss_kb
+  agg.mem_vms_kb = agg.mem_vms_kb + m.mem_vms_kb
+  agg.mem_pss_kb = agg.mem_pss_kb + (pss_kb or 0)
+  agg.thread_count = agg.thread_count + m.thread_count
+  agg.fd_count = agg.fd_count + (m.fd_count or 0)
+  agg.process_count = agg.process_count + 1
+end
+
 --- Take one sample now. Returns the record ("tree", or "sample" with
 --- exclude_children) after calling on_sample with it.
 function Monitor:sample()
@@ -385,12 +395,7 @@ function Monitor:sample()
         m.cpu_usage = 0
         m.uptime_secs = round(now - st.snap.starttime / TCK, 2)
         st.prev_t = now
-        agg.mem_rss_kb = agg.mem_rss_kb + m.mem_rss_kb
-        agg.mem_vms_kb = agg.mem_vms_kb + m.mem_vms_kb
-        agg.mem_pss_kb = agg.mem_pss_kb + (st.pss_kb or 0)
-        agg.thread_count = agg.thread_count + m.thread_count
-        agg.fd_count = agg.fd_count + (m.fd_count or 0)
-        agg.process_count = agg.process_count + 1
+        tally(agg, m, st.pss_kb)
         if s.pid == self.root then
           parent = m
           agg.uptime_secs = m.uptime_secs
@@ -473,12 +478,7 @@ function Monitor:sample()
             uptime_secs = round(now - started, 2),
             cpu_core = snap.processor,
           }
-          agg.mem_rss_kb = agg.mem_rss_kb + m.mem_rss_kb
-          agg.mem_vms_kb = agg.mem_vms_kb + m.mem_vms_kb
-          agg.mem_pss_kb = agg.mem_pss_kb + (st.pss_kb or 0)
-          agg.thread_count = agg.thread_count + m.thread_count
-          agg.fd_count = agg.fd_count + (m.fd_count or 0)
-          agg.process_count = agg.process_count + 1
+          tally(agg, m, st.pss_kb)
           st.m = m
           if s.pid == self.root then
             parent = m

@@ -222,18 +222,21 @@ function Tree:ctx_switches()
     if not c then
       c = {}
       out[pid] = c
+      self.ctx_n = self.ctx_n + 1
     end
     c[1], c[2], c[3], c[4], c[5] = tonumber(v.nvcsw), tonumber(v.nivcsw), tonumber(v.ins), v.running, gen
   end
-  -- drop processes the kernel no longer tracks
-  if n < self.ctx_n then
+  -- drop processes the kernel no longer tracks, once they add up
+  if self.ctx_n > n + 64 then
+    self.ctx_n = 0
     for pid, c in pairs(out) do
       if c[5] ~= gen then
         out[pid] = nil
+      else
+        self.ctx_n = self.ctx_n + 1
       end
     end
   end
-  self.ctx_n = n
   return out, gen
 end
 
