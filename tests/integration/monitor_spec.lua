@@ -149,6 +149,22 @@ describe("denet run", function()
     assert.is_true(last[#last].aggregated.processes_started >= 201)
   end)
 
+  it("keeps orphaned descendants in the tree, reaps them and counts their CPU", function()
+    local code, recs = run({}, { H.fixture("orphan"), "300" })
+    assert.equals(0, code)
+    local s = summary_of(recs)
+    -- the grandchild's 300 ms, re-parented to denet (the subreaper) and
+    -- reaped by it, not lost with its exited parent
+    assert.is_true(within(s.cpu_time_secs, 0.3, 0.1), "cpu " .. s.cpu_time_secs)
+    local saw = false
+    for _, r in ipairs(trees(recs)) do
+      if #r.children >= 1 then
+        saw = true
+      end
+    end
+    assert.is_true(saw)
+  end)
+
   it("passes stdout through and exits with the command's code", function()
     local code, _, stdout = run({}, { H.fixture("exit_with"), "7", "through" })
     assert.equals(7, code)
