@@ -99,6 +99,7 @@ function M.new(opts)
     since_start = opts.since_process_start or false,
     on_sample = opts.on_sample,
     procs = {},            -- pid -> state
+    jp = {}, jc = {}, ju = {}, -- reused by encode()
     gone_parents = {},     -- pid -> sample number when it left
     departed = zero_counters(),
     samples = 0,
@@ -552,14 +553,6 @@ end
 --- its exact CPU time and faults; its I/O comes from its last sample.
 local DYNAMIC = { ts_ms = true, cpu_usage = true, uptime_secs = true }
 
--- A number as lua-cjson writes it ("%.14g"), integers without a fraction.
-local function num(x)
-  if x == math.floor(x) and math.abs(x) < 2 ^ 53 then
-    return string.format("%d", x)
-  end
-  return tostring(x)
-end
-
 --- A record as one JSON line (no newline). Tree records reuse, for each
 --- child that did not run since its last read, the JSON of what did not
 --- change, so idle processes cost a string.format, not a full encode.
@@ -567,9 +560,11 @@ function Monitor:encode(rec)
   if rec.kind ~= "tree" then
     return cjson.encode(rec)
   end
-  local parts = {}
-  local ts_num, ts_str
-  for i, c in ipairs(rec.children) do
+  local prefixes, cpus, ups = self.jp, self.jc, self.ju
+  local children = rec.children
+  local n = #children
+  for i = 1, n do
+    local c = children[i]
     local st = self.procs[c.pid]
     local m = c.metrics
     local cached = st and st.json_for == st.snap and st.json
@@ -587,19 +582,12 @@ function Monitor:encode(rec)
         st.json, st.json_for = cached, st.snap
       end
     end
-    local ts = m.ts_ms
-    if ts ~= ts_num then
-      ts_num, ts_str = ts, num(ts)
-    end
-    local cpu = m.cpu_usage
-    parts[i] = cached .. '"ts_ms":' .. ts_str .. ',"cpu_usage":' .. (cpu == 0 and "0" or num(cpu))
-      .. ',"uptime_secs":' .. num(m.uptime_secs) .. "}}"
+    prefixes[i], cpus[i], ups[i] = cached, m.cpu_usage, m.uptime_secs
   end
-  local children = rec.children
   rec.children = nil
   local head = cjson.encode(rec)
   rec.children = children
-  return head:sub(1, -2) .. ',"children":[' .. table.concat(parts, ",") .. "]}"
+  return head:sub(1, -2) .. ',"children":' .. core.json_children(prefixes, cpus, ups, n, rec.ts_ms) .. "}"
 end
 
 function Monitor:root_exited(rusage)
