@@ -60,6 +60,16 @@ rss=$(awk '/VmRSS/ {print $2}' /proc/$dpid/status)
 kill -INT $dpid
 wait $dpid || true
 
+# the same without writing JSONL: watching alone, like the psutil loop,
+# which writes nothing (samples counted from denet's -n status lines)
+script -qfc "$denet attach -n -i 100 -m 100 $tree" /dev/null >"$tmp/denet-n.txt" 2>&1 &
+spid=$!
+while ! grep -q "CPU" "$tmp/denet-n.txt" 2>/dev/null; do sleep 0.01; done
+dnpid=$(pgrep -n -x denet)
+bare_line=$(measure denet-bare $dnpid "$tmp/denet-n.txt" "CPU ")
+kill -INT $dnpid
+wait $spid 2>/dev/null || true
+
 # pidstat: whole seconds only, so 1 sample/s; one report line per process
 pidstat -u -r -d -h -p "$pids" 1 >"$tmp/pidstat.txt" &
 ppid=$!
@@ -73,6 +83,7 @@ psutil_line=$(measure psutil $qpid "$tmp/psutil.txt" "sample")
 kill $qpid; wait $qpid 2>/dev/null || true
 
 d_ms=$(echo "$denet_line" | awk '{print $2}')
+b_ms=$(echo "$bare_line" | awk '{print $2}')
 s_ms=$(echo "$pidstat_line" | awk '{print $2}')
 p_ms=$(echo "$psutil_line" | awk '{print $2}')
 {
@@ -82,11 +93,12 @@ p_ms=$(echo "$psutil_line" | awk '{print $2}')
   echo
   echo "| tool | samples in window | CPU per sample (ms) | denet's cost relative to it |"
   echo "|---|---|---|---|"
-  printf '| denet attach (10/s) | %s | %s | 1 |\n' "$(echo "$denet_line" | awk '{print $3}')" "$d_ms"
-  printf '| pidstat -u -r -d (1/s) | %s | %s | 1/%s |\n' "$(echo "$pidstat_line" | awk '{print $3}')" "$s_ms" \
-    "$(awk -v a="$s_ms" -v b="$d_ms" 'BEGIN { printf "%.1f", a / b }')"
-  printf '| psutil loop, psrecord-style (10/s) | %s | %s | 1/%s |\n' "$(echo "$psutil_line" | awk '{print $3}')" "$p_ms" \
-    "$(awk -v a="$p_ms" -v b="$d_ms" 'BEGIN { printf "%.1f", a / b }')"
+  printf '| denet attach -o FILE (10/s, 20 KB of JSONL per sample) | %s | %s | 1 |\n' "$(echo "$denet_line" | awk '{print $3}')" "$d_ms"
+  printf '| denet attach, status line only, no JSONL (10/s) | %s | %s | - |\n' "$(echo "$bare_line" | awk '{print $3}')" "$b_ms"
+  printf '| pidstat -u -r -d (1/s) | %s | %s | 1/%s (no JSONL: 1/%s) |\n' "$(echo "$pidstat_line" | awk '{print $3}')" "$s_ms" \
+    "$(awk -v a="$s_ms" -v b="$d_ms" 'BEGIN { printf "%.1f", a / b }')" "$(awk -v a="$s_ms" -v b="$b_ms" 'BEGIN { printf "%.1f", a / b }')"
+  printf '| psutil loop, psrecord-style, writes nothing (10/s) | %s | %s | 1/%s (no JSONL: 1/%s) |\n' "$(echo "$psutil_line" | awk '{print $3}')" "$p_ms" \
+    "$(awk -v a="$p_ms" -v b="$d_ms" 'BEGIN { printf "%.1f", a / b }')" "$(awk -v a="$p_ms" -v b="$b_ms" 'BEGIN { printf "%.1f", a / b }')"
   echo
   printf 'denet start-up (compile, load, attach, baseline, first sample): %.3f s CPU, %.2f s wall.\n' \
     "$(awk -v c="$start_cpu" 'BEGIN { print c / 1e9 }')" "$(awk -v a="$t0" -v b="$t_first" 'BEGIN { print b - a }')"
