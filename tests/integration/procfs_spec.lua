@@ -1,0 +1,59 @@
+-- The monitor's /proc readers: a watched process that exits reads as gone,
+-- and so does its pid when a new process reuses it (the held fds stay
+-- bound to the old process); odd comms parse.
+local denet = require("denet")
+local procfs = require("denet.procfs")
+local ffi = require("ffi")
+
+local function read(t, pid)
+  local buf, n = t:sample(false, false)
+  for i = 0, n - 1 do
+    if buf[i].pid == pid then
+      return buf[i]
+    end
+  end
+end
+
+describe("procfs table", function()
+  it("reads a live process and flags it gone once it has exited", function()
+    local p = denet.spawn({ H.fixture("sleeper"), "30" }):resume()
+    local t = procfs.new()
+    assert.is_true((t:add(p.pid)))
+    local s = read(t, p.pid)
+    assert.equals(0, bit.band(s.flags, procfs.GONE))
+    assert.equals("sleeper", ffi.string(s.comm))
+    assert.equals(1, s.threads)
+    assert.is_true(s.fd_count >= 3)
+    p:kill(9)
+    p:wait()
+    s = read(t, p.pid)
+    assert.equals(procfs.GONE, bit.band(s.flags, procfs.GONE))
+  end)
+
+  it("does not read a new process that reuses the pid", function()
+    local a = denet.spawn({ H.fixture("sleeper"), "30" }):resume()
+    local pid = a.pid
+    local t = procfs.new()
+    t:add(pid)
+    a:kill(9)
+    a:wait()
+    -- make the next fork get the same pid (root, initial pid namespace)
+    local f = assert(io.open("/proc/sys/kernel/ns_last_pid", "w"))
+    f:write(tostring(pid - 1))
+    f:close()
+    local b = denet.spawn({ H.fixture("odd_comm"), "0.5" }):resume()
+    assert.equals(pid, b.pid)
+    local s = read(t, pid)
+    assert.equals(procfs.GONE, bit.band(s.flags, procfs.GONE))
+    -- a fresh table sees the new process, comm with spaces and parentheses
+    local t2 = procfs.new()
+    t2:add(pid)
+    denet.sleep(0.05)
+    s = read(t2, pid)
+    assert.equals(0, bit.band(s.flags, procfs.GONE))
+    assert.equals("x) (y", ffi.string(s.comm))
+    assert.is_true(s.ppid > 0)
+    b:kill(9)
+    b:wait()
+  end)
+end)
