@@ -613,133 +613,121 @@ static int l_map_delete(lua_State *L)
 	return dn_vm_fail(L, errno, "map delete failed: %s", strerror(errno));
 }
 
-/* core.map_dump(fd, key_size, leaf_size [, max]) -> keys, leaves, n
- * All entries in one call: keys and leaves packed into two strings. For
- * per-CPU maps leaf_size is the whole per-CPU value. Entries deleted while
- * walking are skipped. */
-static int l_map_dump(lua_State *L)
+/* Keys and leaves of a map, packed, as map_dump collects them. */
+struct dump {
+	char *keys, *leaves;
+	size_t n, cap, ks, ls;
+};
+
+/* Room for `need` entries in all; 0 or -ENOMEM. */
+static int dump_reserve(struct dump *d, size_t need)
 {
-	int fd = (int)luaL_checkinteger(L, 1);
-	size_t ks = (size_t)luaL_checkinteger(L, 2);
-	size_t ls = (size_t)luaL_checkinteger(L, 3);
-	size_t max = (size_t)luaL_optinteger(L, 4, 1 << 20);
-	char *keys = NULL, *leaves = NULL, *cur, *prev;
-	size_t n = 0, cap = 0;
-	int err = 0, have_prev = 0;
+	size_t nc = d->cap ? d->cap : 64;
+	char *nk, *nl;
 
-	/* Whole chunks per syscall where the kernel can (hash maps):
-	 * BPF_MAP_LOOKUP_BATCH. Falls back to walking key by key. */
-	{
-		size_t chunk = max < 1024 ? max : 1024;
-		char *tok_in = malloc(ks > 8 ? ks : 8), *tok_out = malloc(ks > 8 ? ks : 8);
-		int first = 1, ok = tok_in && tok_out && chunk > 0;
+	if (need <= d->cap)
+		return 0;
+	while (nc < need)
+		nc *= 2;
+	nk = realloc(d->keys, nc * d->ks);
+	if (!nk)
+		return -ENOMEM;
+	d->keys = nk;
+	nl = realloc(d->leaves, nc * d->ls);
+	if (!nl)
+		return -ENOMEM;
+	d->leaves = nl;
+	d->cap = nc;
+	return 0;
+}
 
-		while (ok && n < max) {
-			__u32 count;
-			int r;
+/* Whole chunks per syscall (BPF_MAP_LOOKUP_BATCH, hash maps). 0 when
+ * done, 1 when the map does not support it (nothing read), or -errno. */
+static int dump_batch(int fd, struct dump *d, size_t max)
+{
+	size_t chunk = max < 1024 ? max : 1024, tok = d->ks > 8 ? d->ks : 8;
+	char *tok_in = malloc(tok), *tok_out = malloc(tok);
+	int first = 1, rc = 0;
 
-			if (n + chunk > cap) {
-				size_t nc = cap ? cap * 2 : chunk;
-				char *nk, *nl;
+	if (!tok_in || !tok_out || chunk == 0)
+		rc = chunk == 0 ? 0 : -ENOMEM;
+	while (rc == 0 && tok_in && tok_out && chunk > 0 && d->n < max) {
+		__u32 count = (__u32)chunk;
+		int r;
 
-				while (nc < n + chunk)
-					nc *= 2;
-				nk = realloc(keys, nc * ks);
-				if (nk)
-					keys = nk;
-				nl = nk ? realloc(leaves, nc * ls) : NULL;
-				if (nl)
-					leaves = nl;
-				if (!nk || !nl) {
-					ok = 0;
-					break;
-				}
-				cap = nc;
-			}
-			count = (__u32)chunk;
-			r = bpf_lookup_batch(fd, first ? NULL : (__u32 *)tok_in, (__u32 *)tok_out, keys + n * ks,
-			                     leaves + n * ls, &count);
-			if (r != 0 && errno != ENOENT) {
-				if (first)
-					ok = 0; /* not supported: walk instead */
-				else
-					err = errno;
-				break;
-			}
-			n += count;
-			if (r != 0)
-				break; /* ENOENT: that was the last chunk */
-			memcpy(tok_in, tok_out, ks > 8 ? ks : 8);
-			first = 0;
-		}
-		free(tok_in);
-		free(tok_out);
-		if (ok || err) {
-			if (err) {
-				free(keys);
-				free(leaves);
-				return dn_vm_fail(L, err, "map iteration failed: %s", strerror(err));
-			}
-			lua_pushlstring(L, keys ? keys : "", n * ks);
-			lua_pushlstring(L, leaves ? leaves : "", n * ls);
-			lua_pushinteger(L, (lua_Integer)n);
-			free(keys);
-			free(leaves);
-			return 3;
-		}
-		n = 0;
-	}
-	cur = malloc(ks);
-	prev = malloc(ks);
-	if (!cur || !prev) {
-		free(cur);
-		free(prev);
-		return luaL_error(L, "out of memory");
-	}
-	/* max bounds the walk: a hash map whose entries are deleted while we
-	 * walk restarts from its first key. */
-	while (n < max) {
-		if (bpf_get_next_key(fd, have_prev ? prev : NULL, cur) != 0) {
-			if (errno != ENOENT)
-				err = errno;
+		if ((rc = dump_reserve(d, d->n + chunk)) != 0)
+			break;
+		r = bpf_lookup_batch(fd, first ? NULL : (__u32 *)tok_in, (__u32 *)tok_out, d->keys + d->n * d->ks,
+		                     d->leaves + d->n * d->ls, &count);
+		if (r != 0 && errno != ENOENT) {
+			rc = first ? 1 : -errno;
 			break;
 		}
-		memcpy(prev, cur, ks);
-		have_prev = 1;
-		if (n == cap) {
-			size_t nc = cap ? cap * 2 : 64;
-			char *nk = realloc(keys, nc * ks), *nl;
+		d->n += count;
+		if (r != 0)
+			break; /* ENOENT: that was the last chunk */
+		memcpy(tok_in, tok_out, tok);
+		first = 0;
+	}
+	free(tok_in);
+	free(tok_out);
+	return rc;
+}
 
-			if (!nk) {
-				err = ENOMEM;
-				break;
-			}
-			keys = nk;
-			nl = realloc(leaves, nc * ls);
-			if (!nl) {
-				err = ENOMEM;
-				break;
-			}
-			leaves = nl;
-			cap = nc;
+/* Key by key. max bounds the walk: a hash map whose entries are deleted
+ * while we walk restarts from its first key. 0 or -errno. */
+static int dump_walk(int fd, struct dump *d, size_t max)
+{
+	char *cur = malloc(d->ks), *prev = malloc(d->ks);
+	int have_prev = 0, rc = 0;
+
+	if (!cur || !prev)
+		rc = -ENOMEM;
+	while (rc == 0 && d->n < max) {
+		if (bpf_get_next_key(fd, have_prev ? prev : NULL, cur) != 0) {
+			if (errno != ENOENT)
+				rc = -errno;
+			break;
 		}
-		if (bpf_lookup_elem(fd, cur, leaves + n * ls) == 0) {
-			memcpy(keys + n * ks, cur, ks);
-			n++;
+		memcpy(prev, cur, d->ks);
+		have_prev = 1;
+		if ((rc = dump_reserve(d, d->n + 1)) != 0)
+			break;
+		if (bpf_lookup_elem(fd, cur, d->leaves + d->n * d->ls) == 0) {
+			memcpy(d->keys + d->n * d->ks, cur, d->ks);
+			d->n++;
 		}
 	}
 	free(cur);
 	free(prev);
-	if (err) {
-		free(keys);
-		free(leaves);
-		return dn_vm_fail(L, err, "map iteration failed: %s", strerror(err));
+	return rc;
+}
+
+/* core.map_dump(fd, key_size, leaf_size [, max]) -> keys, leaves, n
+ * All entries in one call: keys and leaves packed into two strings. For
+ * per-CPU maps leaf_size is the whole per-CPU value. Hash maps are read
+ * in batches; other maps (and old kernels) key by key. */
+static int l_map_dump(lua_State *L)
+{
+	int fd = (int)luaL_checkinteger(L, 1);
+	struct dump d = { NULL, NULL, 0, 0, (size_t)luaL_checkinteger(L, 2), (size_t)luaL_checkinteger(L, 3) };
+	size_t max = (size_t)luaL_optinteger(L, 4, 1 << 20);
+	int rc = dump_batch(fd, &d, max);
+
+	if (rc == 1) {
+		d.n = 0;
+		rc = dump_walk(fd, &d, max);
 	}
-	lua_pushlstring(L, keys ? keys : "", n * ks);
-	lua_pushlstring(L, leaves ? leaves : "", n * ls);
-	lua_pushinteger(L, (lua_Integer)n);
-	free(keys);
-	free(leaves);
+	if (rc < 0) {
+		free(d.keys);
+		free(d.leaves);
+		return dn_vm_fail(L, -rc, "map iteration failed: %s", strerror(-rc));
+	}
+	lua_pushlstring(L, d.keys ? d.keys : "", d.n * d.ks);
+	lua_pushlstring(L, d.leaves ? d.leaves : "", d.n * d.ls);
+	lua_pushinteger(L, (lua_Integer)d.n);
+	free(d.keys);
+	free(d.leaves);
 	return 3;
 }
 
