@@ -35,9 +35,33 @@ static __always_inline struct dn_task *dn_is_tracked(u32 tgid)
 	return dn_tracked.lookup(&tgid);
 }
 
+/* The threads a feature watches: the tracked tree, or with -DDN_WANT_ALL
+ * every thread of the machine, or with -DDN_WANT_TID=n that one thread. */
+static __always_inline int dn_wanted(u32 tgid, u32 tid)
+{
+#ifdef DN_WANT_TID
+	return tid == DN_WANT_TID;
+#elif defined(DN_WANT_ALL)
+	return tid != 0;
+#else
+	return dn_is_tracked(tgid) != 0;
+#endif
+}
+
+#ifdef DN_HOOK_OFFCPU
+/* defined by offcpu.c, composed after this file */
+static __always_inline void dn_offcpu_thread_start(u32 tid, u32 tgid);
+static __always_inline void dn_offcpu_thread_exit(u32 tid);
+#endif
+
 TRACEPOINT_PROBE(task, task_newtask)
 {
-	u32 parent = bpf_get_current_pid_tgid() >> 32;
+	u64 cur = bpf_get_current_pid_tgid();
+	u32 parent = cur >> 32;
+#ifdef DN_HOOK_OFFCPU
+	if (dn_wanted(parent, (u32)cur))
+		dn_offcpu_thread_start(args->pid, (args->clone_flags & DN_CLONE_THREAD) ? parent : (u32)args->pid);
+#endif
 	if (!dn_is_tracked(parent))
 		return 0;
 	u32 child = args->pid;
@@ -100,6 +124,10 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32, tid = (u32)id;
+#ifdef DN_HOOK_OFFCPU
+	if (dn_wanted(tgid, tid))
+		dn_offcpu_thread_exit(tid);
+#endif
 	struct dn_thread *th = dn_threads.lookup(&tid);
 	if (th) {
 		if (th->oncpu) {

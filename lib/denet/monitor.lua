@@ -61,6 +61,25 @@ end
 local net_bytes = core.net_dev_bytes
 M.net_bytes = net_bytes
 
+--- BPF C the monitor compiles with the tree: its scheduling counters,
+--- other features' parts, and the sched_switch dispatcher last.
+function M.parts(extra)
+  local parts = { "ctxsw.c" }
+  for _, p in ipairs(extra or {}) do
+    parts[#parts + 1] = p
+  end
+  parts[#parts + 1] = "switch.c"
+  return parts
+end
+
+function M.cflags(extra)
+  local flags = { "-DDN_HOOK_CTXSW" }
+  for _, f in ipairs(extra or {}) do
+    flags[#flags + 1] = f
+  end
+  return flags
+end
+
 local Monitor = {}
 Monitor.__index = Monitor
 
@@ -118,8 +137,8 @@ function M.new(opts)
   self.tree = tree_mod.new{
     bpf = opts.bpf,
     follow = not self.exclude_children,
-    parts = { "ctxsw.c", unpack(opts.parts or {}) },
-    cflags = opts.cflags,
+    parts = M.parts(opts.parts),
+    cflags = M.cflags(opts.cflags),
     on_event = function(ev)
       self:_tree_event(ev)
     end,

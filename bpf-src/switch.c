@@ -1,0 +1,18 @@
+/*
+ * switch.c - the one sched_switch probe of a program; it calls the hooks
+ * of the features composed before it (libbcc allows one TRACEPOINT_PROBE
+ * per tracepoint in a program). Enable hooks with -DDN_HOOK_CTXSW and
+ * -DDN_HOOK_OFFCPU. Needs tree.c.
+ */
+TRACEPOINT_PROBE(sched, sched_switch)
+{
+	u32 prev = args->prev_pid, next = args->next_pid;
+	long state = args->prev_state;
+#ifdef DN_HOOK_CTXSW
+	dn_ctxsw_on_switch(prev, state, next);
+#endif
+#ifdef DN_HOOK_OFFCPU
+	dn_offcpu_on_switch(args, prev, state, next, args->prev_comm);
+#endif
+	return 0;
+}

@@ -1,0 +1,592 @@
+-- denet.offcpu: where and why threads block. The kernel side
+-- (bpf-src/offcpu.c) sums off-CPU time per (thread, user stack, kernel
+-- stack, task state, syscall); this module turns the maps into a report:
+-- categories, per-thread totals, call sites, a verdict, folded stacks and
+-- an SVG flame graph. See docs/offcpu.md.
+local bit = require("bit")
+local ffi = require("ffi")
+local core = require("denet.core")
+local syms = require("denet.syms")
+local sysnames = require("denet.sysnames")
+local tree_mod = require("denet.tree")
+
+local M = {}
+
+-- Task state letters for --state, as ps shows them; R is "preempted while
+-- runnable" (the run queue).
+local STATE_BITS = { R = 1, S = 2, D = 4, T = 8, t = 16 } -- 1, then state bit << 1
+
+--- The -DDN_OFFCPU_STATES mask for letters like "D" or "SD"; nil, error.
+function M.state_mask(letters)
+  local mask = 0
+  for c in letters:gmatch(".") do
+    local b = STATE_BITS[c]
+    if not b then
+      return nil, string.format("unknown task state '%s' (use R, S, D, T or t)", c)
+    end
+    mask = bit.bor(mask, b)
+  end
+  return mask
+end
+
+---------------------------------------------------------------------------
+-- categories
+
+local SLEEP = { nanosleep = true, clock_nanosleep = true }
+local LOCK = { futex = true, futex_waitv = true }
+local POLL = { epoll_wait = true, epoll_pwait = true, epoll_pwait2 = true, poll = true, ppoll = true,
+  select = true, pselect6 = true }
+local SYNC = { fsync = true, fdatasync = true, sync = true, syncfs = true, sync_file_range = true, msync = true }
+
+local function any_frame(frames, patterns)
+  for _, f in ipairs(frames) do
+    for _, p in ipairs(patterns) do
+      if f:find(p) then
+        return true
+      end
+    end
+  end
+  return false
+end
+
+local FAULT = { "^exc_page_fault", "^do_user_addr_fault", "^handle_mm_fault", "^filemap_fault" }
+local PIPE = { "pipe_read", "pipe_write", "pipe_wait" } -- anon_pipe_read on newer kernels
+local UNIX = { "^unix_stream_", "^unix_dgram_", "^unix_wait" }
+local NET = { "^tcp_", "^inet_", "^sk_wait", "^sock_", "^udp_", "^__skb_wait" }
+local IO = { "^io_schedule", "^blk_", "^folio_wait", "^wait_on_page", "^jbd2_", "^ext4_sync", "^filemap_write" }
+
+--- The category of a block: runqueue, paging, sleep, lock, poll, io, ipc,
+--- net or other (the rules are a table in docs/offcpu.md).
+function M.category(state, syscall, kframes)
+  if state == 0 then
+    return "runqueue"
+  end
+  if syscall == nil and any_frame(kframes, FAULT) then
+    return "paging"
+  end
+  if syscall and SLEEP[syscall] then
+    return "sleep"
+  end
+  if syscall and LOCK[syscall] then
+    return "lock"
+  end
+  if syscall and POLL[syscall] then
+    return "poll"
+  end
+  if syscall and SYNC[syscall] then
+    return "io"
+  end
+  if any_frame(kframes, PIPE) or any_frame(kframes, UNIX) then
+    return "ipc"
+  end
+  if any_frame(kframes, NET) then
+    return "net"
+  end
+  if any_frame(kframes, FAULT) then
+    return "paging"
+  end
+  if bit.band(state, 2) ~= 0 or any_frame(kframes, IO) then
+    return "io"
+  end
+  if any_frame(kframes, { "^futex_wait" }) then
+    return "lock"
+  end
+  return "other"
+end
+
+local DESCRIBE = {
+  sleep = "sleeping", lock = "waiting for a futex", io = "waiting for disk I/O", net = "waiting for the network",
+  ipc = "waiting for a pipe or socket peer", poll = "waiting in poll/epoll", paging = "waiting for page faults",
+  runqueue = "waiting for a CPU", other = "blocked",
+}
+
+---------------------------------------------------------------------------
+-- tracing
+
+local Tracer = {}
+Tracer.__index = Tracer
+
+--- Start off-CPU tracing. opts: roots = {pid,...} (their trees; empty:
+--- every process), tid (one thread), min_us, max_us, states (mask),
+--- user_only, kernel_only, stack_storage, proc (a held denet.spawn process
+--- to track before it runs). Returns the tracer; tracer:report() reads it.
+function M.start(opts)
+  local cflags = { "-DDN_HOOK_OFFCPU" }
+  local all = (not opts.roots or #opts.roots == 0) and not opts.proc
+  if opts.tid then
+    cflags[#cflags + 1] = "-DDN_WANT_TID=" .. tonumber(opts.tid)
+  elseif all then
+    cflags[#cflags + 1] = "-DDN_WANT_ALL"
+  end
+  if opts.min_us then
+    cflags[#cflags + 1] = string.format("-DDN_OFFCPU_MIN_NS=%dULL", math.floor(opts.min_us * 1000))
+  end
+  if opts.max_us then
+    cflags[#cflags + 1] = string.format("-DDN_OFFCPU_MAX_NS=%dULL", math.floor(opts.max_us * 1000))
+  end
+  if opts.states then
+    cflags[#cflags + 1] = string.format("-DDN_OFFCPU_STATES=%dULL", opts.states)
+  end
+  if opts.user_only then
+    cflags[#cflags + 1] = "-DDN_NO_KSTACK"
+  end
+  if opts.kernel_only then
+    cflags[#cflags + 1] = "-DDN_NO_USTACK"
+  end
+  if opts.stack_storage then
+    cflags[#cflags + 1] = "-DDN_STACK_STORAGE=" .. tonumber(opts.stack_storage)
+  end
+  local self = setmetatable({ opts = opts, all = all, t0 = core.monotonic(), t0_ns = core.monotonic_ns(),
+    captured = {} }, Tracer)
+  self.tree = tree_mod.new{
+    bpf = true,
+    parts = { "insys.c", "offcpu.c", "switch.c" },
+    cflags = cflags,
+    on_event = function(ev)
+      if ev.kind == "exec" or ev.kind == "fork" then
+        self.recapture = true
+      end
+    end,
+  }
+  for _, pid in ipairs(opts.roots or {}) do
+    self.tree:add(pid, core.read_stat(pid), { root = true, descendants = true })
+  end
+  if opts.proc then
+    self.tree:add(opts.proc.pid, core.ids().pid, { root = true })
+  end
+  self.bpf = self.tree.bpf
+  self:mark_start()
+  return self
+end
+
+--- Tracing starts now (wall times of threads already running count from
+--- here): called at the end of start(), and again when a held command is
+--- resumed.
+function Tracer:mark_start()
+  self.t0, self.t0_ns = core.monotonic(), core.monotonic_ns()
+end
+
+--- Keep symbols of the traced processes resolvable after they exit:
+--- capture their mappings now (call at intervals and after exec).
+function Tracer:capture()
+  for pid in pairs(self.tree.live) do
+    if syms.capture(pid) then
+      self.captured[pid] = true
+    end
+  end
+  self.recapture = false
+end
+
+-- libc and the loader are not call sites
+local RUNTIME = { "^libc%.so", "^ld%-linux", "^libpthread", "^libstdc%+%+", "^libgcc_s" }
+
+local function is_runtime_module(module)
+  if not module then
+    return true
+  end
+  local base = module:match("([^/]+)$") or module
+  for _, p in ipairs(RUNTIME) do
+    if base:find(p) then
+      return true
+    end
+  end
+  return false
+end
+
+-- Frames root first; mods[i] is true where frame i is in the program
+-- (not libc or the loader), for naming call sites.
+local function user_frames(pid, addrs, depth, mods)
+  local out = {}
+  for i = #addrs, 1, -1 do -- root first
+    out[#out + 1] = syms.usym(pid, addrs[i])
+    if mods then
+      local _, _, module = syms.resolve(pid, addrs[i])
+      mods[#out] = not is_runtime_module(module)
+    end
+  end
+  if depth and #out > depth then
+    local cut = {}
+    for i = #out - depth + 1, #out do
+      cut[#cut + 1] = out[i]
+    end
+    out = cut
+  end
+  return out
+end
+
+local function kernel_frames(addrs, depth)
+  local out = {}
+  for i = #addrs, 1, -1 do
+    out[#out + 1] = syms.ksym(addrs[i])
+  end
+  if depth and #out > depth then
+    local cut = {}
+    for i = #out - depth + 1, #out do
+      cut[#cut + 1] = out[i]
+    end
+    out = cut
+  end
+  return out
+end
+
+--- Read the kernel maps into the report (the JSON contract of
+--- docs/offcpu.md). duration_us: how long tracing ran.
+function Tracer:report()
+  local depth = self.opts.stack_depth
+  local stacks_t = self.bpf:get_table("dn_offcpu_stacks")
+  local ucache, kcache, umods = {}, {}, {}
+  local stacks, threads, by_sys = {}, {}, {}
+  local total_by_tid = {}
+  local comms = {}
+
+  local now_ns = core.monotonic_ns()
+  for tid, v in self.bpf:get_table("dn_offcpu_threads"):items() do
+    comms[tid] = ffi.string(v.comm)
+    -- wall: from its start (or when tracing began) to its end (or now)
+    local born = math.max(tonumber(v.born), self.t0_ns)
+    local died = tonumber(v.died) > 0 and tonumber(v.died) or now_ns
+    threads[tid] = {
+      pid = v.tgid, tid = tid, comm = ffi.string(v.comm),
+      wall_us = math.max(0, died - born) / 1000, offcpu_us = 0, by_category = {},
+    }
+  end
+  -- names from /proc for threads still alive (a thread renamed after its
+  -- last switch shows its newer name)
+  for tid, t in pairs(threads) do
+    local c = core.read_file(string.format("/proc/%d/task/%d/comm", t.pid, tid))
+    if c and c ~= "" then
+      t.comm = c:gsub("\n$", "")
+    end
+  end
+
+  for k, v in self.bpf:get_table("dn_offcpu"):items() do
+    local tgid, tid = k.tgid, k.tid
+    local ukey, kkey = tgid .. ":" .. k.ustack, k.kstack
+    local uf = ucache[ukey]
+    if not uf then
+      if k.ustack >= 0 then
+        local mods = {}
+        uf = user_frames(tgid, stacks_t:stack_walk(k.ustack), depth, mods)
+        umods[ukey] = mods
+      elseif self.opts.kernel_only then
+        uf = {}
+      else
+        uf = { "[Missed User Stack]" }
+      end
+      ucache[ukey] = uf
+    end
+    local kf = kcache[kkey]
+    if not kf then
+      if k.kstack >= 0 then
+        kf = kernel_frames(stacks_t:stack_walk(k.kstack), depth)
+      elseif self.opts.user_only then
+        kf = {}
+      else
+        kf = { "[Missed Kernel Stack]" }
+      end
+      kcache[kkey] = kf
+    end
+    local sysname = k.syscall >= 0 and sysnames.name(k.syscall) or nil
+    local cat = M.category(k.state, sysname, kf)
+    local us = tonumber(v.total_ns) / 1000
+    local t = threads[tid]
+    if not t then
+      t = { pid = tgid, tid = tid, comm = comms[tid] or "?", wall_us = 0, offcpu_us = 0, by_category = {} }
+      threads[tid] = t
+    end
+    if cat ~= "runqueue" then
+      t.offcpu_us = t.offcpu_us + us
+    end
+    t.by_category[cat] = (t.by_category[cat] or 0) + us
+    local frames = {}
+    for _, f in ipairs(uf) do
+      frames[#frames + 1] = f
+    end
+    if #uf > 0 and #kf > 0 then
+      frames[#frames + 1] = "-"
+    end
+    for _, f in ipairs(kf) do
+      frames[#frames + 1] = f
+    end
+    stacks[#stacks + 1] = {
+      pid = tgid, tid = tid, comm = t.comm, category = cat, syscall = sysname or "", us = us,
+      count = tonumber(v.count), max_us = tonumber(v.max_ns) / 1000, frames = frames, user = uf,
+      user_mods = umods[ukey],
+    }
+    if sysname then
+      local s = by_sys[sysname] or { name = sysname, blocks = 0, us = 0, max_us = 0 }
+      s.blocks = s.blocks + tonumber(v.count)
+      s.us = s.us + us
+      s.max_us = math.max(s.max_us, tonumber(v.max_ns) / 1000)
+      by_sys[sysname] = s
+    end
+    total_by_tid[tid] = (total_by_tid[tid] or 0) + us
+  end
+
+  local duration_us = (core.monotonic() - self.t0) * 1e6
+  local tlist = {}
+  for _, t in pairs(threads) do
+    -- on-CPU: the wall time it was neither blocked nor waiting for a CPU
+    t.wall_us = math.max(t.wall_us, t.offcpu_us + (t.by_category.runqueue or 0))
+    t.oncpu_us = math.max(0, t.wall_us - t.offcpu_us - (t.by_category.runqueue or 0))
+    t.share = t.wall_us > 0 and t.offcpu_us / t.wall_us or 0
+    if t.wall_us > 0 then
+      tlist[#tlist + 1] = t
+    end
+  end
+  table.sort(tlist, function(a, b)
+    return a.offcpu_us > b.offcpu_us
+  end)
+  table.sort(stacks, function(a, b)
+    return a.us > b.us
+  end)
+  local sys = {}
+  for _, s in pairs(by_sys) do
+    sys[#sys + 1] = s
+  end
+  table.sort(sys, function(a, b)
+    return a.us > b.us
+  end)
+  local missed = self.bpf:get_table("dn_offcpu_missed")
+  local report = {
+    kind = "offcpu",
+    duration_us = math.floor(duration_us),
+    threads = tlist,
+    stacks = stacks,
+    syscalls = sys,
+    lost_stacks = tonumber(missed:get(0)) + tonumber(missed:get(1)),
+  }
+  report.sites = M.sites(stacks)
+  report.verdict = M.verdict(report)
+  return report
+end
+
+--- The call site of a stack: the nearest frames of the program itself
+--- above the blocking call ("queue_pop() <- worker_loop()").
+function M.site(stack)
+  local out = {}
+  local mods = stack.user_mods or {}
+  for i = #stack.user, 1, -1 do
+    local f = stack.user[i]
+    if mods[i] and not f:match("^%[") and not f:match("%+0x") then
+      out[#out + 1] = f .. "()"
+      if #out == 2 then
+        break
+      end
+    end
+  end
+  return #out > 0 and table.concat(out, " <- ") or nil
+end
+
+--- Off-CPU time per (thread, category, call site), largest first.
+function M.sites(stacks)
+  local acc, list = {}, {}
+  for _, s in ipairs(stacks) do
+    if s.category ~= "runqueue" then
+      local site = M.site(s) or (s.syscall ~= "" and s.syscall .. "()") or "?"
+      local key = s.tid .. "|" .. s.category .. "|" .. site
+      local e = acc[key]
+      if not e then
+        e = { tid = s.tid, comm = s.comm, category = s.category, site = site, us = 0, count = 0 }
+        acc[key] = e
+        list[#list + 1] = e
+      end
+      e.us = e.us + s.us
+      e.count = e.count + s.count
+    end
+  end
+  table.sort(list, function(a, b)
+    return a.us > b.us
+  end)
+  return list
+end
+
+--- One plain sentence about the thread that waits the most.
+function M.verdict(report)
+  local t = report.threads[1]
+  if not t or t.offcpu_us <= 0 then
+    return "no thread was seen blocking"
+  end
+  local cat, best = "other", -1
+  for c, us in pairs(t.by_category) do
+    if c ~= "runqueue" and us > best then
+      cat, best = c, us
+    end
+  end
+  local where = ""
+  for _, s in ipairs(report.sites) do
+    if s.tid == t.tid and s.category == cat then
+      where = " in " .. s.site
+      break
+    end
+  end
+  return string.format("%s (tid %d) spends %d%% of its wall time %s%s", t.comm, t.tid,
+    math.floor(100 * best / t.wall_us + 0.5), DESCRIBE[cat] or cat, where)
+end
+
+---------------------------------------------------------------------------
+-- output
+
+--- Folded stacks: "comm;user frames;-;kernel frames value_us" per line.
+function M.folded(report)
+  local lines = {}
+  for _, s in ipairs(report.stacks) do
+    local parts = { s.comm }
+    for _, f in ipairs(s.frames) do
+      parts[#parts + 1] = (f:gsub(";", ":"))
+    end
+    lines[#lines + 1] = table.concat(parts, ";") .. " " .. math.floor(s.us + 0.5)
+  end
+  return table.concat(lines, "\n") .. (#lines > 0 and "\n" or "")
+end
+
+local COLORS = {
+  sleep = "#7fb3d5", lock = "#e74c3c", io = "#e67e22", net = "#27ae60", ipc = "#8e44ad", poll = "#16a085",
+  paging = "#d4ac0d", runqueue = "#95a5a6", other = "#bdc3c7",
+}
+
+local function xml(s)
+  return (tostring(s):gsub("&", "&amp;"):gsub("<", "&lt;"):gsub(">", "&gt;"):gsub('"', "&quot;"))
+end
+
+--- A self-contained SVG off-CPU flame graph: one box per frame, width in
+--- proportion to time, coloured by category, hover titles with the time
+--- and share.
+function M.svg(report, title)
+  -- merge stacks into a tree: root -> comm -> frames
+  local root = { name = "all", us = 0, kids = {}, order = {} }
+  for _, s in ipairs(report.stacks) do
+    local node = root
+    root.us = root.us + s.us
+    local path = { s.comm }
+    for _, f in ipairs(s.frames) do
+      path[#path + 1] = f
+    end
+    for _, name in ipairs(path) do
+      local k = node.kids[name]
+      if not k then
+        k = { name = name, us = 0, kids = {}, order = {}, cats = {} }
+        node.kids[name] = k
+        node.order[#node.order + 1] = k
+      end
+      k.us = k.us + s.us
+      k.cats[s.category] = (k.cats[s.category] or 0) + s.us
+      node = k
+    end
+  end
+  local width, row = 1200, 17
+  local maxdepth = 0
+  local boxes = {}
+  local function walk(node, x, depth)
+    maxdepth = math.max(maxdepth, depth)
+    table.sort(node.order, function(a, b)
+      return a.name < b.name
+    end)
+    local cx = x
+    for _, k in ipairs(node.order) do
+      local w = root.us > 0 and k.us / root.us * (width - 20) or 0
+      if w >= 0.3 then
+        boxes[#boxes + 1] = { node = k, x = cx, w = w, depth = depth }
+        walk(k, cx, depth + 1)
+      end
+      cx = cx + w
+    end
+  end
+  walk(root, 10, 1)
+  local height = (maxdepth + 2) * row + 40
+  local out = {
+    string.format('<?xml version="1.0" standalone="no"?>\n<svg version="1.1" width="%d" height="%d" '
+      .. 'xmlns="http://www.w3.org/2000/svg">', width, height),
+    string.format('<rect x="0" y="0" width="%d" height="%d" fill="#fdfdfd"/>', width, height),
+    string.format('<text x="%d" y="24" font-family="Verdana" font-size="17" text-anchor="middle">%s</text>',
+      width / 2, xml(title or "Off-CPU Time Flame Graph")),
+    string.format('<text x="10" y="%d" font-family="Verdana" font-size="12">width = off-CPU time (us); total %d us'
+      .. '</text>', height - 8, math.floor(root.us)),
+  }
+  for _, b in ipairs(boxes) do
+    local k = b.node
+    local cat, best = "other", -1
+    for c, us in pairs(k.cats) do
+      if us > best then
+        cat, best = c, us
+      end
+    end
+    local color = k.name == "-" and "#cccccc" or COLORS[cat] or COLORS.other
+    local y = height - 30 - b.depth * row
+    local label = ""
+    local chars = math.floor((b.w - 6) / 7)
+    if chars >= 3 then
+      label = #k.name <= chars and k.name or (k.name:sub(1, chars - 2) .. "..")
+    end
+    out[#out + 1] = string.format('<g><title>%s (%d us, %.2f%%, %s)</title><rect x="%.1f" y="%d" width="%.1f" '
+      .. 'height="%d" fill="%s" rx="2"/><text x="%.1f" y="%d" font-family="Verdana" font-size="11">%s</text></g>',
+      xml(k.name), math.floor(k.us), 100 * k.us / math.max(root.us, 1e-9), cat, b.x, y, b.w, row - 1, color,
+      b.x + 3, y + 12, xml(label))
+  end
+  out[#out + 1] = "</svg>\n"
+  return table.concat(out, "\n")
+end
+
+--- The human report: threads, top stacks, syscalls, the verdict.
+function M.text(report, top)
+  top = top or 5
+  local out = {}
+  local function w(fmt, ...)
+    out[#out + 1] = string.format(fmt, ...)
+  end
+  w("Off-CPU time over %.2f s", report.duration_us / 1e6)
+  w("")
+  w("%-8s %-8s %-16s %10s %10s %10s %6s  %s", "PID", "TID", "COMM", "WALL ms", "ONCPU ms", "OFFCPU ms", "OFF%",
+    "BY CATEGORY (ms)")
+  for _, t in ipairs(report.threads) do
+    local cats = {}
+    for c, us in pairs(t.by_category) do
+      cats[#cats + 1] = { c, us }
+    end
+    table.sort(cats, function(a, b)
+      return a[2] > b[2]
+    end)
+    local cs = {}
+    for _, c in ipairs(cats) do
+      cs[#cs + 1] = string.format("%s %.1f", c[1], c[2] / 1000)
+    end
+    w("%-8d %-8d %-16s %10.1f %10.1f %10.1f %5.0f%%  %s", t.pid, t.tid, t.comm, t.wall_us / 1000, t.oncpu_us / 1000,
+      t.offcpu_us / 1000, 100 * t.share, table.concat(cs, ", "))
+  end
+  w("")
+  w("Top blocking call sites:")
+  for i = 1, math.min(top, #report.sites) do
+    local s = report.sites[i]
+    w("  %10.1f ms %6d blocks  %-9s %s (%s)", s.us / 1000, s.count, s.category, s.site, s.comm)
+  end
+  if #report.syscalls > 0 then
+    w("")
+    w("%-20s %8s %12s %12s", "SYSCALL", "BLOCKS", "TOTAL ms", "MAX ms")
+    for _, s in ipairs(report.syscalls) do
+      w("%-20s %8d %12.1f %12.1f", s.name, s.blocks, s.us / 1000, s.max_us / 1000)
+    end
+  end
+  w("")
+  w("Top stacks:")
+  for i = 1, math.min(top, #report.stacks) do
+    local s = report.stacks[i]
+    w("  %s %d (tid %d): %.1f ms in %d blocks, %s%s", s.comm, s.pid, s.tid, s.us / 1000, s.count, s.category,
+      s.syscall ~= "" and (" in " .. s.syscall) or "")
+    for j = #s.frames, 1, -1 do
+      w("      %s", s.frames[j])
+    end
+  end
+  if report.lost_stacks > 0 then
+    w("")
+    w("%d stacks could not be read (shown as [Missed ... Stack])", report.lost_stacks)
+  end
+  w("")
+  w("Verdict: %s", report.verdict)
+  return table.concat(out, "\n") .. "\n"
+end
+
+function Tracer:close()
+  self.tree:close()
+end
+
+return M

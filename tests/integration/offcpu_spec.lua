@@ -1,0 +1,164 @@
+-- Off-CPU analysis on fixtures with known blocking: the time per thread and
+-- category, the functions in the stacks, the filters, and the outputs.
+local cjson = require("cjson")
+
+local function offcpu(opts, argv)
+  local args = { "script", "offcpu", "--json" }
+  for _, o in ipairs(opts) do
+    args[#args + 1] = o
+  end
+  args[#args + 1] = "--"
+  for _, a in ipairs(argv) do
+    args[#args + 1] = a
+  end
+  local code, out, err = H.denet(args)
+  assert.equals(0, code, err)
+  return cjson.decode(out)
+end
+
+local function thread(report, comm, pick)
+  local found = {}
+  for _, t in ipairs(report.threads) do
+    if t.comm == comm then
+      found[#found + 1] = t
+    end
+  end
+  table.sort(found, function(a, b)
+    return a.tid < b.tid
+  end)
+  return found[pick or 1]
+end
+
+local function has_frame(report, tid, name)
+  for _, s in ipairs(report.stacks) do
+    if s.tid == tid then
+      for _, f in ipairs(s.frames) do
+        if f == name then
+          return true
+        end
+      end
+    end
+  end
+  return false
+end
+
+local function within(x, want, frac)
+  return math.abs(x - want) <= want * frac
+end
+
+describe("denet script offcpu", function()
+  it("a thread sleeping 10 x 50 ms: sleep ~500 ms, its function in the stack", function()
+    local r = offcpu({}, { H.fixture("sleep_loop"), "10", "50" })
+    local t = thread(r, "sleep_loop")
+    local sleep = t.by_category.sleep or 0
+    assert.is_true(within(sleep, 500000, 0.05), "sleep " .. sleep)
+    assert.is_true(has_frame(r, t.tid, "nap"))
+    -- kernel and user frames in one stack, user root first, "-" between
+    local s = r.stacks[1]
+    assert.equals("sleep", s.category)
+    assert.equals("clock_nanosleep", s.syscall)
+    local dash
+    for i, f in ipairs(s.frames) do
+      if f == "-" then
+        dash = i
+      end
+    end
+    assert.is_not_nil(dash)
+    assert.equals("main", s.frames[dash - 3] == "main" and "main" or s.frames[2])
+    assert.equals("__schedule", s.frames[#s.frames])
+    local sys = r.syscalls[1]
+    assert.equals("clock_nanosleep", sys.name)
+    assert.equals(10, sys.blocks)
+    assert.matches("sleep_loop %(tid %d+%) spends %d+%% of its wall time sleeping in nap%(%) <%- main%(%)", r.verdict)
+  end)
+
+  it("mutex contention: the waiter's lock time ~900 ms, the waiting function in the stack", function()
+    local r = offcpu({}, { H.fixture("lock_wait"), "3", "300" })
+    local w = thread(r, "waiter")
+    assert.is_not_nil(w, "a thread named by pthread_setname_np")
+    local lock = w.by_category.lock or 0
+    assert.is_true(within(lock, 900000, 0.10), "lock " .. lock)
+    assert.is_true(has_frame(r, w.tid, "wait_for_lock"))
+    local site = r.sites[1].category == "lock" and r.sites[1] or r.sites[2]
+    assert.equals("wait_for_lock() <- waiter()", site.site)
+  end)
+
+  it("a pipe reader in a child process: ipc ~4 x 200 ms", function()
+    local r = offcpu({}, { H.fixture("pipe_feed"), "4", "200" })
+    local child = thread(r, "pipe_feed", 2) -- the child has the larger tid
+    local ipc = child.by_category.ipc or 0
+    assert.is_true(within(ipc, 800000, 0.10), "ipc " .. ipc)
+    assert.is_true(has_frame(r, child.tid, "read_msg"))
+    assert.is_true(child.pid ~= thread(r, "pipe_feed", 1).pid)
+  end)
+
+  it("an fsync-heavy writer waits for io; a busy loop is off-CPU < 5% of wall", function()
+    local r = offcpu({}, { H.fixture("write_fsync"), H.tmpfile(".dat"), "16" })
+    local t = thread(r, "write_fsync")
+    assert.is_true((t.by_category.io or 0) > 0, cjson.encode(t.by_category))
+    r = offcpu({}, { H.fixture("busy"), "1" })
+    t = thread(r, "busy")
+    assert.is_true(t.offcpu_us < 0.05 * t.wall_us, string.format("%d of %d", t.offcpu_us, t.wall_us))
+    assert.is_true(t.oncpu_us > 900000)
+  end)
+
+  it("-m above the sleep length removes those blocks; -M below keeps none either", function()
+    local r = offcpu({ "-m", "60000" }, { H.fixture("sleep_loop"), "5", "50" })
+    local t = thread(r, "sleep_loop")
+    assert.is_nil(t and t.by_category.sleep)
+    r = offcpu({ "-m", "40000" }, { H.fixture("sleep_loop"), "5", "50" })
+    assert.is_true(within(thread(r, "sleep_loop").by_category.sleep, 250000, 0.05))
+    r = offcpu({ "-M", "10000" }, { H.fixture("sleep_loop"), "5", "50" })
+    t = thread(r, "sleep_loop")
+    assert.is_nil(t and t.by_category.sleep)
+  end)
+
+  it("--state D keeps only uninterruptible (io) blocks", function()
+    local r = offcpu({ "--state", "D" }, { H.fixture("write_fsync"), H.tmpfile(".dat"), "16" })
+    assert.is_true(#r.stacks > 0)
+    for _, s in ipairs(r.stacks) do
+      assert.is_not.equals("sleep", s.category)
+      assert.is_not.equals("runqueue", s.category)
+    end
+  end)
+
+  it("writes folded stacks and a well-formed SVG naming the fixture's functions", function()
+    local folded, svg = H.tmpfile(".folded"), H.tmpfile(".svg")
+    local code, _, err = H.denet({ "script", "offcpu", "-f", folded, "--svg", svg, "--", H.fixture("sleep_loop"),
+      "4", "30" })
+    assert.equals(0, code, err)
+    local n = 0
+    for line in io.lines(folded) do
+      local stack, value = line:match("^(.+) (%d+)$")
+      assert.is_not_nil(stack, line)
+      assert.is_true(tonumber(value) > 0)
+      assert.matches("^sleep_loop;", stack)
+      n = n + 1
+    end
+    assert.is_true(n >= 1)
+    local text = H.slurp(svg)
+    assert.matches("^<%?xml", text)
+    assert.matches("</svg>%s*$", text)
+    assert.matches("<title>nap %(", text)
+    -- every tag that opens is closed
+    local opens = select(2, text:gsub("<g>", ""))
+    local closes = select(2, text:gsub("</g>", ""))
+    assert.equals(opens, closes)
+    local xmllint = H.sh("command -v xmllint")
+    if xmllint == 0 then
+      assert.equals(0, (H.sh("xmllint --noout " .. H.quote(svg))))
+    end
+  end)
+
+  it("rejects bad input with one line, exit 2", function()
+    local code, _, err = H.denet({ "script", "offcpu", "-p", "999999" })
+    assert.equals(2, code)
+    assert.matches("no such process: 999999", err)
+    code, _, err = H.denet({ "script", "offcpu", "--state", "Q", "--", "true" })
+    assert.equals(2, code)
+    assert.matches("unknown task state 'Q'", err)
+    code, _, err = H.denet({ "script", "offcpu", "--frob" })
+    assert.equals(2, code)
+    assert.matches("unknown argument '%-%-frob'", err)
+  end)
+end)
