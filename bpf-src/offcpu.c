@@ -43,7 +43,7 @@ struct dn_offcpu_key {
 };
 
 struct dn_offcpu_val {
-	u64 total_ns, count, max_ns;
+	u64 total_ns, count, max_ns, min_ns;
 };
 
 /* per thread: when it started and ended (0: before / after tracing), its
@@ -151,6 +151,8 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 			__sync_fetch_and_add(&v->count, 1);
 			if (d > v->max_ns)
 				v->max_ns = d;
+			if (!v->min_ns || d < v->min_ns)
+				v->min_ns = d;
 		}
 	}
 	dn_offcpu_start.delete(&next);

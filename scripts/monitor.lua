@@ -36,6 +36,7 @@ options:
       --since-process-start I/O counted from each process's start, not from when monitoring began
       --write-env           an `env` record first (host, kernel, CPU model and cores)
       --stats FILE          also write the summary record to FILE
+      --offcpu              also off-CPU time of the tree per sample (aggregated.ebpf.offcpu)
       --no-bpf              do not use BPF (poll /proc only; short-lived children are not seen)
       --enable-ebpf         accepted for compatibility (BPF is used whenever it can be)
   -h, --help                this text
@@ -59,6 +60,7 @@ local OPTIONS = {
   ["--write-env"] = { "write_env" },
   ["--stats"] = { "stats", true },
   ["--no-bpf"] = { "no_bpf" },
+  ["--offcpu"] = { "offcpu" },
   ["--enable-ebpf"] = { "enable_ebpf" },
   ["-h"] = { "help" }, ["--help"] = { "help" },
 }
@@ -371,6 +373,7 @@ local function main(args)
     exclude_children = o.exclude_children,
     since_process_start = o.since_process_start,
     bpf = bpf,
+    offcpu = o.offcpu,
     on_sample = function(rec)
       emit(rec)
       if display then

@@ -259,7 +259,23 @@ function Tracer:report()
     end
   end
 
+  -- blocks that ended, and those still in progress now (counted up to now)
+  local entries = {}
   for k, v in self.bpf:get_table("dn_offcpu"):items() do
+    entries[#entries + 1] = { k = k, total_ns = tonumber(v.total_ns), count = tonumber(v.count),
+      max_ns = tonumber(v.max_ns) }
+  end
+  local min_ns, max_ns = (self.opts.min_us or 0) * 1000, (self.opts.max_us or math.huge) * 1000
+  for tid, st in self.bpf:get_table("dn_offcpu_start"):items() do
+    local d = now_ns - tonumber(st.ts)
+    local th = threads[tid]
+    if th and d >= min_ns and d <= max_ns then
+      entries[#entries + 1] = { k = { tgid = th.pid, tid = tid, ustack = st.ustack, kstack = st.kstack,
+        state = st.state, syscall = st.syscall }, total_ns = d, count = 1, max_ns = d }
+    end
+  end
+  for _, e in ipairs(entries) do
+    local k, v = e.k, e
     local tgid, tid = k.tgid, k.tid
     local ukey, kkey = tgid .. ":" .. k.ustack, k.kstack
     local uf = ucache[ukey]
@@ -288,7 +304,7 @@ function Tracer:report()
     end
     local sysname = k.syscall >= 0 and sysnames.name(k.syscall) or nil
     local cat = M.category(k.state, sysname, kf)
-    local us = tonumber(v.total_ns) / 1000
+    local us = v.total_ns / 1000
     local t = threads[tid]
     if not t then
       t = { pid = tgid, tid = tid, comm = comms[tid] or "?", wall_us = 0, offcpu_us = 0, by_category = {} }
@@ -310,14 +326,14 @@ function Tracer:report()
     end
     stacks[#stacks + 1] = {
       pid = tgid, tid = tid, comm = t.comm, category = cat, syscall = sysname or "", us = us,
-      count = tonumber(v.count), max_us = tonumber(v.max_ns) / 1000, frames = frames, user = uf,
+      count = v.count, max_us = v.max_ns / 1000, frames = frames, user = uf,
       user_mods = umods[ukey],
     }
     if sysname then
       local s = by_sys[sysname] or { name = sysname, blocks = 0, us = 0, max_us = 0 }
-      s.blocks = s.blocks + tonumber(v.count)
+      s.blocks = s.blocks + v.count
       s.us = s.us + us
-      s.max_us = math.max(s.max_us, tonumber(v.max_ns) / 1000)
+      s.max_us = math.max(s.max_us, v.max_ns / 1000)
       by_sys[sysname] = s
     end
     total_by_tid[tid] = (total_by_tid[tid] or 0) + us

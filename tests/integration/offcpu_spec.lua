@@ -150,6 +150,62 @@ describe("denet script offcpu", function()
     end
   end)
 
+  it("shows missed stacks instead of dropping them", function()
+    local r = offcpu({ "--stack-storage-size", "1" }, { H.fixture("lock_wait"), "2", "100" })
+    assert.is_true(r.lost_stacks > 0)
+    local missed = false
+    for _, s in ipairs(r.stacks) do
+      for _, f in ipairs(s.frames) do
+        if f == "[Missed User Stack]" or f == "[Missed Kernel Stack]" then
+          missed = true
+        end
+      end
+    end
+    assert.is_true(missed)
+    -- the time is still all there
+    assert.is_true(within(thread(r, "waiter").by_category.lock, 200000, 0.15))
+  end)
+
+  it("follows an existing process with -p", function()
+    local out = H.tmpfile(".json")
+    local sh = string.format([[%s 30 100 & p=$!; sleep 0.1; %s script offcpu --json -d 0.5 -p $p > %s; kill $p; wait $p]],
+      H.quote(H.fixture("sleep_loop")), H.quote(H.bin), H.quote(out))
+    H.sh("bash -c " .. H.quote(sh))
+    local r = cjson.decode(H.slurp(out))
+    local t = thread(r, "sleep_loop")
+    assert.is_not_nil(t)
+    -- 0.5 s of it was traced, all asleep in 100 ms naps: the nap in
+    -- progress when tracing began is not counted (its start is unknown),
+    -- the one in progress at the end is, up to the end
+    local sleep = t.by_category.sleep or 0
+    assert.is_true(sleep >= 380000 and sleep <= 520000, "sleep " .. sleep)
+    assert.is_true(has_frame(r, t.tid, "nap"))
+  end)
+
+  it("adds per-sample off-CPU data to the monitor's stream with denet run --offcpu", function()
+    local out = H.tmpfile(".jsonl")
+    local code = H.denet({ "run", "-q", "--offcpu", "-o", out, "--", H.fixture("lock_wait"), "2", "200" })
+    assert.equals(0, code)
+    local last
+    for line in io.lines(out) do
+      local r = cjson.decode(line)
+      if r.kind == "tree" then
+        last = r
+      end
+    end
+    local oc = last.aggregated.ebpf.offcpu
+    local waiter
+    for _, t in pairs(oc.thread_stats) do
+      if t.comm == "waiter" then
+        waiter = t
+      end
+    end
+    assert.is_true(within(waiter.by_category.lock, 400e6, 0.1), "lock " .. waiter.by_category.lock)
+    assert.is_true(oc.total_events >= 4)
+    assert.is_true(oc.max_time_ns >= 199e6 and oc.min_time_ns > 0)
+    assert.equals(2, #oc.top_blocking_threads)
+  end)
+
   it("rejects bad input with one line, exit 2", function()
     local code, _, err = H.denet({ "script", "offcpu", "-p", "999999" })
     assert.equals(2, code)
