@@ -5,3 +5,4 @@ here=$(cd "$(dirname "$0")" && pwd)
 build=$(cd "${1:-$here/../build}" && pwd)
 "$here/startup.sh" "$build"
 "$here/monitor.sh" "$build"
+"$here/offcpu.sh" "$build"

@@ -10,7 +10,7 @@ TRACEPOINT_PROBE(raw_syscalls, sys_enter)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = (u32)id;
-	if (!dn_wanted(id >> 32, tid))
+	if (!dn_maybe_watched(tid) || !dn_wanted(id >> 32, tid))
 		return 0;
 	s32 nr = args->id;
 	dn_insys.update(&tid, &nr);
@@ -21,7 +21,7 @@ TRACEPOINT_PROBE(raw_syscalls, sys_exit)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = (u32)id;
-	if (!dn_wanted(id >> 32, tid))
+	if (!dn_maybe_watched(tid) || !dn_wanted(id >> 32, tid))
 		return 0;
 	dn_insys.delete(&tid);
 	return 0;

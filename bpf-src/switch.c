@@ -7,6 +7,9 @@
 TRACEPOINT_PROBE(sched, sched_switch)
 {
 	u32 prev = args->prev_pid, next = args->next_pid;
+	/* most switches on a busy machine are of threads nobody watches */
+	if (!dn_maybe_watched(prev) && !dn_maybe_watched(next))
+		return 0;
 	long state = args->prev_state;
 #ifdef DN_HOOK_CTXSW
 	dn_ctxsw_on_switch(prev, state, next);

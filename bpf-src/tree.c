@@ -28,6 +28,29 @@
 
 BPF_HASH(dn_tracked, u32, struct dn_task, DN_MAX_TRACKED);
 BPF_HASH(dn_threads, u32, struct dn_thread, DN_MAX_THREADS);
+/* How many watched threads have a tid with these low 16 bits: a check
+ * that costs an array load, so the switches and syscalls of every other
+ * thread on the machine leave after it without a hash lookup. */
+BPF_ARRAY(dn_tidmask, u32, 65536);
+
+static __always_inline int dn_maybe_watched(u32 tid)
+{
+#ifdef DN_WANT_ALL
+	return tid != 0;
+#else
+	u32 slot = tid & 0xffff;
+	u32 *c = dn_tidmask.lookup(&slot);
+	return c && *c;
+#endif
+}
+
+static __always_inline void dn_tidmask_add(u32 tid, int delta)
+{
+	u32 slot = tid & 0xffff;
+	u32 *c = dn_tidmask.lookup(&slot);
+	if (c)
+		__sync_fetch_and_add(c, delta);
+}
 BPF_RINGBUF_OUTPUT(dn_tree_events, DN_TREE_PAGES);
 
 static __always_inline struct dn_task *dn_is_tracked(u32 tgid)
@@ -70,6 +93,7 @@ TRACEPOINT_PROBE(task, task_newtask)
 		/* a thread of the same process */
 		th.tgid = parent;
 		dn_threads.update(&child, &th);
+		dn_tidmask_add(child, 1);
 		return 0;
 	}
 	struct dn_task t = {};
@@ -77,6 +101,7 @@ TRACEPOINT_PROBE(task, task_newtask)
 	dn_tracked.update(&child, &t);
 	th.tgid = child;
 	dn_threads.update(&child, &th);
+	dn_tidmask_add(child, 1);
 	struct dn_tree_event *e = dn_tree_events.ringbuf_reserve(sizeof(struct dn_tree_event));
 	if (!e)
 		return 0;
@@ -137,6 +162,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 				__sync_fetch_and_add(&owner->running, -1);
 		}
 		dn_threads.delete(&tid);
+		dn_tidmask_add(tid, -1);
 	}
 #ifdef DN_HAVE_GROUP_DEAD
 	if (!args->group_dead)

@@ -154,6 +154,9 @@ function M.start(opts)
   if opts.proc then
     self.tree:add(opts.proc.pid, core.ids().pid, { root = true })
   end
+  if opts.tid then
+    self.tree:add_thread_mask(tonumber(opts.tid))
+  end
   self.bpf = self.tree.bpf
   self:mark_start()
   return self

@@ -12,6 +12,7 @@
 -- each tracked process at every refresh); processes that live shorter than
 -- one refresh are then not seen (their CPU time still reaches their parent
 -- through the kernel's accounting of reaped children).
+local bit = require("bit")
 local ffi = require("ffi")
 local core = require("denet.core")
 local procfs = require("denet.procfs")
@@ -84,6 +85,7 @@ function M.new(opts)
     self.bpf = BPF.new{ text = BPF.compose(parts), cflags = cflags, name = "tree" }
     self.tracked = self.bpf:get_table("dn_tracked")
     self.threads = self.bpf:get_table("dn_threads")
+    self.tidmask = self.bpf:get_table("dn_tidmask")
     self.events = self.bpf:get_table("dn_tree_events"):open_ring_buffer(function(e)
       self:_event(e)
     end, { type = "struct dn_tree_event" })
@@ -140,6 +142,7 @@ function Tree:add(pid, ppid, opts)
       running = running + oncpu
       if tid then
         self.threads:set(tid, { tgid = pid, oncpu = oncpu })
+        self:_mask(tid, 1)
       end
     end
     if running > 0 then
@@ -156,6 +159,19 @@ function Tree:add(pid, ppid, opts)
         self:add(c, cppid)
       end
     end
+  end
+end
+
+-- Count tid in dn_tidmask, the kernel's cheap first check.
+function Tree:_mask(tid, delta)
+  local slot = bit.band(tid, 0xffff)
+  self.tidmask:set(slot, math.max(0, (self.tidmask:get(slot) or 0) + delta))
+end
+
+--- Also watch one thread by tid (features that watch a single thread).
+function Tree:add_thread_mask(tid)
+  if self.tidmask then
+    self:_mask(tid, 1)
   end
 end
 

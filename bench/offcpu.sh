@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Off-CPU tracing cost on a context-switch-heavy load: `perf bench sched
+# pipe` run bare, under denet's off-CPU tracing (machine-wide, kernel and
+# user stacks), under a bpftrace sched_switch script recording the same
+# data, and under denet tracing one idle process (so every switch is of
+# another process), interleaved in one run. Reports the slowdown of the
+# load and the BPF cost per event (run_time_ns / run_cnt of the
+# sched_switch programs, from kernel.bpf_stats_enabled).
+#
+#   bench/offcpu.sh [BUILD_DIR] [LOOPS] [ROUNDS]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+build=${1:-$here/../build}
+loops=${2:-20000}
+rounds=${3:-3}
+denet=$build/denet
+out=$here/results
+mkdir -p "$out"
+tmp=$(mktemp -d)
+old_stats=$(cat /proc/sys/kernel/bpf_stats_enabled)
+bg=
+cleanup() {
+  [ -n "$bg" ] && kill -INT "$bg" 2>/dev/null && wait "$bg" 2>/dev/null || true
+  echo "$old_stats" >/proc/sys/kernel/bpf_stats_enabled
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+echo 1 >/proc/sys/kernel/bpf_stats_enabled
+
+BT='tracepoint:sched:sched_switch {
+  @start[args->prev_pid] = nsecs; @ks[args->prev_pid] = kstack; @us[args->prev_pid] = ustack;
+  if (@start[args->next_pid]) {
+    @off[@ks[args->next_pid], @us[args->next_pid]] = sum(nsecs - @start[args->next_pid]);
+    delete(@start[args->next_pid]);
+  }
+}'
+
+bench() { perf bench sched pipe -l "$loops" 2>/dev/null | awk '/Total time/ {print $3}'; }
+
+# sched_switch programs loaded now: "run_time_ns run_cnt" summed
+prog_stats() {
+  bpftool prog show -j | /usr/bin/python3 -c '
+import json, sys
+t = c = 0
+for p in json.load(sys.stdin):
+    n = p.get("name", "")
+    if "sched_switch" in n:
+        t += p.get("run_time_ns", 0); c += p.get("run_cnt", 0)
+print(t, c)'
+}
+
+# run_under NAME CMD...: start the tracer, wait until its programs run,
+# time the load, report "seconds ns_per_event"
+run_under() {
+  local name=$1
+  shift
+  "$@" >/dev/null 2>"$tmp/$name.err" &
+  bg=$!
+  local i=0
+  until [ "$(prog_stats | awk '{print $2}')" -gt 0 ] || [ $i -gt 200 ]; do sleep 0.05; i=$((i + 1)); done
+  sleep 0.3
+  local s0 s1 t
+  s0=$(prog_stats)
+  t=$(bench)
+  s1=$(prog_stats)
+  kill -INT $bg
+  wait $bg 2>/dev/null || true
+  bg=
+  awk -v t="$t" -v a="$s0" -v b="$s1" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    n = y[2] - x[2]; printf "%s %.1f\n", t, (n > 0 ? (y[1] - x[1]) / n : 0) }'
+}
+
+sleep 600 &
+idle=$!
+for r in $(seq "$rounds"); do
+  echo "bare $(bench) 0" >>"$tmp/res"
+  echo "denet $(run_under denet "$denet" script offcpu -d 120)" >>"$tmp/res"
+  echo "bpftrace $(run_under bpftrace bpftrace -e "$BT")" >>"$tmp/res"
+  echo "denet-target $(run_under target "$denet" script offcpu -d 120 -p $idle)" >>"$tmp/res"
+done
+kill $idle
+
+med() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+base=$(awk '$1 == "bare" {print $2}' "$tmp/res" | med)
+{
+  echo "# Off-CPU tracing: perf bench sched pipe -l $loops"
+  echo
+  echo "$(date -u +%Y-%m-%d), kernel $(uname -r), $(nproc) CPUs, medians of $rounds interleaved rounds."
+  echo
+  echo "| tracer | load time (s) | slowdown | BPF ns per sched_switch |"
+  echo "|---|---|---|---|"
+  for t in bare denet bpftrace denet-target; do
+    s=$(awk -v t=$t '$1 == t {print $2}' "$tmp/res" | med)
+    c=$(awk -v t=$t '$1 == t {print $3}' "$tmp/res" | med)
+    printf '| %s | %.3f | %+.0f%% | %s |\n' "$t" "$s" "$(awk -v s="$s" -v b="$base" 'BEGIN { print (s / b - 1) * 100 }')" \
+      "$([ "$t" = bare ] && echo - || echo "$c")"
+  done
+  echo
+  echo "denet: machine-wide, kernel and user stacks. bpftrace: a sched_switch script keeping the same (start time, kernel"
+  echo "and user stack per thread; time summed per stack pair). denet-target: denet tracing one idle process, so every"
+  echo "switch of the load is another process's."
+} | tee "$out/offcpu.md"
