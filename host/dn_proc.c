@@ -55,6 +55,8 @@ static void proc_release(void *obj)
 	} else if (!p->reaped && p->pidfd >= 0) {
 		syscall(SYS_pidfd_send_signal, p->pidfd, SIGTERM, NULL, 0);
 	}
+	free(p->path);
+	p->path = NULL;
 }
 
 /* Find argv0 the way execvp would; 0 and the path, or -errno. */

@@ -236,7 +236,20 @@ static int pent_sample(struct pent *p, struct dn_psample *s, int want)
 	return 0;
 }
 
-/* core.ptab_new() -> table of watched processes */
+static void ptab_release(void *obj)
+{
+	struct ptab *t = obj;
+	int i;
+
+	for (i = 0; i < t->n; i++)
+		pent_close(&t->e[i]);
+	free(t->e);
+	t->e = NULL;
+	t->n = t->cap = 0;
+}
+
+/* core.ptab_new() -> table of watched processes (its fds are closed by
+ * the collector or at exit) */
 static int l_ptab_new(lua_State *L)
 {
 	struct ptab *t = lua_newuserdata(L, sizeof(*t));
@@ -244,6 +257,7 @@ static int l_ptab_new(lua_State *L)
 	memset(t, 0, sizeof(*t));
 	luaL_getmetatable(L, PTAB_MT);
 	lua_setmetatable(L, -2);
+	dn_cleanup_add(t, ptab_release);
 	return 1;
 }
 
@@ -381,13 +395,9 @@ static int l_ptab_pids(lua_State *L)
 static int l_ptab_gc(lua_State *L)
 {
 	struct ptab *t = check_ptab(L);
-	int i;
 
-	for (i = 0; i < t->n; i++)
-		pent_close(&t->e[i]);
-	free(t->e);
-	t->e = NULL;
-	t->n = t->cap = 0;
+	dn_cleanup_remove(t);
+	ptab_release(t);
 	return 0;
 }
 

@@ -203,7 +203,11 @@ describe("denet script offcpu", function()
     assert.is_true(within(waiter.by_category.lock, 400e6, 0.1), "lock " .. waiter.by_category.lock)
     assert.is_true(oc.total_events >= 4)
     assert.is_true(oc.max_time_ns >= 199e6 and oc.min_time_ns > 0)
-    assert.equals(2, #oc.top_blocking_threads)
+    local tops = {}
+    for _, t in ipairs(oc.top_blocking_threads) do
+      tops[t.comm] = true
+    end
+    assert.is_true(tops.waiter and tops.lock_wait)
   end)
 
   it("rejects bad input with one line, exit 2", function()
