@@ -28,13 +28,6 @@
 #define DN_OFFCPU_KEYS 40960
 #endif
 
-struct dn_offcpu_start {
-	u64 ts;
-	s32 ustack, kstack;
-	u32 state;    /* prev_state & DN_TASK_STATE_MASK; 0: preempted */
-	s32 syscall;  /* -1: not in a syscall */
-};
-
 struct dn_offcpu_key {
 	u32 tgid, tid;
 	s32 ustack, kstack;
@@ -47,16 +40,20 @@ struct dn_offcpu_val {
 };
 
 /* per thread: when it started and ended (0: before / after tracing), its
- * time blocked and waiting for a CPU, and its name at its last switch;
- * on-CPU time is the rest of its wall time */
+ * time blocked and waiting for a CPU, its name at its last switch, and
+ * the block it is in now (start != 0): one map entry serves both ends of
+ * a switch. On-CPU time is the rest of its wall time. */
 struct dn_offcpu_thread {
 	u32 tgid, pad;
 	u64 born, died;
 	u64 offcpu_ns, runq_ns;
 	char comm[16];
+	u64 start;    /* when the current block began; 0: running */
+	s32 ustack, kstack;
+	u32 state;    /* prev_state & DN_TASK_STATE_MASK; 0: preempted */
+	s32 syscall;  /* -1: not in a syscall */
 };
 
-BPF_HASH(dn_offcpu_start, u32, struct dn_offcpu_start, 65536);
 BPF_HASH(dn_offcpu, struct dn_offcpu_key, struct dn_offcpu_val, DN_OFFCPU_KEYS);
 BPF_HASH(dn_offcpu_threads, u32, struct dn_offcpu_thread, 65536);
 BPF_STACK_TRACE(dn_offcpu_stacks, DN_STACK_STORAGE);
@@ -84,7 +81,7 @@ static __always_inline void dn_offcpu_thread_exit(u32 tid)
 		th->died = bpf_ktime_get_ns();
 }
 
-static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_state, u32 next, char *prev_comm)
+static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_state, u32 next)
 {
 	u64 now = bpf_ktime_get_ns();
 	u32 tgid = bpf_get_current_pid_tgid() >> 32; /* current is prev */
@@ -98,42 +95,39 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 			dn_offcpu_threads.update(&prev, &z);
 			th = dn_offcpu_threads.lookup(&prev);
 		}
-		if (th)
-			bpf_probe_read_kernel(th->comm, sizeof(th->comm), prev_comm);
-		u32 st = prev_state & DN_TASK_STATE_MASK;
-		u64 bitpos = st ? (u64)st << 1 : 1;
-		if (DN_OFFCPU_STATES & bitpos) {
-			struct dn_offcpu_start s = {};
-			s.ts = now;
-			s.state = st;
+		if (th) {
+			bpf_get_current_comm(th->comm, sizeof(th->comm));
+			u32 st = prev_state & DN_TASK_STATE_MASK;
+			u64 bitpos = st ? (u64)st << 1 : 1;
+			if (DN_OFFCPU_STATES & bitpos) {
+				th->start = now;
+				th->state = st;
 #ifdef DN_NO_KSTACK
-			s.kstack = -1;
+				th->kstack = -1;
 #else
-			s.kstack = dn_offcpu_stacks.get_stackid(ctx, 0);
-			if (s.kstack < 0)
-				dn_offcpu_missed_inc(1);
+				th->kstack = dn_offcpu_stacks.get_stackid(ctx, 0);
+				if (th->kstack < 0)
+					dn_offcpu_missed_inc(1);
 #endif
 #ifdef DN_NO_USTACK
-			s.ustack = -1;
+				th->ustack = -1;
 #else
-			s.ustack = dn_offcpu_stacks.get_stackid(ctx, BPF_F_USER_STACK);
-			if (s.ustack < 0)
-				dn_offcpu_missed_inc(0);
+				th->ustack = dn_offcpu_stacks.get_stackid(ctx, BPF_F_USER_STACK);
+				if (th->ustack < 0)
+					dn_offcpu_missed_inc(0);
 #endif
-			s32 *nr = dn_insys.lookup(&prev);
-			s.syscall = nr ? *nr : -1;
-			dn_offcpu_start.update(&prev, &s);
+				s32 *nr = dn_insys.lookup(&prev);
+				th->syscall = nr ? *nr : -1;
+			}
 		}
 	}
 
-	struct dn_offcpu_start *s = dn_offcpu_start.lookup(&next);
-	if (!s)
-		return;
 	struct dn_offcpu_thread *nt = dn_offcpu_threads.lookup(&next);
-	if (!nt)
+	if (!nt || !nt->start)
 		return;
-	u64 d = now - s->ts;
-	if (s->state)
+	u64 d = now - nt->start;
+	nt->start = 0;
+	if (nt->state)
 		nt->offcpu_ns += d;
 	else
 		nt->runq_ns += d;
@@ -141,10 +135,10 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 		struct dn_offcpu_key k = {};
 		k.tgid = nt->tgid;
 		k.tid = next;
-		k.ustack = s->ustack;
-		k.kstack = s->kstack;
-		k.state = s->state;
-		k.syscall = s->syscall;
+		k.ustack = nt->ustack;
+		k.kstack = nt->kstack;
+		k.state = nt->state;
+		k.syscall = nt->syscall;
 		struct dn_offcpu_val zero = {}, *v = dn_offcpu.lookup_or_try_init(&k, &zero);
 		if (v) {
 			__sync_fetch_and_add(&v->total_ns, d);
@@ -155,5 +149,4 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 				v->min_ns = d;
 		}
 	}
-	dn_offcpu_start.delete(&next);
 }

@@ -15,7 +15,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
 	dn_ctxsw_on_switch(prev, state, next);
 #endif
 #ifdef DN_HOOK_OFFCPU
-	dn_offcpu_on_switch(args, prev, state, next, args->prev_comm);
+	dn_offcpu_on_switch(args, prev, state, next);
 #endif
 	return 0;
 }

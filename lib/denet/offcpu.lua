@@ -269,11 +269,11 @@ function Tracer:report()
       max_ns = tonumber(v.max_ns) }
   end
   local min_ns, max_ns = (self.opts.min_us or 0) * 1000, (self.opts.max_us or math.huge) * 1000
-  for tid, st in self.bpf:get_table("dn_offcpu_start"):items() do
-    local d = now_ns - tonumber(st.ts)
-    local th = threads[tid]
-    if th and d >= min_ns and d <= max_ns then
-      entries[#entries + 1] = { k = { tgid = th.pid, tid = tid, ustack = st.ustack, kstack = st.kstack,
+  for tid, st in self.bpf:get_table("dn_offcpu_threads"):items() do
+    local start = tonumber(st.start)
+    local d = now_ns - start
+    if start > 0 and tonumber(st.died) == 0 and d >= min_ns and d <= max_ns then
+      entries[#entries + 1] = { k = { tgid = st.tgid, tid = tid, ustack = st.ustack, kstack = st.kstack,
         state = st.state, syscall = st.syscall }, total_ns = d, count = 1, max_ns = d }
     end
   end
