@@ -196,25 +196,28 @@ local function is_runtime_module(module)
   return false
 end
 
--- Frames root first; mods[i] is true where frame i is in the program
+-- The last n items of list (the frames nearest the block), or list.
+local function keep_last(list, n)
+  if not n or #list <= n then
+    return list
+  end
+  local cut = {}
+  for i = #list - n + 1, #list do
+    cut[#cut + 1] = list[i]
+  end
+  return cut
+end
+
+-- Frames root first, and for each whether it is in the program itself
 -- (not libc or the loader), for naming call sites.
-local function user_frames(pid, addrs, depth, mods)
-  local out = {}
+local function user_frames(pid, addrs, depth)
+  local out, mods = {}, {}
   for i = #addrs, 1, -1 do -- root first
     out[#out + 1] = syms.usym(pid, addrs[i])
-    if mods then
-      local _, _, module = syms.resolve(pid, addrs[i])
-      mods[#out] = not is_runtime_module(module)
-    end
+    local _, _, module = syms.resolve(pid, addrs[i])
+    mods[#out] = not is_runtime_module(module)
   end
-  if depth and #out > depth then
-    local cut = {}
-    for i = #out - depth + 1, #out do
-      cut[#cut + 1] = out[i]
-    end
-    out = cut
-  end
-  return out
+  return keep_last(out, depth), keep_last(mods, depth)
 end
 
 local function kernel_frames(addrs, depth)
@@ -222,14 +225,7 @@ local function kernel_frames(addrs, depth)
   for i = #addrs, 1, -1 do
     out[#out + 1] = syms.ksym(addrs[i])
   end
-  if depth and #out > depth then
-    local cut = {}
-    for i = #out - depth + 1, #out do
-      cut[#cut + 1] = out[i]
-    end
-    out = cut
-  end
-  return out
+  return keep_last(out, depth)
 end
 
 --- Read the kernel maps into the report (the JSON contract of
@@ -284,9 +280,7 @@ function Tracer:report()
     local uf = ucache[ukey]
     if not uf then
       if k.ustack >= 0 then
-        local mods = {}
-        uf = user_frames(tgid, stacks_t:stack_walk(k.ustack), depth, mods)
-        umods[ukey] = mods
+        uf, umods[ukey] = user_frames(tgid, stacks_t:stack_walk(k.ustack), depth)
       elseif self.opts.kernel_only then
         uf = {}
       else

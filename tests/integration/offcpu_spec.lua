@@ -150,6 +150,26 @@ describe("denet script offcpu", function()
     end
   end)
 
+  it("--stack-depth keeps the frames nearest the block; -U / -K one side only", function()
+    local r = offcpu({ "--stack-depth", "2" }, { H.fixture("sleep_loop"), "3", "20" })
+    for _, s in ipairs(r.stacks) do
+      assert.is_true(#s.frames <= 5, #s.frames .. " frames")
+      assert.equals("__schedule", s.frames[#s.frames])
+    end
+    r = offcpu({ "-U" }, { H.fixture("sleep_loop"), "3", "20" })
+    for _, s in ipairs(r.stacks) do
+      for _, f in ipairs(s.frames) do
+        assert.is_not.equals("-", f)
+        assert.is_not.equals("__schedule", f)
+      end
+    end
+    r = offcpu({ "-K" }, { H.fixture("sleep_loop"), "3", "20" })
+    assert.equals("__schedule", r.stacks[1].frames[#r.stacks[1].frames])
+    for _, f in ipairs(r.stacks[1].frames) do
+      assert.is_not.equals("nap", f)
+    end
+  end)
+
   it("shows missed stacks instead of dropping them", function()
     local r = offcpu({ "--stack-storage-size", "1" }, { H.fixture("lock_wait"), "2", "100" })
     assert.is_true(r.lost_stacks > 0)
