@@ -144,10 +144,7 @@ end
 -- output
 
 local function open_out(path)
-  local f, err = io.open(path, "w")
-  if not f then
-    errors.raise(string.format("cannot write %s: %s", path, (err or "?"):gsub("^[^:]*: ", "")))
-  end
+  local f = denet.open_output(path)
   -- one write(2) per record, so a reader never sees half a line
   f:setvbuf("full", 1048576)
   return f

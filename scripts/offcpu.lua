@@ -79,10 +79,7 @@ local function num(o, key, flag)
 end
 
 local function write_file(path, text)
-  local f, err = io.open(path, "w")
-  if not f then
-    errors.raise(string.format("cannot write %s: %s", path, (err or "?"):gsub("^[^:]*: ", "")))
-  end
+  local f = denet.open_output(path)
   f:write(text)
   f:close()
 end
@@ -141,11 +138,7 @@ local function main(args)
     proc:resume()
     denet.sleep(0.02)
     t:capture()
-    code = proc:wait{ timeout = duration }
-    if not code then
-      proc:kill(denet.SIGTERM)
-      code = proc:wait()
-    end
+    code = proc:wait_for(duration)
   else
     local why = denet.run{ duration = duration }
     if why == "signal" then

@@ -284,8 +284,39 @@ function Proc:wait(opts)
   return code2, ru2, sig2
 end
 
+--- Wait at most `seconds` (nil: as long as it takes); a command still
+--- running then is sent SIGTERM, and SIGKILL after `grace` more seconds
+--- (default 2). Returns what wait() returns.
+function Proc:wait_for(seconds, grace)
+  if not seconds then
+    return self:wait()
+  end
+  local code, ru, sig = self:wait{ timeout = seconds }
+  if code then
+    return code, ru, sig
+  end
+  self:kill(M.SIGTERM)
+  code, ru, sig = self:wait{ timeout = grace or 2 }
+  if code then
+    return code, ru, sig
+  end
+  self:kill(M.SIGKILL)
+  return self:wait()
+end
+
 function Proc:__tostring()
   return string.format("denet.proc(%d %s)", self.pid, self.argv[1])
+end
+
+--- Open path for writing, or raise a user error saying why it cannot be
+--- written ("cannot write out.json: Permission denied"). Scripts open
+--- their outputs before starting anything, so a bad path runs nothing.
+function M.open_output(path)
+  local f, err = io.open(path, "w")
+  if not f then
+    errors.raise(string.format("cannot write %s: %s", path, (err or "?"):gsub("^[^:]*: ", "")))
+  end
+  return f
 end
 
 --- Become (or stop being) the child subreaper: orphaned descendants are

@@ -64,16 +64,7 @@ TRACEPOINT_PROBE(sched, sched_switch) {
 
 local t0 = denet.clock()
 p:resume()
-local code
-if duration then
-  code = p:wait{ timeout = duration }
-  if not code then
-    p:kill(denet.SIGTERM)
-    code = p:wait()
-  end
-else
-  code = p:wait()
-end
+local code = p:wait_for(duration)
 local elapsed = denet.clock() - t0
 
 local rows = {}
