@@ -75,10 +75,25 @@ idle=$!
 for r in $(seq "$rounds"); do
   echo "bare $(bench) 0" >>"$tmp/res"
   echo "denet $(run_under denet "$denet" script offcpu -d 120)" >>"$tmp/res"
+  echo "denet-walk $(run_under walk "$denet" script offcpu -d 120 --stack-reuse off)" >>"$tmp/res"
   echo "bpftrace $(run_under bpftrace bpftrace -e "$BT")" >>"$tmp/res"
   echo "denet-target $(run_under target "$denet" script offcpu -d 120 -p $idle)" >>"$tmp/res"
 done
 kill $idle
+
+# Are reused stacks right? Once more in verify mode: every reused kernel
+# stack is also walked, and disagreements are counted.
+"$denet" script offcpu -d 120 --stack-reuse verify --json >"$tmp/verify.json" 2>"$tmp/verify.err" &
+bg=$!
+until [ "$(prog_stats | awk '{print $2}')" -gt 0 ]; do sleep 0.05; done
+bench >/dev/null
+kill -INT $bg
+wait $bg 2>/dev/null || true
+bg=
+verify=$(/usr/bin/python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))["kstack_reuse"]
+print("%d reused, %d walked, %d reused stacks the walk disagreed with" % (r["reused"], r["walked"], r["wrong"]))' "$tmp/verify.json")
 
 med() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 base=$(awk '$1 == "bare" {print $2}' "$tmp/res" | med)
@@ -89,14 +104,17 @@ base=$(awk '$1 == "bare" {print $2}' "$tmp/res" | med)
   echo
   echo "| tracer | load time (s) | slowdown | BPF ns per sched_switch |"
   echo "|---|---|---|---|"
-  for t in bare denet bpftrace denet-target; do
+  for t in bare denet denet-walk bpftrace denet-target; do
     s=$(awk -v t=$t '$1 == t {print $2}' "$tmp/res" | med)
     c=$(awk -v t=$t '$1 == t {print $3}' "$tmp/res" | med)
     printf '| %s | %.3f | %+.0f%% | %s |\n' "$t" "$s" "$(awk -v s="$s" -v b="$base" 'BEGIN { print (s / b - 1) * 100 }')" \
       "$([ "$t" = bare ] && echo - || echo "$c")"
   done
   echo
-  echo "denet: machine-wide, kernel and user stacks. bpftrace: a sched_switch script keeping the same (start time, kernel"
+  echo "denet: machine-wide, kernel and user stacks (kernel stacks reused when a thread blocks where it blocked before;"
+  echo "denet-walk: every stack walked). bpftrace: a sched_switch script keeping the same (start time, kernel"
   echo "and user stack per thread; time summed per stack pair). denet-target: denet tracing one idle process, so every"
   echo "switch of the load is another process's."
+  echo
+  echo "Stack reuse checked (--stack-reuse verify, one more run of the load): $verify."
 } | tee "$out/offcpu.md"

@@ -66,6 +66,172 @@ static __always_inline void dn_offcpu_missed_inc(int which)
 		__sync_fetch_and_add(c, 1);
 }
 
+#ifdef DN_KSTACK_REUSE
+/*
+ * Kernel stack reuse. Walking the kernel stack (the ORC unwinder) is most
+ * of the cost of a switch-out, and a thread usually blocks where it
+ * blocked before. A template remembers, for one blocking place, the stack
+ * id and where on the kernel stack each address of that stack was found
+ * (its slots). The unwinder is deterministic: the same return addresses
+ * at the same places give the same stack. So when every slot holds the
+ * same value again, the id is reused without a walk.
+ *
+ * Places: slots of the syscall entry, in the last DN_KT_OUTER bytes of the
+ * kernel stack, are at fixed places from its top (found from
+ * bpf_task_pt_regs, no struct layout needed); the others move with the
+ * random offset the kernel puts on the stack at each syscall, and are kept
+ * relative to the stack pointer the tracepoint saved in its registers
+ * (whose pointer is the first word of the tracepoint's record).
+ * Templates are learnt in user space from a copy of the stack memory sent
+ * with each walked stack, and used only after one walk confirmed them.
+ * -DDN_KSTACK_VERIFY walks on every reuse too and counts reuses the walk
+ * disagrees with (for the benchmark).
+ */
+#define DN_KT_SLOTS 32
+#define DN_KT_INNER 2048    /* bytes sent from the tracepoint's sp up */
+#define DN_KT_OUTER 256     /* the top part: the entry's frames, fixed places */
+#define DN_PT_REGS_SIZE 168 /* struct pt_regs, fixed by the x86-64 ABI */
+#define DN_PT_REGS_IP 128
+#define DN_PT_REGS_SP 152
+
+struct dn_kt_key {
+	s32 syscall;
+	u16 state;
+	u16 way;
+	u64 uip;      /* user IP at kernel entry */
+};
+
+struct dn_kt {
+	s32 kstack;
+	u16 n;        /* slots in use */
+	u16 confirmed;
+	u32 outer;    /* bit i: slot i is in the top part */
+	u16 word[DN_KT_SLOTS]; /* outer: words from top - DN_KT_OUTER; else: from sp */
+	u64 val[DN_KT_SLOTS];
+};
+
+struct dn_kt_rec {
+	struct dn_kt_key key;
+	s32 kstack;
+	u32 ok;       /* the copies were read */
+	u64 sp, top;
+	u64 inner[DN_KT_INNER / 8];  /* from sp up (zeros past the top) */
+	u64 outer[DN_KT_OUTER / 8];  /* the top part */
+};
+
+struct dn_kt_scratch {
+	u64 ptr;
+};
+
+BPF_HASH(dn_kt, struct dn_kt_key, struct dn_kt, 4096);
+BPF_RINGBUF_OUTPUT(dn_kt_learn, 128);
+/* [0] reuses, [1] walks, [2] reuses a walk disagreed with (verify mode),
+ * [3] confirmations failed */
+BPF_PERCPU_ARRAY(dn_kt_stats, u64, 4);
+BPF_PERCPU_ARRAY(dn_kt_scratch, struct dn_kt_scratch, 1);
+
+static __always_inline void dn_kt_count(int i)
+{
+	u64 *c = dn_kt_stats.lookup(&i);
+	if (c)
+		(*c)++;
+}
+
+/* Do the template's slots hold its values now? */
+static __always_inline int dn_kt_match(struct dn_kt *t, u64 sp, u64 top)
+{
+	u32 n = t->n;
+	for (int i = 0; i < DN_KT_SLOTS; i++) {
+		if (i >= n)
+			break;
+		u64 at = (t->outer & (1U << i)) ? top - DN_KT_OUTER : sp;
+		u64 v = 0;
+		if (bpf_probe_read_kernel(&v, 8, (void *)(at + 8 * (u64)t->word[i])) < 0 || v != t->val[i])
+			return 0;
+	}
+	return 1;
+}
+
+/* The kernel stack id of the current task at this sched_switch, reusing
+ * a confirmed template when its slots still hold the same addresses,
+ * else walking (and sending what a template needs). */
+static __always_inline s32 dn_kstack_id(void *ctx, s32 syscall, u32 state)
+{
+	int zero = 0;
+	struct dn_kt_scratch *sc = dn_kt_scratch.lookup(&zero);
+	if (!sc)
+		return dn_offcpu_stacks.get_stackid(ctx, 0);
+	/* the top of the stack: the user registers saved at kernel entry sit
+	 * there (the pointer made a number through the map: the verifier
+	 * allows no arithmetic on it) */
+	void *uregs = (void *)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
+	*(void *volatile *)&sc->ptr = uregs;
+	u64 top = *(volatile u64 *)&sc->ptr + DN_PT_REGS_SIZE;
+	/* the tracepoint's saved registers */
+	u64 regs = 0, sp = 0, uip = 0;
+	bpf_probe_read_kernel(&regs, 8, ctx);
+	bpf_probe_read_kernel(&sp, 8, (void *)(regs + DN_PT_REGS_SP));
+	bpf_probe_read_kernel(&uip, 8, (void *)(top - DN_PT_REGS_SIZE + DN_PT_REGS_IP));
+
+	/* two templates (ways) per key: a call that blocks in two places in
+	 * turn keeps both */
+	struct dn_kt_key key = {};
+	key.syscall = syscall;
+	key.state = state;
+	key.uip = uip;
+	struct dn_kt *t = dn_kt.lookup(&key);
+	/* where a new template goes: way 0 if free, else way 1 unless way 1
+	 * is confirmed and way 0 is not */
+	u16 learn_way = 0;
+	if (t && !(sp && dn_kt_match(t, sp, top))) {
+		u16 c0 = t->confirmed;
+		key.way = 1;
+		t = dn_kt.lookup(&key);
+		learn_way = !(t && t->confirmed && !c0);
+	}
+	if (t && sp && dn_kt_match(t, sp, top)) {
+		if (t->confirmed) {
+			dn_kt_count(0);
+#ifdef DN_KSTACK_VERIFY
+			s32 walked = dn_offcpu_stacks.get_stackid(ctx, 0);
+			if (walked != t->kstack)
+				dn_kt_count(2);
+#endif
+			return t->kstack;
+		}
+		/* first use: walk once to confirm the template */
+		s32 walked = dn_offcpu_stacks.get_stackid(ctx, 0);
+		dn_kt_count(1);
+		if (walked == t->kstack) {
+			t->confirmed = 1;
+		} else {
+			dn_kt_count(3);
+			dn_kt.delete(&key);
+		}
+		return walked;
+	}
+	s32 id = dn_offcpu_stacks.get_stackid(ctx, 0);
+	dn_kt_count(1);
+	if (id < 0 || !sp || sp >= top)
+		return id;
+	struct dn_kt_rec *r = dn_kt_learn.ringbuf_reserve(sizeof(struct dn_kt_rec));
+	if (!r)
+		return id;
+	r->key = key;
+	r->key.way = learn_way;
+	r->kstack = id;
+	r->sp = sp;
+	r->top = top;
+	u64 len = top - sp;
+	if (len > DN_KT_INNER)
+		len = DN_KT_INNER;
+	r->ok = bpf_probe_read_kernel(r->inner, len, (void *)sp) == 0 &&
+		bpf_probe_read_kernel(r->outer, DN_KT_OUTER, (void *)(top - DN_KT_OUTER)) == 0;
+	dn_kt_learn.ringbuf_submit(r, 0);
+	return id;
+}
+#endif
+
 static __always_inline void dn_offcpu_thread_start(u32 tid, u32 tgid)
 {
 	struct dn_offcpu_thread z = {};
@@ -105,7 +271,13 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 #ifdef DN_NO_KSTACK
 				th->kstack = -1;
 #else
+				s32 *nr = dn_insys.lookup(&prev);
+				th->syscall = nr ? *nr : -1;
+#ifdef DN_KSTACK_REUSE
+				th->kstack = dn_kstack_id(ctx, th->syscall, st);
+#else
 				th->kstack = dn_offcpu_stacks.get_stackid(ctx, 0);
+#endif
 				if (th->kstack < 0)
 					dn_offcpu_missed_inc(1);
 #endif
@@ -116,8 +288,10 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 				if (th->ustack < 0)
 					dn_offcpu_missed_inc(0);
 #endif
+#ifdef DN_NO_KSTACK
 				s32 *nr = dn_insys.lookup(&prev);
 				th->syscall = nr ? *nr : -1;
+#endif
 			}
 		}
 	}

@@ -26,6 +26,9 @@ usage: denet script offcpu [options] [-- CMD ARGS...]
   -U / -K                 user / kernel stacks only
   --stack-depth N         keep the N frames nearest the block of each stack
   --stack-storage-size N  stack trace map size (default 16384)
+  --stack-reuse MODE      on (default): reuse a kernel stack when a thread blocks where it
+                          blocked before (checked in the kernel); off: walk every stack;
+                          verify: reuse and also walk, counting disagreements
   -f FILE                 folded stacks to FILE (flamegraph.pl, speedscope)
   --svg FILE              an SVG flame graph to FILE
   --json                  the report as JSON on stdout
@@ -38,6 +41,7 @@ end
 
 local VALUE = { ["-p"] = "pids", ["-t"] = "tid", ["-d"] = "duration", ["-m"] = "min_us", ["-M"] = "max_us",
   ["--state"] = "state", ["--stack-depth"] = "stack_depth", ["--stack-storage-size"] = "stack_storage",
+  ["--stack-reuse"] = "stack_reuse",
   ["-f"] = "folded", ["--svg"] = "svg" }
 local FLAG = { ["-U"] = "user_only", ["-K"] = "kernel_only", ["--json"] = "json", ["-h"] = "help",
   ["--help"] = "help" }
@@ -98,6 +102,9 @@ local function main(args)
     end
     roots[#roots + 1] = pid
   end
+  if o.stack_reuse and not ({ on = true, off = true, verify = true })[o.stack_reuse] then
+    fail(string.format("--stack-reuse takes on, off or verify, not '%s'", o.stack_reuse))
+  end
   if o.user_only and o.kernel_only then
     fail("-U and -K exclude each other")
   end
@@ -124,6 +131,7 @@ local function main(args)
     roots = roots, proc = proc, tid = num(o, "tid", "-t"), min_us = num(o, "min_us", "-m"),
     max_us = num(o, "max_us", "-M"), states = states, user_only = o.user_only, kernel_only = o.kernel_only,
     stack_depth = num(o, "stack_depth", "--stack-depth"), stack_storage = num(o, "stack_storage", "--stack-storage-size"),
+    stack_reuse = o.stack_reuse,
   }
   local duration = num(o, "duration", "-d")
   t:capture()

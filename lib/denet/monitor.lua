@@ -138,7 +138,7 @@ function M.new(opts)
   if opts.offcpu then
     -- off-CPU accounting of the same tree, in the same program
     parts = { "insys.c", "offcpu.c", unpack(parts or {}) }
-    cflags = { "-DDN_HOOK_OFFCPU", unpack(cflags or {}) }
+    cflags = { "-DDN_HOOK_OFFCPU", "-DDN_KSTACK_REUSE", unpack(cflags or {}) }
     if opts.bpf == false then
       errors.raise("--offcpu needs BPF, which is not available here (see denet doctor)")
     end
@@ -152,6 +152,9 @@ function M.new(opts)
       self:_tree_event(ev)
     end,
   }
+  if opts.offcpu then
+    require("denet.offcpu").learn_kstacks(self.tree.bpf)
+  end
   self.ptab = procfs.new()
   -- did pid not run since its last read? (its switch counts are the same
   -- and no thread of it is on a CPU)

@@ -101,6 +101,103 @@ local DESCRIBE = {
 }
 
 ---------------------------------------------------------------------------
+-- kernel stack reuse (bpf-src/offcpu.c, DN_KSTACK_REUSE)
+
+local KT_SLOTS, KT_INNER_WORDS, KT_OUTER_WORDS = 32, 256, 32
+
+ffi.cdef([[
+struct dn_kt_rec {
+  int32_t syscall;
+  uint16_t state, way;
+  uint64_t uip;
+  int32_t kstack;
+  uint32_t ok;
+  uint64_t sp, top;
+  uint64_t inner[256];
+  uint64_t outer[32];
+};
+]])
+
+--- The template of a walked kernel stack (see bpf-src/offcpu.c): where
+--- each address of the stack (ips, leaf first as the stack map gives
+--- them) was found in rec's copies of the stack, each above the one
+--- before. Slots in the top part (the syscall entry's frames) are words
+--- from top - KT_OUTER_WORDS * 8, the others words from the tracepoint's
+--- sp. nil when a frame is not in the copies or there are too many.
+function M.kt_template(rec, ips)
+  local n = #ips
+  if rec.ok == 0 or n < 1 or n > KT_SLOTS then
+    return nil
+  end
+  local sp, outer0 = rec.sp, rec.top - KT_OUTER_WORDS * 8
+  local t = { kstack = rec.kstack, n = n, outer = 0, word = {}, val = {} }
+  local at = sp -- search from here up
+  for i = 1, n do
+    local want, found = ips[i], nil
+    local j = tonumber(at - sp) / 8
+    while j < KT_INNER_WORDS and sp + j * 8 < outer0 do
+      if rec.inner[j] == want then
+        found = j
+        break
+      end
+      j = j + 1
+    end
+    if found then
+      at = sp + found * 8 + 8
+    else
+      j = at > outer0 and tonumber(at - outer0) / 8 or 0
+      while j < KT_OUTER_WORDS do
+        if rec.outer[j] == want then
+          found = j
+          break
+        end
+        j = j + 1
+      end
+      if not found then
+        return nil
+      end
+      t.outer = bit.bor(t.outer, bit.lshift(1, i - 1))
+      at = outer0 + found * 8 + 8
+    end
+    t.word[i - 1], t.val[i - 1] = found, want
+  end
+  return t
+end
+
+-- Learn templates from the walks the program reports.
+local function kt_learner(bpf)
+  local stacks = bpf:get_table("dn_offcpu_stacks")
+  local kt = bpf:get_table("dn_kt")
+  return function(rec)
+    local t = M.kt_template(rec, stacks:stack_walk(rec.kstack))
+    if not t then
+      return
+    end
+    local v = kt.leaf.ct()
+    v.kstack, v.n, v.confirmed, v.outer = t.kstack, t.n, 0, t.outer
+    for i = 0, t.n - 1 do
+      v.word[i], v.val[i] = t.word[i], t.val[i]
+    end
+    kt:set({ syscall = rec.syscall, state = rec.state, way = rec.way, uip = rec.uip }, v)
+  end
+end
+
+--- Learn kernel stack templates for a program built with
+--- -DDN_KSTACK_REUSE (from the loop, as walks are reported); returns the
+--- ring buffer.
+function M.learn_kstacks(bpf)
+  return bpf:get_table("dn_kt_learn"):open_ring_buffer(kt_learner(bpf), { type = "struct dn_kt_rec" })
+end
+
+--- Counters of kernel stack reuse: reused, walked, wrong (reuses a walk
+--- disagreed with; counted in verify mode only), unconfirmed.
+function M.kt_stats(bpf)
+  local t = bpf:get_table("dn_kt_stats")
+  return { reused = tonumber(t:sum(0)), walked = tonumber(t:sum(1)), wrong = tonumber(t:sum(2)),
+    unconfirmed = tonumber(t:sum(3)) }
+end
+
+---------------------------------------------------------------------------
 -- tracing
 
 local Tracer = {}
@@ -136,6 +233,13 @@ function M.start(opts)
   if opts.stack_storage then
     cflags[#cflags + 1] = "-DDN_STACK_STORAGE=" .. tonumber(opts.stack_storage)
   end
+  local reuse = opts.stack_reuse ~= "off" and not opts.user_only
+  if reuse then
+    cflags[#cflags + 1] = "-DDN_KSTACK_REUSE"
+    if opts.stack_reuse == "verify" then
+      cflags[#cflags + 1] = "-DDN_KSTACK_VERIFY"
+    end
+  end
   local self = setmetatable({ opts = opts, all = all, t0 = core.monotonic(), t0_ns = core.monotonic_ns(),
     captured = {} }, Tracer)
   self.tree = tree_mod.new{
@@ -158,6 +262,9 @@ function M.start(opts)
     self.tree:add_thread_mask(tonumber(opts.tid))
   end
   self.bpf = self.tree.bpf
+  if reuse then
+    self.kt_buf = M.learn_kstacks(self.bpf)
+  end
   self:mark_start()
   return self
 end
@@ -369,6 +476,9 @@ function Tracer:report()
     syscalls = sys,
     lost_stacks = tonumber(missed:get(0)) + tonumber(missed:get(1)),
   }
+  if self.kt_buf then
+    report.kstack_reuse = M.kt_stats(self.bpf)
+  end
   report.sites = M.sites(stacks)
   report.verdict = M.verdict(report)
   return report

@@ -92,6 +92,34 @@ describe("denet script offcpu", function()
     assert.is_true(child.pid ~= thread(r, "pipe_feed", 1).pid)
   end)
 
+  it("reuses kernel stacks only where they are right: same read() call, pipe and socket in turn", function()
+    -- one read() call site blocks alternately in a pipe and a unix socket:
+    -- same syscall, same user stack, two kernel stacks; verify mode also
+    -- walks every reused stack and counts disagreements
+    for _, mode in ipairs({ "on", "verify" }) do
+      local r = offcpu({ "--stack-reuse", mode }, { H.fixture("alt_read"), "40", "5" })
+      local child = thread(r, "alt_read", 2)
+      local pipe, sock = 0, 0
+      for _, s in ipairs(r.stacks) do
+        if s.tid == child.tid and s.category == "ipc" then
+          local k = table.concat(s.frames, ";")
+          if k:find("pipe_read") then
+            pipe = pipe + s.count
+          elseif k:find("unix_stream") then
+            sock = sock + s.count
+          end
+        end
+      end
+      assert.equals(20, pipe, mode)
+      assert.equals(20, sock, mode)
+      local ku = r.kstack_reuse
+      assert.is_true(ku.reused >= 20, cjson.encode(ku))
+      assert.equals(0, ku.wrong)
+    end
+    local r = offcpu({ "--stack-reuse", "off" }, { H.fixture("sleep_loop"), "3", "10" })
+    assert.is_nil(r.kstack_reuse)
+  end)
+
   it("an fsync-heavy writer waits for io; a busy loop is off-CPU < 5% of wall", function()
     local r = offcpu({}, { H.fixture("write_fsync"), H.tmpfile(".dat"), "16" })
     local t = thread(r, "write_fsync")
