@@ -1,21 +1,61 @@
 /*
- * insys.c - the syscall each thread of the watched set is in, for features
- * that need to know why a thread waits (off-CPU analysis; syscall
- * tracking shares it). dn_insys: tid -> syscall number, set at sys_enter,
- * removed at sys_exit, for the threads tree.c's dn_wanted() selects.
+ * insys.c - the syscall each watched thread is in, shared by the features
+ * that need it: off-CPU analysis (why a thread waits) and syscall tracking
+ * (latency: when the syscall began). One pair of raw_syscalls programs:
+ * sys_enter records the syscall number (and with DN_INSYS_TS its start
+ * time) in dn_insys, the thread's task storage; sys_exit calls the syscall
+ * tracker's hook (DN_HOOK_SYSCALLS) and clears the record. Threads are
+ * those tree.c's dn_wanted() selects.
+ *
+ * Options (-D): DN_INSYS_TS (keep start times), DN_HOOK_SYSCALLS (call
+ * dn_syscalls_on_exit(), defined by syscalls.c, composed before this
+ * file). With DN_HOOK_SYSCALLS and neither DN_INSYS_TS nor off-CPU
+ * analysis (DN_HOOK_OFFCPU) nothing needs sys_enter, which is then left
+ * out: counting costs one program per syscall.
  */
-BPF_HASH(dn_insys, u32, s32, 65536);
+struct dn_insys {
+	s32 nr;       /* -1: not in a syscall */
+	u32 pad;
+	u64 ts;       /* bpf_ktime_get_ns() at entry (DN_INSYS_TS) */
+};
 
+BPF_TASK_STORAGE(dn_insys, struct dn_insys);
+
+#if defined(DN_INSYS_TS) || defined(DN_HOOK_OFFCPU) || !defined(DN_HOOK_SYSCALLS)
+#define DN_INSYS_ENTER 1
+#endif
+
+/* The current thread's record, or NULL. */
+static __always_inline struct dn_insys *dn_insys_current(void)
+{
+	return dn_insys.task_storage_get((struct task_struct *)bpf_get_current_task_btf(), 0, 0);
+}
+
+/* The syscall the current thread is in, -1 if none. */
+static __always_inline s32 dn_insys_nr(void)
+{
+	struct dn_insys *s = dn_insys_current();
+	return s ? s->nr : -1;
+}
+
+#ifdef DN_INSYS_ENTER
 TRACEPOINT_PROBE(raw_syscalls, sys_enter)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = (u32)id;
 	if (!dn_maybe_watched(tid) || !dn_wanted(id >> 32, tid))
 		return 0;
-	s32 nr = args->id;
-	dn_insys.update(&tid, &nr);
+	struct dn_insys *s = dn_insys.task_storage_get((struct task_struct *)bpf_get_current_task_btf(), 0,
+						       BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (s) {
+		s->nr = args->id;
+#ifdef DN_INSYS_TS
+		s->ts = bpf_ktime_get_ns();
+#endif
+	}
 	return 0;
 }
+#endif
 
 TRACEPOINT_PROBE(raw_syscalls, sys_exit)
 {
@@ -23,6 +63,20 @@ TRACEPOINT_PROBE(raw_syscalls, sys_exit)
 	u32 tid = (u32)id;
 	if (!dn_maybe_watched(tid) || !dn_wanted(id >> 32, tid))
 		return 0;
-	dn_insys.delete(&tid);
+#ifdef DN_INSYS_ENTER
+	struct dn_insys *s = dn_insys_current();
+#endif
+#ifdef DN_HOOK_SYSCALLS
+	u64 lat = 0;
+#ifdef DN_INSYS_TS
+	if (s && s->nr == args->id && s->ts)
+		lat = bpf_ktime_get_ns() - s->ts;
+#endif
+	dn_syscalls_on_exit(id >> 32, tid, args->id, args->ret, lat);
+#endif
+#ifdef DN_INSYS_ENTER
+	if (s)
+		s->nr = -1;
+#endif
 	return 0;
 }

@@ -271,8 +271,7 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 #ifdef DN_NO_KSTACK
 				th->kstack = -1;
 #else
-				s32 *nr = dn_insys.lookup(&prev);
-				th->syscall = nr ? *nr : -1;
+				th->syscall = dn_insys_nr();
 #ifdef DN_KSTACK_REUSE
 				th->kstack = dn_kstack_id(ctx, th->syscall, st);
 #else
@@ -289,8 +288,7 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 					dn_offcpu_missed_inc(0);
 #endif
 #ifdef DN_NO_KSTACK
-				s32 *nr = dn_insys.lookup(&prev);
-				th->syscall = nr ? *nr : -1;
+				th->syscall = dn_insys_nr();
 #endif
 			}
 		}

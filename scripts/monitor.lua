@@ -37,6 +37,7 @@ options:
       --write-env           an `env` record first (host, kernel, CPU model and cores)
       --stats FILE          also write the summary record to FILE
       --offcpu              also off-CPU time of the tree per sample (aggregated.ebpf.offcpu)
+      --syscalls            also syscall counts of the tree per sample (aggregated.ebpf.syscalls)
       --no-bpf              do not use BPF (poll /proc only; short-lived children are not seen)
       --enable-ebpf         accepted for compatibility (BPF is used whenever it can be)
   -h, --help                this text
@@ -61,6 +62,7 @@ local OPTIONS = {
   ["--stats"] = { "stats", true },
   ["--no-bpf"] = { "no_bpf" },
   ["--offcpu"] = { "offcpu" },
+  ["--syscalls"] = { "syscalls" },
   ["--enable-ebpf"] = { "enable_ebpf" },
   ["-h"] = { "help" }, ["--help"] = { "help" },
 }
@@ -371,6 +373,7 @@ local function main(args)
     since_process_start = o.since_process_start,
     bpf = bpf,
     offcpu = o.offcpu,
+    syscalls = o.syscalls,
     on_sample = function(rec)
       emit(rec)
       if display then

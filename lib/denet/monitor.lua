@@ -134,14 +134,30 @@ function M.new(opts)
   if not ppid or state == ZOMBIE then
     errors.raise(string.format("no such process: %d", self.root))
   end
-  local parts, cflags = opts.parts, opts.cflags
+  local parts, cflags = {}, {}
+  -- off-CPU accounting and syscall counts of the same tree, in the same
+  -- program (one pair of raw_syscalls programs serves both)
+  if opts.syscalls then
+    parts[#parts + 1] = "syscalls.c"
+    cflags[#cflags + 1] = "-DDN_HOOK_SYSCALLS"
+  end
+  if opts.offcpu or opts.syscalls then
+    parts[#parts + 1] = "insys.c"
+  end
   if opts.offcpu then
-    -- off-CPU accounting of the same tree, in the same program
-    parts = { "insys.c", "offcpu.c", unpack(parts or {}) }
-    cflags = { "-DDN_HOOK_OFFCPU", "-DDN_KSTACK_REUSE", unpack(cflags or {}) }
-    if opts.bpf == false then
-      errors.raise("--offcpu needs BPF, which is not available here (see denet doctor)")
-    end
+    parts[#parts + 1] = "offcpu.c"
+    cflags[#cflags + 1] = "-DDN_HOOK_OFFCPU"
+    cflags[#cflags + 1] = "-DDN_KSTACK_REUSE"
+  end
+  for _, p in ipairs(opts.parts or {}) do
+    parts[#parts + 1] = p
+  end
+  for _, f in ipairs(opts.cflags or {}) do
+    cflags[#cflags + 1] = f
+  end
+  if (opts.offcpu or opts.syscalls) and opts.bpf == false then
+    errors.raise(string.format("--%s needs BPF, which is not available here (see denet doctor)",
+      opts.offcpu and "offcpu" or "syscalls"))
   end
   self.tree = tree_mod.new{
     bpf = opts.bpf,
@@ -155,6 +171,7 @@ function M.new(opts)
   if opts.offcpu then
     require("denet.offcpu").learn_kstacks(self.tree.bpf)
   end
+  self.sc_t0 = core.monotonic()
   self.ptab = procfs.new()
   -- did pid not run since its last read? (its switch counts are the same
   -- and no thread of it is on a CPU)
@@ -552,8 +569,18 @@ function Monitor:sample()
       parent.sys_net_rx_bytes, parent.sys_net_tx_bytes = self.net_last[1], self.net_last[2]
     end
   end
-  if self.opts.offcpu and self.tree.bpf then
-    agg.ebpf = { offcpu = self:_offcpu_stats(now) }
+  if (self.opts.offcpu or self.opts.syscalls) and self.tree.bpf then
+    agg.ebpf = {}
+    if self.opts.offcpu then
+      agg.ebpf.offcpu = self:_offcpu_stats(now)
+    end
+    if self.opts.syscalls then
+      local syscalls = require("denet.syscalls")
+      local snap = syscalls.snapshot(self.tree.bpf)
+      snap.t0 = self.sc_t0
+      agg.ebpf.syscalls = syscalls.monitor_fields(snap, self.sc_prev)
+      self.sc_prev = { total = agg.ebpf.syscalls.total, t = snap.t }
+    end
   end
   agg.processes_started = self.started
   agg.processes_exited = self.exited

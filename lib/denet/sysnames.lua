@@ -50,4 +50,49 @@ function M.number(name)
   return nil
 end
 
+local errnos
+
+local ERRNO_HEADERS = { "/usr/include/asm-generic/errno-base.h", "/usr/include/asm-generic/errno.h" }
+
+local function load_errnos()
+  errnos = { name = {}, number = {} }
+  for _, path in ipairs(ERRNO_HEADERS) do
+    local text = core.read_file(path, 1048576) or ""
+    for name, nr in text:gmatch("#define%s+(E[%u%d]+)%s+(%d+)") do
+      nr = tonumber(nr)
+      errnos.name[nr] = errnos.name[nr] or name
+      errnos.number[name] = nr
+    end
+  end
+end
+
+--- The symbolic name of errno n ("ENOENT"; "E<n>" when unknown).
+function M.errno_name(n)
+  if not errnos then
+    load_errnos()
+  end
+  return errnos.name[n] or ("E" .. tostring(n))
+end
+
+--- The number of an errno given by name ("ENOENT") or number ("2"), or nil.
+function M.errno_number(s)
+  if not errnos then
+    load_errnos()
+  end
+  return tonumber(s) or errnos.number[tostring(s):upper()]
+end
+
+--- Every known syscall name, sorted.
+function M.all()
+  if not names then
+    load()
+  end
+  local list = {}
+  for _, n in pairs(names) do
+    list[#list + 1] = n
+  end
+  table.sort(list)
+  return list
+end
+
 return M

@@ -1,0 +1,129 @@
+/*
+ * syscalls.c - syscall counts, errors and latency per (process, syscall),
+ * or per (thread, syscall) with DN_SC_PER_THREAD, for the threads tree.c's
+ * dn_wanted() selects. Compose before insys.c with -DDN_HOOK_SYSCALLS:
+ * insys.c's sys_exit program calls dn_syscalls_on_exit() once per
+ * syscall. Everything is summed in per-CPU maps in the kernel; user space
+ * reads them at intervals and at the end.
+ *
+ * Options (-D): DN_SC_LATENCY (total, max and a log2 histogram of the
+ * latency in ns; needs DN_INSYS_TS), DN_SC_PER_THREAD, DN_SC_FAILED (only
+ * failed calls), DN_SC_ERRNO=n (only calls failing with errno n),
+ * DN_SC_FILTER (only syscalls marked in dn_sc_filter), DN_SC_KEYS.
+ */
+#ifndef DN_SC_KEYS
+#define DN_SC_KEYS 16384
+#endif
+#define DN_SC_SLOTS 40 /* log2 buckets of ns: up to 2^39 ns, 9 minutes */
+#define DN_SC_NRS 1024 /* syscall numbers the filter covers */
+
+struct dn_sc_key {
+	u32 tgid;
+	u32 tid;      /* 0 unless DN_SC_PER_THREAD */
+	s32 nr;
+	u32 pad;
+};
+
+struct dn_sc_val {
+	u64 count;
+	u64 errors;
+	char comm[16]; /* the thread's name when the entry was made */
+#ifdef DN_SC_LATENCY
+	u64 timed;    /* calls whose start was seen: total_ns, max_ns, hist */
+	u64 total_ns;
+	u64 max_ns;
+	u64 hist[DN_SC_SLOTS]; /* slot k: [2^(k-1), 2^k) ns, as bcc's log2 histograms */
+#endif
+};
+
+struct dn_sc_err_key {
+	u32 tgid;
+	u32 tid;
+	s32 nr;
+	s32 err;      /* errno */
+};
+
+BPF_PERCPU_HASH(dn_sc, struct dn_sc_key, struct dn_sc_val, DN_SC_KEYS);
+BPF_PERCPU_HASH(dn_sc_errs, struct dn_sc_err_key, u64, DN_SC_KEYS);
+/* [0] calls not counted because dn_sc or dn_sc_errs was full */
+BPF_PERCPU_ARRAY(dn_sc_dropped, u64, 1);
+#ifdef DN_SC_FILTER
+BPF_ARRAY(dn_sc_filter, u8, DN_SC_NRS);
+#endif
+
+static __always_inline void dn_sc_drop(void)
+{
+	int zero = 0;
+	u64 *d = dn_sc_dropped.lookup(&zero);
+	if (d)
+		(*d)++;
+}
+
+static __always_inline void dn_syscalls_on_exit(u32 tgid, u32 tid, s32 nr, long ret, u64 lat_ns)
+{
+	/* -4095..-1: an error (the kernel's MAX_ERRNO) */
+	int failed = ret < 0 && ret >= -4095;
+#ifdef DN_SC_FAILED
+	if (!failed)
+		return;
+#endif
+#ifdef DN_SC_ERRNO
+	if (ret != -(DN_SC_ERRNO))
+		return;
+#endif
+#ifdef DN_SC_FILTER
+	u32 i = nr;
+	u8 *want = dn_sc_filter.lookup(&i);
+	if (!want || !*want)
+		return;
+#endif
+	struct dn_sc_key k = {};
+	k.tgid = tgid;
+#ifdef DN_SC_PER_THREAD
+	k.tid = tid;
+#endif
+	k.nr = nr;
+	struct dn_sc_val *v = dn_sc.lookup(&k);
+	if (!v) {
+		struct dn_sc_val zero = {};
+		bpf_get_current_comm(zero.comm, sizeof(zero.comm));
+		dn_sc.insert(&k, &zero);
+		v = dn_sc.lookup(&k);
+		if (!v) {
+			dn_sc_drop();
+			return;
+		}
+	}
+	v->count++;
+#ifdef DN_SC_LATENCY
+	/* 0: its start was not seen (begun before tracing, or a new
+	 * thread's return from clone) */
+	if (!lat_ns)
+		goto errors;
+	v->timed++;
+	v->total_ns += lat_ns;
+	if (lat_ns > v->max_ns)
+		v->max_ns = lat_ns;
+	u32 slot = bpf_log2l(lat_ns);
+	if (slot >= DN_SC_SLOTS)
+		slot = DN_SC_SLOTS - 1;
+	v->hist[slot]++;
+errors:
+#endif
+	if (failed) {
+		v->errors++;
+		struct dn_sc_err_key ek = {};
+		ek.tgid = k.tgid;
+		ek.tid = k.tid;
+		ek.nr = nr;
+		ek.err = -ret;
+		u64 *c = dn_sc_errs.lookup(&ek);
+		if (c) {
+			(*c)++;
+		} else {
+			u64 one = 1;
+			if (dn_sc_errs.update(&ek, &one) != 0)
+				dn_sc_drop();
+		}
+	}
+}
