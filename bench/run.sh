@@ -6,3 +6,4 @@ build=$(cd "${1:-$here/../build}" && pwd)
 "$here/startup.sh" "$build"
 "$here/monitor.sh" "$build"
 "$here/offcpu.sh" "$build"
+"$here/syscalls.sh" "$build"

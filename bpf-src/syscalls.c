@@ -6,7 +6,8 @@
  * syscall. Everything is summed in per-CPU maps in the kernel; user space
  * reads them at intervals and at the end.
  *
- * Options (-D): DN_SC_LATENCY (total, max and a log2 histogram of the
+ * Options (-D): DN_SC_BY_NR (totals per syscall only, in an array),
+ * DN_SC_LATENCY (total, max and a log2 histogram of the
  * latency in ns; needs DN_INSYS_TS), DN_SC_PER_THREAD, DN_SC_FAILED (only
  * failed calls), DN_SC_ERRNO=n (only calls failing with errno n),
  * DN_SC_FILTER (only syscalls marked in dn_sc_filter), DN_SC_KEYS.
@@ -43,7 +44,12 @@ struct dn_sc_err_key {
 	s32 err;      /* errno */
 };
 
+#ifdef DN_SC_BY_NR
+/* totals per syscall only (no -P): an array, no hashing */
+BPF_PERCPU_ARRAY(dn_sc_nr, struct dn_sc_val, DN_SC_NRS);
+#else
 BPF_PERCPU_HASH(dn_sc, struct dn_sc_key, struct dn_sc_val, DN_SC_KEYS);
+#endif
 BPF_PERCPU_HASH(dn_sc_errs, struct dn_sc_err_key, u64, DN_SC_KEYS);
 /* [0] calls not counted because dn_sc or dn_sc_errs was full */
 BPF_PERCPU_ARRAY(dn_sc_dropped, u64, 1);
@@ -78,6 +84,14 @@ static __always_inline void dn_syscalls_on_exit(u32 tgid, u32 tid, s32 nr, long 
 		return;
 #endif
 	struct dn_sc_key k = {};
+#ifdef DN_SC_BY_NR
+	u32 idx = nr;
+	struct dn_sc_val *v = dn_sc_nr.lookup(&idx);
+	if (!v) {
+		dn_sc_drop();
+		return;
+	}
+#else
 	k.tgid = tgid;
 #ifdef DN_SC_PER_THREAD
 	k.tid = tid;
@@ -94,6 +108,7 @@ static __always_inline void dn_syscalls_on_exit(u32 tgid, u32 tid, s32 nr, long 
 			return;
 		}
 	}
+#endif
 	v->count++;
 #ifdef DN_SC_LATENCY
 	/* 0: its start was not seen (begun before tracing, or a new

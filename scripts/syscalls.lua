@@ -123,7 +123,8 @@ local function main(args)
     proc = denet.spawn(o.cmd)
   end
   local t = syscalls.start{
-    roots = roots, proc = proc, latency = o.latency, per_thread = o.per_thread, failed = o.failed,
+    roots = roots, proc = proc, latency = o.latency, per_thread = o.per_thread, per_process = o.per_process,
+    failed = o.failed,
     errno = errno, syscalls = names,
   }
   local ropts = function()

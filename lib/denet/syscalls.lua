@@ -75,13 +75,15 @@ Tracer.__index = Tracer
 
 --- Start counting. opts: roots = {pid,...} (their trees; none and no proc:
 --- the whole machine), proc (a held denet.spawn process), latency,
---- per_thread, failed, errno (number), syscalls (list of names), keys.
+--- per_thread, per_process (without either: totals per syscall only,
+--- by_nr), failed, errno (number), syscalls (list of names), keys.
 function M.start(opts)
   local cflags = { "-DDN_HOOK_SYSCALLS" }
   local all = (not opts.roots or #opts.roots == 0) and not opts.proc
   if all then
     cflags[#cflags + 1] = "-DDN_WANT_ALL"
   end
+  opts.by_nr = not opts.per_process and not opts.per_thread
   for _, f in ipairs(M.cflags(opts)) do
     cflags[#cflags + 1] = f
   end
@@ -107,8 +109,8 @@ function M.start(opts)
   return self
 end
 
---- The clang flags of syscalls.c for opts (latency, per_thread, failed,
---- errno, syscalls, keys); insys.c keeps start times with latency.
+--- The clang flags of syscalls.c for opts (latency, per_thread, by_nr,
+--- failed, errno, syscalls, keys); insys.c keeps start times with latency.
 function M.cflags(opts)
   local f = {}
   if opts.latency then
@@ -117,6 +119,8 @@ function M.cflags(opts)
   end
   if opts.per_thread then
     f[#f + 1] = "-DDN_SC_PER_THREAD"
+  elseif opts.by_nr then
+    f[#f + 1] = "-DDN_SC_BY_NR"
   end
   if opts.failed then
     f[#f + 1] = "-DDN_SC_FAILED"
@@ -166,7 +170,11 @@ end
 function M.snapshot(bpf)
   local entries = {}
   local lat = nil
-  for k, vals in bpf:get_table("dn_sc"):items() do
+  local by_nr = bpf.m:table_info("dn_sc_nr") ~= nil
+  for k, vals in bpf:get_table(by_nr and "dn_sc_nr" or "dn_sc"):items() do
+    if by_nr then
+      k = { tgid = 0, tid = 0, nr = k }
+    end
     local e = { tgid = k.tgid, tid = k.tid, nr = k.nr, count = 0, errors = 0, total_ns = 0, max_ns = 0,
       errs = {} }
     for _, v in ipairs(vals) do
@@ -191,7 +199,9 @@ function M.snapshot(bpf)
         end
       end
     end
-    entries[k.tgid .. ":" .. k.tid .. ":" .. k.nr] = e
+    if e.count > 0 then
+      entries[k.tgid .. ":" .. k.tid .. ":" .. k.nr] = e
+    end
   end
   for k, vals in bpf:get_table("dn_sc_errs"):items() do
     local e = entries[k.tgid .. ":" .. k.tid .. ":" .. k.nr]

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Syscall tracking cost on a syscall-heavy load (getppid in a loop, the
+# cheapest syscall, so tracing cost shows): run bare, under denet and
+# under bcc's syscount, counts only and with latency (-L), machine-wide,
+# interleaved in one run. Reports the load's slowdown and the BPF cost per
+# syscall: run_time_ns of the raw_syscalls programs (sys_enter and
+# sys_exit together) divided by the syscalls they saw, from
+# kernel.bpf_stats_enabled.
+#
+#   bench/syscalls.sh [BUILD_DIR] [CALLS] [ROUNDS]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+build=${1:-$here/../build}
+calls=${2:-2000000}
+rounds=${3:-3}
+denet=$build/denet
+load=$build/fixtures/getppid_n
+out=$here/results
+mkdir -p "$out"
+tmp=$(mktemp -d)
+old_stats=$(cat /proc/sys/kernel/bpf_stats_enabled)
+bg=
+cleanup() {
+  [ -n "$bg" ] && kill -INT "$bg" 2>/dev/null && wait "$bg" 2>/dev/null || true
+  echo "$old_stats" >/proc/sys/kernel/bpf_stats_enabled
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+echo 1 >/proc/sys/kernel/bpf_stats_enabled
+
+# the load's wall time in seconds
+bench() {
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$load" "$calls"
+  t1=$(date +%s.%N)
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
+}
+
+# raw_syscalls programs loaded now: "run_time_ns calls" (calls: the
+# largest run_cnt, i.e. the sys_exit program's)
+prog_stats() {
+  bpftool prog show -j | /usr/bin/python3 -c '
+import json, sys
+t = c = 0
+for p in json.load(sys.stdin):
+    if p.get("name", "").startswith("tracepoint__raw"):
+        t += p.get("run_time_ns", 0); c = max(c, p.get("run_cnt", 0))
+print(t, c)'
+}
+
+run_under() {
+  local name=$1
+  shift
+  "$@" >/dev/null 2>"$tmp/$name.err" &
+  bg=$!
+  local i=0
+  until [ "$(prog_stats | awk '{print $2}')" -gt 0 ] || [ $i -gt 200 ]; do sleep 0.05; i=$((i + 1)); done
+  sleep 0.3
+  local s0 s1 t
+  s0=$(prog_stats)
+  t=$(bench)
+  s1=$(prog_stats)
+  # (a background job of a script ignores SIGINT unless it sets its own
+  # handler, as denet does; Python's does not)
+  kill -INT $bg
+  sleep 0.5
+  kill -TERM $bg 2>/dev/null || true
+  wait $bg 2>/dev/null || true
+  bg=
+  awk -v t="$t" -v a="$s0" -v b="$s1" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    n = y[2] - x[2]; printf "%s %.1f\n", t, (n > 0 ? (y[1] - x[1]) / n : 0) }'
+}
+
+for r in $(seq "$rounds"); do
+  echo "bare $(bench) 0" >>"$tmp/res"
+  echo "denet $(run_under denet "$denet" script syscalls -d 300)" >>"$tmp/res"
+  echo "syscount $(run_under syscount syscount-bpfcc -d 300)" >>"$tmp/res"
+  echo "denet-L $(run_under denetL "$denet" script syscalls -L -d 300)" >>"$tmp/res"
+  echo "syscount-L $(run_under syscountL syscount-bpfcc -L -d 300)" >>"$tmp/res"
+done
+
+med() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+base=$(awk '$1 == "bare" {print $2}' "$tmp/res" | med)
+{
+  echo "# Syscall tracking: $calls getppid calls"
+  echo
+  echo "$(date -u +%Y-%m-%d), kernel $(uname -r), $(nproc) CPUs, medians of $rounds interleaved rounds."
+  echo
+  echo "| tracer | load time (s) | slowdown | BPF ns per syscall |"
+  echo "|---|---|---|---|"
+  for t in bare denet syscount denet-L syscount-L; do
+    s=$(awk -v t=$t '$1 == t {print $2}' "$tmp/res" | med)
+    c=$(awk -v t=$t '$1 == t {print $3}' "$tmp/res" | med)
+    printf '| %s | %.3f | %+.0f%% | %s |\n' "$t" "$s" "$(awk -v s="$s" -v b="$base" 'BEGIN { print (s / b - 1) * 100 }')" \
+      "$([ "$t" = bare ] && echo - || echo "$c")"
+  done
+  echo
+  echo "Machine-wide, each tracer with its defaults. denet: counts per syscall and errors per (syscall, errno); -L adds"
+  echo "total, max and a log2 histogram per syscall. syscount: counts per syscall; -L adds total time."
+} | tee "$out/syscalls.md"
