@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -211,6 +212,29 @@ static int l_strerror(lua_State *L)
 	return 1;
 }
 
+/* core.stat(path) -> { mode, uid, gid, dir } | nil, msg (lstat: a link is
+ * not followed) */
+static int l_stat(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	struct stat st;
+
+	if (lstat(path, &st) != 0)
+		return dn_vm_fail(L, errno, "%s: %s", path, strerror(errno));
+	lua_createtable(L, 0, 5);
+	lua_pushinteger(L, st.st_mode & 07777);
+	lua_setfield(L, -2, "mode");
+	lua_pushinteger(L, st.st_uid);
+	lua_setfield(L, -2, "uid");
+	lua_pushinteger(L, st.st_gid);
+	lua_setfield(L, -2, "gid");
+	lua_pushboolean(L, S_ISDIR(st.st_mode));
+	lua_setfield(L, -2, "dir");
+	lua_pushboolean(L, S_ISLNK(st.st_mode));
+	lua_setfield(L, -2, "link");
+	return 1;
+}
+
 void dn_sys_open(lua_State *L)
 {
 	static const luaL_Reg fns[] = {
@@ -227,6 +251,7 @@ void dn_sys_open(lua_State *L)
 		{ "isatty", l_isatty },
 		{ "perf_event_probe", l_perf_event_probe },
 		{ "strerror", l_strerror },
+		{ "stat", l_stat },
 		{ NULL, NULL },
 	};
 	dn_vm_setfuncs(L, fns);

@@ -13,6 +13,7 @@ local denet = require("denet")
 local core = require("denet.core")
 local errors = require("denet.errors")
 local monitor = require("denet.monitor")
+local plugins = require("denet.plugins")
 local cjson = require("cjson")
 
 cjson.encode_number_precision(14)
@@ -38,6 +39,8 @@ options:
       --stats FILE          also write the summary record to FILE
       --offcpu              also off-CPU time of the tree per sample (aggregated.ebpf.offcpu)
       --syscalls            also syscall counts of the tree per sample (aggregated.ebpf.syscalls)
+      --plugin NAME[:K=V,...]  run a plugin on the samples (repeatable; see denet list)
+      --allow-untrusted     load plugins even from files or folders others can write
       --no-bpf              do not use BPF (poll /proc only; short-lived children are not seen)
       --enable-ebpf         accepted for compatibility (BPF is used whenever it can be)
   -h, --help                this text
@@ -63,6 +66,8 @@ local OPTIONS = {
   ["--no-bpf"] = { "no_bpf" },
   ["--offcpu"] = { "offcpu" },
   ["--syscalls"] = { "syscalls" },
+  ["--plugin"] = { "plugin", true },
+  ["--allow-untrusted"] = { "allow_untrusted" },
   ["--enable-ebpf"] = { "enable_ebpf" },
   ["-h"] = { "help" }, ["--help"] = { "help" },
 }
@@ -99,7 +104,12 @@ local function parse(args)
         if v == nil then
           fail(string.format("option %s needs a value", name))
         end
-        o[spec[1]] = v
+        if spec[1] == "plugin" then
+          o.plugins = o.plugins or {}
+          o.plugins[#o.plugins + 1] = v
+        else
+          o[spec[1]] = v
+        end
       else
         o[spec[1]] = true
       end
@@ -292,8 +302,9 @@ end
 ---------------------------------------------------------------------------
 -- run / attach
 
-local function main(args)
+local function main(args, host)
   local o = parse(args)
+  o.host = host
   if o.help then
     io.stdout:write(USAGE)
     return 0
@@ -353,6 +364,10 @@ local function main(args)
     bpf = false
   end
 
+  -- plugins are loaded (and their arguments checked) before anything runs
+  local host = o.host or plugins.load_all(o.plugins, { allow_untrusted = o.allow_untrusted })
+  host:init()
+
   local proc
   if o.sub == "run" then
     denet.set_subreaper(true)
@@ -374,7 +389,25 @@ local function main(args)
     bpf = bpf,
     offcpu = o.offcpu,
     syscalls = o.syscalls,
+    on_event = function(ev)
+      host:call("on_process", ev)
+    end,
     on_sample = function(rec)
+      local res = host:call("on_sample", rec)
+      local ebpf = rec.aggregated and rec.aggregated.ebpf
+      if ebpf and ebpf.syscalls then
+        host:call("on_syscalls", ebpf.syscalls)
+      end
+      if ebpf and ebpf.offcpu then
+        host:call("on_offcpu", ebpf.offcpu)
+      end
+      -- what plugins return goes in the record, under plugins.<name>
+      for name, v in pairs(res) do
+        if type(v) == "table" then
+          rec.plugins = rec.plugins or {}
+          rec.plugins[name] = v
+        end
+      end
       emit(rec)
       if display then
         display:show(rec)
@@ -407,6 +440,10 @@ local function main(args)
     display.last = { ts_ms = m.t0_ms, r = 0, w = 0 }
   end
   emit({ kind = "metadata", pid = root, cmd = argv, executable = exe or cjson.null, t0_ms = m.t0_ms })
+  host:call("on_start", { pid = root, cmd = argv, executable = exe, mode = o.sub })
+  host:start_intervals(function()
+    m:request_stop()
+  end)
 
   -- run until the end, handling signals and the duration
   local stop_at = duration > 0 and (m.t0_mono + duration) or nil
@@ -450,7 +487,15 @@ local function main(args)
   if display then
     display:done()
   end
+  host:stop_intervals()
   local s = sum:result(proc and exit_code or nil)
+  local res = host:call("on_end", s)
+  for name, v in pairs(res) do
+    if type(v) == "table" then
+      s.plugins = s.plugins or {}
+      s.plugins[name] = v
+    end
+  end
   out:write(s)
   if stats_file then
     stats_file:write(cjson.encode(s), "\n")
@@ -470,4 +515,13 @@ local function main(args)
   return 0
 end
 
-return main(arg)
+return {
+  description = "CPU, memory, I/O and threads of a process tree, streamed as JSONL, with a summary",
+  category = "monitor",
+  example = "denet run -o out.jsonl -- make -j8",
+  usage = USAGE,
+  -- its own command line (run/attach/stats and the original's flags);
+  -- main(argv, host): host, the plugins of `denet script PLUGIN` runs
+  raw_args = true,
+  main = main,
+}

@@ -10,76 +10,45 @@ local denet = require("denet")
 local core = require("denet.core")
 local errors = require("denet.errors")
 local offcpu = require("denet.offcpu")
+local plugins = require("denet.plugins")
 local cjson = require("cjson")
 
 cjson.encode_sparse_array(true)
 
-local USAGE = [[
-usage: denet script offcpu [options] [-- CMD ARGS...]
-
-  -p PID[,PID]            existing processes (their whole trees)
-  -t TID                  one thread only
-                          (no target and no CMD: every process on the machine)
-  -d SECONDS              duration (default: until CMD exits, or Ctrl-C)
-  -m MIN_US / -M MAX_US   only blocks at least / at most this long (applied in the kernel)
-  --state STATES          only these task states: R (preempted), S, D, T, t (e.g. D)
-  -U / -K                 user / kernel stacks only
-  --stack-depth N         keep the N frames nearest the block of each stack
-  --stack-storage-size N  stack trace map size (default 16384)
-  --stack-reuse MODE      on (default): reuse a kernel stack when a thread blocks where it
-                          blocked before (checked in the kernel); off: walk every stack;
-                          verify: reuse and also walk, counting disagreements
-  -f FILE                 folded stacks to FILE (flamegraph.pl, speedscope)
-  --svg FILE              an SVG flame graph to FILE
-  --json                  the report as JSON on stdout
-  -h, --help              this text
-]]
+local SPEC = {
+  description = "Where and why threads block: kernel and user stacks, categories (sleep, lock, io, net, ipc, "
+    .. "poll, paging, runqueue), per-thread totals, call sites, a verdict, folded stacks and an SVG flame graph",
+  category = "analysis",
+  example = "denet script offcpu --svg offcpu.svg -- ./server",
+  args = {
+    { name = "pids", flag = "-p", long = "--pid", type = "pids", metavar = "PID[,PID]",
+      help = "existing processes (their whole trees); no target and no CMD: every process" },
+    { name = "tid", flag = "-t", type = "int", metavar = "TID", help = "one thread only" },
+    { name = "duration", flag = "-d", type = "number", metavar = "SECONDS",
+      help = "duration (default: until CMD exits, or Ctrl-C)" },
+    { name = "min_us", flag = "-m", type = "number", metavar = "MIN_US",
+      help = "only blocks at least this long (applied in the kernel)" },
+    { name = "max_us", flag = "-M", type = "number", metavar = "MAX_US", help = "only blocks at most this long" },
+    { name = "state", metavar = "STATES", help = "only these task states: R (preempted), S, D, T, t (e.g. D)" },
+    { name = "user_only", flag = "-U", type = "bool", help = "user stacks only" },
+    { name = "kernel_only", flag = "-K", type = "bool", help = "kernel stacks only" },
+    { name = "stack_depth", type = "int", metavar = "N", help = "keep the N frames nearest the block of each stack" },
+    { name = "stack_storage", long = "--stack-storage-size", type = "positive", metavar = "N",
+      help = "stack trace map size (default 16384)" },
+    { name = "stack_reuse", metavar = "MODE", default = "on", help = "on: reuse a kernel stack when a thread "
+      .. "blocks where it blocked before (checked in the kernel); off: walk every stack; verify: reuse and "
+      .. "also walk, counting disagreements" },
+    { name = "folded", flag = "-f", metavar = "FILE", help = "folded stacks to FILE (flamegraph.pl, speedscope)" },
+    { name = "svg", metavar = "FILE", help = "an SVG flame graph to FILE" },
+    { name = "json", type = "bool", help = "the report as JSON on stdout" },
+    { name = "plugin", type = "string", repeatable = true, metavar = "NAME[:K=V,...]",
+      help = "run a plugin (on_start, on_interval, on_offcpu, on_end); repeatable" },
+    { name = "allow_untrusted", type = "bool", help = "load plugins others can write" },
+  },
+}
 
 local function fail(msg)
   errors.raise(msg .. " (see denet script offcpu --help)")
-end
-
-local VALUE = { ["-p"] = "pids", ["-t"] = "tid", ["-d"] = "duration", ["-m"] = "min_us", ["-M"] = "max_us",
-  ["--state"] = "state", ["--stack-depth"] = "stack_depth", ["--stack-storage-size"] = "stack_storage",
-  ["--stack-reuse"] = "stack_reuse",
-  ["-f"] = "folded", ["--svg"] = "svg" }
-local FLAG = { ["-U"] = "user_only", ["-K"] = "kernel_only", ["--json"] = "json", ["-h"] = "help",
-  ["--help"] = "help" }
-
-local function parse(args)
-  local o, i = { cmd = {} }, 1
-  while i <= #args do
-    local a = args[i]
-    if a == "--" then
-      for j = i + 1, #args do
-        o.cmd[#o.cmd + 1] = args[j]
-      end
-      break
-    elseif VALUE[a] then
-      if args[i + 1] == nil then
-        fail("option " .. a .. " needs a value")
-      end
-      o[VALUE[a]] = args[i + 1]
-      i = i + 1
-    elseif FLAG[a] then
-      o[FLAG[a]] = true
-    else
-      fail(string.format("unknown argument '%s'", a))
-    end
-    i = i + 1
-  end
-  return o
-end
-
-local function num(o, key, flag)
-  if o[key] == nil then
-    return nil
-  end
-  local n = tonumber(o[key])
-  if not n or n < 0 then
-    errors.raise(string.format("%s needs a non-negative number, got '%s'", flag, o[key]))
-  end
-  return n
 end
 
 local function write_file(path, text)
@@ -88,20 +57,8 @@ local function write_file(path, text)
   f:close()
 end
 
-local function main(args)
-  local o = parse(args)
-  if o.help then
-    io.stdout:write(USAGE)
-    return 0
-  end
-  local roots = {}
-  for p in (o.pids or ""):gmatch("[^,]+") do
-    local pid = tonumber(p)
-    if not pid or not core.read_stat(pid) then
-      errors.raise(string.format("no such process: %s", p))
-    end
-    roots[#roots + 1] = pid
-  end
+local function main(o)
+  local roots = o.pids or {}
   if o.stack_reuse and not ({ on = true, off = true, verify = true })[o.stack_reuse] then
     fail(string.format("--stack-reuse takes on, off or verify, not '%s'", o.stack_reuse))
   end
@@ -122,18 +79,27 @@ local function main(args)
       write_file(path, "")
     end
   end
+  local host = plugins.load_all(o.plugin, { allow_untrusted = o.allow_untrusted })
+  host:init()
   local proc
   if #o.cmd > 0 then
     denet.set_subreaper(true)
     proc = denet.spawn(o.cmd)
   end
   local t = offcpu.start{
-    roots = roots, proc = proc, tid = num(o, "tid", "-t"), min_us = num(o, "min_us", "-m"),
-    max_us = num(o, "max_us", "-M"), states = states, user_only = o.user_only, kernel_only = o.kernel_only,
-    stack_depth = num(o, "stack_depth", "--stack-depth"), stack_storage = num(o, "stack_storage", "--stack-storage-size"),
-    stack_reuse = o.stack_reuse,
+    roots = roots, proc = proc, tid = o.tid, min_us = o.min_us, max_us = o.max_us, states = states,
+    user_only = o.user_only, kernel_only = o.kernel_only, stack_depth = o.stack_depth,
+    stack_storage = o.stack_storage, stack_reuse = o.stack_reuse,
   }
-  local duration = num(o, "duration", "-d")
+  local duration = o.duration
+  host:call("on_start", { pid = proc and proc.pid or roots[1], pids = roots, cmd = o.cmd, tid = o.tid })
+  host:start_intervals(function()
+    if proc then
+      proc:kill(denet.SIGTERM)
+    else
+      denet.stop()
+    end
+  end)
   t:capture()
   -- mappings are captured at intervals and after exec, so stacks of
   -- processes that exit before the report still resolve
@@ -154,8 +120,11 @@ local function main(args)
     end
   end
   cap:close()
+  host:stop_intervals()
   local report = t:report()
   t:close()
+  host:call("on_offcpu", report)
+  host:call("on_end", report)
   if o.folded then
     write_file(o.folded, offcpu.folded(report))
   end
@@ -173,4 +142,5 @@ local function main(args)
   return proc and code or 0
 end
 
-return main(arg)
+SPEC.main = main
+return SPEC

@@ -8,94 +8,48 @@ local denet = require("denet")
 local core = require("denet.core")
 local errors = require("denet.errors")
 local syscalls = require("denet.syscalls")
+local plugins = require("denet.plugins")
 local sysnames = require("denet.sysnames")
 local cjson = require("cjson")
 
 cjson.encode_sparse_array(true)
 
-local USAGE = [[
-usage: denet script syscalls [options] [-- CMD ARGS...]
-
-  -p PID[,PID]            existing processes (their whole trees)
-                          (no target and no CMD: every process on the machine)
-  -d SECONDS              duration (default: until CMD exits, or Ctrl-C)
-  -i SECONDS              print a table every interval (of that interval's calls)
-  -T N                    top N syscalls (default 10)
-  -L                      latency: total, average, max and a log2 histogram (ns)
-  -x                      failed calls only
-  -e ERRNO                only calls failing with this error (ENOENT or 2)
-  --syscall NAME[,NAME]   only these syscalls
-  -P                      per process
-  --per-thread            per thread
-  --json                  the report as JSON on stdout (one line per interval with -i)
-  -l                      list the syscall names of this machine and exit
-  -h, --help              this text
-]]
+local SPEC = {
+  description = "Syscall counts, errors by errno and latency histograms per syscall, process or thread",
+  category = "analysis",
+  example = "denet script syscalls -L -P -- ./server",
+  args = {
+    { name = "pids", flag = "-p", long = "--pid", type = "pids", metavar = "PID[,PID]",
+      help = "existing processes (their whole trees); no target and no CMD: the whole machine" },
+    { name = "duration", flag = "-d", type = "number", metavar = "SECONDS",
+      help = "duration (default: until CMD exits, or Ctrl-C)" },
+    { name = "interval", flag = "-i", type = "positive", metavar = "SECONDS",
+      help = "print a table every interval (of that interval's calls)" },
+    { name = "top", flag = "-T", type = "positive", metavar = "N", default = 10, help = "top N syscalls" },
+    { name = "latency", flag = "-L", type = "bool", help = "latency: total, average, max and a log2 histogram (ns)" },
+    { name = "failed", flag = "-x", type = "bool", help = "failed calls only" },
+    { name = "errno", flag = "-e", metavar = "ERRNO", help = "only calls failing with this error (ENOENT or 2)" },
+    { name = "syscall", metavar = "NAME[,NAME]", help = "only these syscalls" },
+    { name = "per_process", flag = "-P", type = "bool", help = "per process" },
+    { name = "per_thread", type = "bool", help = "per thread" },
+    { name = "json", type = "bool", help = "the report as JSON on stdout (one line per interval with -i)" },
+    { name = "list", flag = "-l", type = "bool", help = "list the syscall names of this machine and exit" },
+    { name = "plugin", type = "string", repeatable = true, metavar = "NAME[:K=V,...]",
+      help = "run a plugin (on_start, on_interval, on_syscalls, on_end); repeatable" },
+    { name = "allow_untrusted", type = "bool", help = "load plugins others can write" },
+  },
+}
 
 local function fail(msg)
   errors.raise(msg .. " (see denet script syscalls --help)")
 end
 
-local VALUE = { ["-p"] = "pids", ["-d"] = "duration", ["-i"] = "interval", ["-T"] = "top", ["-e"] = "errno",
-  ["--syscall"] = "syscall" }
-local FLAG = { ["-L"] = "latency", ["-x"] = "failed", ["-P"] = "per_process", ["--per-thread"] = "per_thread",
-  ["--json"] = "json", ["-l"] = "list", ["-h"] = "help", ["--help"] = "help" }
-
-local function parse(args)
-  local o, i = { cmd = {} }, 1
-  while i <= #args do
-    local a = args[i]
-    if a == "--" then
-      for j = i + 1, #args do
-        o.cmd[#o.cmd + 1] = args[j]
-      end
-      break
-    elseif VALUE[a] then
-      if args[i + 1] == nil then
-        fail("option " .. a .. " needs a value")
-      end
-      o[VALUE[a]] = args[i + 1]
-      i = i + 1
-    elseif FLAG[a] then
-      o[FLAG[a]] = true
-    else
-      fail(string.format("unknown argument '%s'", a))
-    end
-    i = i + 1
-  end
-  return o
-end
-
-local function num(o, key, flag, positive)
-  if o[key] == nil then
-    return nil
-  end
-  local n = tonumber(o[key])
-  if not n or n < 0 or (positive and n <= 0) then
-    errors.raise(string.format("%s needs a %s number, got '%s'", flag, positive and "positive" or "non-negative",
-      o[key]))
-  end
-  return n
-end
-
-local function main(args)
-  local o = parse(args)
-  if o.help then
-    io.stdout:write(USAGE)
-    return 0
-  end
+local function main(o)
   if o.list then
     io.stdout:write(table.concat(sysnames.all(), "\n"), "\n")
     return 0
   end
-  local roots = {}
-  for p in (o.pids or ""):gmatch("[^,]+") do
-    local pid = tonumber(p)
-    if not pid or not core.read_stat(pid) then
-      errors.raise(string.format("no such process: %s", p))
-    end
-    roots[#roots + 1] = pid
-  end
+  local roots = o.pids or {}
   local errno
   if o.errno then
     errno = sysnames.errno_number(o.errno)
@@ -114,9 +68,9 @@ local function main(args)
   if o.per_process and o.per_thread then
     fail("-P and --per-thread exclude each other")
   end
-  local top = num(o, "top", "-T", true) or 10
-  local duration = num(o, "duration", "-d")
-  local interval = num(o, "interval", "-i", true)
+  local top, duration, interval = o.top, o.duration, o.interval
+  local host = plugins.load_all(o.plugin, { allow_untrusted = o.allow_untrusted })
+  host:init()
   local proc
   if #o.cmd > 0 then
     denet.set_subreaper(true)
@@ -144,9 +98,18 @@ local function main(args)
     ticker = denet.every(interval, function()
       local report, snap = t:report(prev, ropts())
       prev = snap
+      host:call("on_syscalls", report)
       emit(report)
     end)
   end
+  host:call("on_start", { pid = proc and proc.pid or roots[1], pids = roots, cmd = o.cmd })
+  host:start_intervals(function()
+    if proc then
+      proc:kill(denet.SIGTERM)
+    else
+      denet.stop()
+    end
+  end)
   local code
   if proc then
     proc:resume()
@@ -160,10 +123,14 @@ local function main(args)
   if ticker then
     ticker:close()
   end
+  host:stop_intervals()
   local report = t:report(prev, ropts())
   t:close()
+  host:call("on_syscalls", report)
+  host:call("on_end", report)
   emit(report)
   return proc and code or 0
 end
 
-return main(arg)
+SPEC.main = main
+return SPEC

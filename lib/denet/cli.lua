@@ -14,47 +14,93 @@ commands:
                                monitor a command and all its descendants (see denet run --help)
   [options] attach PID         monitor a running process and its descendants
   stats FILE [--json]          recompute the summary of a JSONL file
-  script NAME|FILE [args...]   run a built-in script or a Lua file; `arg` holds its arguments
+  script NAME|FILE [args...]   run a built-in script, a plugin or a Lua file (see denet list)
+  list                         the scripts and plugins on the search path, by category
+  info NAME                    what a script does, its arguments and an example
+  repl [-p PID | -- CMD]       an interactive Lua console with denet loaded
   doctor                       check whether BPF can work here, and how to fix what is missing
   version                      print versions of denet, LuaJIT and libbcc
   help                         this text
 
-Built-in scripts live in ]] .. core.root .. [[/scripts.
+Scripts are looked for in ./, $DENET_PATH, ~/.config/denet/scripts and
+]] .. core.root .. [[/scripts.
 ]]
 
-local function script_path(name)
-  local function is_file(p)
-    local f = io.open(p, "r")
-    if not f then
-      return false
+-- Arguments a plugin run on its own takes besides its own: the target
+-- and the monitor's basic outputs (it rides on the monitor).
+local STANDALONE = {
+  { name = "pid", flag = "-p", type = "int", metavar = "PID", help = "attach to this process (and its descendants)" },
+  { name = "duration", flag = "-d", type = "number", metavar = "SECONDS", help = "stop after this long" },
+  { name = "out", flag = "-o", metavar = "FILE", help = "the monitor's JSONL (with plugins.<name>) to FILE" },
+  { name = "interval", flag = "-i", type = "positive", metavar = "MS", help = "sample interval (default 100)" },
+}
+
+local function script_name(path)
+  return (path:match("([^/]+)$") or path):gsub("%.lua$", "")
+end
+
+-- A plugin run as `denet script NAME [args] [-- CMD | -p PID]`: it rides
+-- on a quiet monitor; syscall and off-CPU data are collected when it has
+-- the hooks for them.
+local function run_plugin(t, path, args)
+  local plugins = require("denet.plugins")
+  local args_mod = require("denet.args")
+  local name = script_name(path)
+  local prog = "denet script " .. name
+  local spec = { description = t.description, example = t.example, args = {} }
+  for _, a in ipairs(t.args or {}) do
+    spec.args[#spec.args + 1] = a
+  end
+  for _, a in ipairs(STANDALONE) do
+    spec.args[#spec.args + 1] = a
+  end
+  local o = args_mod.parse(prog, spec, args)
+  if o.help then
+    io.stdout:write(args_mod.usage(prog, spec))
+    return 0
+  end
+  if #o.cmd == 0 and not o.pid then
+    errors.raise(string.format("%s needs a target: -- CMD [ARGS...] or -p PID (see %s --help)", prog, prog))
+  end
+  local mine = {}
+  for _, a in ipairs(t.args or {}) do
+    mine[a.name] = o[a.name]
+  end
+  local host = plugins.host({ plugins.from_table(t, path, mine) })
+  local argv = { "-q" }
+  if o.duration then
+    argv[#argv + 1], argv[#argv + 2] = "-d", tostring(o.duration)
+  end
+  if o.out then
+    argv[#argv + 1], argv[#argv + 2] = "-o", o.out
+  end
+  if o.interval then
+    argv[#argv + 1], argv[#argv + 2] = "-i", tostring(o.interval)
+  end
+  if type(t.on_syscalls) == "function" then
+    argv[#argv + 1] = "--syscalls"
+  end
+  if type(t.on_offcpu) == "function" then
+    argv[#argv + 1] = "--offcpu"
+  end
+  if o.pid then
+    argv[#argv + 1], argv[#argv + 2] = "attach", tostring(o.pid)
+  else
+    argv[#argv + 1], argv[#argv + 2] = "run", "--"
+    for _, c in ipairs(o.cmd) do
+      argv[#argv + 1] = c
     end
-    -- a directory opens but cannot be read
-    local ok = f:read(0) ~= nil or f:read("*a") ~= nil
-    f:close()
-    return ok
   end
-  if name:find("/") or name:match("%.lua$") then
-    if is_file(name) then
-      return name
-    end
-    return nil, string.format("cannot open script %s: no such file", name)
-  end
-  for _, dir in ipairs({ "scripts", "scripts/examples" }) do
-    local builtin = string.format("%s/%s/%s.lua", core.root, dir, name)
-    if is_file(builtin) then
-      return builtin
-    end
-  end
-  if is_file(name) then
-    return name
-  end
-  return nil, string.format("no script named '%s': not a file and not a built-in in %s/scripts "
-    .. "(give a path such as ./%s.lua)", name, core.root, name)
+  local mon = assert(loadfile(core.root .. "/scripts/monitor.lua"))()
+  return mon.main(argv, host) or 0
 end
 
 --- Run the Lua file at path with arguments args (a list); `arg` is set as
---- lua.c sets it. Returns the exit code the script chose (a number it
---- returns, else 0).
+--- lua.c sets it. A script that returns a table declaring itself (see
+--- denet.plugins) is run from it: its main(opts) with arguments parsed
+--- from its declarations (or main(argv) with raw_args), or, for a plugin,
+--- on the monitor. Returns the exit code (a number the script returns or
+--- main returns, else 0).
 function M.run_script(path, args)
   local chunk, err = loadfile(path)
   if not chunk then
@@ -67,9 +113,96 @@ function M.run_script(path, args)
   end
   _G.arg = a
   local rc = chunk(unpack(args))
+  if type(rc) == "table" then
+    if type(rc.main) == "function" then
+      if rc.raw_args then
+        return tonumber(rc.main(args)) or 0
+      end
+      local args_mod = require("denet.args")
+      local prog = "denet script " .. script_name(path)
+      local o = args_mod.parse(prog, rc, args)
+      if o.help then
+        io.stdout:write(args_mod.usage(prog, rc))
+        return 0
+      end
+      return tonumber(rc.main(o)) or 0
+    elseif require("denet.plugins").has_hooks(rc) then
+      return run_plugin(rc, path, args)
+    end
+  end
   if type(rc) == "number" then
     return rc
   end
+  return 0
+end
+
+-- `denet list`: scripts on the search path by category
+local function list()
+  local plugins = require("denet.plugins")
+  local by, cats = {}, {}
+  for _, s in ipairs(plugins.list()) do
+    local c = s.info.category or (s.info.kind == "script" and "scripts" or "other")
+    if not by[c] then
+      by[c] = {}
+      cats[#cats + 1] = c
+    end
+    table.insert(by[c], s)
+  end
+  table.sort(cats)
+  for _, c in ipairs(cats) do
+    io.stdout:write(c, "\n")
+    for _, s in ipairs(by[c]) do
+      local where = s.path:sub(1, #core.root) == core.root and "" or ("  [" .. s.path .. "]")
+      io.stdout:write(string.format("  %-16s %-8s %s%s\n", s.name, s.info.kind, s.info.description or "", where))
+    end
+  end
+  io.stdout:write(string.format("\nsearch path: %s\n", table.concat(plugins.search_path(), ":")))
+  return 0
+end
+
+-- `denet info NAME`: what a script is, its arguments and an example
+local function info(args)
+  local plugins = require("denet.plugins")
+  local args_mod = require("denet.args")
+  local name = args[1]
+  if not name then
+    errors.raise("info: missing the script name (usage: denet info NAME; denet list shows them)")
+  end
+  local path, err = plugins.find(name)
+  if not path then
+    errors.raise(err)
+  end
+  local d = plugins.describe(path)
+  local sname = script_name(path)
+  local out = {}
+  out[#out + 1] = string.format("%s: %s, category %s", sname, d.kind, d.category or "-")
+  out[#out + 1] = "file: " .. path
+  if d.description then
+    out[#out + 1] = d.description
+  end
+  out[#out + 1] = ""
+  if d.raw_args and d.usage then
+    out[#out + 1] = d.usage
+  elseif d.kind ~= "script" then
+    local spec = { args = d.args, example = d.example or string.format("denet script %s -- CMD", sname) }
+    if d.kind == "plugin" then
+      spec.args = {}
+      for _, a in ipairs(d.args) do
+        spec.args[#spec.args + 1] = a
+      end
+      for _, a in ipairs(STANDALONE) do
+        spec.args[#spec.args + 1] = a
+      end
+    end
+    out[#out + 1] = args_mod.usage("denet script " .. sname, spec)
+    if d.kind == "plugin" then
+      out[#out + 1] = string.format("as a plugin: denet run --plugin %s%s -- CMD", sname,
+        #d.args > 0 and (":" .. d.args[1].name .. "=...") or "")
+    end
+  else
+    out[#out + 1] = "a plain script (declares nothing): denet script " .. sname .. " [args...]"
+  end
+  io.stdout:write(table.concat(out, "\n"), "\n")
   return 0
 end
 
@@ -93,15 +226,27 @@ end
 
 local COMMANDS = {
   script = function(args)
+    local allow = false
+    if args[1] == "--allow-untrusted" then
+      allow = true
+      table.remove(args, 1)
+    end
     local name = table.remove(args, 1)
     if not name then
       errors.raise("script: missing the script name or file (usage: denet script NAME|FILE [args...])")
     end
-    local path, err = script_path(name)
+    local plugins = require("denet.plugins")
+    local path, err = plugins.find(name)
     if not path then
       errors.raise(err)
     end
+    plugins.check_trust(path, allow)
     return M.run_script(path, args)
+  end,
+  list = list,
+  info = info,
+  repl = function(args)
+    return require("denet.repl").main(args)
   end,
   doctor = function(args)
     return require("denet.doctor").main(args)

@@ -713,6 +713,11 @@ function Monitor:run(opts)
       if s ~= 0 and not reason then
         reason, sig, si_code = "signal", s, code
       end
+      if self.stop_requested and not reason then
+        -- a plugin ended the run: as when the duration is over
+        self.stop_requested = false
+        reason = "duration"
+      end
     end
   end)
   timer:close()
@@ -723,6 +728,12 @@ function Monitor:run(opts)
     reason = "exit"
   end
   return reason, sig, si_code
+end
+
+--- End the run as if the duration were over (from a callback: run()
+--- returns "duration" once the callback is done).
+function Monitor:request_stop()
+  self.stop_requested = true
 end
 
 function Monitor:_check_root_gone()

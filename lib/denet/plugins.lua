@@ -1,0 +1,367 @@
+-- denet.plugins: finding scripts, deciding whether to trust them, reading
+-- what they declare, and running plugins' hooks with each one isolated.
+--
+-- A script is a Lua file. One that returns a table declares itself:
+--   description, category, args (see denet.args), example,
+--   and either main(opts) (a command, like the built-ins) or hooks (a
+--   plugin): on_init(args), on_start(target), on_sample(sample),
+--   on_process(event), on_syscalls(stats), on_offcpu(report),
+--   on_interval(elapsed) (every `interval` seconds of wall time),
+--   on_end(summary).
+-- A file that returns nothing is a plain script: it has run when loaded.
+local bit = require("bit")
+local core = require("denet.core")
+local errors = require("denet.errors")
+local args_mod = require("denet.args")
+
+local M = {}
+
+M.HOOKS = { "on_init", "on_start", "on_sample", "on_process", "on_syscalls", "on_offcpu", "on_interval",
+  "on_end" }
+M.MAX_ERRORS = 3 -- a plugin failing this many times is disabled
+
+---------------------------------------------------------------------------
+-- where scripts are
+
+--- The search path, in order: ./, $DENET_PATH (colon-separated),
+--- ~/.config/denet/scripts, the installed scripts and examples.
+function M.search_path()
+  local dirs = { "." }
+  for d in (os.getenv("DENET_PATH") or ""):gmatch("[^:]+") do
+    dirs[#dirs + 1] = d
+  end
+  local home = os.getenv("HOME")
+  if home and home ~= "" then
+    dirs[#dirs + 1] = home .. "/.config/denet/scripts"
+  end
+  dirs[#dirs + 1] = core.root .. "/scripts"
+  dirs[#dirs + 1] = core.root .. "/scripts/examples"
+  return dirs
+end
+
+local function is_file(p)
+  local st = core.stat(p)
+  return st and not st.dir
+end
+
+--- The file of script `name` (a path, or a name looked up as NAME.lua on
+--- the search path); nil and a message when there is none.
+function M.find(name)
+  if name:find("/") or name:match("%.lua$") then
+    if is_file(name) then
+      return name
+    end
+    return nil, string.format("cannot open script %s: no such file", name)
+  end
+  for _, dir in ipairs(M.search_path()) do
+    local p = dir .. "/" .. name .. ".lua"
+    if is_file(p) then
+      return p
+    end
+  end
+  return nil, string.format("no script named '%s' on the search path (%s); denet list shows them", name,
+    table.concat(M.search_path(), ":"))
+end
+
+local function dirname(p)
+  return p:match("^(.*)/[^/]*$") or "."
+end
+
+--- May denet (root) run the code in path? Not when the file, or the
+--- folder holding it, can be written by anyone other than root and the
+--- file's owner. Returns true, or false and the one-line reason with the
+--- fix.
+function M.trusted(path)
+  local st, err = core.stat(path)
+  if not st then
+    return false, err
+  end
+  if st.link then
+    -- judge what the link points to, and where
+    local target = core.readlink(path)
+    if target then
+      if target:sub(1, 1) ~= "/" then
+        target = dirname(path) .. "/" .. target
+      end
+      return M.trusted(target)
+    end
+  end
+  if bit.band(st.mode, 18) ~= 0 then -- 022: group or others may write
+    return false, string.format("refusing to load %s: it is writable by %s (fix: chmod go-w %s)", path,
+      bit.band(st.mode, 2) ~= 0 and "everyone" or "its group", path)
+  end
+  local dir = dirname(path)
+  local dst = core.stat(dir)
+  if dst then
+    local others = bit.band(dst.mode, 18) ~= 0
+    if others or (dst.uid ~= 0 and dst.uid ~= st.uid) then
+      local why = others and string.format("its folder %s is writable by %s", dir,
+        bit.band(dst.mode, 2) ~= 0 and "everyone" or "its group")
+        or string.format("its folder %s belongs to another user (uid %d)", dir, dst.uid)
+      return false, string.format("refusing to load %s: %s (fix: move it to a folder only you can write, "
+        .. "e.g. ~/.config/denet/scripts, or pass --allow-untrusted)", path, why)
+    end
+  end
+  return true
+end
+
+--- Raise the user error of trusted() unless allowed.
+function M.check_trust(path, allow)
+  if allow then
+    return
+  end
+  local ok, why = M.trusted(path)
+  if not ok then
+    errors.raise(why)
+  end
+end
+
+---------------------------------------------------------------------------
+-- what a script declares
+
+-- An environment where a script's top level can run without doing
+-- anything: every global and module is an inert stand-in.
+local function inert()
+  local mt = {}
+  local p = setmetatable({}, mt)
+  mt.__index = function()
+    return p
+  end
+  mt.__call = function()
+    return p
+  end
+  mt.__newindex = function() end
+  return p
+end
+
+--- What the script at path declares, without running it: its returned
+--- table's description, category, args and example, and whether it is a
+--- plugin (has hooks) or a command (main). Plain scripts give
+--- { kind = "script" }.
+function M.describe(path)
+  local chunk = loadfile(path)
+  if not chunk then
+    return { kind = "script", broken = true }
+  end
+  local env = setmetatable({
+    require = function()
+      return inert()
+    end,
+    arg = {},
+  }, {
+    __index = function(_, k)
+      local safe = { string = string, table = table, math = math, pairs = pairs, ipairs = ipairs,
+        type = type, tostring = tostring, tonumber = tonumber, setmetatable = setmetatable,
+        getmetatable = getmetatable, select = select, unpack = unpack, pcall = pcall, error = error,
+        next = next, rawget = rawget, rawset = rawset, bit = bit }
+      return safe[k] or inert()
+    end,
+  })
+  setfenv(chunk, env)
+  -- a plain script's top level may loop: give it a budget
+  local budget_hit = false
+  debug.sethook(function()
+    budget_hit = true
+    error("budget", 0)
+  end, "", 1e6)
+  local ok, t = pcall(chunk)
+  debug.sethook()
+  if not ok or budget_hit or type(t) ~= "table" or rawget(t, "description") == nil then
+    return { kind = "script" }
+  end
+  local kind = type(rawget(t, "main")) == "function" and "command" or "plugin"
+  return { kind = kind, description = t.description, category = t.category or "other", args = t.args or {},
+    example = t.example, interval = t.interval, usage = rawget(t, "usage"), raw_args = rawget(t, "raw_args") }
+end
+
+--- Every script on the search path: { name, path, info } (the first of
+--- each name wins), sorted by name.
+function M.list()
+  local seen, out = {}, {}
+  for _, dir in ipairs(M.search_path()) do
+    for _, f in ipairs(core.list_dir(dir) or {}) do
+      local name = f:match("^(.+)%.lua$")
+      local path = dir .. "/" .. f
+      if name and not seen[name] and is_file(path) then
+        seen[name] = true
+        out[#out + 1] = { name = name, path = path, info = M.describe(path) }
+      end
+    end
+  end
+  table.sort(out, function(a, b)
+    return a.name < b.name
+  end)
+  return out
+end
+
+---------------------------------------------------------------------------
+-- loading and running plugins
+
+local Plugin = {}
+Plugin.__index = Plugin
+
+local function basename(path)
+  return (path:match("([^/]+)$") or path):gsub("%.lua$", "")
+end
+
+--- Load the plugin named by spec ("NAME", "path.lua", optionally followed
+--- by ":key=value,..." arguments): find it, check trust, run its file,
+--- parse its arguments. opts.allow_untrusted.
+function M.load(spec, opts)
+  opts = opts or {}
+  local name, argtext = spec:match("^([^:]+):(.*)$")
+  name = name or spec
+  local path, err = M.find(name)
+  if not path then
+    errors.raise(err)
+  end
+  M.check_trust(path, opts.allow_untrusted)
+  local chunk, lerr = loadfile(path)
+  if not chunk then
+    errors.raise(string.format("plugin %s: %s", basename(path), lerr))
+  end
+  local ok, t = pcall(chunk)
+  if not ok then
+    errors.raise(string.format("plugin %s: %s", basename(path), tostring(t)))
+  end
+  if type(t) ~= "table" then
+    errors.raise(string.format("plugin %s: %s does not return a table of hooks (see docs/plugins.md)",
+      basename(path), path))
+  end
+  return M.from_table(t, path, opts.args or args_mod.parse("plugin " .. (t.name or basename(path)),
+    { args = t.args, no_cmd = true }, args_mod.from_pairs(argtext)))
+end
+
+--- A plugin from its loaded table t (file path; parsed args).
+function M.from_table(t, path, args)
+  return setmetatable({ name = t.name or basename(path), path = path, t = t, errors = 0, args = args or {} },
+    Plugin)
+end
+
+--- Does table t (what a script returned) have any hook?
+function M.has_hooks(t)
+  for _, h in ipairs(M.HOOKS) do
+    if type(t[h]) == "function" then
+      return true
+    end
+  end
+  return false
+end
+
+-- "file:line: message" of an error value, whatever it is
+local function message(e)
+  if type(e) == "table" then
+    return tostring(e.message or e[1] or "error")
+  end
+  return tostring(e)
+end
+
+--- The set of plugins of one run. out: where notes go (stderr).
+function M.host(list, out)
+  local h = { plugins = list or {}, out = out or io.stderr, timers = {} }
+
+  --- Call hook on every plugin that has it and is not disabled; returns
+  --- { [plugin name] = what it returned }. Errors are reported as
+  --- "plugin NAME: file:line: message"; the run goes on.
+  function h:call(hook, ...)
+    local results = {}
+    for _, p in ipairs(self.plugins) do
+      local f = not p.disabled and p.t[hook]
+      if type(f) == "function" then
+        local ok, r = pcall(f, ...)
+        if ok then
+          results[p.name] = r
+        else
+          if errors.is_interrupt(r) then
+            error(r, 0)
+          end
+          p.errors = p.errors + 1
+          self.out:write(string.format("plugin %s: %s\n", p.name, message(r)))
+          if p.errors >= M.MAX_ERRORS then
+            p.disabled = true
+            self.out:write(string.format("plugin %s: disabled after %d errors; the run goes on without it\n",
+              p.name, p.errors))
+          end
+        end
+      end
+    end
+    return results
+  end
+
+  --- Any plugin with this hook?
+  function h:has(hook)
+    for _, p in ipairs(self.plugins) do
+      if type(p.t[hook]) == "function" then
+        return true
+      end
+    end
+    return false
+  end
+
+  --- on_init for each plugin with its parsed args.
+  function h:init()
+    for _, p in ipairs(self.plugins) do
+      local f = p.t.on_init
+      if type(f) == "function" and not p.disabled then
+        local ok, r = pcall(f, p.args)
+        if not ok then
+          p.errors = p.errors + 1
+          self.out:write(string.format("plugin %s: %s\n", p.name, message(r)))
+        end
+      end
+    end
+  end
+
+  --- Start the wall-clock on_interval timers (every plugin's own
+  --- `interval`, default 1 s); stop() is called when one returns false.
+  function h:start_intervals(stop)
+    local denet = require("denet")
+    local t0 = core.monotonic()
+    for _, p in ipairs(self.plugins) do
+      if type(p.t.on_interval) == "function" then
+        local every = tonumber(p.t.interval) or 1
+        self.timers[#self.timers + 1] = denet.every(every, function()
+          if p.disabled then
+            return
+          end
+          local ok, r = pcall(p.t.on_interval, core.monotonic() - t0)
+          if not ok then
+            if errors.is_interrupt(r) then
+              error(r, 0)
+            end
+            p.errors = p.errors + 1
+            self.out:write(string.format("plugin %s: %s\n", p.name, message(r)))
+            if p.errors >= M.MAX_ERRORS then
+              p.disabled = true
+              self.out:write(string.format("plugin %s: disabled after %d errors; the run goes on without it\n",
+                p.name, p.errors))
+            end
+          elseif r == false and stop then
+            stop(p.name)
+          end
+        end)
+      end
+    end
+  end
+
+  function h:stop_intervals()
+    for _, t in ipairs(self.timers) do
+      t:close()
+    end
+    self.timers = {}
+  end
+
+  return h
+end
+
+--- Load every --plugin spec of a built-in's command line.
+function M.load_all(specs, opts)
+  local list = {}
+  for _, s in ipairs(specs or {}) do
+    list[#list + 1] = M.load(s, opts)
+  end
+  return M.host(list)
+end
+
+M.Plugin = Plugin
+return M
