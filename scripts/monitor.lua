@@ -431,7 +431,12 @@ local function main(args, host)
   out.encode = function(rec)
     return m:encode(rec)
   end
-  m:start()
+  m:start{
+    before_resume = function()
+      -- plugins see the target before it runs (uprobes miss nothing)
+      host:call("on_start", { pid = root, cmd = argv, executable = exe, mode = o.sub })
+    end,
+  }
   -- the compiler's job is done: keep the resident set small from here on
   core.release_compiler_memory()
   if display then
@@ -440,7 +445,6 @@ local function main(args, host)
     display.last = { ts_ms = m.t0_ms, r = 0, w = 0 }
   end
   emit({ kind = "metadata", pid = root, cmd = argv, executable = exe or cjson.null, t0_ms = m.t0_ms })
-  host:call("on_start", { pid = root, cmd = argv, executable = exe, mode = o.sub })
   host:start_intervals(function()
     m:request_stop()
   end)

@@ -243,7 +243,7 @@ end
 
 --- Begin: track the root (and, when attaching, its existing descendants),
 --- take the baseline, and resume the command if it is held.
-function Monitor:start()
+function Monitor:start(opts)
   local ppid = core.read_stat(self.root)
   self.tree:add(self.root, ppid, { root = true, descendants = self.proc == nil })
   for pid, info in pairs(self.tree.live) do
@@ -291,6 +291,11 @@ function Monitor:start()
   self.prev_t = self.t0_boot
   self.last_pss_t = -math.huge
   self.last_full_t = -math.huge
+  -- opts.before_resume: what must happen before the command runs (a
+  -- plugin's uprobes on it)
+  if opts and opts.before_resume then
+    opts.before_resume()
+  end
   if self.proc and self.proc:held() then
     self.proc:resume()
   end
