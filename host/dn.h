@@ -61,6 +61,8 @@ extern volatile sig_atomic_t dn_loop_signal_code;
 /* Install SIGINT/SIGTERM/SIGHUP handlers that wake the loop or, when Lua
  * code is running, interrupt it through a hook. Call once, after dn_vm_new. */
 int dn_loop_init(lua_State *L);
+/* The eventfd a signal writes to (readable while one is pending). */
+int dn_loop_wakefd(void);
 /* Release every loop source (buffers, timers); idempotent. */
 void dn_loop_shutdown(void);
 
@@ -78,6 +80,7 @@ void dn_proc_open(lua_State *L);
 void dn_procfs_open(lua_State *L);
 void dn_sym_open(lua_State *L);
 void dn_sys_open(lua_State *L);
+void dn_repl_open(lua_State *L);
 
 /* dn_sym.c: the user-space resolver, also used by C unit tests ----------- */
 

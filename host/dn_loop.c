@@ -635,6 +635,11 @@ int dn_loop_init(lua_State *L)
 	return 0;
 }
 
+int dn_loop_wakefd(void)
+{
+	return wakefd;
+}
+
 void dn_loop_shutdown(void)
 {
 	int i;

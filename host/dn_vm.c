@@ -72,6 +72,7 @@ static int core_open(lua_State *L)
 	dn_procfs_open(L);
 	dn_sym_open(L);
 	dn_sys_open(L);
+	dn_repl_open(L);
 	lua_pushstring(L, dn_vm_root());
 	lua_setfield(L, -2, "root");
 	lua_pushstring(L, DN_VERSION);
