@@ -158,7 +158,11 @@ function M.describe(path)
     end,
   })
   setfenv(chunk, env)
-  -- a plain script's top level may loop: give it a budget
+  -- a plain script's top level may loop: give it a budget (counted in
+  -- interpreted code only, so no JIT for it)
+  if jit then
+    jit.off(chunk, true)
+  end
   local budget_hit = false
   debug.sethook(function()
     budget_hit = true
