@@ -366,18 +366,29 @@ function Tracer:report()
   end
 
   -- blocks that ended, and those still in progress now (counted up to now)
-  local entries = {}
+  local entries, by_key = {}, {}
+  local function ekey(k)
+    return table.concat({ k.tgid, k.tid, k.ustack, k.kstack, k.state, k.syscall }, ":")
+  end
   for k, v in self.bpf:get_table("dn_offcpu"):items() do
     entries[#entries + 1] = { k = k, total_ns = tonumber(v.total_ns), count = tonumber(v.count),
       max_ns = tonumber(v.max_ns) }
+    by_key[ekey(k)] = entries[#entries]
   end
   local min_ns, max_ns = (self.opts.min_us or 0) * 1000, (self.opts.max_us or math.huge) * 1000
   for tid, st in self.bpf:get_table("dn_offcpu_threads"):items() do
     local start = tonumber(st.start)
     local d = now_ns - start
     if start > 0 and tonumber(st.died) == 0 and d >= min_ns and d <= max_ns then
-      entries[#entries + 1] = { k = { tgid = st.tgid, tid = tid, ustack = st.ustack, kstack = st.kstack,
-        state = st.state, syscall = st.syscall }, total_ns = d, count = 1, max_ns = d }
+      local k = { tgid = st.tgid, tid = tid, ustack = st.ustack, kstack = st.kstack, state = st.state,
+        syscall = st.syscall }
+      local e = by_key[ekey(k)]
+      if e then
+        -- the same place as blocks that ended: one stack
+        e.total_ns, e.count, e.max_ns = e.total_ns + d, e.count + 1, math.max(e.max_ns, d)
+      else
+        entries[#entries + 1] = { k = k, total_ns = d, count = 1, max_ns = d }
+      end
     end
   end
   for _, e in ipairs(entries) do
