@@ -2,7 +2,7 @@
 -- children are not followed), voluntary (the thread
 -- blocked) versus involuntary (it was preempted while runnable).
 --
---   denet script scripts/examples/cswitch.lua [-d SECONDS] -- CMD [ARGS...]
+--   denet script cswitch [-d SECONDS] -- CMD [ARGS...]
 --
 -- An example of the denet API: a held spawn so not one switch is missed,
 -- a tracepoint whose arguments come from the running kernel's format, a
@@ -11,35 +11,23 @@ local denet = require("denet")
 local BPF = require("denet.bpf")
 local ffi = require("ffi")
 
-local function usage()
-  io.stderr:write("usage: denet script cswitch [-d SECONDS] -- CMD [ARGS...]\n")
-  os.exit(2)
-end
+local S = {
+  description = "Voluntary and involuntary context switches per thread of a command",
+  category = "cpu",
+  example = "denet script cswitch -d 5 -- ./server",
+  args = {
+    { name = "duration", flag = "-d", type = "number", metavar = "SECONDS", help = "stop the command after this" },
+  },
+}
 
-local duration
-local cmd = {}
-local i = 1
-while i <= #arg do
-  local a = arg[i]
-  if a == "-d" then
-    duration = tonumber(arg[i + 1]) or usage()
-    i = i + 1
-  elseif a == "--" then
-    for j = i + 1, #arg do
-      cmd[#cmd + 1] = arg[j]
-    end
-    break
-  else
-    usage()
+function S.main(o)
+  local cmd, duration = o.cmd, o.duration
+  if #cmd == 0 then
+    require("denet.errors").raise("cswitch needs a command: denet script cswitch -- CMD [ARGS...]")
   end
-  i = i + 1
-end
-if #cmd == 0 then
-  usage()
-end
 
-local p = denet.spawn(cmd)
-local b = BPF.new{ text = [[
+  local p = denet.spawn(cmd)
+  local b = BPF.new{ text = [[
 struct key_t { u32 tid; char comm[16]; };
 struct val_t { u64 voluntary; u64 involuntary; };
 BPF_HASH(switches, struct key_t, struct val_t, 10240);
@@ -62,22 +50,25 @@ TRACEPOINT_PROBE(sched, sched_switch) {
 }
 ]], cflags = { "-DTARGET=" .. p.pid } }
 
-local t0 = denet.clock()
-p:resume()
-local code = p:wait_for(duration)
-local elapsed = denet.clock() - t0
+  local t0 = denet.clock()
+  p:resume()
+  local code = p:wait_for(duration)
+  local elapsed = denet.clock() - t0
 
-local rows = {}
-for k, v in b:get_table("switches"):items() do
-  rows[#rows + 1] = { tid = k.tid, comm = ffi.string(k.comm), vol = tonumber(v.voluntary),
-    invol = tonumber(v.involuntary) }
+  local rows = {}
+  for k, v in b:get_table("switches"):items() do
+    rows[#rows + 1] = { tid = k.tid, comm = ffi.string(k.comm), vol = tonumber(v.voluntary),
+      invol = tonumber(v.involuntary) }
+  end
+  table.sort(rows, function(x, y)
+    return x.vol + x.invol > y.vol + y.invol
+  end)
+  io.stderr:write(string.format("\n%s exited with %d after %.2f s\n", cmd[1], code, elapsed))
+  io.stderr:write(string.format("%-8s %-16s %12s %12s\n", "TID", "COMM", "VOLUNTARY", "INVOLUNTARY"))
+  for _, r in ipairs(rows) do
+    io.stderr:write(string.format("%-8d %-16s %12d %12d\n", r.tid, r.comm, r.vol, r.invol))
+  end
+  return code
 end
-table.sort(rows, function(x, y)
-  return x.vol + x.invol > y.vol + y.invol
-end)
-io.stderr:write(string.format("\n%s exited with %d after %.2f s\n", cmd[1], code, elapsed))
-io.stderr:write(string.format("%-8s %-16s %12s %12s\n", "TID", "COMM", "VOLUNTARY", "INVOLUNTARY"))
-for _, r in ipairs(rows) do
-  io.stderr:write(string.format("%-8d %-16s %12d %12d\n", r.tid, r.comm, r.vol, r.invol))
-end
-return code
+
+return S
