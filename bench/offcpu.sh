@@ -49,26 +49,7 @@ for p in json.load(sys.stdin):
 print(t, c)'
 }
 
-# run_under NAME CMD...: start the tracer, wait until its programs run,
-# time the load, report "seconds ns_per_event"
-run_under() {
-  local name=$1
-  shift
-  "$@" >/dev/null 2>"$tmp/$name.err" &
-  bg=$!
-  local i=0
-  until [ "$(prog_stats | awk '{print $2}')" -gt 0 ] || [ $i -gt 200 ]; do sleep 0.05; i=$((i + 1)); done
-  sleep 0.3
-  local s0 s1 t
-  s0=$(prog_stats)
-  t=$(bench)
-  s1=$(prog_stats)
-  kill -INT $bg
-  wait $bg 2>/dev/null || true
-  bg=
-  awk -v t="$t" -v a="$s0" -v b="$s1" 'BEGIN { split(a, x, " "); split(b, y, " ");
-    n = y[2] - x[2]; printf "%s %.1f\n", t, (n > 0 ? (y[1] - x[1]) / n : 0) }'
-}
+. "$here/lib.sh"
 
 sleep 600 &
 idle=$!
@@ -95,7 +76,6 @@ import json, sys
 r = json.load(open(sys.argv[1]))["kstack_reuse"]
 print("%d reused, %d walked, %d reused stacks the walk disagreed with" % (r["reused"], r["walked"], r["wrong"]))' "$tmp/verify.json")
 
-med() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 base=$(awk '$1 == "bare" {print $2}' "$tmp/res" | med)
 {
   echo "# Off-CPU tracing: perf bench sched pipe -l $loops"

@@ -49,28 +49,7 @@ for p in json.load(sys.stdin):
 print(t, c)'
 }
 
-run_under() {
-  local name=$1
-  shift
-  "$@" >/dev/null 2>"$tmp/$name.err" &
-  bg=$!
-  local i=0
-  until [ "$(prog_stats | awk '{print $2}')" -gt 0 ] || [ $i -gt 200 ]; do sleep 0.05; i=$((i + 1)); done
-  sleep 0.3
-  local s0 s1 t
-  s0=$(prog_stats)
-  t=$(bench)
-  s1=$(prog_stats)
-  # (a background job of a script ignores SIGINT unless it sets its own
-  # handler, as denet does; Python's does not)
-  kill -INT $bg
-  sleep 0.5
-  kill -TERM $bg 2>/dev/null || true
-  wait $bg 2>/dev/null || true
-  bg=
-  awk -v t="$t" -v a="$s0" -v b="$s1" 'BEGIN { split(a, x, " "); split(b, y, " ");
-    n = y[2] - x[2]; printf "%s %.1f\n", t, (n > 0 ? (y[1] - x[1]) / n : 0) }'
-}
+. "$here/lib.sh"
 
 for r in $(seq "$rounds"); do
   echo "bare $(bench) 0" >>"$tmp/res"
@@ -80,7 +59,6 @@ for r in $(seq "$rounds"); do
   echo "syscount-L $(run_under syscountL syscount-bpfcc -L -d 300)" >>"$tmp/res"
 done
 
-med() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 base=$(awk '$1 == "bare" {print $2}' "$tmp/res" | med)
 {
   echo "# Syscall tracking: $calls getppid calls"

@@ -41,11 +41,11 @@ local SPEC = {
     { name = "folded", flag = "-f", metavar = "FILE", help = "folded stacks to FILE (flamegraph.pl, speedscope)" },
     { name = "svg", metavar = "FILE", help = "an SVG flame graph to FILE" },
     { name = "json", type = "bool", help = "the report as JSON on stdout" },
-    { name = "plugin", type = "string", repeatable = true, metavar = "NAME[:K=V,...]",
-      help = "run a plugin (on_start, on_interval, on_offcpu, on_end); repeatable" },
-    { name = "allow_untrusted", type = "bool", help = "load plugins others can write" },
   },
 }
+for _, a in ipairs(plugins.cli_args("on_start, on_interval, on_offcpu, on_end")) do
+  SPEC.args[#SPEC.args + 1] = a
+end
 
 local function fail(msg)
   errors.raise(msg .. " (see denet script offcpu --help)")
@@ -93,13 +93,7 @@ local function main(o)
   }
   local duration = o.duration
   host:call("on_start", { pid = proc and proc.pid or roots[1], pids = roots, cmd = o.cmd, tid = o.tid })
-  host:start_intervals(function()
-    if proc then
-      proc:kill(denet.SIGTERM)
-    else
-      denet.stop()
-    end
-  end)
+  host:start_intervals(plugins.stopper(proc))
   t:capture()
   -- mappings are captured at intervals and after exec, so stacks of
   -- processes that exit before the report still resolve

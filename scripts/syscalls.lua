@@ -34,11 +34,11 @@ local SPEC = {
     { name = "per_thread", type = "bool", help = "per thread" },
     { name = "json", type = "bool", help = "the report as JSON on stdout (one line per interval with -i)" },
     { name = "list", flag = "-l", type = "bool", help = "list the syscall names of this machine and exit" },
-    { name = "plugin", type = "string", repeatable = true, metavar = "NAME[:K=V,...]",
-      help = "run a plugin (on_start, on_interval, on_syscalls, on_end); repeatable" },
-    { name = "allow_untrusted", type = "bool", help = "load plugins others can write" },
   },
 }
+for _, a in ipairs(plugins.cli_args("on_start, on_interval, on_syscalls, on_end")) do
+  SPEC.args[#SPEC.args + 1] = a
+end
 
 local function fail(msg)
   errors.raise(msg .. " (see denet script syscalls --help)")
@@ -103,13 +103,7 @@ local function main(o)
     end)
   end
   host:call("on_start", { pid = proc and proc.pid or roots[1], pids = roots, cmd = o.cmd })
-  host:start_intervals(function()
-    if proc then
-      proc:kill(denet.SIGTERM)
-    else
-      denet.stop()
-    end
-  end)
+  host:start_intervals(plugins.stopper(proc))
   local code
   if proc then
     proc:resume()

@@ -264,6 +264,21 @@ end
 function M.host(list, out)
   local h = { plugins = list or {}, out = out or io.stderr, timers = {} }
 
+  -- A hook of p raised e: say so, and disable p after MAX_ERRORS. An
+  -- interrupt (Ctrl-C) is not the plugin's fault: it ends the run.
+  function h:failed(p, e)
+    if errors.is_interrupt(e) then
+      error(e, 0)
+    end
+    p.errors = p.errors + 1
+    self.out:write(string.format("plugin %s: %s\n", p.name, message(e)))
+    if p.errors >= M.MAX_ERRORS and not p.disabled then
+      p.disabled = true
+      self.out:write(string.format("plugin %s: disabled after %d errors; the run goes on without it\n", p.name,
+        p.errors))
+    end
+  end
+
   --- Call hook on every plugin that has it and is not disabled; returns
   --- { [plugin name] = what it returned }. Errors are reported as
   --- "plugin NAME: file:line: message"; the run goes on.
@@ -276,16 +291,7 @@ function M.host(list, out)
         if ok then
           results[p.name] = r
         else
-          if errors.is_interrupt(r) then
-            error(r, 0)
-          end
-          p.errors = p.errors + 1
-          self.out:write(string.format("plugin %s: %s\n", p.name, message(r)))
-          if p.errors >= M.MAX_ERRORS then
-            p.disabled = true
-            self.out:write(string.format("plugin %s: disabled after %d errors; the run goes on without it\n",
-              p.name, p.errors))
-          end
+          self:failed(p, r)
         end
       end
     end
@@ -309,8 +315,7 @@ function M.host(list, out)
       if type(f) == "function" and not p.disabled then
         local ok, r = pcall(f, p.args)
         if not ok then
-          p.errors = p.errors + 1
-          self.out:write(string.format("plugin %s: %s\n", p.name, message(r)))
+          self:failed(p, r)
         end
       end
     end
@@ -330,16 +335,7 @@ function M.host(list, out)
           end
           local ok, r = pcall(p.t.on_interval, core.monotonic() - t0)
           if not ok then
-            if errors.is_interrupt(r) then
-              error(r, 0)
-            end
-            p.errors = p.errors + 1
-            self.out:write(string.format("plugin %s: %s\n", p.name, message(r)))
-            if p.errors >= M.MAX_ERRORS then
-              p.disabled = true
-              self.out:write(string.format("plugin %s: disabled after %d errors; the run goes on without it\n",
-                p.name, p.errors))
-            end
+            self:failed(p, r)
           elseif r == false and stop then
             stop(p.name)
           end
@@ -356,6 +352,29 @@ function M.host(list, out)
   end
 
   return h
+end
+
+--- The arguments a built-in command takes for plugins (--plugin,
+--- --allow-untrusted), for its declarations; hooks: the ones it calls.
+function M.cli_args(hooks)
+  return {
+    { name = "plugin", type = "string", repeatable = true, metavar = "NAME[:K=V,...]",
+      help = "run a plugin (" .. hooks .. "); repeatable" },
+    { name = "allow_untrusted", type = "bool", help = "load plugins others can write" },
+  }
+end
+
+--- What ends a built-in's run when a plugin's on_interval returns false:
+--- the command is sent SIGTERM (as at the end of -d), or the loop stops.
+function M.stopper(proc)
+  local denet = require("denet")
+  return function()
+    if proc then
+      proc:kill(denet.SIGTERM)
+    else
+      denet.stop()
+    end
+  end
 end
 
 --- Load every --plugin spec of a built-in's command line.

@@ -1,0 +1,32 @@
+# Shared by the benchmarks that time a load under tracers (sourced).
+# The sourcing script defines bench (prints the load's time) and
+# prog_stats (prints "run_time_ns events" of the programs it measures),
+# and sets tmp; bg holds the tracer running in the background.
+
+# run_under NAME CMD...: start the tracer, wait until its programs run,
+# time the load, stop the tracer; prints "seconds ns_per_event"
+run_under() {
+  local name=$1
+  shift
+  "$@" >/dev/null 2>"$tmp/$name.err" &
+  bg=$!
+  local i=0
+  until [ "$(prog_stats | awk '{print $2}')" -gt 0 ] || [ $i -gt 200 ]; do sleep 0.05; i=$((i + 1)); done
+  sleep 0.3
+  local s0 s1 t
+  s0=$(prog_stats)
+  t=$(bench)
+  s1=$(prog_stats)
+  # (a background job of a script ignores SIGINT unless it sets its own
+  # handler, as denet and bpftrace do; Python's does not)
+  kill -INT $bg
+  sleep 0.5
+  kill -TERM $bg 2>/dev/null || true
+  wait $bg 2>/dev/null || true
+  bg=
+  awk -v t="$t" -v a="$s0" -v b="$s1" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    n = y[2] - x[2]; printf "%s %.1f\n", t, (n > 0 ? (y[1] - x[1]) / n : 0) }'
+}
+
+# the median of the numbers on stdin
+med() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
