@@ -143,8 +143,13 @@ function M.describe(path)
   if not chunk then
     return { kind = "script", broken = true }
   end
+  -- denet's own declaration helpers are real (they do nothing on load)
+  local real = { ["denet.plugins"] = true, ["denet.args"] = true }
   local env = setmetatable({
-    require = function()
+    require = function(name)
+      if real[name] then
+        return require(name)
+      end
       return inert()
     end,
     arg = {},
