@@ -14,10 +14,36 @@ local core = require("denet.core")
 local errors = require("denet.errors")
 local monitor = require("denet.monitor")
 local plugins = require("denet.plugins")
+local args_mod = require("denet.args")
 local cjson = require("cjson")
 
 cjson.encode_number_precision(14)
 cjson.encode_sparse_array(true)
+
+-- The options, declared (denet.args): the usage text and the parser's
+-- table come from here.
+local ARGS = {
+  { name = "interval", flag = "-i", metavar = "MS", help = "base sampling interval (default 100)" },
+  { name = "max_interval", flag = "-m", metavar = "MS", help = "adaptive upper bound (default 1000): the base "
+    .. "interval for the first second, then a linear ramp to this by 10 s" },
+  { name = "duration", flag = "-d", metavar = "S",
+    help = "stop after S seconds (run: SIGTERM the command, SIGKILL after 2 s)" },
+  { name = "out", flag = "-o", metavar = "FILE", help = "write JSONL to FILE" },
+  { name = "json", flag = "-j", type = "bool", help = "write JSONL to stdout (the command's stdout goes to stderr)" },
+  { name = "quiet", flag = "-q", type = "bool", help = "no live display and no summary table" },
+  { name = "no_update", flag = "-n", type = "bool", help = "one line per sample instead of an updating status line" },
+  { name = "exclude_children", type = "bool", help = "the root process only (`sample` records instead of `tree`)" },
+  { name = "since_process_start", type = "bool",
+    help = "I/O counted from each process's start, not from when monitoring began" },
+  { name = "write_env", type = "bool", help = "an `env` record first (host, kernel, CPU model and cores)" },
+  { name = "stats", metavar = "FILE", help = "also write the summary record to FILE" },
+  { name = "offcpu", type = "bool", help = "also off-CPU time of the tree per sample (aggregated.ebpf.offcpu)" },
+  { name = "syscalls", type = "bool", help = "also syscall counts of the tree per sample (aggregated.ebpf.syscalls)" },
+  { name = "plugin", metavar = "NAME[:K=V,...]", help = "run a plugin on the samples (repeatable; see denet list)" },
+  { name = "allow_untrusted", type = "bool", help = "load plugins even from files or folders others can write" },
+  { name = "no_bpf", type = "bool", help = "do not use BPF (poll /proc only; short-lived children are not seen)" },
+  { name = "enable_ebpf", type = "bool", help = "accepted for compatibility (BPF is used whenever it can be)" },
+}
 
 local USAGE = [[
 usage: denet [options] run [options] -- CMD [ARGS...]
@@ -25,52 +51,20 @@ usage: denet [options] run [options] -- CMD [ARGS...]
        denet stats FILE [--json]
 
 options:
-  -i, --interval MS         base sampling interval (default 100)
-  -m, --max-interval MS     adaptive upper bound (default 1000): the base interval for the
-                            first second, then a linear ramp to this by 10 s
-  -d, --duration S          stop after S seconds (run: SIGTERM the command, SIGKILL after 2 s)
-  -o, --out FILE            write JSONL to FILE
-  -j, --json                write JSONL to stdout (the command's stdout goes to stderr)
-  -q, --quiet               no live display and no summary table
-  -n, --no-update           one line per sample instead of an updating status line
-      --exclude-children    the root process only (`sample` records instead of `tree`)
-      --since-process-start I/O counted from each process's start, not from when monitoring began
-      --write-env           an `env` record first (host, kernel, CPU model and cores)
-      --stats FILE          also write the summary record to FILE
-      --offcpu              also off-CPU time of the tree per sample (aggregated.ebpf.offcpu)
-      --syscalls            also syscall counts of the tree per sample (aggregated.ebpf.syscalls)
-      --plugin NAME[:K=V,...]  run a plugin on the samples (repeatable; see denet list)
-      --allow-untrusted     load plugins even from files or folders others can write
-      --no-bpf              do not use BPF (poll /proc only; short-lived children are not seen)
-      --enable-ebpf         accepted for compatibility (BPF is used whenever it can be)
-  -h, --help                this text
-]]
+]] .. args_mod.option_lines(ARGS) .. "\n"
 
 local function fail(msg)
   errors.raise(msg .. " (see denet run --help)")
 end
 
 -- option name -> { key, takes_value }
-local OPTIONS = {
-  ["-i"] = { "interval", true }, ["--interval"] = { "interval", true },
-  ["-m"] = { "max_interval", true }, ["--max-interval"] = { "max_interval", true },
-  ["-d"] = { "duration", true }, ["--duration"] = { "duration", true },
-  ["-o"] = { "out", true }, ["--out"] = { "out", true },
-  ["-j"] = { "json" }, ["--json"] = { "json" },
-  ["-q"] = { "quiet" }, ["--quiet"] = { "quiet" },
-  ["-n"] = { "no_update" }, ["--no-update"] = { "no_update" },
-  ["--exclude-children"] = { "exclude_children" },
-  ["--since-process-start"] = { "since_process_start" },
-  ["--write-env"] = { "write_env" },
-  ["--stats"] = { "stats", true },
-  ["--no-bpf"] = { "no_bpf" },
-  ["--offcpu"] = { "offcpu" },
-  ["--syscalls"] = { "syscalls" },
-  ["--plugin"] = { "plugin", true },
-  ["--allow-untrusted"] = { "allow_untrusted" },
-  ["--enable-ebpf"] = { "enable_ebpf" },
-  ["-h"] = { "help" }, ["--help"] = { "help" },
-}
+local OPTIONS = { ["-h"] = { "help" }, ["--help"] = { "help" } }
+for _, a in ipairs(ARGS) do
+  OPTIONS[args_mod.long_flag(a)] = { a.name, a.type ~= "bool" }
+  if a.flag then
+    OPTIONS[a.flag] = OPTIONS[args_mod.long_flag(a)]
+  end
+end
 
 --- Parse the command line: options may come before and after the
 --- subcommand; `run` takes the first non-option (or what follows `--`)

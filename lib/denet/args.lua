@@ -38,8 +38,20 @@ function M.usage(prog, spec)
     out[#out + 1] = spec.description
   end
   out[#out + 1] = ""
+  out[#out + 1] = M.option_lines(spec.args)
+  if spec.example then
+    out[#out + 1] = ""
+    out[#out + 1] = "example: " .. spec.example
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+--- The option lines of a usage text (no trailing newline): "  -x, --xx
+--- VALUE   help (default ...)", and -h, --help last.
+function M.option_lines(list)
+  local out = {}
   local rows = {}
-  for _, a in ipairs(spec.args or {}) do
+  for _, a in ipairs(list or {}) do
     if not a.hidden then
       local names = {}
       if a.flag then
@@ -67,19 +79,30 @@ function M.usage(prog, spec)
     width = math.max(width, #r[1])
   end
   width = math.min(width, 30)
+  -- help text wrapped to 100 columns
+  local pad = string.rep(" ", width + 4)
+  local function wrap(text)
+    local lines, line = {}, ""
+    for word in text:gmatch("%S+") do
+      if #line > 0 and #pad + #line + 1 + #word > 100 then
+        lines[#lines + 1] = line
+        line = word
+      else
+        line = #line > 0 and (line .. " " .. word) or word
+      end
+    end
+    lines[#lines + 1] = line
+    return table.concat(lines, "\n" .. pad)
+  end
   for _, r in ipairs(rows) do
     if #r[1] > width then
       out[#out + 1] = "  " .. r[1]
-      out[#out + 1] = "  " .. string.rep(" ", width) .. "  " .. r[2]
+      out[#out + 1] = pad .. wrap(r[2])
     else
-      out[#out + 1] = string.format("  %-" .. width .. "s  %s", r[1], r[2])
+      out[#out + 1] = string.format("  %-" .. width .. "s  %s", r[1], wrap(r[2]))
     end
   end
-  if spec.example then
-    out[#out + 1] = ""
-    out[#out + 1] = "example: " .. spec.example
-  end
-  return table.concat(out, "\n") .. "\n"
+  return table.concat(out, "\n")
 end
 
 local function convert(a, flag, v, fail)
