@@ -209,12 +209,6 @@ Tracer.__index = Tracer
 --- to track before it runs). Returns the tracer; tracer:report() reads it.
 function M.start(opts)
   local cflags = { "-DDN_HOOK_OFFCPU" }
-  local all = (not opts.roots or #opts.roots == 0) and not opts.proc
-  if opts.tid then
-    cflags[#cflags + 1] = "-DDN_WANT_TID=" .. tonumber(opts.tid)
-  elseif all then
-    cflags[#cflags + 1] = "-DDN_WANT_ALL"
-  end
   if opts.min_us then
     cflags[#cflags + 1] = string.format("-DDN_OFFCPU_MIN_NS=%dULL", math.floor(opts.min_us * 1000))
   end
@@ -240,27 +234,20 @@ function M.start(opts)
       cflags[#cflags + 1] = "-DDN_KSTACK_VERIFY"
     end
   end
-  local self = setmetatable({ opts = opts, all = all, t0 = core.monotonic(), t0_ns = core.monotonic_ns(),
-    captured = {} }, Tracer)
-  self.tree = tree_mod.new{
-    bpf = true,
+  local self = setmetatable({ opts = opts, t0 = core.monotonic(), t0_ns = core.monotonic_ns(), captured = {} },
+    Tracer)
+  self.tree = tree_mod.for_targets{
     parts = { "insys.c", "offcpu.c", "switch.c" },
     cflags = cflags,
+    roots = opts.roots,
+    proc = opts.proc,
+    tid = opts.tid,
     on_event = function(ev)
       if ev.kind == "exec" or ev.kind == "fork" then
         self.recapture = true
       end
     end,
   }
-  for _, pid in ipairs(opts.roots or {}) do
-    self.tree:add(pid, core.read_stat(pid), { root = true, descendants = true })
-  end
-  if opts.proc then
-    self.tree:add(opts.proc.pid, core.ids().pid, { root = true })
-  end
-  if opts.tid then
-    self.tree:add_thread_mask(tonumber(opts.tid))
-  end
   self.bpf = self.tree.bpf
   if reuse then
     self.kt_buf = M.learn_kstacks(self.bpf)

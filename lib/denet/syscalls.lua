@@ -79,19 +79,16 @@ Tracer.__index = Tracer
 --- by_nr), failed, errno (number), syscalls (list of names), keys.
 function M.start(opts)
   local cflags = { "-DDN_HOOK_SYSCALLS" }
-  local all = (not opts.roots or #opts.roots == 0) and not opts.proc
-  if all then
-    cflags[#cflags + 1] = "-DDN_WANT_ALL"
-  end
   opts.by_nr = not opts.per_process and not opts.per_thread
   for _, f in ipairs(M.cflags(opts)) do
     cflags[#cflags + 1] = f
   end
-  local self = setmetatable({ opts = opts, all = all, comms = {}, t0 = core.monotonic() }, Tracer)
-  self.tree = tree_mod.new{
-    bpf = true,
+  local self = setmetatable({ opts = opts, comms = {}, t0 = core.monotonic() }, Tracer)
+  self.tree = tree_mod.for_targets{
     parts = { "syscalls.c", "insys.c" },
     cflags = cflags,
+    roots = opts.roots,
+    proc = opts.proc,
     on_event = function(ev)
       if ev.comm and ev.comm ~= "" then
         self.comms[ev.pid] = ev.comm
@@ -100,12 +97,6 @@ function M.start(opts)
   }
   self.bpf = self.tree.bpf
   M.set_filter(self.bpf, opts)
-  for _, pid in ipairs(opts.roots or {}) do
-    self.tree:add(pid, core.read_stat(pid), { root = true, descendants = true })
-  end
-  if opts.proc then
-    self.tree:add(opts.proc.pid, core.ids().pid, { root = true })
-  end
   return self
 end
 

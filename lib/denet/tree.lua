@@ -268,4 +268,32 @@ function Tree:close()
   end
 end
 
+--- A BPF-tracked tree for a feature's targets: opts.roots (existing
+--- process trees), opts.proc (a held command, tracked before it runs),
+--- opts.tid (one thread), or none of them: every thread of the machine
+--- (-DDN_WANT_ALL). Takes new()'s parts, cflags and on_event.
+function M.for_targets(opts)
+  local cflags = {}
+  for _, f in ipairs(opts.cflags or {}) do
+    cflags[#cflags + 1] = f
+  end
+  local all = (not opts.roots or #opts.roots == 0) and not opts.proc
+  if opts.tid then
+    cflags[#cflags + 1] = "-DDN_WANT_TID=" .. tonumber(opts.tid)
+  elseif all then
+    cflags[#cflags + 1] = "-DDN_WANT_ALL"
+  end
+  local tree = M.new{ bpf = true, parts = opts.parts, cflags = cflags, on_event = opts.on_event }
+  for _, pid in ipairs(opts.roots or {}) do
+    tree:add(pid, core.read_stat(pid), { root = true, descendants = true })
+  end
+  if opts.proc then
+    tree:add(opts.proc.pid, core.ids().pid, { root = true })
+  end
+  if opts.tid then
+    tree:add_thread_mask(tonumber(opts.tid))
+  end
+  return tree
+end
+
 return M
