@@ -233,9 +233,9 @@ function M.load(spec, opts)
   if not ok then
     errors.raise(string.format("plugin %s: %s", basename(path), tostring(t)))
   end
-  if type(t) ~= "table" then
-    errors.raise(string.format("plugin %s: %s does not return a table of hooks (see docs/plugins.md)",
-      basename(path), path))
+  if type(t) ~= "table" or not M.has_hooks(t) then
+    errors.raise(string.format("plugin %s: %s is not a plugin: it returns no table of hooks (%s; see "
+      .. "docs/plugins.md)", basename(path), path, table.concat(M.HOOKS, ", ")))
   end
   return M.from_table(t, path, opts.args or args_mod.parse("plugin " .. (t.name or basename(path)),
     { args = t.args, no_cmd = true }, args_mod.from_pairs(argtext)))

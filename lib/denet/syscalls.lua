@@ -160,9 +160,11 @@ end
 --- {[errno] = n} } }, dropped = n }, per-CPU values summed.
 function M.snapshot(bpf)
   local entries = {}
-  local lat = nil
   local by_nr = bpf.m:table_info("dn_sc_nr") ~= nil
-  for k, vals in bpf:get_table(by_nr and "dn_sc_nr" or "dn_sc"):items() do
+  local t = bpf:get_table(by_nr and "dn_sc_nr" or "dn_sc")
+  -- built with -DDN_SC_LATENCY: the values have a histogram
+  local lat = ffi.offsetof(t.leaf.ct, "hist") ~= nil
+  for k, vals in t:items() do
     if by_nr then
       k = { tgid = 0, tid = 0, nr = k }
     end
@@ -174,11 +176,6 @@ function M.snapshot(bpf)
       local c = ffi.string(v.comm)
       if c ~= "" then
         e.comm = c
-      end
-      if lat == nil then
-        lat = pcall(function()
-          return v.hist
-        end)
       end
       if lat then
         e.timed = (e.timed or 0) + tonumber(v.timed)
@@ -205,7 +202,7 @@ function M.snapshot(bpf)
     end
   end
   local dropped = tonumber(bpf:get_table("dn_sc_dropped"):sum(0)) or 0
-  return { entries = entries, dropped = dropped, latency = lat or false, t = core.monotonic() }
+  return { entries = entries, dropped = dropped, latency = lat, t = core.monotonic() }
 end
 
 function Tracer:snapshot()

@@ -221,6 +221,10 @@ return { description = "says hello", category = "greetings",
     code, out = H.denet({ "script", "hello-plugin", "--who", "you", "--", "true" }, env)
     assert.equals(0, code)
     assert.matches("to you\nhello\n", out)
+    -- a command is not a plugin
+    code, _, err = H.denet({ "run", "-q", "--plugin", "offcpu", "--", "true" })
+    assert.equals(2, code)
+    assert.matches("plugin offcpu: .*offcpu%.lua is not a plugin", err)
     code, _, err = H.denet({ "script", "offcpu", "--stack-depth", "x" })
     assert.equals(2, code)
     assert.matches("%-%-stack%-depth needs a non%-negative whole number, got 'x'", err)
