@@ -90,6 +90,9 @@ local function main(o)
     roots = roots, proc = proc, tid = o.tid, min_us = o.min_us, max_us = o.max_us, states = states,
     user_only = o.user_only, kernel_only = o.kernel_only, stack_depth = o.stack_depth,
     stack_storage = o.stack_storage, stack_reuse = o.stack_reuse,
+    on_process = function(ev)
+      host:call("on_process", ev)
+    end,
   }
   local duration = o.duration
   host:call("on_start", { pid = proc and proc.pid or roots[1], pids = roots, cmd = o.cmd, tid = o.tid })

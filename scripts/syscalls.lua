@@ -80,6 +80,9 @@ local function main(o)
     roots = roots, proc = proc, latency = o.latency, per_thread = o.per_thread, per_process = o.per_process,
     failed = o.failed,
     errno = errno, syscalls = names,
+    on_process = function(ev)
+      host:call("on_process", ev)
+    end,
   }
   local ropts = function()
     return { top = top, per_process = o.per_process, per_thread = o.per_thread }

@@ -206,7 +206,8 @@ Tracer.__index = Tracer
 --- Start off-CPU tracing. opts: roots = {pid,...} (their trees; empty:
 --- every process), tid (one thread), min_us, max_us, states (mask),
 --- user_only, kernel_only, stack_storage, proc (a held denet.spawn process
---- to track before it runs). Returns the tracer; tracer:report() reads it.
+--- to track before it runs), on_process(ev) (fork/exec/exit of tracked
+--- processes). Returns the tracer; tracer:report() reads it.
 function M.start(opts)
   local cflags = { "-DDN_HOOK_OFFCPU" }
   if opts.min_us then
@@ -245,6 +246,9 @@ function M.start(opts)
     on_event = function(ev)
       if ev.kind == "exec" or ev.kind == "fork" then
         self.recapture = true
+      end
+      if opts.on_process then
+        opts.on_process(ev)
       end
     end,
   }

@@ -76,7 +76,8 @@ Tracer.__index = Tracer
 --- Start counting. opts: roots = {pid,...} (their trees; none and no proc:
 --- the whole machine), proc (a held denet.spawn process), latency,
 --- per_thread, per_process (without either: totals per syscall only,
---- by_nr), failed, errno (number), syscalls (list of names), keys.
+--- by_nr), failed, errno (number), syscalls (list of names), keys,
+--- on_process(ev) (fork/exec/exit of tracked processes).
 function M.start(opts)
   local cflags = { "-DDN_HOOK_SYSCALLS" }
   opts.by_nr = not opts.per_process and not opts.per_thread
@@ -92,6 +93,9 @@ function M.start(opts)
     on_event = function(ev)
       if ev.comm and ev.comm ~= "" then
         self.comms[ev.pid] = ev.comm
+      end
+      if opts.on_process then
+        opts.on_process(ev)
       end
     end,
   }

@@ -105,14 +105,21 @@ describe("plugins", function()
     assert.same({ "on_init", "on_start", "on_offcpu", "on_end" }, { seq[1], seq[2], seq[#seq - 1], seq[#seq] })
     assert.equals("offcpu", find(read_log(log), "on_offcpu")[1].kind)
 
-    code, _, err = H.denet({ "script", "syscalls", "-i", "0.1", "--plugin", p, "--", H.fixture("getppid_n"),
-      "100", "350", "100" })
+    code, _, err = H.denet({ "script", "syscalls", "-i", "0.04", "--plugin", p, "--", H.fixture("syscall_mix") })
     assert.equals(0, code, err)
     local list = read_log(log)
     local sc = find(list, "on_syscalls")
     assert.is_true(#sc >= 3)
     assert.equals("syscalls", sc[1].kind)
     assert.equals("on_end", list[#list].hook)
+    -- the fixture forks one child: on_process sees it come and go
+    local kinds = {}
+    for _, e in ipairs(find(list, "on_process")) do
+      kinds[e.kind] = (kinds[e.kind] or 0) + 1
+      assert.equals(list[2].pid, e.kind == "fork" and e.ppid or list[2].pid)
+    end
+    assert.equals(1, kinds.fork)
+    assert.is_true(kinds.exit >= 1)
   end)
 
   it("on_interval runs on wall-clock time with no events, and returning false ends the run", function()
