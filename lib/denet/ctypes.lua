@@ -123,6 +123,10 @@ local WIDE_INT = {
 --- { ct = ctype, name = typedef name, size = bytes, scalar = "small"|"wide"|"float"|nil,
 ---   fields = { {name, kind}, ... } for structs, decl = C text }.
 --- expected_size, when given, must match ffi.sizeof (a mismatch raises).
+--- The fields of the struct types made here, by ctype id
+--- (tonumber(ffi.typeof(v))): { {name, kind}, ... }; for printing.
+M.field_names = {}
+
 function M.from_desc(json, expected_size)
   local ok, d = pcall(cjson.decode, json)
   if not ok then
@@ -155,6 +159,7 @@ function M.from_desc(json, expected_size)
     end
   elseif type(d) == "table" then
     t.fields = {}
+    M.field_names[tonumber(ct)] = t.fields
     for _, f in ipairs(d[2] or {}) do
       local fname, ftype, extra = f[1], f[2], f[3]
       if type(ftype) == "string" and extra == nil and fname ~= "" then

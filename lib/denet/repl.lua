@@ -44,7 +44,24 @@ function M.pretty(v, depth, seen, indent)
     return string.format("%q", v)
   elseif t == "cdata" then
     if ffi.istype("uint64_t", v) or ffi.istype("int64_t", v) then
-      return tostring(v):gsub("U?LL$", "")
+      return (tostring(v):gsub("U?LL$", ""))
+    end
+    -- a BPF table's struct: its fields, as a table
+    local fields = require("denet.ctypes").field_names[tonumber(ffi.typeof(v))]
+    if fields and depth > 0 then
+      local out = {}
+      for _, f in ipairs(fields) do
+        local ok, x = pcall(function()
+          return v[f.name]
+        end)
+        if ok and not f.name:match("^__pad") then
+          if type(x) == "cdata" and tostring(ffi.typeof(x)):find("char[^%w_]*%[") then
+            x = ffi.string(x)
+          end
+          out[#out + 1] = f.name .. " = " .. M.pretty(x, depth - 1, seen, indent .. "  ")
+        end
+      end
+      return "{ " .. table.concat(out, ", ") .. " }"
     end
     return tostring(v)
   elseif t ~= "table" then
@@ -240,6 +257,7 @@ end
 local HELP = [[
 denet repl: Lua with denet loaded.
   denet, bpf (denet.bpf), BPF, ffi, sysnames    the library
+  monitor, offcpu, syscalls                       the built-ins' libraries (docs/lua-api.md)
   target                                          the PID given with -p or started with -- CMD (nil: none)
   go()                                            let the held command (-- CMD) run
   offcpu = live.offcpu()                          start off-CPU tracing of the target (or everything)
@@ -293,6 +311,10 @@ function M.env(target, proc)
   env.BPF = env.bpf
   env.ffi = ffi
   env.sysnames = require("denet.sysnames")
+  -- the built-ins' libraries
+  env.monitor = require("denet.monitor")
+  env.offcpu = require("denet.offcpu")
+  env.syscalls = require("denet.syscalls")
   env.target = target
   env.proc = proc
   env.live = {

@@ -81,4 +81,21 @@ describe("denet repl", function()
     }, { "--", H.fixture("sleep_loop"), "20", "50" }, env)
     assert.equals(0, code, err .. out)
   end)
+
+  it("prints the structs of BPF tables field by field", function()
+    local BPF = require("denet.bpf")
+    local repl = require("denet.repl")
+    local b = BPF.new{ text = [[
+struct k { u32 pid; char comm[16]; };
+struct v { u64 n; u32 x; };
+BPF_HASH(h, struct k, struct v, 16);
+]] }
+    local t = b:get_table("h")
+    t:set({ pid = 7, comm = "abc" }, { n = 5, x = 2 })
+    for k, v in t:items() do
+      assert.equals('{ pid = 7, comm = "abc" }', repl.pretty(k))
+      assert.equals("{ n = 5, x = 2 }", repl.pretty(v))
+    end
+    b:close()
+  end)
 end)
