@@ -19,7 +19,7 @@ PACKAGES=(
   # kernel headers for libbcc (see DEVELOPERS notes in docs/troubleshooting.md)
   linux-headers-amd64
   # anchors and benchmark tools
-  bpftrace bpfcc-tools python3-bpfcc python3-psutil hyperfine stress-ng sysstat linux-perf time
+  bpftrace bpfcc-tools python3 python3-bpfcc python3-psutil hyperfine stress-ng sysstat linux-perf time
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

@@ -5,7 +5,7 @@
 local cjson = require("cjson")
 
 local function drive(steps, args, env)
-  local argv = { "python3", H.source .. "/tests/tools/pty_drive.py", cjson.encode(steps), "--", H.bin, "repl" }
+  local argv = { "/usr/bin/python3", H.source .. "/tests/tools/pty_drive.py", cjson.encode(steps), "--", H.bin, "repl" }
   for _, a in ipairs(args or {}) do
     argv[#argv + 1] = a
   end

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Drive an interactive program through a pseudo-terminal.
 
 pty_drive.py STEPS_JSON -- CMD ARGS...
