@@ -71,20 +71,22 @@ end
 --- folder holding it, can be written by anyone other than root and the
 --- file's owner. Returns true, or false and the one-line reason with the
 --- fix.
-function M.trusted(path)
+function M.trusted(path, hops)
   local st, err = core.stat(path)
   if not st then
     return false, err
   end
   if st.link then
     -- judge what the link points to, and where
+    hops = (hops or 0) + 1
     local target = core.readlink(path)
-    if target then
-      if target:sub(1, 1) ~= "/" then
-        target = dirname(path) .. "/" .. target
-      end
-      return M.trusted(target)
+    if not target or hops > 8 then
+      return false, string.format("refusing to load %s: a symbolic link that does not resolve", path)
     end
+    if target:sub(1, 1) ~= "/" then
+      target = dirname(path) .. "/" .. target
+    end
+    return M.trusted(target, hops)
   end
   if bit.band(st.mode, 18) ~= 0 then -- 022: group or others may write
     return false, string.format("refusing to load %s: it is writable by %s (fix: chmod go-w %s)", path,
