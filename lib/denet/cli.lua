@@ -35,6 +35,19 @@ local STANDALONE = {
   { name = "interval", flag = "-i", type = "positive", metavar = "MS", help = "sample interval (default 100)" },
 }
 
+-- The arguments of a plugin run on its own: its declared ones, then
+-- STANDALONE's.
+local function standalone_args(declared)
+  local list = {}
+  for _, a in ipairs(declared or {}) do
+    list[#list + 1] = a
+  end
+  for _, a in ipairs(STANDALONE) do
+    list[#list + 1] = a
+  end
+  return list
+end
+
 local function script_name(path)
   return (path:match("([^/]+)$") or path):gsub("%.lua$", "")
 end
@@ -47,13 +60,7 @@ local function run_plugin(t, path, args)
   local args_mod = require("denet.args")
   local name = script_name(path)
   local prog = "denet script " .. name
-  local spec = { description = t.description, example = t.example, args = {} }
-  for _, a in ipairs(t.args or {}) do
-    spec.args[#spec.args + 1] = a
-  end
-  for _, a in ipairs(STANDALONE) do
-    spec.args[#spec.args + 1] = a
-  end
+  local spec = { description = t.description, example = t.example, args = standalone_args(t.args) }
   local o = args_mod.parse(prog, spec, args)
   if o.help then
     io.stdout:write(args_mod.usage(prog, spec))
@@ -186,13 +193,7 @@ local function info(args)
   elseif d.kind ~= "script" then
     local spec = { args = d.args, example = d.example or string.format("denet script %s -- CMD", sname) }
     if d.kind == "plugin" then
-      spec.args = {}
-      for _, a in ipairs(d.args) do
-        spec.args[#spec.args + 1] = a
-      end
-      for _, a in ipairs(STANDALONE) do
-        spec.args[#spec.args + 1] = a
-      end
+      spec.args = standalone_args(d.args)
     end
     out[#out + 1] = args_mod.usage("denet script " .. sname, spec)
     if d.kind == "plugin" then
