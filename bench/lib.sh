@@ -1,7 +1,23 @@
 # Shared by the benchmarks that time a load under tracers (sourced).
 # The sourcing script defines bench (prints the load's time) and
-# prog_stats (prints "run_time_ns events" of the programs it measures),
-# and sets tmp; bg holds the tracer running in the background.
+# prog_stats (prints "run_time_ns events" of the programs it measures);
+# bg holds the tracer running in the background.
+
+# Turn kernel.bpf_stats_enabled on and make $tmp; on exit stop a tracer
+# still running, restore the setting and remove $tmp.
+bpf_stats_on() {
+  tmp=$(mktemp -d)
+  old_stats=$(cat /proc/sys/kernel/bpf_stats_enabled)
+  bg=
+  trap bench_cleanup EXIT
+  echo 1 >/proc/sys/kernel/bpf_stats_enabled
+}
+
+bench_cleanup() {
+  [ -n "$bg" ] && kill -INT "$bg" 2>/dev/null && wait "$bg" 2>/dev/null || true
+  echo "$old_stats" >/proc/sys/kernel/bpf_stats_enabled
+  rm -rf "$tmp"
+}
 
 # run_under NAME CMD...: start the tracer, wait until its programs run,
 # time the load, stop the tracer; prints "seconds ns_per_event"

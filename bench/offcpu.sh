@@ -16,16 +16,8 @@ rounds=${3:-3}
 denet=$build/denet
 out=$here/results
 mkdir -p "$out"
-tmp=$(mktemp -d)
-old_stats=$(cat /proc/sys/kernel/bpf_stats_enabled)
-bg=
-cleanup() {
-  [ -n "$bg" ] && kill -INT "$bg" 2>/dev/null && wait "$bg" 2>/dev/null || true
-  echo "$old_stats" >/proc/sys/kernel/bpf_stats_enabled
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-echo 1 >/proc/sys/kernel/bpf_stats_enabled
+. "$here/lib.sh"
+bpf_stats_on
 
 BT='tracepoint:sched:sched_switch {
   @start[args->prev_pid] = nsecs; @ks[args->prev_pid] = kstack; @us[args->prev_pid] = ustack;
@@ -49,7 +41,6 @@ for p in json.load(sys.stdin):
 print(t, c)'
 }
 
-. "$here/lib.sh"
 
 sleep 600 &
 idle=$!

@@ -17,16 +17,8 @@ denet=$build/denet
 load=$build/fixtures/getppid_n
 out=$here/results
 mkdir -p "$out"
-tmp=$(mktemp -d)
-old_stats=$(cat /proc/sys/kernel/bpf_stats_enabled)
-bg=
-cleanup() {
-  [ -n "$bg" ] && kill -INT "$bg" 2>/dev/null && wait "$bg" 2>/dev/null || true
-  echo "$old_stats" >/proc/sys/kernel/bpf_stats_enabled
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-echo 1 >/proc/sys/kernel/bpf_stats_enabled
+. "$here/lib.sh"
+bpf_stats_on
 
 # the load's wall time in seconds
 bench() {
@@ -49,7 +41,6 @@ for p in json.load(sys.stdin):
 print(t, c)'
 }
 
-. "$here/lib.sh"
 
 for r in $(seq "$rounds"); do
   echo "bare $(bench) 0" >>"$tmp/res"
