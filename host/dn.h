@@ -9,6 +9,8 @@
  *   dn_procfs_* fast /proc readers for the monitor (dn_procfs.c)
  *   dn_sym_*   kernel and user symbol resolution (dn_sym.c)
  *   dn_sys_*   clocks, privileges and machine probes for `doctor` (dn_sys.c)
+ *   dn_trust_* what a privileged denet agrees to load, and Lua's loaders
+ *              that read exactly what was checked (dn_trust.c)
  * Each subsystem exposes its Lua functions by adding them to the table on
  * top of the stack in dn_*_open(); together they form the `denet.core`
  * module that the Lua files in lib/denet/ wrap. Lua code never calls libbcc through the
@@ -47,10 +49,37 @@ void dn_vm_setfuncs(lua_State *L, const luaL_Reg *fns);
 void dn_vm_newclass(lua_State *L, const char *name, lua_CFunction gc, const luaL_Reg *methods);
 /* A 64-bit address argument: a Lua number or a 64-bit integer cdata. */
 uint64_t dn_vm_checku64(lua_State *L, int idx);
+/* Push a user error (one line for the user, exit code `code`): a table
+ * { denet_error = true, message, code } whose tostring is the message. */
+void dn_vm_user_error(lua_State *L, const char *message, int code);
 /* Push a userdata-free argument error helper result: nil, message, errno.
  * Returns 3 (the number of values pushed). */
 int dn_vm_fail(lua_State *L, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* dn_trust.c ------------------------------------------------------------- */
+
+/* Decide the policy once: enforced when the process is privileged (euid 0
+ * or any effective capability); trusted owners are root and the invoking
+ * user (SUDO_UID under sudo, else the real uid). allow_untrusted: the
+ * user's --allow-untrusted. */
+void dn_trust_init(int allow_untrusted);
+/* Are ownership and mode checks applied (privileged and not allowed)? */
+int dn_trust_enforced(void);
+/* --allow-untrusted from here on (or not). */
+void dn_trust_allow(int allow);
+/* Open the regular file at path for reading after judging it and every
+ * directory above it (see dn_trust.c). Returns the descriptor (the caller
+ * owns it) or -errno: -EPERM when refused, with the reason and its fix in
+ * why; -EAGAIN when it changed during the check. */
+int dn_trust_open(const char *path, char *why, size_t n);
+/* Judge the directory at path the same way; 0 or -errno as above. */
+int dn_trust_dir(const char *path, char *why, size_t n);
+/* dn_trust_open, then read it all into *buf (malloc'd; the caller frees). */
+int dn_trust_read(const char *path, char **buf, size_t *len, char *why, size_t n);
+/* Clean package.path/cpath and replace Lua's file searchers, loadfile,
+ * dofile and package.loadlib with ones that go through dn_trust_open. */
+void dn_trust_install(lua_State *L);
 
 /* dn_loop.c -------------------------------------------------------------- */
 
@@ -81,6 +110,7 @@ void dn_procfs_open(lua_State *L);
 void dn_sym_open(lua_State *L);
 void dn_sys_open(lua_State *L);
 void dn_repl_open(lua_State *L);
+void dn_trust_open_lua(lua_State *L);
 
 /* dn_sym.c: the user-space resolver, also used by C unit tests ----------- */
 

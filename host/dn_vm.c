@@ -2,8 +2,8 @@
  * dn_vm.c - the Lua state: creation, search paths, protected calls and the
  * way errors reach the user.
  *
- * Depends on LuaJIT's C API and on dn_config.h for where the Lua library
- * lives. Every call from C into Lua goes through dn_vm_pcall(), which adds
+ * Depends on LuaJIT's C API, on dn_config.h for where the Lua library
+ * lives and on dn_trust.c for how files are loaded. Every call from C into Lua goes through dn_vm_pcall(), which adds
  * a traceback to script bugs; errors that are meant for users (tables
  * built by lib/denet/errors.lua, field `denet_error`) pass through intact so
  * dn_vm_report() can print them as one line and use their exit code.
@@ -63,6 +63,35 @@ const char *dn_vm_root(void)
 	return dn_root;
 }
 
+static int user_error_tostring(lua_State *L)
+{
+	lua_getfield(L, 1, "message");
+	return 1;
+}
+
+void dn_vm_user_error(lua_State *L, const char *message, int code)
+{
+	lua_createtable(L, 0, 3);
+	lua_pushboolean(L, 1);
+	lua_setfield(L, -2, "denet_error");
+	lua_pushstring(L, message);
+	lua_setfield(L, -2, "message");
+	lua_pushinteger(L, code);
+	lua_setfield(L, -2, "code");
+	if (luaL_newmetatable(L, "denet.UserError")) {
+		lua_pushcfunction(L, user_error_tostring);
+		lua_setfield(L, -2, "__tostring");
+	}
+	lua_setmetatable(L, -2);
+}
+
+/* core.user_error(message, code) -> the error value (see dn_vm_user_error) */
+static int l_user_error(lua_State *L)
+{
+	dn_vm_user_error(L, luaL_checkstring(L, 1), (int)luaL_optinteger(L, 2, 2));
+	return 1;
+}
+
 static int core_open(lua_State *L)
 {
 	lua_newtable(L);
@@ -73,6 +102,9 @@ static int core_open(lua_State *L)
 	dn_sym_open(L);
 	dn_sys_open(L);
 	dn_repl_open(L);
+	dn_trust_open_lua(L);
+	lua_pushcfunction(L, l_user_error);
+	lua_setfield(L, -2, "user_error");
 	lua_pushstring(L, dn_vm_root());
 	lua_setfield(L, -2, "root");
 	lua_pushstring(L, DN_VERSION);
@@ -123,6 +155,8 @@ lua_State *dn_vm_new(void)
 	lua_pushcfunction(L, core_open);
 	lua_setfield(L, -2, "denet.core");
 	lua_pop(L, 2);
+	/* no relative search entries; every file loaded through the check */
+	dn_trust_install(L);
 	return L;
 }
 

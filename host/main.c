@@ -9,13 +9,29 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "dn.h"
 
+/* --allow-untrusted anywhere before "--" holds for the whole run, from
+ * the first module loaded on. */
+static int allow_untrusted(int argc, char **argv)
+{
+	int i;
+
+	for (i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
+		if (strcmp(argv[i], "--allow-untrusted") == 0)
+			return 1;
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
-	lua_State *L = dn_vm_new();
+	lua_State *L;
 	int code, i;
+
+	dn_trust_init(allow_untrusted(argc, argv));
+	L = dn_vm_new();
 
 	if (!L) {
 		fprintf(stderr, "denet: cannot create the Lua state: out of memory\n");
@@ -32,8 +48,10 @@ int main(int argc, char **argv)
 	lua_pushstring(L, "denet.cli");
 	if (dn_vm_pcall(L, 1, 1) != 0) {
 		code = dn_vm_report(L);
-		fprintf(stderr, "denet: the Lua library under %s/lib is broken or missing\n",
-		        dn_vm_root());
+		/* a refusal (code 2) already said what is wrong, in one line */
+		if (code != 2)
+			fprintf(stderr, "denet: the Lua library under %s/lib is broken or missing\n",
+			        dn_vm_root());
 		return code;
 	}
 	/* stack: cli -> cli.main, argv */

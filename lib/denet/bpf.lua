@@ -40,14 +40,96 @@ local u64 = ffi.typeof("uint64_t")
 ---------------------------------------------------------------------------
 -- construction
 
+-- BPF C is code a privileged denet hands to the kernel: read it through
+-- the same ownership check as Lua files (host/dn_trust.c).
 local function read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then
-    errors.raise(string.format("cannot read BPF source %s: %s", path, err))
+  local s, err = core.trust_read(path)
+  if not s then
+    errors.raise((err:gsub("^cannot read ", "cannot read BPF source ")))
   end
-  local s = f:read("*a")
-  f:close()
   return s
+end
+
+local function dirname(p)
+  return p:match("^(.*)/[^/]*$") or "."
+end
+
+-- The folders clang would search for #include "x": -iquote and -I ones.
+local function quote_dirs(cflags)
+  local dirs, i = {}, 1
+  while i <= #cflags do
+    local f = cflags[i]
+    local d = f:match("^%-iquote(.+)$") or f:match("^%-I(.+)$")
+    if not d and (f == "-I" or f == "-iquote") then
+      i = i + 1
+      d = cflags[i]
+    end
+    dirs[#dirs + 1] = d
+    i = i + 1
+  end
+  return dirs
+end
+
+--- Put every quoted #include that names a real file in place, read through
+--- the trust check, between #line markers: clang then opens no file of its
+--- own (what was checked is what is compiled) and its diagnostics still
+--- name file:line. An include is looked for as clang does: beside the file
+--- that includes it (basedir; none for text=), then in each of dirs.
+--- Includes that name no file (libbcc's virtual headers, system headers
+--- with quotes) are left to clang. #pragma once is honoured.
+function BPF._inline_includes(text, name, basedir, dirs, once, depth)
+  once, depth = once or {}, depth or 0
+  if depth > 32 then
+    errors.script(string.format("%s: #include nested more than 32 deep", name))
+  end
+  local out = {}
+  local file, line = name, 0
+  for l in (text .. (text:sub(-1) == "\n" and "" or "\n")):gmatch("([^\n]*)\n") do
+    line = line + 1
+    local ln, fname = l:match('^%s*#%s*line%s+(%d+)%s*"([^"]*)"')
+    local inc = not ln and l:match('^%s*#%s*include%s*"([^"]+)"')
+    local path
+    if inc then
+      local cands = {}
+      if inc:sub(1, 1) == "/" then
+        cands[1] = inc
+      else
+        if basedir then
+          cands[1] = basedir .. "/" .. inc
+        end
+        for _, d in ipairs(dirs) do
+          cands[#cands + 1] = d .. "/" .. inc
+        end
+      end
+      for _, c in ipairs(cands) do
+        local st = core.stat(c)
+        if st and not st.dir then
+          path = c
+          break
+        end
+      end
+    end
+    if ln then
+      file, line = fname, tonumber(ln) - 1
+      out[#out + 1] = l
+    elseif path then
+      if not once[path] then
+        local body = read_file(path)
+        local pragma
+        body, pragma = ("\n" .. body):gsub("\n%s*#%s*pragma%s+once[^\n]*", "\n")
+        body = body:sub(2)
+        if pragma > 0 then
+          once[path] = true
+        end
+        out[#out + 1] = string.format('#line 1 "%s"', path)
+        out[#out + 1] = BPF._inline_includes(body, path, dirname(path), dirs, once, depth + 1)
+      end
+      out[#out + 1] = string.format('#line %d "%s"', line + 1, file)
+    else
+      out[#out + 1] = l
+    end
+  end
+  return table.concat(out, "\n")
 end
 
 -- Where did the Lua code that called BPF.new live? (for messages)
@@ -104,17 +186,20 @@ function BPF.new(opts)
   sys.require_bpf()
   local text = opts.text
   local name = opts.name or "bpf.c"
+  local basedir
   if opts.src_file then
     text = read_file(opts.src_file)
     name = opts.name or opts.src_file
+    basedir = dirname(opts.src_file)
   end
-  local ringbufs
-  text, ringbufs = BPF._count_ringbuf_losses(text)
-  text = BPF._fix_lines(text, name)
   local cflags = { "-I" .. core.root .. "/bpf-src" }
   for _, f in ipairs(opts.cflags or {}) do
     cflags[#cflags + 1] = f
   end
+  text = BPF._inline_includes(text, name, basedir, quote_dirs(cflags))
+  local ringbufs
+  text, ringbufs = BPF._count_ringbuf_losses(text)
+  text = BPF._fix_lines(text, name)
   local t0 = core.monotonic()
   local m, diag = core.bpf_compile(text, false, cflags)
   local compile_s = core.monotonic() - t0

@@ -22,8 +22,10 @@ commands:
   version                      print versions of denet, LuaJIT and libbcc
   help                         this text
 
-Scripts are looked for in ./, $DENET_PATH, ~/.config/denet/scripts and
-]] .. core.root .. [[/scripts.
+Scripts named without a path are the built-ins (]] .. core.root .. [[/scripts),
+then those in $DENET_PATH and ~/.config/denet/scripts; the current folder is
+never searched (name a file there ./x.lua). As root, denet loads only files
+that root or the invoking user owns and no one else can write (docs/security.md).
 ]]
 
 -- Arguments a plugin run on its own takes besides its own: the target
@@ -98,7 +100,7 @@ local function run_plugin(t, path, args)
       argv[#argv + 1] = c
     end
   end
-  local mon = assert(loadfile(core.root .. "/scripts/monitor.lua"))()
+  local mon = assert(plugins.load_file(core.root .. "/scripts/monitor.lua"))()
   return mon.main(argv, host) or 0
 end
 
@@ -109,7 +111,7 @@ end
 --- on the monitor. Returns the exit code (a number the script returns or
 --- main returns, else 0).
 function M.run_script(path, args)
-  local chunk, err = loadfile(path)
+  local chunk, err = require("denet.plugins").load_file(path)
   if not chunk then
     -- a syntax error is a script bug: file:line: message, exit 1
     error(err, 0)
@@ -237,11 +239,13 @@ local COMMANDS = {
       errors.raise("script: missing the script name or file (usage: denet script NAME|FILE [args...])")
     end
     local plugins = require("denet.plugins")
+    if allow then
+      core.trust_allow(true)
+    end
     local path, err = plugins.find(name)
     if not path then
       errors.raise(err)
     end
-    plugins.check_trust(path, allow)
     return M.run_script(path, args)
   end,
   list = list,

@@ -5,17 +5,14 @@
 -- "denet: <what failed>: <why>; <how to fix>", and exits with its code
 -- (2 unless said otherwise), without a traceback. Anything else raised is a
 -- script bug and is printed as file:line with a traceback (exit 1).
+local core = require("denet.core")
+
 local M = {}
 
-local UserError = {}
-UserError.__index = UserError
-UserError.__tostring = function(e)
-  return e.message
-end
-
--- Build a user error. code defaults to 2.
+-- Build a user error. code defaults to 2. The host builds the same value
+-- for its own refusals (dn_vm_user_error), so tostring gives the message.
 function M.user(message, code)
-  return setmetatable({ denet_error = true, message = message, code = code or 2 }, UserError)
+  return core.user_error(message, code or 2)
 end
 
 -- Raise a user error.
@@ -26,7 +23,9 @@ end
 -- A script-level failure that already names its place (a BPF compile
 -- error with clang's diagnostics): printed as is, exit 1, no traceback.
 function M.script(message)
-  error(setmetatable({ denet_error = true, message = message, code = 1, plain = true }, UserError), 0)
+  local e = core.user_error(message, 1)
+  e.plain = true
+  error(e, 0)
 end
 
 function M.is_user(e)

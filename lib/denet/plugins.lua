@@ -23,29 +23,64 @@ M.MAX_ERRORS = 3 -- a plugin failing this many times is disabled
 ---------------------------------------------------------------------------
 -- where scripts are
 
---- The search path, in order: ./, $DENET_PATH (colon-separated),
---- ~/.config/denet/scripts, the installed scripts and examples.
-function M.search_path()
-  local dirs = { "." }
-  for d in (os.getenv("DENET_PATH") or ""):gmatch("[^:]+") do
-    dirs[#dirs + 1] = d
-  end
-  local home = os.getenv("HOME")
-  if home and home ~= "" then
-    dirs[#dirs + 1] = home .. "/.config/denet/scripts"
-  end
-  dirs[#dirs + 1] = core.root .. "/scripts"
-  dirs[#dirs + 1] = core.root .. "/scripts/examples"
-  return dirs
-end
-
 local function is_file(p)
   local st = core.stat(p)
   return st and not st.dir
 end
 
---- The file of script `name` (a path, or a name looked up as NAME.lua on
---- the search path); nil and a message when there is none.
+local notes = {} -- one line each, once per run
+local function note(text)
+  if not notes[text] then
+    notes[text] = true
+    io.stderr:write("denet: ", text, "\n")
+  end
+end
+
+--- The folders of the built-in scripts: they come first, and their names
+--- always mean them.
+function M.builtin_dirs()
+  return { core.root .. "/scripts", core.root .. "/scripts/examples" }
+end
+
+--- The folders searched for scripts named without a path, in order: the
+--- built-ins, $DENET_PATH (colon-separated), ~/.config/denet/scripts. The
+--- current directory is never searched (name a file there ./x.lua).
+--- Relative $DENET_PATH entries, and (as root) folders that fail the
+--- trust check, are left out with one line each.
+function M.search_path()
+  local dirs = M.builtin_dirs()
+  local function add(d, asked)
+    if d:sub(1, 1) ~= "/" then
+      note(string.format("ignoring DENET_PATH entry '%s': relative entries are never searched (use an absolute "
+        .. "path)", d))
+      return
+    end
+    local ok, why, errno = core.trust_dir(d)
+    if ok or (errno ~= 1 and errno ~= 40) then -- EPERM, ELOOP: refused; missing folders are harmless
+      dirs[#dirs + 1] = d
+    elseif asked then
+      note(string.format("ignoring DENET_PATH entry '%s': %s", d, why))
+    else
+      note(string.format("ignoring %s: %s", d, why))
+    end
+  end
+  for d in (os.getenv("DENET_PATH") or ""):gmatch("[^:]+") do
+    add(d, true)
+  end
+  local home = os.getenv("HOME")
+  if home and home:sub(1, 1) == "/" then
+    local d = home .. "/.config/denet/scripts"
+    if core.stat(d) then
+      add(d, false)
+    end
+  end
+  return dirs
+end
+
+--- The file of script `name`: a path (it has a "/" or ends in .lua), or a
+--- name looked up as NAME.lua on the search path, built-ins first; nil and
+--- a message when there is none. A file of a built-in's name elsewhere on
+--- the path gets one line and is not used.
 function M.find(name)
   if name:find("/") or name:match("%.lua$") then
     if is_file(name) then
@@ -53,69 +88,53 @@ function M.find(name)
     end
     return nil, string.format("cannot open script %s: no such file", name)
   end
-  for _, dir in ipairs(M.search_path()) do
+  local found
+  for i, dir in ipairs(M.search_path()) do
     local p = dir .. "/" .. name .. ".lua"
     if is_file(p) then
-      return p
+      if not found then
+        found = p
+        if i > #M.builtin_dirs() then
+          break
+        end
+      elseif i > #M.builtin_dirs() then
+        note(string.format("%s has the name of a built-in; '%s' means the built-in (run that file by its path)",
+          p, name))
+      end
     end
   end
-  return nil, string.format("no script named '%s' on the search path (%s); denet list shows them", name,
-    table.concat(M.search_path(), ":"))
+  if found then
+    return found
+  end
+  return nil, string.format("no script named '%s' on the search path (%s); denet list shows them, and a file "
+    .. "in the current folder is named by its path (./%s.lua)", name, table.concat(M.search_path(), ":"), name)
 end
 
-local function dirname(p)
-  return p:match("^(.*)/[^/]*$") or "."
+--- May denet run the code in path? As root (or with capabilities), the
+--- file and every folder from / down to it must belong to root or the
+--- invoking user (SUDO_UID under sudo) and be writable by no one else
+--- (sticky folders like /tmp excepted); see host/dn_trust.c. Returns true,
+--- or false and the one-line refusal with the fix.
+function M.trusted(path)
+  local text, err, _, refused = core.trust_read(path)
+  if text then
+    return true
+  end
+  return false, err, refused
 end
 
---- May denet (root) run the code in path? Not when the file, or the
---- folder holding it, can be written by anyone other than root and the
---- file's owner. Returns true, or false and the one-line reason with the
---- fix.
-function M.trusted(path, hops)
-  local st, err = core.stat(path)
-  if not st then
-    return false, err
-  end
-  if st.link then
-    -- judge what the link points to, and where
-    hops = (hops or 0) + 1
-    local target = core.readlink(path)
-    if not target or hops > 8 then
-      return false, string.format("refusing to load %s: a symbolic link that does not resolve", path)
-    end
-    if target:sub(1, 1) ~= "/" then
-      target = dirname(path) .. "/" .. target
-    end
-    return M.trusted(target, hops)
-  end
-  if bit.band(st.mode, 18) ~= 0 then -- 022: group or others may write
-    return false, string.format("refusing to load %s: it is writable by %s (fix: chmod go-w %s)", path,
-      bit.band(st.mode, 2) ~= 0 and "everyone" or "its group", path)
-  end
-  local dir = dirname(path)
-  local dst = core.stat(dir)
-  if dst then
-    local others = bit.band(dst.mode, 18) ~= 0
-    if others or (dst.uid ~= 0 and dst.uid ~= st.uid) then
-      local why = others and string.format("its folder %s is writable by %s", dir,
-        bit.band(dst.mode, 2) ~= 0 and "everyone" or "its group")
-        or string.format("its folder %s belongs to another user (uid %d)", dir, dst.uid)
-      return false, string.format("refusing to load %s: %s (fix: move it to a folder only you can write, "
-        .. "e.g. ~/.config/denet/scripts, or pass --allow-untrusted)", path, why)
-    end
-  end
-  return true
-end
-
---- Raise the user error of trusted() unless allowed.
-function M.check_trust(path, allow)
+--- Read the Lua file at path through the trust check and compile it (as
+--- loadfile, chunk name @path). allow: --allow-untrusted. A refusal or an
+--- unreadable file raises a user error; a syntax error returns nil, msg.
+function M.load_file(path, allow)
   if allow then
-    return
+    core.trust_allow(true)
   end
-  local ok, why = M.trusted(path)
-  if not ok then
-    errors.raise(why)
+  local text, err = core.trust_read(path)
+  if not text then
+    errors.raise(err)
   end
+  return loadstring((text:gsub("^#[^\n]*", "")), "@" .. path)
 end
 
 ---------------------------------------------------------------------------
@@ -141,7 +160,14 @@ end
 --- plugin (has hooks) or a command (main). Plain scripts give
 --- { kind = "script" }.
 function M.describe(path)
-  local chunk = loadfile(path)
+  local text, err, _, refused = core.trust_read(path)
+  if not text then
+    if refused then
+      return { kind = "refused", description = err, refused = true }
+    end
+    return { kind = "script", broken = true }
+  end
+  local chunk = loadstring((text:gsub("^#[^\n]*", "")), "@" .. path)
   if not chunk then
     return { kind = "script", broken = true }
   end
@@ -226,8 +252,7 @@ function M.load(spec, opts)
   if not path then
     errors.raise(err)
   end
-  M.check_trust(path, opts.allow_untrusted)
-  local chunk, lerr = loadfile(path)
+  local chunk, lerr = M.load_file(path, opts.allow_untrusted)
   if not chunk then
     errors.raise(string.format("plugin %s: %s", basename(path), lerr))
   end
@@ -367,7 +392,7 @@ function M.cli_args(hooks)
   return {
     { name = "plugin", type = "string", repeatable = true, metavar = "NAME[:K=V,...]",
       help = "run a plugin (" .. hooks .. "); repeatable" },
-    { name = "allow_untrusted", type = "bool", help = "load plugins others can write" },
+    { name = "allow_untrusted", type = "bool", help = "load files that fail the ownership check (docs/security.md)" },
   }
 end
 

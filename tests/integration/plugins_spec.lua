@@ -182,7 +182,7 @@ return { description = "counts", on_sample = function() n = n + 1; return { n = 
     os.execute("chmod 666 " .. H.quote(p))
     local code, out, err = H.denet({ "run", "-q", "--plugin", p, "--", "true" })
     assert.equals(2, code)
-    assert.matches("refusing to load .* writable by everyone %(fix: chmod go%-w", err)
+    assert.matches("refusing to load .*: it is writable by everyone %(fix: chmod go%-w", err)
     assert.equals(1, select(2, err:gsub("\n", "")), err)
     assert.equals("", out)
     code, out = H.denet({ "run", "-q", "--allow-untrusted", "--plugin", p, "--", "true" })
