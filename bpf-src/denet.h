@@ -14,6 +14,17 @@
  * reports TASK_REPORT_MAX (0x100), which has none of them set */
 #define DN_TASK_STATE_MASK 0xffULL
 
+/* v, made no larger than max (a constant) in the very register that is
+ * used afterwards. Written as `if (v > max) v = max;`, clang may compare a
+ * copy of v, and verifiers before 6.x do not carry that bound over to v:
+ * "unbounded memory access" on 6.1. */
+#define DN_BOUND(v, max)                                                        \
+	({                                                                      \
+		u64 __dn_v = (v);                                               \
+		asm volatile("if %0 <= %1 goto +1; %0 = %1" : "+r"(__dn_v) : "i"(max)); \
+		__dn_v;                                                         \
+	})
+
 /* One tracked process (thread group), keyed by tgid. */
 struct dn_task {
 	u32 ppid;      /* the process that forked it (0: a root) */

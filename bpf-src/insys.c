@@ -7,7 +7,8 @@
  * tracker's hook (DN_HOOK_SYSCALLS) and clears the record. Threads are
  * those tree.c's dn_wanted() selects.
  *
- * Options (-D): DN_INSYS_TS (keep start times), DN_HOOK_SYSCALLS (call
+ * Options (-D): DN_INSYS_TS (keep start times), DN_INSYS_HASH (a hash by
+ * thread id instead of task storage, for kernels without it), DN_HOOK_SYSCALLS (call
  * dn_syscalls_on_exit(), defined by syscalls.c, composed before this
  * file). With DN_HOOK_SYSCALLS and neither DN_INSYS_TS nor off-CPU
  * analysis (DN_HOOK_OFFCPU) nothing needs sys_enter, which is then left
@@ -19,17 +20,49 @@ struct dn_insys {
 	u64 ts;       /* bpf_ktime_get_ns() at entry (DN_INSYS_TS) */
 };
 
-BPF_TASK_STORAGE(dn_insys, struct dn_insys);
-
 #if defined(DN_INSYS_TS) || defined(DN_HOOK_OFFCPU) || !defined(DN_HOOK_SYSCALLS)
 #define DN_INSYS_ENTER 1
 #endif
 
+#ifdef DN_INSYS_HASH
+/* kernels without task storage (before 5.11) or BTF: a hash by thread
+ * id, cleared when the thread exits (tree.c calls dn_insys_thread_exit) */
+#ifndef DN_INSYS_KEYS
+#define DN_INSYS_KEYS 65536
+#endif
+BPF_HASH(dn_insys, u32, struct dn_insys, DN_INSYS_KEYS);
+
+static __always_inline struct dn_insys *dn_insys_current(void)
+{
+	u32 tid = bpf_get_current_pid_tgid();
+	return dn_insys.lookup(&tid);
+}
+
+static __always_inline struct dn_insys *dn_insys_create(void)
+{
+	u32 tid = bpf_get_current_pid_tgid();
+	struct dn_insys zero = { .nr = -1 };
+	return dn_insys.lookup_or_try_init(&tid, &zero);
+}
+
+static __always_inline void dn_insys_thread_exit(u32 tid)
+{
+	dn_insys.delete(&tid);
+}
+#else
+BPF_TASK_STORAGE(dn_insys, struct dn_insys);
+
 /* The current thread's record, or NULL. */
 static __always_inline struct dn_insys *dn_insys_current(void)
 {
-	return dn_insys.task_storage_get((struct task_struct *)bpf_get_current_task_btf(), 0, 0);
+	return dn_insys.task_storage_get((void *)bpf_get_current_task_btf(), 0, 0);
 }
+
+static __always_inline struct dn_insys *dn_insys_create(void)
+{
+	return dn_insys.task_storage_get((void *)bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+}
+#endif
 
 /* The syscall the current thread is in, -1 if none. */
 static __always_inline s32 dn_insys_nr(void)
@@ -45,8 +78,7 @@ TRACEPOINT_PROBE(raw_syscalls, sys_enter)
 	u32 tid = (u32)id;
 	if (!dn_maybe_watched(tid) || !dn_wanted(id >> 32, tid))
 		return 0;
-	struct dn_insys *s = dn_insys.task_storage_get((struct task_struct *)bpf_get_current_task_btf(), 0,
-						       BPF_LOCAL_STORAGE_GET_F_CREATE);
+	struct dn_insys *s = dn_insys_create();
 	if (s) {
 		s->nr = args->id;
 #ifdef DN_INSYS_TS

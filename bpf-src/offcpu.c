@@ -10,7 +10,8 @@
  * Options (-D): DN_OFFCPU_MIN_NS / DN_OFFCPU_MAX_NS
  * (block length filter), DN_OFFCPU_STATES (bit mask of task states kept:
  * bit 0 = preempted while runnable, bit N+1 = state bit N), DN_NO_USTACK /
- * DN_NO_KSTACK, DN_STACK_STORAGE, DN_OFFCPU_KEYS.
+ * DN_NO_KSTACK, DN_STACK_STORAGE, DN_OFFCPU_KEYS, DN_TASK_FLAGS_OFF (the byte
+ * offset of task_struct.flags in the running kernel, from its BTF).
  */
 #ifndef DN_OFFCPU_MIN_NS
 #define DN_OFFCPU_MIN_NS 0ULL
@@ -57,13 +58,34 @@ struct dn_offcpu_thread {
 BPF_HASH(dn_offcpu, struct dn_offcpu_key, struct dn_offcpu_val, DN_OFFCPU_KEYS);
 BPF_HASH(dn_offcpu_threads, u32, struct dn_offcpu_thread, 65536);
 BPF_STACK_TRACE(dn_offcpu_stacks, DN_STACK_STORAGE);
-BPF_ARRAY(dn_offcpu_missed, u64, 2); /* [0] user stacks, [1] kernel stacks */
+/* Stacks not read, by kind and why: [4 * k + r], k 0 user, 1 kernel;
+ * r 0 the stack's bucket held another stack (-EEXIST), 1 the stack map
+ * was full (-ENOMEM), 2 the walk faulted (-EFAULT), 3 other. */
+BPF_ARRAY(dn_offcpu_missed, u64, 8);
 
-static __always_inline void dn_offcpu_missed_inc(int which)
+/* the user stack id of a kernel thread: it has none (not a miss) */
+#define DN_STACK_NONE (-1000)
+
+static __always_inline void dn_offcpu_missed_inc(int which, s32 err)
 {
-	u64 *c = dn_offcpu_missed.lookup(&which);
+	int i = which * 4 + (err == -17 ? 0 : err == -12 ? 1 : err == -14 ? 2 : 3);
+	u64 *c = dn_offcpu_missed.lookup(&i);
 	if (c)
 		__sync_fetch_and_add(c, 1);
+}
+
+/* Is the current task a kernel thread (PF_KTHREAD)? The offset of
+ * task_struct.flags comes from the running kernel's BTF
+ * (-DDN_TASK_FLAGS_OFF); without it every thread is walked as a user one. */
+static __always_inline int dn_current_kthread(void)
+{
+#ifdef DN_TASK_FLAGS_OFF
+	u32 flags = 0;
+	bpf_probe_read_kernel(&flags, sizeof(flags), (void *)(bpf_get_current_task() + DN_TASK_FLAGS_OFF));
+	return (flags & 0x00200000) != 0;
+#else
+	return 0;
+#endif
 }
 
 #ifdef DN_KSTACK_REUSE
@@ -137,18 +159,26 @@ static __always_inline void dn_kt_count(int i)
 		(*c)++;
 }
 
-/* Do the template's slots hold its values now? */
+/* Do the template's slots hold its values now? Written out slot by slot:
+ * each access is at a constant offset into the template. A loop lets
+ * clang walk the arrays with moving pointers that 6.1's verifier cannot
+ * bound by the loop counter (it then rejects the program), and clang does
+ * not always honour "#pragma unroll" here. */
+#define DN_KT_SLOT(i)                                                                   \
+	if ((i) < n) {                                                                  \
+		u64 at = (t->outer & (1U << (i))) ? top - DN_KT_OUTER : sp;            \
+		u64 v = 0;                                                              \
+		if (bpf_probe_read_kernel(&v, 8, (void *)(at + 8 * (u64)t->word[i])) < 0 || \
+		    v != t->val[i])                                                     \
+			return 0;                                                       \
+	}
+#define DN_KT_SLOT4(i) DN_KT_SLOT(i) DN_KT_SLOT(i + 1) DN_KT_SLOT(i + 2) DN_KT_SLOT(i + 3)
+
 static __always_inline int dn_kt_match(struct dn_kt *t, u64 sp, u64 top)
 {
 	u32 n = t->n;
-	for (int i = 0; i < DN_KT_SLOTS; i++) {
-		if (i >= n)
-			break;
-		u64 at = (t->outer & (1U << i)) ? top - DN_KT_OUTER : sp;
-		u64 v = 0;
-		if (bpf_probe_read_kernel(&v, 8, (void *)(at + 8 * (u64)t->word[i])) < 0 || v != t->val[i])
-			return 0;
-	}
+	DN_KT_SLOT4(0) DN_KT_SLOT4(4) DN_KT_SLOT4(8) DN_KT_SLOT4(12)
+	DN_KT_SLOT4(16) DN_KT_SLOT4(20) DN_KT_SLOT4(24) DN_KT_SLOT4(28)
 	return 1;
 }
 
@@ -164,7 +194,7 @@ static __always_inline s32 dn_kstack_id(void *ctx, s32 syscall, u32 state)
 	/* the top of the stack: the user registers saved at kernel entry sit
 	 * there (the pointer made a number through the map: the verifier
 	 * allows no arithmetic on it) */
-	void *uregs = (void *)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
+	void *uregs = (void *)bpf_task_pt_regs((void *)bpf_get_current_task_btf());
 	*(void *volatile *)&sc->ptr = uregs;
 	u64 top = *(volatile u64 *)&sc->ptr + DN_PT_REGS_SIZE;
 	/* the tracepoint's saved registers */
@@ -278,14 +308,18 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 				th->kstack = dn_offcpu_stacks.get_stackid(ctx, 0);
 #endif
 				if (th->kstack < 0)
-					dn_offcpu_missed_inc(1);
+					dn_offcpu_missed_inc(1, th->kstack);
 #endif
 #ifdef DN_NO_USTACK
 				th->ustack = -1;
 #else
-				th->ustack = dn_offcpu_stacks.get_stackid(ctx, BPF_F_USER_STACK);
-				if (th->ustack < 0)
-					dn_offcpu_missed_inc(0);
+				if (dn_current_kthread()) {
+					th->ustack = DN_STACK_NONE;
+				} else {
+					th->ustack = dn_offcpu_stacks.get_stackid(ctx, BPF_F_USER_STACK);
+					if (th->ustack < 0)
+						dn_offcpu_missed_inc(0, th->ustack);
+				}
 #endif
 #ifdef DN_NO_KSTACK
 				th->syscall = dn_insys_nr();

@@ -119,10 +119,7 @@ static __always_inline void dn_syscalls_on_exit(u32 tgid, u32 tid, s32 nr, long 
 	v->total_ns += lat_ns;
 	if (lat_ns > v->max_ns)
 		v->max_ns = lat_ns;
-	u32 slot = bpf_log2l(lat_ns);
-	if (slot >= DN_SC_SLOTS)
-		slot = DN_SC_SLOTS - 1;
-	v->hist[slot]++;
+	v->hist[DN_BOUND(bpf_log2l(lat_ns), DN_SC_SLOTS - 1)]++;
 errors:
 #endif
 	if (failed) {

@@ -51,7 +51,23 @@ static __always_inline void dn_tidmask_add(u32 tid, int delta)
 	if (c)
 		__sync_fetch_and_add(c, delta);
 }
+/* Events to user space: a ring buffer, or a perf buffer where the kernel
+ * has none (-DDN_TREE_PERF, before 5.8). They are rare (fork, exec,
+ * exit), so each is built on the stack and copied out. */
+#ifdef DN_TREE_PERF
+BPF_PERF_OUTPUT(dn_tree_events);
+#else
 BPF_RINGBUF_OUTPUT(dn_tree_events, DN_TREE_PAGES);
+#endif
+
+static __always_inline void dn_tree_send(void *ctx, struct dn_tree_event *e)
+{
+#ifdef DN_TREE_PERF
+	dn_tree_events.perf_submit(ctx, e, sizeof(*e));
+#else
+	dn_tree_events.ringbuf_output(e, sizeof(*e), 0);
+#endif
+}
 
 static __always_inline struct dn_task *dn_is_tracked(u32 tgid)
 {
@@ -75,6 +91,10 @@ static __always_inline int dn_wanted(u32 tgid, u32 tid)
 /* defined by offcpu.c, composed after this file */
 static __always_inline void dn_offcpu_thread_start(u32 tid, u32 tgid);
 static __always_inline void dn_offcpu_thread_exit(u32 tid);
+#endif
+#ifdef DN_INSYS_HASH
+/* defined by insys.c: a thread's record goes with the thread */
+static __always_inline void dn_insys_thread_exit(u32 tid);
 #endif
 
 TRACEPOINT_PROBE(task, task_newtask)
@@ -102,19 +122,13 @@ TRACEPOINT_PROBE(task, task_newtask)
 	th.tgid = child;
 	dn_threads.update(&child, &th);
 	dn_tidmask_add(child, 1);
-	struct dn_tree_event *e = dn_tree_events.ringbuf_reserve(sizeof(struct dn_tree_event));
-	if (!e)
-		return 0;
-	e->kind = DN_EV_FORK;
-	e->pid = child;
-	e->ppid = parent;
-	e->pad = 0;
-	e->ts_ns = bpf_ktime_get_ns();
-	e->nvcsw = 0;
-	e->nivcsw = 0;
-	bpf_probe_read_kernel(e->comm, sizeof(e->comm), args->comm);
-	e->filename[0] = 0;
-	dn_tree_events.ringbuf_submit(e, 0);
+	struct dn_tree_event e = {};
+	e.kind = DN_EV_FORK;
+	e.pid = child;
+	e.ppid = parent;
+	e.ts_ns = bpf_ktime_get_ns();
+	bpf_probe_read_kernel(e.comm, sizeof(e.comm), args->comm);
+	dn_tree_send(args, &e);
 	return 0;
 }
 
@@ -129,19 +143,14 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 		u32 old = args->old_pid;
 		dn_threads.delete(&old);
 	}
-	struct dn_tree_event *e = dn_tree_events.ringbuf_reserve(sizeof(struct dn_tree_event));
-	if (!e)
-		return 0;
-	e->kind = DN_EV_EXEC;
-	e->pid = tgid;
-	e->ppid = t->ppid;
-	e->pad = 0;
-	e->ts_ns = bpf_ktime_get_ns();
-	e->nvcsw = 0;
-	e->nivcsw = 0;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	TP_DATA_LOC_READ_STR(e->filename, filename, sizeof(e->filename));
-	dn_tree_events.ringbuf_submit(e, 0);
+	struct dn_tree_event e = {};
+	e.kind = DN_EV_EXEC;
+	e.pid = tgid;
+	e.ppid = t->ppid;
+	e.ts_ns = bpf_ktime_get_ns();
+	bpf_get_current_comm(e.comm, sizeof(e.comm));
+	TP_DATA_LOC_READ_STR(e.filename, filename, sizeof(e.filename));
+	dn_tree_send(args, &e);
 	return 0;
 }
 
@@ -152,6 +161,9 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 #ifdef DN_HOOK_OFFCPU
 	if (dn_wanted(tgid, tid))
 		dn_offcpu_thread_exit(tid);
+#endif
+#ifdef DN_INSYS_HASH
+	dn_insys_thread_exit(tid);
 #endif
 	struct dn_thread *th = dn_threads.lookup(&tid);
 	if (th) {
@@ -174,19 +186,15 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	struct dn_task *t = dn_is_tracked(tgid);
 	if (!t)
 		return 0;
-	struct dn_tree_event *e = dn_tree_events.ringbuf_reserve(sizeof(struct dn_tree_event));
-	if (e) {
-		e->kind = DN_EV_EXIT;
-		e->pid = tgid;
-		e->ppid = t->ppid;
-		e->pad = 0;
-		e->ts_ns = bpf_ktime_get_ns();
-		e->nvcsw = t->nvcsw;
-		e->nivcsw = t->nivcsw;
-		bpf_probe_read_kernel(e->comm, sizeof(e->comm), args->comm);
-		e->filename[0] = 0;
-		dn_tree_events.ringbuf_submit(e, 0);
-	}
+	struct dn_tree_event e = {};
+	e.kind = DN_EV_EXIT;
+	e.pid = tgid;
+	e.ppid = t->ppid;
+	e.ts_ns = bpf_ktime_get_ns();
+	e.nvcsw = t->nvcsw;
+	e.nivcsw = t->nivcsw;
+	bpf_probe_read_kernel(e.comm, sizeof(e.comm), args->comm);
+	dn_tree_send(args, &e);
 	dn_tracked.delete(&tgid);
 	return 0;
 }

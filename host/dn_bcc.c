@@ -703,6 +703,17 @@ static int dump_walk(int fd, struct dump *d, size_t max)
 	return rc;
 }
 
+/* batch lookups allowed (core.map_batch(false) for kernels said to lack
+ * them, DENET_DISABLE=batch) */
+static int batch_on = 1;
+
+/* core.map_batch(bool): read maps in batches where the kernel can */
+static int l_map_batch(lua_State *L)
+{
+	batch_on = lua_toboolean(L, 1);
+	return 0;
+}
+
 /* core.map_dump(fd, key_size, leaf_size [, max]) -> keys, leaves, n
  * All entries in one call: keys and leaves packed into two strings. For
  * per-CPU maps leaf_size is the whole per-CPU value. Hash maps are read
@@ -712,7 +723,7 @@ static int l_map_dump(lua_State *L)
 	int fd = (int)luaL_checkinteger(L, 1);
 	struct dump d = { NULL, NULL, 0, 0, (size_t)luaL_checkinteger(L, 2), (size_t)luaL_checkinteger(L, 3) };
 	size_t max = (size_t)luaL_optinteger(L, 4, 1 << 20);
-	int rc = dump_batch(fd, &d, max);
+	int rc = batch_on ? dump_batch(fd, &d, max) : 1;
 
 	if (rc == 1) {
 		d.n = 0;
@@ -811,6 +822,7 @@ void dn_bcc_open(lua_State *L)
 		{ "map_update", l_map_update },
 		{ "map_delete", l_map_delete },
 		{ "map_dump", l_map_dump },
+		{ "map_batch", l_map_batch },
 		{ "map_clear", l_map_clear },
 		{ "map_create", l_map_create },
 		{ "close_fd", l_close_fd },

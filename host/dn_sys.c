@@ -212,8 +212,8 @@ static int l_strerror(lua_State *L)
 	return 1;
 }
 
-/* core.stat(path) -> { mode, uid, gid, dir } | nil, msg (lstat: a link is
- * not followed) */
+/* core.stat(path) -> { mode, uid, gid, dir, link, size } | nil, msg (lstat:
+ * a link is not followed) */
 static int l_stat(lua_State *L)
 {
 	const char *path = luaL_checkstring(L, 1);
@@ -232,6 +232,8 @@ static int l_stat(lua_State *L)
 	lua_setfield(L, -2, "dir");
 	lua_pushboolean(L, S_ISLNK(st.st_mode));
 	lua_setfield(L, -2, "link");
+	lua_pushnumber(L, (lua_Number)st.st_size);
+	lua_setfield(L, -2, "size");
 	return 1;
 }
 

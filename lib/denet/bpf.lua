@@ -19,6 +19,12 @@ local sys = require("denet.sys")
 local BPF = {}
 BPF.__index = BPF
 
+-- DENET_DISABLE=batch: read maps key by key, as kernels before 5.6 must
+-- (the host falls back by itself where the kernel refuses batches)
+if require("denet.features").disabled().batch then
+  core.map_batch(false)
+end
+
 -- enum bpf_prog_type
 BPF.SOCKET_FILTER, BPF.KPROBE, BPF.TRACEPOINT, BPF.PERF_EVENT = 1, 2, 5, 7
 BPF.RAW_TRACEPOINT, BPF.TRACING = 17, 26
@@ -197,6 +203,8 @@ function BPF.new(opts)
     cflags[#cflags + 1] = f
   end
   text = BPF._inline_includes(text, name, basedir, quote_dirs(cflags))
+  -- kernel structs as the running kernel lays them out (or one line)
+  text, cflags = require("denet.ktypes").apply(text, cflags, name)
   local ringbufs
   text, ringbufs = BPF._count_ringbuf_losses(text)
   text = BPF._fix_lines(text, name)

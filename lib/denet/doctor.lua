@@ -9,7 +9,7 @@ local sys = require("denet.sys")
 
 local M = {}
 
-local MAP_ARRAY, MAP_RINGBUF = 2, 27
+local MAP_ARRAY = 2
 local PROG_TRACEPOINT, PROG_KPROBE, PROG_TRACING = 5, 2, 26
 
 local function first_line(s)
@@ -71,13 +71,6 @@ function M.checks()
   add("BTF", sys.has_btf(), sys.has_btf() and "/sys/kernel/btf/vmlinux" or "no /sys/kernel/btf/vmlinux",
     "a kernel built with CONFIG_DEBUG_INFO_BTF; only needed for fentry and struct offsets", false)
 
-  local rb = core.map_create(MAP_RINGBUF, "dn_doctor_rb", 0, 0, 4096, 0)
-  if rb then
-    core.close_fd(rb)
-  end
-  add("ring buffer", rb ~= nil, rb and "BPF_MAP_TYPE_RINGBUF works" or "cannot create a ring buffer map",
-    "a kernel >= 5.8; denet falls back to perf buffers", false)
-
   local pe, perr = core.perf_event_probe(sys.online_cpus()[1] or 0)
   add("perf events", pe ~= nil, pe and "software cpu-clock event opens" or perr,
     "needs CAP_PERFMON or kernel.perf_event_paranoid <= 1", false)
@@ -116,6 +109,37 @@ TRACEPOINT_PROBE(sched, sched_switch) { int k = 0; u64 *v = n.lookup(&k); if (v)
       "optional: denet's built-ins use tracepoints only", false)
   else
     add("tracepoint program", false, "skipped: fix the checks above first", "", true)
+  end
+
+  -- do the headers lay kernel structs out as this kernel does?
+  if can_compile and sys.has_btf() then
+    local ktypes = require("denet.ktypes")
+    local diff, why = ktypes.compare({ { "task_struct", "pid" }, { "task_struct", "tgid" },
+      { "task_struct", "comm" }, { "task_struct", "real_parent" }, { "task_struct", "mm" },
+      { "task_struct", "flags" }, { "mm_struct", "total_vm" } }, { "#include <linux/sched.h>",
+      "#include <linux/mm_types.h>" })
+    local rel = ktypes.headers_release() or "?"
+    if diff and #diff == 0 then
+      add("headers vs kernel types", true, string.format("task_struct and mm_struct offsets of the headers (%s) "
+        .. "match the kernel's BTF", rel))
+    else
+      local transparent = ktypes.transparent()
+      add("headers vs kernel types", transparent,
+        diff and string.format("the headers (%s) are not this kernel's (%s): %s%s", rel, core.uname().release,
+          table.concat(diff, ", ", 1, math.min(#diff, 3)), transparent and "; scripts that read kernel structs "
+          .. "get the kernel's own layouts from its BTF" or "") or ("cannot compare: " .. tostring(why)),
+        transparent and "" or "install bpftool (denet then takes kernel struct layouts from BTF), or the headers "
+          .. "of the running kernel", false)
+    end
+  end
+
+  -- what the kernel's BPF can do, and what denet does without it
+  for _, f in ipairs(require("denet.features").report()) do
+    if f.name ~= "kprobes" and f.name ~= "fentry" and f.name ~= "btf" then
+      add("feature " .. f.name, f.present, f.present and f.what
+        or string.format("%s%s (%s+)", f.disabled and "disabled: " or "missing: ", f.what, f.since),
+        "optional: denet uses a fallback (docs/platform.md)", false)
+    end
   end
 
   local stats = sys.read_first_line("/proc/sys/kernel/bpf_stats_enabled")

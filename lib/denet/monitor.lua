@@ -61,25 +61,6 @@ end
 local net_bytes = core.net_dev_bytes
 M.net_bytes = net_bytes
 
---- BPF C the monitor compiles with the tree: its scheduling counters,
---- other features' parts, and the sched_switch dispatcher last.
-function M.parts(extra)
-  local parts = { "ctxsw.c" }
-  for _, p in ipairs(extra or {}) do
-    parts[#parts + 1] = p
-  end
-  parts[#parts + 1] = "switch.c"
-  return parts
-end
-
-function M.cflags(extra)
-  local flags = { "-DDN_HOOK_CTXSW" }
-  for _, f in ipairs(extra or {}) do
-    flags[#flags + 1] = f
-  end
-  return flags
-end
-
 local Monitor = {}
 Monitor.__index = Monitor
 
@@ -104,7 +85,8 @@ end
 ---   refresh_interval (seconds between reads of processes that did not
 ---   run, for their resident memory; default 2);
 ---   on_sample(record), on_event(ev) (fork/exec/exit of the tree);
----   parts, cflags: more BPF C to compile with the tree (other features).
+---   parts (names of denet.compose parts), text (a script's own BPF C),
+---   cflags: more BPF to compile with the tree.
 function M.new(opts)
   local self = setmetatable({
     opts = opts,
@@ -134,19 +116,14 @@ function M.new(opts)
   if not ppid or state == ZOMBIE then
     errors.raise(string.format("no such process: %d", self.root))
   end
-  local parts, cflags = {}, {}
-  -- off-CPU accounting and syscall counts of the same tree, in the same
-  -- program (one pair of raw_syscalls programs serves both)
+  -- scheduling counters; off-CPU accounting and syscall counts of the
+  -- same tree go in the same program (denet.compose)
+  local parts, cflags = { "ctxsw" }, {}
   if opts.syscalls then
-    parts[#parts + 1] = "syscalls.c"
-    cflags[#cflags + 1] = "-DDN_HOOK_SYSCALLS"
-  end
-  if opts.offcpu or opts.syscalls then
-    parts[#parts + 1] = "insys.c"
+    parts[#parts + 1] = "syscalls"
   end
   if opts.offcpu then
-    parts[#parts + 1] = "offcpu.c"
-    cflags[#cflags + 1] = "-DDN_HOOK_OFFCPU"
+    parts[#parts + 1] = "offcpu"
     cflags[#cflags + 1] = "-DDN_KSTACK_REUSE"
   end
   for _, p in ipairs(opts.parts or {}) do
@@ -162,13 +139,15 @@ function M.new(opts)
   self.tree = tree_mod.new{
     bpf = opts.bpf,
     follow = not self.exclude_children,
-    parts = M.parts(parts),
-    cflags = M.cflags(cflags),
+    parts = parts,
+    text = opts.text,
+    cflags = cflags,
+    name = "monitor",
     on_event = function(ev)
       self:_tree_event(ev)
     end,
   }
-  if opts.offcpu then
+  if opts.offcpu and self.tree.program and self.tree.program:has_flag("-DDN_KSTACK_REUSE") then
     require("denet.offcpu").learn_kstacks(self.tree.bpf)
   end
   self.sc_t0 = core.monotonic()

@@ -197,6 +197,17 @@ function M.kt_stats(bpf)
     unconfirmed = tonumber(t:sum(3)) }
 end
 
+-- the user stack id of a kernel thread, which has none (not a miss)
+M.STACK_NONE = -1000
+
+-- why stacks were not read, in the order the report names them
+M.LOST_WHY = {
+  { "map_full", "because the stack map was full (raise --stack-storage)" },
+  { "collided", "because another stack held their slot of the stack map (raise --stack-storage)" },
+  { "fault", "because the walk faulted (user memory paged out, or a frame pointer chain broken)" },
+  { "other", "for other reasons" },
+}
+
 ---------------------------------------------------------------------------
 -- tracing
 
@@ -209,7 +220,7 @@ Tracer.__index = Tracer
 --- to track before it runs), on_process(ev) (fork/exec/exit of tracked
 --- processes). Returns the tracer; tracer:report() reads it.
 function M.start(opts)
-  local cflags = { "-DDN_HOOK_OFFCPU" }
+  local cflags = {}
   if opts.min_us then
     cflags[#cflags + 1] = string.format("-DDN_OFFCPU_MIN_NS=%dULL", math.floor(opts.min_us * 1000))
   end
@@ -238,8 +249,9 @@ function M.start(opts)
   local self = setmetatable({ opts = opts, t0 = core.monotonic(), t0_ns = core.monotonic_ns(), captured = {} },
     Tracer)
   self.tree = tree_mod.for_targets{
-    parts = { "insys.c", "offcpu.c", "switch.c" },
+    parts = { "offcpu" },
     cflags = cflags,
+    name = "offcpu",
     roots = opts.roots,
     proc = opts.proc,
     tid = opts.tid,
@@ -253,7 +265,9 @@ function M.start(opts)
     end,
   }
   self.bpf = self.tree.bpf
-  if reuse then
+  -- the kernel may lack what stack reuse needs (the composer said so)
+  self.reuse = self.tree.program:has_flag("-DDN_KSTACK_REUSE")
+  if self.reuse then
     self.kt_buf = M.learn_kstacks(self.bpf)
   end
   self:mark_start()
@@ -319,9 +333,9 @@ local function user_frames(pid, addrs, depth)
 end
 
 local function kernel_frames(addrs, depth)
-  local out = {}
-  for i = #addrs, 1, -1 do
-    out[#out + 1] = syms.ksym(addrs[i])
+  local names, out = syms.kernel_frames(addrs), {}
+  for i = #names, 1, -1 do
+    out[#out + 1] = names[i]
   end
   return keep_last(out, depth)
 end
@@ -332,7 +346,7 @@ function Tracer:report()
   local depth = self.opts.stack_depth
   local stacks_t = self.bpf:get_table("dn_offcpu_stacks")
   local ucache, kcache, umods = {}, {}, {}
-  local stacks, threads, by_sys = {}, {}, {}
+  local stacks, threads, by_sys, merged = {}, {}, {}, {}
   local total_by_tid = {}
   local comms = {}
 
@@ -390,7 +404,7 @@ function Tracer:report()
     if not uf then
       if k.ustack >= 0 then
         uf, umods[ukey] = user_frames(tgid, stacks_t:stack_walk(k.ustack), depth)
-      elseif self.opts.kernel_only then
+      elseif self.opts.kernel_only or k.ustack == M.STACK_NONE then
         uf = {}
       else
         uf = { "[Missed User Stack]" }
@@ -430,11 +444,21 @@ function Tracer:report()
     for _, f in ipairs(kf) do
       frames[#frames + 1] = f
     end
-    stacks[#stacks + 1] = {
-      pid = tgid, tid = tid, comm = t.comm, category = cat, syscall = sysname or "", us = us,
-      count = v.count, max_us = v.max_ns / 1000, frames = frames, user = uf,
-      user_mods = umods[ukey],
-    }
+    -- two kernel stack ids can name the same frames (one taken while
+    -- another tracer's frame sat at the leaf): one entry
+    local mkey = table.concat({ tid, cat, sysname or "", table.concat(frames, ";") }, "\0")
+    local same = merged[mkey]
+    if same then
+      same.us, same.count = same.us + us, same.count + v.count
+      same.max_us = math.max(same.max_us, v.max_ns / 1000)
+    else
+      stacks[#stacks + 1] = {
+        pid = tgid, tid = tid, comm = t.comm, category = cat, syscall = sysname or "", us = us,
+        count = v.count, max_us = v.max_ns / 1000, frames = frames, user = uf,
+        user_mods = umods[ukey],
+      }
+      merged[mkey] = stacks[#stacks]
+    end
     if sysname then
       local s = by_sys[sysname] or { name = sysname, blocks = 0, us = 0, max_us = 0 }
       s.blocks = s.blocks + v.count
@@ -470,13 +494,22 @@ function Tracer:report()
     return a.us > b.us
   end)
   local missed = self.bpf:get_table("dn_offcpu_missed")
+  local why = { collided = 0, map_full = 0, fault = 0, other = 0 }
+  local names = { [0] = "collided", "map_full", "fault", "other" }
+  local lost = 0
+  for i = 0, 7 do
+    local n = tonumber(missed:get(i))
+    why[names[i % 4]] = why[names[i % 4]] + n
+    lost = lost + n
+  end
   local report = {
     kind = "offcpu",
     duration_us = math.floor(duration_us),
     threads = tlist,
     stacks = stacks,
     syscalls = sys,
-    lost_stacks = tonumber(missed:get(0)) + tonumber(missed:get(1)),
+    lost_stacks = lost,
+    lost_stacks_why = why,
   }
   if self.kt_buf then
     report.kstack_reuse = M.kt_stats(self.bpf)
@@ -702,8 +735,15 @@ function M.text(report, top)
     end
   end
   if report.lost_stacks > 0 then
+    local why, parts = report.lost_stacks_why or {}, {}
+    for _, r in ipairs(M.LOST_WHY) do
+      if (why[r[1]] or 0) > 0 then
+        parts[#parts + 1] = string.format("%d %s", why[r[1]], r[2])
+      end
+    end
     w("")
-    w("%d stacks could not be read (shown as [Missed ... Stack])", report.lost_stacks)
+    w("%d stacks could not be read (shown as [Missed ... Stack]): %s", report.lost_stacks,
+      table.concat(parts, ", "))
   end
   w("")
   w("Verdict: %s", report.verdict)

@@ -37,6 +37,37 @@ end
 
 --- Capture pid's mappings now (replacing an older capture: call it again
 --- after exec or dlopen). Returns true, or nil and why.
+-- Frames of the tracing machinery itself: when more than one probe sits on
+-- a tracepoint (another tracer, an enabled ftrace event) the kernel calls
+-- them through __traceiter_*, which then appears as the leaf of every
+-- stack a BPF program takes there.
+local TRACING = { "^__traceiter_", "^__bpf_trace_", "^bpf_trace_run%d", "^perf_trace_", "^trace_event_raw_event_",
+  "^trace_call_bpf$", "^bpf_prog_[%x]+_", "^__probestub_" }
+
+--- Is a kernel symbol name one of the tracing machinery's?
+function M.is_tracing_frame(name)
+  for _, p in ipairs(TRACING) do
+    if name:find(p) then
+      return true
+    end
+  end
+  return false
+end
+
+--- Kernel frame names of addrs (leaf first), with the tracing
+--- machinery's frames at the leaf end left out.
+function M.kernel_frames(addrs)
+  local out, skipping = {}, true
+  for _, a in ipairs(addrs) do
+    local name = M.ksym(a)
+    if not (skipping and M.is_tracing_frame(name)) then
+      skipping = false
+      out[#out + 1] = name
+    end
+  end
+  return out
+end
+
 function M.capture(pid)
   local m, err = core.usyms(pid)
   if not m then

@@ -79,15 +79,13 @@ Tracer.__index = Tracer
 --- by_nr), failed, errno (number), syscalls (list of names), keys,
 --- on_process(ev) (fork/exec/exit of tracked processes).
 function M.start(opts)
-  local cflags = { "-DDN_HOOK_SYSCALLS" }
   opts.by_nr = not opts.per_process and not opts.per_thread
-  for _, f in ipairs(M.cflags(opts)) do
-    cflags[#cflags + 1] = f
-  end
+  local cflags = M.cflags(opts)
   local self = setmetatable({ opts = opts, comms = {}, t0 = core.monotonic() }, Tracer)
   self.tree = tree_mod.for_targets{
-    parts = { "syscalls.c", "insys.c" },
+    parts = { "syscalls" },
     cflags = cflags,
+    name = "syscalls",
     roots = opts.roots,
     proc = opts.proc,
     on_event = function(ev)

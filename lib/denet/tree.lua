@@ -6,7 +6,8 @@
 -- (bpf-src/tree.c): forks of tracked processes are added before the child
 -- first runs, exits remove them, and fork/exec/exit reach user space as
 -- ring buffer events. Features compose their own BPF C with tree.c into
--- one program (opts.parts) and filter with dn_is_tracked(tgid).
+-- one program (denet.compose; opts.parts, opts.text) and filter with
+-- dn_wanted(tgid, tid).
 --
 -- Without BPF privileges the tree is found by polling /proc (children of
 -- each tracked process at every refresh); processes that live shorter than
@@ -44,11 +45,14 @@ M.bpf_usable = bpf_usable
 
 --- Create the tree model.
 --- opts.bpf: true (required), false (never), nil (when usable);
---- opts.parts: more bpf-src files or {name=, text=} to compile with tree.c;
---- opts.cflags; opts.follow (default true): add forked children;
+--- opts.parts: names of more BPF parts (denet.compose) to build with the
+--- tree; opts.text: a script's own BPF C ({ name=, text= } items, which
+--- can use dn_wanted()); opts.cflags; opts.name (for diagnostics);
+--- opts.follow (default true): add forked children;
 --- opts.on_event(ev): ev = { kind = "fork"|"exec"|"exit", pid, ppid,
 ---   comm, filename, ts_ns, nvcsw, nivcsw }.
---- tree.mode is "bpf" or "proc".
+--- tree.mode is "bpf" or "proc"; tree.bpf the program, tree.program what
+--- the composer built.
 function M.new(opts)
   opts = opts or {}
   local self = setmetatable({
@@ -67,28 +71,25 @@ function M.new(opts)
     want = bpf_usable()
   end
   if want then
-    local BPF = require("denet.bpf")
-    local parts = { "tree.c" }
+    local parts = { "tree" }
     for _, p in ipairs(opts.parts or {}) do
       parts[#parts + 1] = p
     end
-    local cflags = {}
-    for _, f in ipairs(opts.cflags or {}) do
-      cflags[#cflags + 1] = f
-    end
-    if sys.exists(sys.tracefs() .. "/events/sched/sched_process_exit/format") then
-      local fmt = core.read_file(sys.tracefs() .. "/events/sched/sched_process_exit/format") or ""
-      if fmt:find("group_dead") then
-        cflags[#cflags + 1] = "-DDN_HAVE_GROUP_DEAD"
-      end
-    end
-    self.bpf = BPF.new{ text = BPF.compose(parts), cflags = cflags, name = "tree" }
+    self.program = require("denet.compose").build{ parts = parts, text = opts.text, cflags = opts.cflags,
+      name = opts.name or "tree" }
+    self.bpf = self.program.bpf
     self.tracked = self.bpf:get_table("dn_tracked")
     self.threads = self.bpf:get_table("dn_threads")
     self.tidmask = self.bpf:get_table("dn_tidmask")
-    self.events = self.bpf:get_table("dn_tree_events"):open_ring_buffer(function(e)
+    local events = self.bpf:get_table("dn_tree_events")
+    local on = function(e)
       self:_event(e)
-    end, { type = "struct dn_tree_event" })
+    end
+    if self.program:has_flag("-DDN_TREE_PERF") then
+      self.events = events:open_perf_buffer(on, { type = "struct dn_tree_event", page_cnt = 16 })
+    else
+      self.events = events:open_ring_buffer(on, { type = "struct dn_tree_event" })
+    end
     self.mode = "bpf"
   else
     self.mode = "proc"
@@ -269,9 +270,11 @@ function Tree:close()
 end
 
 --- A BPF-tracked tree for a feature's targets: opts.roots (existing
---- process trees), opts.proc (a held command, tracked before it runs),
---- opts.tid (one thread), or none of them: every thread of the machine
---- (-DDN_WANT_ALL). Takes new()'s parts, cflags and on_event.
+--- process trees, their descendants included), opts.proc (a held command,
+--- tracked before it runs), opts.tid (one thread), or none of them: every
+--- thread of the machine (-DDN_WANT_ALL). Takes new()'s parts, text,
+--- cflags, name and on_event. Plugins build their own BPF C on it: their
+--- probes filter with dn_wanted(tgid, tid), and exits leave the set.
 function M.for_targets(opts)
   local cflags = {}
   for _, f in ipairs(opts.cflags or {}) do
@@ -283,7 +286,8 @@ function M.for_targets(opts)
   elseif all then
     cflags[#cflags + 1] = "-DDN_WANT_ALL"
   end
-  local tree = M.new{ bpf = true, parts = opts.parts, cflags = cflags, on_event = opts.on_event }
+  local tree = M.new{ bpf = true, parts = opts.parts, text = opts.text, cflags = cflags, name = opts.name,
+    on_event = opts.on_event }
   for _, pid in ipairs(opts.roots or {}) do
     tree:add(pid, core.read_stat(pid), { root = true, descendants = true })
   end
@@ -294,6 +298,24 @@ function M.for_targets(opts)
     tree:add_thread_mask(tonumber(opts.tid))
   end
   return tree
+end
+
+--- The tracked tree of a plugin's target (the table on_start received:
+--- pid, or pids; none: the whole machine), built with the plugin's own
+--- BPF C: opts.text ({ name=, text= } items), opts.cflags, opts.name. Its
+--- probes filter with dn_maybe_watched(tid) && dn_wanted(tgid, tid); the
+--- kernel follows forks, exits leave the set, and descendants that
+--- already exist (an attached -p target) are included.
+function M.for_plugin(target, opts)
+  local roots = {}
+  for _, p in ipairs(target.pids or {}) do
+    roots[#roots + 1] = p
+  end
+  if #roots == 0 and target.pid then
+    roots[1] = target.pid
+  end
+  return M.for_targets{ roots = roots, tid = target.tid, text = opts.text, cflags = opts.cflags,
+    name = opts.name }
 end
 
 return M

@@ -4,29 +4,19 @@
 --
 --   denet script func-latency --func parse_request -- ./server
 --   denet run --plugin func-latency:func=parse_request -- ./server
-local BPF = require("denet.bpf")
 local syscalls = require("denet.syscalls") -- for its log2 histogram printer
+local tree_mod = require("denet.tree")
 
 local SRC = [[
-BPF_HASH(pids, u32, u8, 8192);       /* the target tree */
 BPF_HASH(start, u32, u64, 65536);    /* tid -> entry time */
 BPF_ARRAY(hist, u64, 64);            /* log2 buckets of ns */
 BPF_ARRAY(totals, u64, 2);           /* [0] calls, [1] ns */
-
-TRACEPOINT_PROBE(sched, sched_process_fork)
-{
-	u32 parent = args->parent_pid, child = args->child_pid;
-	u8 one = 1;
-	if (pids.lookup(&parent))
-		pids.update(&child, &one);
-	return 0;
-}
 
 int on_entry(struct pt_regs *ctx)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 pid = id >> 32, tid = id;
-	if (!pids.lookup(&pid))
+	if (!dn_maybe_watched(tid) || !dn_wanted(pid, tid))   /* the target tree (tree.c) */
 		return 0;
 	u64 now = bpf_ktime_get_ns();
 	start.update(&tid, &now);
@@ -58,7 +48,7 @@ local P = {
   },
 }
 
-local opts, b
+local opts, b, tree
 local out = io.stdout
 
 function P.on_init(args)
@@ -70,8 +60,8 @@ function P.on_start(target)
   if not binary then
     error("func-latency: no binary to probe (give --binary)", 0)
   end
-  b = BPF.new{ text = SRC }
-  b:get_table("pids"):set(target.pid, 1)
+  tree = tree_mod.for_plugin(target, { name = "func-latency", text = { { name = "func-latency", text = SRC } } })
+  b = tree.bpf
   b:attach_uprobe{ name = binary, sym = opts.func, fn_name = "on_entry" }
   b:attach_uretprobe{ name = binary, sym = opts.func, fn_name = "on_return" }
 end
@@ -101,7 +91,7 @@ function P.on_end()
   out:write(string.format("%s: %d calls, average %.0f ns\n", opts.func, calls, calls > 0 and ns / calls or 0))
   out:write(syscalls.histogram(h, ""))
   out:flush()
-  b:close()
+  tree:close()
   return { calls = calls, avg_ns = calls > 0 and math.floor(ns / calls) or 0 }
 end
 

@@ -1,13 +1,14 @@
 -- io-by-file: bytes read and written per file path by the target tree.
--- A plugin with its own BPF program on the syscall tracepoints: openat
+-- A plugin with its own BPF C on the syscall tracepoints, built on
+-- denet's tracked tree (dn_wanted): openat
 -- names each descriptor (every open gets its own id, so a reused
 -- descriptor number is not mixed up), read/write/pread64/pwrite64 add
 -- their byte counts in the kernel; user space only learns the names.
 --
 --   denet script io-by-file -- CMD
 --   denet run --plugin io-by-file -o out.jsonl -- CMD
-local BPF = require("denet.bpf")
 local core = require("denet.core")
+local tree_mod = require("denet.tree")
 local ffi = require("ffi")
 
 local SRC = [[
@@ -17,7 +18,6 @@ struct fdkey { u32 pid, fd; };
 struct iokey { u64 id; u32 pid, fd; };   /* id 0: opened before tracing */
 struct io { u64 read, written, reads, writes; };
 
-BPF_HASH(pids, u32, u8, 8192);                 /* the target tree */
 BPF_HASH(fds, struct fdkey, u64, 65536);       /* (pid, fd) -> open id */
 BPF_HASH(pending_open, u32, struct opened, 4096); /* tid -> openat in flight */
 BPF_HASH(pending_rw, u32, u32, 65536);         /* tid -> fd of a read/write in flight */
@@ -25,19 +25,11 @@ BPF_HASH(bytes, struct iokey, struct io, 65536);
 BPF_ARRAY(seq, u64, 1);
 BPF_RINGBUF_OUTPUT(opens, 64);
 
-TRACEPOINT_PROBE(sched, sched_process_fork)
-{
-	u32 parent = args->parent_pid, child = args->child_pid;
-	u8 one = 1;
-	if (pids.lookup(&parent))
-		pids.update(&child, &one);
-	return 0;
-}
-
+/* a thread of the target tree (tree.c) */
 static __always_inline int watched(void)
 {
-	u32 pid = bpf_get_current_pid_tgid() >> 32;
-	return pids.lookup(&pid) != 0;
+	u64 id = bpf_get_current_pid_tgid();
+	return dn_maybe_watched((u32)id) && dn_wanted(id >> 32, (u32)id);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_openat)
@@ -133,7 +125,7 @@ local P = {
   },
 }
 
-local opts, b
+local opts, b, tree
 local names = {} -- open id -> path
 local out = io.stdout
 
@@ -142,8 +134,8 @@ function P.on_init(args)
 end
 
 function P.on_start(target)
-  b = BPF.new{ text = SRC }
-  b:get_table("pids"):set(target.pid, 1)
+  tree = tree_mod.for_plugin(target, { name = "io-by-file", text = { { name = "io-by-file", text = SRC } } })
+  b = tree.bpf
   b:get_table("opens"):open_ring_buffer(function(o)
     names[tonumber(o.id)] = ffi.string(o.path)
   end)
@@ -191,7 +183,7 @@ function P.on_end()
     shown[#shown + 1] = f
   end
   out:flush()
-  b:close()
+  tree:close()
   return { files = shown }
 end
 

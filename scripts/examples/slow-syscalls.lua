@@ -1,12 +1,14 @@
 -- slow-syscalls: every syscall of the target tree slower than a threshold,
--- with the user stack it was made from. A plugin with its own BPF
--- program: the raw_syscalls pair, a start time per thread, and one ring
--- buffer record per slow call (fast calls never reach user space).
+-- with the user stack it was made from. A plugin with its own BPF C, built
+-- on denet's tracked tree (dn_wanted): the raw_syscalls pair, a start time
+-- per thread, and one ring buffer record per slow call (fast calls never
+-- reach user space).
 --
 --   denet script slow-syscalls --threshold-ms 20 -- CMD
 --   denet run --plugin slow-syscalls:threshold_ms=20 -- CMD
 local BPF = require("denet.bpf")
 local sysnames = require("denet.sysnames")
+local tree_mod = require("denet.tree")
 
 local SRC = [[
 struct slow {
@@ -16,25 +18,15 @@ struct slow {
 	s32 nr, ustack;
 	char comm[16];
 };
-BPF_HASH(pids, u32, u8, 8192);           /* the target tree */
 BPF_HASH(start, u32, u64, 65536);        /* tid -> entry time */
 BPF_STACK_TRACE(stacks, 4096);
 BPF_RINGBUF_OUTPUT(events, 16);
-
-TRACEPOINT_PROBE(sched, sched_process_fork)
-{
-	u32 parent = args->parent_pid, child = args->child_pid;
-	u8 one = 1;
-	if (pids.lookup(&parent))
-		pids.update(&child, &one);
-	return 0;
-}
 
 TRACEPOINT_PROBE(raw_syscalls, sys_enter)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 pid = id >> 32, tid = id;
-	if (!pids.lookup(&pid))
+	if (!dn_maybe_watched(tid) || !dn_wanted(pid, tid))   /* the target tree (tree.c) */
 		return 0;
 	u64 now = bpf_ktime_get_ns();
 	start.update(&tid, &now);
@@ -77,7 +69,7 @@ local P = {
   },
 }
 
-local opts, b, seen = nil, nil, 0
+local opts, b, tree, seen = nil, nil, nil, 0
 local out = io.stdout
 
 function P.on_init(args)
@@ -85,8 +77,9 @@ function P.on_init(args)
 end
 
 function P.on_start(target)
-  b = BPF.new{ text = SRC, cflags = { string.format("-DTHRESHOLD_NS=%dULL", math.floor(opts.threshold_ms * 1e6)) } }
-  b:get_table("pids"):set(target.pid, 1)
+  tree = tree_mod.for_plugin(target, { name = "slow-syscalls", text = { { name = "slow-syscalls", text = SRC } },
+    cflags = { string.format("-DTHRESHOLD_NS=%dULL", math.floor(opts.threshold_ms * 1e6)) } })
+  b = tree.bpf
   local stacks = b:get_table("stacks")
   b:get_table("events"):open_ring_buffer(function(e)
     seen = seen + 1
@@ -111,7 +104,7 @@ end
 function P.on_end()
   if b then
     b:ring_buffer_consume()
-    b:close()
+    tree:close()
   end
   out:write(string.format("slow-syscalls: %d calls of %g ms or more\n", seen, opts.threshold_ms))
   return { slow_calls = seen }
