@@ -22,6 +22,18 @@ PACKAGES=(
   bpftrace bpfcc-tools python3 python3-bpfcc python3-psutil hyperfine stress-ng sysstat linux-perf time
 )
 
+# `setup.sh kernels`: also what the kernel matrix needs (make test-kernels):
+# qemu, an initramfs's busybox, squashfs, depmod, and the headers of the
+# Debian kernel flavours it boots (the kernel images themselves are only
+# downloaded and unpacked, by tools/kernels/fetch.sh)
+KERNEL_PACKAGES=(
+  qemu-system-x86 busybox-static squashfs-tools kmod
+  linux-headers-amd64 linux-headers-cloud-amd64 linux-headers-rt-amd64
+)
+if [ "${1:-}" = kernels ]; then
+  PACKAGES=("${KERNEL_PACKAGES[@]}")
+fi
+
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 need_root() {
@@ -67,7 +79,10 @@ link_kernel_headers() {
     return 0
   fi
   local amd64 common
-  amd64=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
+  # the generic flavour (not -cloud-amd64 or -rt-amd64, which the kernel
+  # matrix installs for its guests)
+  amd64=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | grep -v -e '-cloud-amd64$' -e '-rt-amd64$' |
+    sort -V | tail -n 1)
   common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)
   if [ -z "$amd64" ] || [ -z "$common" ]; then
     log "no Debian kernel headers under /usr/src; install linux-headers-amd64"

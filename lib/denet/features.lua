@@ -11,7 +11,8 @@ local sys = require("denet.sys")
 local M = {}
 
 --- Every feature: name, the kernel that brought it, what it is, and how
---- to ask the kernel (a function returning true/false).
+--- to ask the kernel (a function returning true/false). Those built on
+--- BTF are off with it (DENET_DISABLE=btf turns them off too).
 M.LIST = {
   { name = "btf", since = "5.4", what = "the kernel's BTF (/sys/kernel/btf/vmlinux)",
     probe = function()
@@ -35,16 +36,16 @@ M.LIST = {
     end },
   { name = "task_storage", since = "5.11", what = "task storage and bpf_get_current_task_btf",
     probe = function()
-      return sys.has_btf() and core.feature_probe("task_storage_map") and core.feature_probe("task_storage_helper")
+      return M.has("btf") and core.feature_probe("task_storage_map") and core.feature_probe("task_storage_helper")
         and core.feature_probe("current_task_btf")
     end },
   { name = "task_pt_regs", since = "5.15", what = "bpf_task_pt_regs",
     probe = function()
-      return sys.has_btf() and core.feature_probe("current_task_btf") and core.feature_probe("task_pt_regs")
+      return M.has("btf") and core.feature_probe("current_task_btf") and core.feature_probe("task_pt_regs")
     end },
   { name = "btf_types", since = "5.4", what = "kernel struct layouts from BTF (needs bpftool)",
     probe = function()
-      return sys.has_btf() and require("denet.ktypes").bpftool() ~= nil
+      return M.has("btf") and require("denet.ktypes").bpftool() ~= nil
     end },
   { name = "kprobes", since = "4.1", what = "kprobes (optional: scripts that ask for them)",
     probe = function()
@@ -52,7 +53,7 @@ M.LIST = {
     end },
   { name = "fentry", since = "5.5", what = "fentry/fexit programs (optional: scripts that ask for them)",
     probe = function()
-      return sys.has_btf() and core.feature_probe("tracing_prog")
+      return M.has("btf") and core.feature_probe("tracing_prog")
     end },
 }
 

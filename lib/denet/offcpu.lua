@@ -459,7 +459,9 @@ function Tracer:report()
       }
       merged[mkey] = stacks[#stacks]
     end
-    if sysname then
+    -- the syscall table counts blocks; waits for a CPU after a preemption
+    -- inside a syscall (frequent on PREEMPT_RT) are not blocks
+    if sysname and cat ~= "runqueue" then
       local s = by_sys[sysname] or { name = sysname, blocks = 0, us = 0, max_us = 0 }
       s.blocks = s.blocks + v.count
       s.us = s.us + us

@@ -11,6 +11,7 @@ set -euo pipefail
 build=$(realpath "$1")
 out=$2
 src=$(realpath "$(dirname "$0")/../..")
+mkdir -p "$(dirname "$out")"
 stage=$(mktemp -d /tmp/denet-root.XXXXXX)
 trap 'rm -rf "$stage"' EXIT
 
@@ -63,6 +64,10 @@ for so in $(find /usr/lib/x86_64-linux-gnu/lua/5.1 -name '*.so'); do
 	copy_libs "$(realpath "$so")"
 done
 copy /usr/share/luajit-2.1.0-beta3
+
+# bpftool: kernel struct layouts from BTF (denet.ktypes)
+copy /usr/sbin/bpftool
+copy_libs /usr/sbin/bpftool
 
 # names of syscalls and errnos, kernel headers of every flavour
 copy /usr/include/x86_64-linux-gnu/asm

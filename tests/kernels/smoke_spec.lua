@@ -1,0 +1,190 @@
+-- The smoke suite of the kernel matrix (tools/kernels/run.sh boots each
+-- Debian kernel under qemu and runs this inside): every built-in and
+-- example plugin once, on fixtures, asserting figures; kprobes, kretprobes
+-- and fentry where the kernel has them; BTF-true kernel struct reads;
+-- denet doctor. Each program is compiled once per kernel (a compile is
+-- seconds under TCG).
+local cjson = require("cjson")
+local denet = require("denet")
+local BPF = require("denet.bpf")
+local features = require("denet.features")
+
+local function within(x, want, frac)
+  return math.abs(x - want) <= want * frac
+end
+
+local function json_of(args)
+  local code, out, err = H.denet(args)
+  assert.equals(0, code, err)
+  return cjson.decode(out), err
+end
+
+local function row(list, name)
+  for _, r in ipairs(list) do
+    if r.name == name then
+      return r
+    end
+  end
+end
+
+describe("on this kernel", function()
+  it("denet doctor: BPF works, the headers match the kernel's types", function()
+    local code, out = H.denet({ "doctor" })
+    assert.equals(0, code, out)
+    assert.matches("BPF works here", out)
+    assert.matches("✓ headers vs kernel types", out)
+    assert.matches("✓ feature task_storage", out)
+  end)
+
+  it("denet run: the tree's CPU time, as the kernel's rusage of the same run says", function()
+    local o = H.tmpfile(".jsonl")
+    -- busybox time reports the rusage of its child (user and sys)
+    local code, _, err = H.denet({ "run", "-q", "-o", o, "--", "time", H.fixture("spin_children"), "2", "0.5" })
+    assert.equals(0, code, err)
+    local last
+    for line in io.lines(o) do
+      last = cjson.decode(line)
+    end
+    assert.equals("summary", last.kind)
+    assert.equals(4, last.max_processes) -- time, spin_children and its two children
+    local um, us = err:match("user%s+(%d+)m%s*([%d.]+)s")
+    local sm, ss = err:match("sys%s+(%d+)m%s*([%d.]+)s")
+    local ru = tonumber(um) * 60 + tonumber(us) + tonumber(sm) * 60 + tonumber(ss)
+    assert.is_true(math.abs(last.cpu_time_secs - ru) <= 0.05 * ru + 0.02,
+      string.format("%.3f vs rusage %.3f", last.cpu_time_secs, ru))
+  end)
+
+  it("denet script offcpu: sleeps with their stack, stack reuse verified", function()
+    local r = json_of({ "script", "offcpu", "--json", "--stack-reuse", "verify", "--", H.fixture("sleep_loop"), "20",
+      "20" })
+    local t
+    for _, th in ipairs(r.threads) do
+      if th.comm == "sleep_loop" then
+        t = th
+      end
+    end
+    assert.is_not_nil(t)
+    assert.is_true(within(t.by_category.sleep or 0, 400000, 0.15), "sleep " .. tostring(t.by_category.sleep))
+    local s = r.stacks[1]
+    assert.equals("__schedule", s.frames[#s.frames])
+    local nap = false
+    for _, f in ipairs(s.frames) do
+      nap = nap or f == "nap"
+    end
+    assert.is_true(nap)
+    assert.equals(20, row(r.syscalls, "clock_nanosleep").blocks)
+    assert.equals(0, r.lost_stacks)
+    assert.equals(0, r.kstack_reuse.wrong)
+  end)
+
+  it("denet script syscalls -L: exact counts and the latency bucket", function()
+    local r = json_of({ "script", "syscalls", "--json", "-L", "-T", "50", "--", H.fixture("syscall_mix") })
+    assert.equals(102500, row(r.syscalls, "getppid").count)
+    assert.equals(5000, row(r.syscalls, "write").count)
+    assert.equals(777, row(r.syscalls, "openat").errors.ENOENT)
+    -- hist[k] (0-based in JSON) counts [2^(k-1), 2^k) ns: 100 ms in [2^26, 2^27)
+    local ns = row(r.syscalls, "nanosleep")
+    assert.equals(1, ns.hist[28])
+  end)
+
+  it("example plugins: slow-syscalls, mem-growth, func-latency, io-by-file, cswitch", function()
+    local code, out = H.denet({ "script", "slow-syscalls", "--threshold-ms", "20", "--", H.fixture("sleep_loop"), "3",
+      "30" })
+    assert.equals(0, code)
+    assert.matches("slow%-syscalls: 3 calls of 20 ms or more", out)
+    local err
+    code, _, err = H.denet({ "run", "-q", "--plugin", "mem-growth:limit_mib_s=50", "--", H.fixture("mem_grow"), "20",
+      "10", "100" })
+    assert.equals(0, code)
+    assert.matches("mem%-growth: RSS grew", err)
+    code, out = H.denet({ "script", "func-latency", "--func", "dn_target_fn", "--", H.fixture("ufunc"), "500" })
+    assert.equals(0, code)
+    assert.matches("dn_target_fn: 500 calls", out)
+    local f = H.tmpfile(".dat")
+    code, out = H.denet({ "script", "io-by-file", "--", H.fixture("write_fsync"), f, "2" })
+    assert.equals(0, code)
+    local wr = out:match("%d+%s+(%d+)%s+%d+%s+%d+%s+" .. f:gsub("%p", "%%%0"))
+    assert.equals(2097152, tonumber(wr))
+    code, _, err = H.denet({ "script", "cswitch", "--", H.fixture("sleep_loop"), "5", "10" })
+    assert.equals(0, code)
+    assert.matches("VOLUNTARY", err)
+  end)
+
+  it("kprobe__ and kretprobe__ auto-attach, attach_kprobe, and fentry count every call", function()
+    local n = 7
+    local p = denet.spawn({ H.fixture("sleep_loop"), tostring(n), "5" })
+    if not features.has("kprobes") then
+      local ok, e = pcall(BPF.new, { text = "int kprobe__do_nanosleep(void *ctx) { return 0; }" })
+      assert.is_false(ok)
+      assert.matches("this kernel has no kprobes", tostring(e.message or e))
+      p:resume()
+      p:wait()
+      return
+    end
+    local b = BPF.new{ text = string.format([[
+BPF_ARRAY(n, u64, 4);
+static int count(int i) {
+  if ((bpf_get_current_pid_tgid() >> 32) == %d) n.increment(i);
+  return 0;
+}
+int kprobe__do_nanosleep(void *ctx) { return count(0); }
+int kretprobe__do_nanosleep(void *ctx) { return count(1); }
+int by_hand(void *ctx) { return count(2); }
+KFUNC_PROBE(do_nanosleep) { return count(3); }
+]], p.pid), autoattach = false }
+    b:attach_kprobe{ event = "do_nanosleep", fn_name = "kprobe__do_nanosleep" }
+    b:attach_kretprobe{ event = "do_nanosleep", fn_name = "kretprobe__do_nanosleep" }
+    b:attach_kprobe{ event = "do_nanosleep", fn_name = "by_hand" }
+    local fentry = features.has("fentry")
+    if fentry then
+      b:attach_kfunc{ fn_name = "kfunc__do_nanosleep" }
+    end
+    p:resume()
+    assert.equals(0, p:wait())
+    local t = b:get_table("n")
+    assert.equals(n, tonumber(t:get(0)))
+    assert.equals(n, tonumber(t:get(1)))
+    assert.equals(n, tonumber(t:get(2)))
+    assert.equals(fentry and n or 0, tonumber(t:get(3)))
+    b:close()
+    -- and by name, as bcc attaches them
+    p = denet.spawn({ H.fixture("sleep_loop"), "3", "5" })
+    b = BPF.new{ text = string.format([[
+BPF_ARRAY(n, u64, 2);
+int kprobe__do_nanosleep(void *ctx) { if ((bpf_get_current_pid_tgid() >> 32) == %d) n.increment(0); return 0; }
+int kretprobe__do_nanosleep(void *ctx) { if ((bpf_get_current_pid_tgid() >> 32) == %d) n.increment(1); return 0; }
+]], p.pid, p.pid) }
+    p:resume()
+    p:wait()
+    assert.equals(3, tonumber(b:get_table("n"):get(0)))
+    assert.equals(3, tonumber(b:get_table("n"):get(1)))
+    b:close()
+  end)
+
+  it("kernel structs read as the kernel lays them out: task_struct against the tracepoint's fields", function()
+    local b = BPF.new{ text = [[
+#include <linux/sched.h>
+BPF_ARRAY(n, u64, 2); /* [0] agreed, [1] disagreed */
+TRACEPOINT_PROBE(sched, sched_switch) {
+  struct task_struct *prev = (struct task_struct *)bpf_get_current_task();
+  char comm[16] = {};
+  bpf_probe_read_kernel_str(comm, sizeof(comm), prev->comm);
+  int same = prev->pid == args->prev_pid;
+  for (int i = 0; i < 16; i++) {
+    if (comm[i] != args->prev_comm[i]) same = 0;
+    if (!comm[i]) break;
+  }
+  n.increment(same ? 0 : 1);
+  return 0;
+}
+]] }
+    local t = b:get_table("n")
+    local t0 = require("denet.core").monotonic()
+    repeat
+      denet.sleep(0.1)
+    until tonumber(t:get(0)) >= 20 or require("denet.core").monotonic() - t0 > 10
+    assert.is_true(tonumber(t:get(0)) >= 20, "agreed " .. tostring(t:get(0)))
+    assert.equals(0, tonumber(t:get(1)))
+    b:close()
+  end)
+end)
