@@ -115,6 +115,7 @@ describe("kernel structs", function()
 struct seen { u32 pid, tgid, ppid; };
 BPF_HASH(res, u32, struct seen);
 BPF_ARRAY(n, u64, 2); /* [0] agreed with the tracepoint, [1] disagreed */
+BPF_ARRAY(total_vm, u64, 1); /* the sleeper's mm->total_vm (pages) */
 TRACEPOINT_PROBE(sched, sched_switch) {
   struct task_struct *prev = (struct task_struct *)bpf_get_current_task();
   char comm[16] = {};
@@ -129,6 +130,11 @@ TRACEPOINT_PROBE(sched, sched_switch) {
   s.pid = prev->pid;
   s.tgid = prev->tgid;
   s.ppid = prev->real_parent->tgid;
+  if (s.tgid == SLEEPER) {
+    u64 vm = prev->mm->total_vm;
+    u32 z = 0;
+    total_vm.update(&z, &vm);
+  }
   u32 k = s.pid;
   res.update(&k, &s);
   return 0;
@@ -136,6 +142,7 @@ TRACEPOINT_PROBE(sched, sched_switch) {
 ]]
 
   it("read as the running kernel lays them out: against the tracepoint's fields and /proc", function()
+    -- prev->pid, prev->comm, prev->real_parent->tgid, prev->mm->total_vm
     local ktypes = require("denet.ktypes")
     -- the machine this suite runs on has another kernel's headers
     assert.is_true(ktypes.mismatch(), "headers " .. tostring(ktypes.headers_release()))
@@ -143,10 +150,21 @@ TRACEPOINT_PROBE(sched, sched_switch) {
 local BPF = require("denet.bpf")
 local denet = require("denet")
 local core = require("denet.core")
-local b = BPF.new{ text = %q }
+-- a process whose memory does not move: its mm->total_vm against /proc
+local p = denet.spawn({ %q, "30" })
+local b = BPF.new{ text = %q, cflags = { "-DSLEEPER=" .. p.pid } }
+p:resume()
 local n = b:get_table("n")
 local t0 = core.monotonic()
-repeat denet.sleep(0.05) until tonumber(n:get(0)) >= 50 or core.monotonic() - t0 > 10
+-- until it sleeps (its last switch-out has then been seen) and enough
+-- switches were compared
+repeat denet.sleep(0.05) until (tonumber(n:get(0)) >= 50 and select(4, core.read_stat(p.pid)) == 83)
+  or core.monotonic() - t0 > 10
+denet.sleep(0.05)
+local vmsize = tonumber(core.read_file("/proc/" .. p.pid .. "/status"):match("VmSize:%%s*(%%d+)"))
+local vm_ok = tonumber(b:get_table("total_vm"):get(0)) * 4 == vmsize
+p:kill(denet.SIGKILL)
+p:wait()
 local good, bad = 0, 0
 for k, v in b:get_table("res"):items() do
   local st = core.read_file("/proc/" .. k .. "/status")
@@ -158,11 +176,12 @@ for k, v in b:get_table("res"):items() do
     end
   end
 end
-print(tonumber(n:get(0)), tonumber(n:get(1)), good, bad)
-]], PROG))
+print(tonumber(n:get(0)), tonumber(n:get(1)), good, bad, vm_ok)
+]], H.fixture("sleeper"), PROG))
     local code, out, err = H.denet({ "script", s })
     assert.equals(0, code, err)
-    local agreed, disagreed, good, bad = out:match("^(%d+)\t(%d+)\t(%d+)\t(%d+)")
+    local agreed, disagreed, good, bad, vm = out:match("^(%d+)\t(%d+)\t(%d+)\t(%d+)\t(%a+)")
+    assert.equals("true", vm, out) -- mm->total_vm x 4 KiB is the sleeper's VmSize
     assert.is_true(tonumber(agreed) >= 50, out)
     assert.equals(0, tonumber(disagreed))
     assert.is_true(tonumber(good) >= 1, out)
@@ -170,7 +189,7 @@ print(tonumber(n:get(0)), tonumber(n:get(1)), good, bad)
   end)
 
   it("where the kernel's types cannot be used, a mismatch is one line naming the struct", function()
-    local s = H.script(string.format("require('denet.bpf').new{ text = %q }", PROG))
+    local s = H.script(string.format("require('denet.bpf').new{ text = %q, cflags = { '-DSLEEPER=1' } }", PROG))
     local code, out, err = H.denet({ "script", s }, "DENET_DISABLE=btf_types ")
     assert.equals(2, code)
     assert.equals("", out)
