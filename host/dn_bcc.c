@@ -177,14 +177,16 @@ static int module_gc(lua_State *L)
 	return 0;
 }
 
-/* core.bpf_compile(text_or_path, is_file, cflags) -> module | nil, diagnostics
+/* core.bpf_compile(text_or_path, is_file, cflags [, debug]) -> module | nil, diagnostics
  * Compiles with libbcc; maps are created here (allow_rlimit false: this
  * kernel charges BPF memory to the cgroup). On failure the message is what
- * clang and libbcc printed. On success the second result holds warnings. */
+ * clang and libbcc printed. On success the second result holds warnings.
+ * debug: libbcc's debug flags (bcc/bcc_common.h: 0x4 prints the rewritten source). */
 static int l_bpf_compile(lua_State *L)
 {
 	const char *src = luaL_checkstring(L, 1);
 	int is_file = lua_toboolean(L, 2);
+	unsigned debug = (unsigned)luaL_optinteger(L, 4, 0);
 	const char **cflags = NULL;
 	int ncflags = 0, i;
 	struct capture cap;
@@ -214,9 +216,9 @@ static int l_bpf_compile(lua_State *L)
 
 	capture_begin(&cap);
 	if (is_file)
-		mod = bpf_module_create_c(src, 0, cflags, ncflags, false, NULL);
+		mod = bpf_module_create_c(src, debug, cflags, ncflags, false, NULL);
 	else
-		mod = bpf_module_create_c_from_string(src, 0, cflags, ncflags, false, NULL);
+		mod = bpf_module_create_c_from_string(src, debug, cflags, ncflags, false, NULL);
 	capture_end(L, &cap);
 	free(cflags);
 	/* stack: ..., module, diagnostics */

@@ -179,4 +179,242 @@ function Btf:offset(sname, path)
   return total, id
 end
 
+---------------------------------------------------------------------------
+-- C declarations of the kernel's types
+
+-- An integer C type of `size` bytes.
+local function int_type(size, signed)
+  local t = ({ [1] = "char", [2] = "short", [4] = "int", [8] = "long long" })[size]
+  if not t then
+    return nil
+  end
+  return (signed and "signed " or "unsigned ") .. t
+end
+
+--- Every struct and union of the kernel as C, each tag and typedef'd
+--- anonymous type renamed with `prefix` so the result can sit beside any
+--- kernel headers. Layouts are spelled out, not left to the compiler: each
+--- struct is packed, every member at its BTF offset with explicit padding
+--- before it and to the struct's BTF size, so the offsets are the running
+--- kernel's under any target's rules (clang lays out the unnamed bit-field
+--- padding of a plain C dump differently for the BPF target than the
+--- kernel's compiler did). Members keep their names; typedefs are replaced
+--- by what they name; enums are integers of their size; function pointers
+--- are void pointers.
+function Btf:c_header(prefix)
+  local out, done, busy = {}, {}, {}
+  local tagname = {}   -- struct/union id -> emitted tag
+  local used = {}      -- emitted tag -> id
+  local wanted = {}    -- typedef'd anonymous types named through a pointer
+  -- padding members are named apart across the whole header: those of an
+  -- anonymous member land in the scope of the struct around it
+  local npad = 0
+  local emit_struct
+
+  -- the tag a struct or union (or a typedef'd anonymous one) is emitted as
+  local function tag_of(id, via_typedef)
+    if tagname[id] then
+      return tagname[id]
+    end
+    local _, name = self:type(id)
+    local base = name ~= "" and name or ("t_" .. via_typedef)
+    local tag = prefix .. base
+    if (name ~= "" and self:struct_id(name) ~= id) or (used[tag] and used[tag] ~= id) then
+      tag = tag .. "___" .. id -- another type of the same name: struct_id's keeps the name
+    end
+    used[tag] = id
+    tagname[id] = tag
+    return tag
+  end
+
+  -- "TYPE DECLARATOR" for type id around declarator inner; value: the
+  -- struct it embeds by value must be emitted first
+  local decl
+  decl = function(id, inner, typedef_name)
+    if id == 0 then
+      return "void " .. inner
+    end
+    local kind, name, ref, vlen = self:type(id)
+    if kind == KIND.INT then
+      local t = ffi.cast(u32p, self.p + self.off[id] + 12)[0]
+      local enc, bits = bit.rshift(bit.band(t, 0x0f000000), 24), bit.band(t, 0xff)
+      local ct = int_type(ref, bit.band(enc, 1) == 1)
+      if not ct or bits ~= ref * 8 then
+        return string.format("unsigned char %s[%d]", inner, ref)
+      end
+      return ct .. " " .. inner
+    elseif kind == KIND.ENUM or kind == KIND.ENUM64 then
+      return (int_type(ref, false) or "unsigned int") .. " " .. inner
+    elseif kind == KIND.FLOAT then
+      local ft = ({ [4] = "float", [8] = "double" })[ref]
+      return ft and (ft .. " " .. inner) or string.format("unsigned char %s[%d]", inner, ref)
+    elseif kind == KIND.PTR then
+      local target = self:resolve(ref)
+      local tk = target ~= 0 and select(1, self:type(target))
+      if tk == KIND.FUNC_PROTO then
+        return "void *" .. inner
+      end
+      return decl(ref, "*" .. inner, nil)
+    elseif kind == KIND.ARRAY then
+      local a = ffi.cast(u32p, self.p + self.off[id] + 12)
+      local elem, n = a[0], a[2]
+      if inner:sub(1, 1) == "*" then
+        inner = "(" .. inner .. ")"
+      end
+      return decl(elem, string.format("%s[%d]", inner, n), nil)
+    elseif kind == KIND.TYPEDEF then
+      local target = self:resolve(ref)
+      local tk, tname = self:type(target)
+      if (tk == KIND.STRUCT or tk == KIND.UNION) and tname == "" then
+        return decl(target, inner, name)
+      end
+      return decl(ref, inner, nil)
+    elseif kind == KIND.CONST or kind == KIND.VOLATILE or kind == KIND.RESTRICT or kind == KIND.TYPE_TAG then
+      return decl(ref, inner, typedef_name)
+    elseif kind == KIND.STRUCT or kind == KIND.UNION then
+      if name == "" and not typedef_name then
+        -- an anonymous member type: its own packed body, inline
+        return emit_struct(id, nil) .. " " .. inner
+      end
+      local tag = tag_of(id, typedef_name)
+      if inner:sub(1, 1) ~= "*" and inner:sub(1, 2) ~= "(*" then
+        emit_struct(id, tag) -- embedded by value: defined first
+      elseif name == "" then
+        wanted[id] = tag
+      end
+      return (kind == KIND.UNION and "union " or "struct ") .. tag .. " " .. inner
+    elseif kind == KIND.FWD then
+      local _, _, _, _, is_union = self:type(id)
+      return (is_union and "union " or "struct ") .. prefix .. name .. " " .. inner
+    elseif kind == KIND.FUNC_PROTO then
+      return "void " .. inner
+    end
+    return "void " .. inner
+  end
+
+  -- Emit struct/union id: with a tag, its definition goes to `out` (once)
+  -- and the tag is returned; without, the body is returned (inline use).
+  emit_struct = function(id, tag)
+    if tag and (done[id] or busy[id]) then
+      return tag
+    end
+    if tag then
+      busy[id] = true
+    end
+    local kind, _, size, vlen, kflag = self:type(id)
+    local is_union = kind == KIND.UNION
+    local lines = {}
+    local m = ffi.cast(u32p, self.p + self.off[id] + 12)
+    local pos = 0 -- bits placed so far
+    local function pad_to(bits)
+      if pos >= bits then
+        return
+      end
+      if pos % 8 ~= 0 then
+        local b = math.min(8 - pos % 8, bits - pos)
+        npad = npad + 1
+        lines[#lines + 1] = string.format("unsigned char :%d;", b)
+        pos = pos + b
+      end
+      local bytes = math.floor((bits - pos) / 8)
+      if bytes > 0 then
+        npad = npad + 1
+        lines[#lines + 1] = string.format("unsigned char __dn_pad%d[%d];", npad, bytes)
+        pos = pos + bytes * 8
+      end
+      if pos < bits then
+        npad = npad + 1
+        lines[#lines + 1] = string.format("unsigned char :%d;", bits - pos)
+        pos = bits
+      end
+    end
+    for i = 0, vlen - 1 do
+      local name_off, tid, o = m[3 * i], m[3 * i + 1], m[3 * i + 2]
+      local bits = kflag and bit.band(o, 0xffffff) or o
+      local width = kflag and bit.rshift(o, 24) or 0
+      local mname = name_off ~= 0 and self:str(name_off) or ""
+      local rid = self:resolve(tid)
+      local rkind, _, rsize = self:type(rid)
+      if width == 0 and (rkind == KIND.INT or rkind == KIND.ENUM) and not kflag then
+        -- an old-style bit field: the width is in the int type itself
+        if rkind == KIND.INT then
+          local t = ffi.cast(u32p, self.p + self.off[rid] + 12)[0]
+          local ibits = bit.band(t, 0xff)
+          if ibits ~= rsize * 8 then
+            width = ibits
+          end
+        end
+      end
+      if is_union then
+        pos = 0
+      end
+      if width > 0 then
+        pad_to(bits)
+        local ct = int_type(rsize, false) or "unsigned int"
+        lines[#lines + 1] = string.format("%s %s:%d;", ct, mname, width)
+        pos = bits + width
+      else
+        pad_to(bits)
+        if pos % 8 ~= 0 then
+          pad_to(pos + 8 - pos % 8)
+        end
+        lines[#lines + 1] = decl(tid, mname) .. ";"
+        -- the size it takes: from BTF (arrays, structs and all)
+        local sz = 0
+        local function size_of(t)
+          local k, _, s = self:type(t)
+          if k == KIND.INT or k == KIND.ENUM or k == KIND.ENUM64 or k == KIND.FLOAT or k == KIND.STRUCT
+              or k == KIND.UNION then
+            return s
+          elseif k == KIND.PTR then
+            return 8
+          elseif k == KIND.ARRAY then
+            local a = ffi.cast(u32p, self.p + self.off[t] + 12)
+            return size_of(self:resolve(a[0])) * a[2]
+          elseif k == KIND.TYPEDEF or k == KIND.CONST or k == KIND.VOLATILE or k == KIND.RESTRICT
+              or k == KIND.TYPE_TAG then
+            return size_of(self:resolve(t))
+          end
+          return 0
+        end
+        sz = size_of(self:resolve(tid))
+        pos = bits + sz * 8
+      end
+    end
+    if is_union then
+      -- its size, whatever its members
+      npad = npad + 1
+      lines[#lines + 1] = string.format("unsigned char __dn_pad%d[%d];", npad, size)
+    else
+      pad_to(size * 8)
+    end
+    local body = string.format("%s {\n\t%s\n} __attribute__((packed))", is_union and "union" or "struct",
+      table.concat(lines, "\n\t"))
+    if not tag then
+      return body
+    end
+    out[#out + 1] = body:gsub("^(%a+) ", "%1 " .. tag .. " ", 1) .. ";\n"
+    busy[id] = nil
+    done[id] = true
+    return tag
+  end
+
+  for id = 1, self.n do
+    local kind, name = self:type(id)
+    if (kind == KIND.STRUCT or kind == KIND.UNION) and name ~= "" then
+      emit_struct(id, tag_of(id))
+    end
+  end
+  repeat
+    local more = false
+    for id, tag in pairs(wanted) do
+      if not done[id] then
+        emit_struct(id, tag)
+        more = true
+      end
+    end
+  until not more
+  return table.concat(out, "\n"), tagname
+end
+
 return M

@@ -128,8 +128,8 @@ TRACEPOINT_PROBE(sched, sched_switch) { int k = 0; u64 *v = n.lookup(&k); if (v)
         diff and string.format("the headers (%s) are not this kernel's (%s): %s%s", rel, core.uname().release,
           table.concat(diff, ", ", 1, math.min(#diff, 3)), transparent and "; scripts that read kernel structs "
           .. "get the kernel's own layouts from its BTF" or "") or ("cannot compare: " .. tostring(why)),
-        transparent and "" or "install bpftool (denet then takes kernel struct layouts from BTF), or the headers "
-          .. "of the running kernel", false)
+        transparent and "" or "install the headers of the running kernel (or use a kernel with BTF, from which "
+          .. "denet takes struct layouts)", false)
     end
   end
 

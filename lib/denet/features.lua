@@ -43,9 +43,9 @@ M.LIST = {
     probe = function()
       return M.has("btf") and core.feature_probe("current_task_btf") and core.feature_probe("task_pt_regs")
     end },
-  { name = "btf_types", since = "5.4", what = "kernel struct layouts from BTF (needs bpftool)",
+  { name = "btf_types", since = "5.4", what = "kernel struct layouts from BTF, for scripts that read kernel structs",
     probe = function()
-      return M.has("btf") and require("denet.ktypes").bpftool() ~= nil
+      return M.has("btf")
     end },
   { name = "kprobes", since = "4.1", what = "kprobes (optional: scripts that ask for them)",
     probe = function()

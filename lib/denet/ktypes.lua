@@ -6,11 +6,11 @@
 -- reads some other field. When the headers are not the running kernel's
 -- and a program names kernel structs:
 --
--- * transparent (the kernel has BTF and bpftool is installed): the
---   kernel's own types are dumped from its BTF (bpftool btf dump ... format
---   c), renamed with a prefix so they cannot clash with the headers, and
---   each `struct X` / `union X` the program names is compiled as the
---   renamed, BTF-true type. Offsets are then the running kernel's.
+-- * transparent (the kernel has BTF): the kernel's own structs and unions
+--   are written out as C from its BTF (denet.btf's c_header: every member
+--   at its BTF offset), renamed with a prefix so they cannot clash with the
+--   headers, and each `struct X` / `union X` the program names is compiled
+--   as the renamed, BTF-true type. Offsets are then the running kernel's.
 -- * otherwise: the layouts the headers give are checked against the BTF
 --   before loading (a small probe compile of _Static_asserts for the
 --   fields the program reads); a mismatch fails with one line naming the
@@ -26,7 +26,7 @@ local M = {}
 
 M.PREFIX = "__dn_k_"
 -- a version of the generated header's format, part of its cache name
-local GEN = 1
+local GEN = 2
 
 -- ABI structs: the same layout on every kernel, and named by libbcc's
 -- own helpers and macros
@@ -55,109 +55,43 @@ function M.mismatch()
   return h ~= nil and h ~= core.uname().release
 end
 
-local BPFTOOL = { "/usr/sbin/bpftool", "/usr/bin/bpftool", "/sbin/bpftool" }
-local function bpftool()
-  for _, p in ipairs(BPFTOOL) do
-    local st = core.stat(p)
-    if st and not st.dir then
-      return p
-    end
-  end
-end
-
---- Can kernel types be taken from BTF here (BTF, bpftool, not disabled)?
+--- Can kernel types be taken from BTF here (BTF, not disabled)?
 function M.transparent()
   return features.has("btf_types")
 end
-M.bpftool = bpftool
-
---- Rename every type of a bpftool C dump: struct, union and enum tags,
---- typedef names and enumerators get M.PREFIX. Member names stay.
-function M.rename(text)
-  local P = M.PREFIX
-  local lines = {}
-  for l in (text .. "\n"):gmatch("([^\n]*)\n") do
-    lines[#lines + 1] = l
-  end
-  -- typedef names: "typedef T NAME;", "typedef T NAME[N];", "typedef R
-  -- NAME(args);", "typedef R (*NAME)(args);", "typedef struct {...} NAME;"
-  local tds, block = {}, false
-  for _, l in ipairs(lines) do
-    if l:match("^typedef %w+ {$") then
-      block = true
-    elseif block and l:match("^} ([%w_]+);$") then
-      tds[l:match("^} ([%w_]+);$")] = true
-      block = false
-    elseif l:match("^typedef ") then
-      local n = l:match("%(%*[%w_ ]-([%w_]+)%)") or l:match("([%w_]+)%[[^%]]*%];$") or l:match("([%w_]+)%(.*%);$")
-        or l:match("([%w_]+);$")
-      if n then
-        tds[n] = true
-      end
-    end
-  end
-  local out = {}
-  for _, l in ipairs(lines) do
-    if l:match("^#") then
-      -- bpftool's CO-RE pragma and include guard: not for libbcc
-      if l:match("^#pragma") then
-        l = ""
-      end
-    else
-      l = l:gsub("(%f[%w_]struct%s+)([%w_]+)", "%1" .. P .. "%2"):gsub("(%f[%w_]union%s+)([%w_]+)", "%1" .. P .. "%2")
-        :gsub("(%f[%w_]enum%s+)([%w_]+)", "%1" .. P .. "%2")
-      l = l:gsub("^(\t+)([%w_]+) = (%-?%d+%a*),$", "%1" .. P .. "%2 = %3,")
-      -- typedef names, except where a member of the same name is declared
-      -- (followed by ; [ or : inside a body)
-      local body = l:sub(1, 1) == "\t"
-      l = l:gsub("(%f[%w_][%w_]+%f[^%w_])(%s*)([;%[:]?)", function(w, sp, nxt)
-        if tds[w] and (not body or nxt == "") then
-          return P .. w .. sp .. nxt
-        end
-      end)
-    end
-    out[#out + 1] = l
-  end
-  return (table.concat(out, "\n"):gsub("__VMLINUX_H__", "__DN_KTYPES_H__"))
-end
 
 local header_path
---- The renamed BTF header of the running kernel (made once and kept in
---- the cache); nil and why when it cannot be made.
+--- The header of the running kernel's structs and unions, renamed and
+--- laid out from its BTF (denet.btf's c_header), made once per kernel and
+--- kept in the cache; nil and why when it cannot be made.
 function M.header()
   if header_path then
     return header_path
   end
+  local btf = require("denet.btf")
   local cache = require("denet.cache")
   local u = core.uname()
-  local st = core.stat(require("denet.btf").PATH)
+  local st = core.stat(btf.PATH)
   if not st then
     return nil, "the kernel has no BTF"
   end
-  local key = string.format("ktypes-%d-%s-%d-%08x.h", GEN, (u.release:gsub("[^%w%.%-]", "_")), st.size,
-    (function()
-      local h = 5381
-      for i = 1, #u.version do
-        h = (h * 33 + u.version:byte(i)) % 4294967296
-      end
-      return h
-    end)())
+  -- the kernel's identity: release, build (uname -v) and BTF size
+  local h = 5381
+  for i = 1, #u.version do
+    h = (h * 33 + u.version:byte(i)) % 4294967296
+  end
+  local key = string.format("ktypes-%d-%s-%d-%08x.h", GEN, (u.release:gsub("[^%w%.%-]", "_")), st.size, h)
   local path, err = cache.path(key)
   if not path then
     return nil, err
   end
   if not core.stat(path) then
-    local tool = bpftool()
-    if not tool then
-      return nil, "bpftool is not installed"
+    local b, why = btf.load()
+    if not b then
+      return nil, why
     end
-    local p = io.popen(string.format("%s btf dump file %s format c 2>/dev/null", tool, require("denet.btf").PATH))
-    local c = p:read("*a")
-    p:close()
-    if not c or #c < 1000 then
-      return nil, "bpftool could not dump the kernel's BTF"
-    end
-    local ok, perr = cache.put(key, M.rename(c))
+    local text = b:c_header(M.PREFIX)
+    local ok, perr = cache.put(key, "/* the running kernel's types, from its BTF (denet.ktypes) */\n" .. text)
     if not ok then
       return nil, perr
     end
@@ -285,8 +219,8 @@ function M.check(text, cflags, structs, name)
     return -- the headers do not define it (only pointers are used): nothing to compare
   end
   errors.raise(string.format("BPF program %s reads struct %s, whose layout in the installed kernel headers (%s) "
-    .. "is not the running kernel's (%s): %s; fix: install the headers of the running kernel, or bpftool (so "
-    .. "denet takes kernel types from the kernel's BTF)", name or "bpf.c", s, M.headers_release() or "?",
+    .. "is not the running kernel's (%s): %s; fix: install the headers of the running kernel (or let denet take "
+    .. "kernel types from BTF: unset DENET_DISABLE=btf_types)", name or "bpf.c", s, M.headers_release() or "?",
     core.uname().release, off and string.format("field %s is at byte %s in this kernel", f, off)
       or string.format("the headers have no field %s", f)))
 end

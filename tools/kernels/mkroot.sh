@@ -65,10 +65,6 @@ for so in $(find /usr/lib/x86_64-linux-gnu/lua/5.1 -name '*.so'); do
 done
 copy /usr/share/luajit-2.1.0-beta3
 
-# bpftool: kernel struct layouts from BTF (denet.ktypes)
-copy /usr/sbin/bpftool
-copy_libs /usr/sbin/bpftool
-
 # names of syscalls and errnos, kernel headers of every flavour
 copy /usr/include/x86_64-linux-gnu/asm
 copy /usr/include/asm-generic
