@@ -101,7 +101,9 @@ function M.header()
 end
 
 -- struct/union names the text names, and those it defines itself
+-- (comments left out: "struct layout" in a comment names nothing)
 local function named_structs(text)
+  text = text:gsub("/%*.-%*/", " "):gsub("//[^\n]*", "")
   local named, defined = {}, {}
   for kw, name in text:gmatch("%f[%w_](%a+)%s+([%a_][%w_]*)") do
     if kw == "struct" or kw == "union" then

@@ -73,7 +73,16 @@ describe("on this kernel", function()
     end
     assert.is_true(nap)
     assert.equals(20, row(r.syscalls, "clock_nanosleep").blocks)
-    assert.equals(0, r.lost_stacks)
+    -- every sleep's stacks were read (a fault while the program execs is
+    -- possible, and said as such), and no stack map trouble
+    for _, st in ipairs(r.stacks) do
+      if st.category == "sleep" then
+        for _, f in ipairs(st.frames) do
+          assert.is_nil(f:match("^%[Missed"), f)
+        end
+      end
+    end
+    assert.equals(0, r.lost_stacks_why.map_full + r.lost_stacks_why.collided)
     assert.equals(0, r.kstack_reuse.wrong)
   end)
 
