@@ -10,6 +10,7 @@
  *   dn_sym_*   kernel and user symbol resolution (dn_sym.c)
  *   dn_sys_*   clocks, privileges and machine probes for `doctor` (dn_sys.c)
  *   dn_feat_*  what the running kernel's BPF can do (dn_feat.c)
+ *   dn_json_*  the JSON encoding of every record (dn_json.c)
  *   dn_trust_* what a privileged denet agrees to load, and Lua's loaders
  *              that read exactly what was checked (dn_trust.c)
  * Each subsystem exposes its Lua functions by adding them to the table on
@@ -113,6 +114,7 @@ void dn_sys_open(lua_State *L);
 void dn_repl_open(lua_State *L);
 void dn_trust_open_lua(lua_State *L);
 void dn_feat_open(lua_State *L);
+void dn_json_open(lua_State *L);
 
 /* dn_sym.c: the user-space resolver, also used by C unit tests ----------- */
 

@@ -528,43 +528,6 @@ static int l_net_dev_bytes(lua_State *L)
 	return 2;
 }
 
-/* core.json_children(prefixes, cpus, uptimes, n, ts_ms) -> '[...]'
- * The monitor's hot path: join n children as JSON, each its cached text up
- * to the metrics' changing fields, then ts_ms, cpu_usage and uptime_secs
- * written as lua-cjson writes numbers ("%.14g"). */
-static int l_json_children(lua_State *L)
-{
-	int n = (int)luaL_checkinteger(L, 4);
-	double ts = luaL_checknumber(L, 5);
-	luaL_Buffer b;
-	char num[160];
-	int i;
-
-	luaL_checktype(L, 1, LUA_TTABLE);
-	luaL_checktype(L, 2, LUA_TTABLE);
-	luaL_checktype(L, 3, LUA_TTABLE);
-	luaL_buffinit(L, &b);
-	luaL_addchar(&b, '[');
-	for (i = 1; i <= n; i++) {
-		double cpu, up;
-
-		if (i > 1)
-			luaL_addchar(&b, ',');
-		lua_rawgeti(L, 2, i);
-		cpu = lua_tonumber(L, -1);
-		lua_rawgeti(L, 3, i);
-		up = lua_tonumber(L, -1);
-		lua_pop(L, 2);
-		lua_rawgeti(L, 1, i);
-		luaL_addvalue(&b);
-		snprintf(num, sizeof(num), "\"ts_ms\":%.14g,\"cpu_usage\":%.14g,\"uptime_secs\":%.14g}}", ts, cpu, up);
-		luaL_addstring(&b, num);
-	}
-	luaL_addchar(&b, ']');
-	luaL_pushresult(&b);
-	return 1;
-}
-
 /* core.clk_tck(), core.page_size() */
 static int l_clk_tck(lua_State *L)
 {
@@ -623,7 +586,6 @@ void dn_procfs_open(lua_State *L)
 		{ "list_dir", l_list_dir },
 		{ "readlink", l_readlink },
 		{ "net_dev_bytes", l_net_dev_bytes },
-		{ "json_children", l_json_children },
 		{ NULL, NULL },
 	};
 	dn_vm_newclass(L, PTAB_MT, l_ptab_gc, methods);

@@ -104,6 +104,7 @@ static int core_open(lua_State *L)
 	dn_repl_open(L);
 	dn_trust_open_lua(L);
 	dn_feat_open(L);
+	dn_json_open(L);
 	lua_pushcfunction(L, l_user_error);
 	lua_setfield(L, -2, "user_error");
 	lua_pushstring(L, dn_vm_root());

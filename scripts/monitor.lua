@@ -6,19 +6,17 @@
 --   denet [options] attach [options] PID
 --   denet stats FILE [--json]
 --
--- `denet run`, `denet attach` and `denet stats` run this script. The work
--- is done by lib/denet/monitor.lua; this file is the command line, the
--- output streams and the display.
+-- `denet run`, `denet attach` and `denet stats` run this script. The run
+-- itself is denet.monitor.run (shared with plugins and Python); this file
+-- is the command line, the output streams and the display.
 local denet = require("denet")
 local core = require("denet.core")
 local errors = require("denet.errors")
-local monitor = require("denet.monitor")
+local json = require("denet.json")
 local plugins = require("denet.plugins")
 local args_mod = require("denet.args")
-local cjson = require("cjson")
-
-cjson.encode_number_precision(14)
-cjson.encode_sparse_array(true)
+local run_mod = require("denet.monitor.run")
+local summary_mod = require("denet.monitor.summary")
 
 -- The options, declared (denet.args): the usage text and the parser's
 -- table come from here.
@@ -36,19 +34,23 @@ local ARGS = {
   { name = "since_process_start", type = "bool",
     help = "I/O counted from each process's start, not from when monitoring began" },
   { name = "write_env", type = "bool", help = "an `env` record first (host, kernel, CPU model and cores)" },
-  { name = "stats", metavar = "FILE", help = "also write the summary record to FILE" },
+  { name = "stats", metavar = "FILE", help = "write the summary record to FILE (the JSONL holds samples only)" },
   { name = "offcpu", type = "bool", help = "also off-CPU time of the tree per sample (aggregated.ebpf.offcpu)" },
   { name = "syscalls", type = "bool", help = "also syscall counts of the tree per sample (aggregated.ebpf.syscalls)" },
   { name = "plugin", metavar = "NAME[:K=V,...]", help = "run a plugin on the samples (repeatable; see denet list)" },
   { name = "allow_untrusted", type = "bool", help = "load plugins even from files or folders others can write" },
   { name = "no_bpf", type = "bool", help = "do not use BPF (poll /proc only; short-lived children are not seen)" },
+  { name = "no_polling", type = "bool", help = "no samples while it runs: only the summary, from the kernel's "
+    .. "totals at the end (and --offcpu/--syscalls data)" },
+  { name = "debug", type = "bool", help = "say on stderr what denet does (BPF parts and flags, timings)" },
+  { name = "version", flag = "-V", type = "bool", help = "print the version and exit" },
   { name = "enable_ebpf", type = "bool", help = "accepted for compatibility (BPF is used whenever it can be)" },
 }
 
 local USAGE = [[
 usage: denet [options] run [options] -- CMD [ARGS...]
        denet [options] attach [options] PID
-       denet stats FILE [--json]
+       denet stats FILE [--json] [-o OUT]
 
 options:
 ]] .. args_mod.option_lines(ARGS) .. "\n"
@@ -163,21 +165,17 @@ function Out.new(files, encode)
   return setmetatable({ files = files, encode = encode }, Out)
 end
 
+--- Write one record to every output, as one line.
 function Out:write(rec)
   if #self.files == 0 then
     return
   end
-  local line = self.encode and self.encode(rec) or cjson.encode(rec)
-  -- lua-cjson writes an empty table as {}: these two are lists
-  if rec.children and #rec.children == 0 then
-    line = line:gsub('"children":{}', '"children":[]', 1)
-  end
-  if rec.cmd and #rec.cmd == 0 then
-    line = line:gsub('"cmd":{}', '"cmd":[]', 1)
-  end
-  line = line .. "\n"
+  local line = (self.encode and self.encode(rec) or json.encode(rec)) .. "\n"
   for _, f in ipairs(self.files) do
-    f:write(line)
+    local ok, err = f:write(line)
+    if not ok then
+      errors.raise(string.format("cannot write the JSONL: %s", tostring(err)))
+    end
     f:flush()
   end
 end
@@ -243,7 +241,7 @@ local function print_summary(s, out)
     { "max processes", tostring(s.max_processes) },
     { "max threads", tostring(s.max_threads) },
   }
-  if s.exit_code ~= cjson.null and s.exit_code ~= nil then
+  if s.exit_code ~= json.null and s.exit_code ~= nil then
     rows[#rows + 1] = { "exit code", tostring(s.exit_code) }
   end
   out:write("\n")
@@ -257,37 +255,26 @@ end
 
 local function stats(o)
   if not o.file then
-    errors.raise("stats needs a FILE: denet stats FILE [--json]")
+    errors.raise("stats needs a FILE: denet stats FILE [--json] [-o OUT]")
   end
-  local f, err = io.open(o.file, "r")
-  if not f then
-    errors.raise(string.format("cannot read %s: %s", o.file, (err or "?"):gsub("^[^:]*: ", "")))
-  end
-  local sum = monitor.summary()
-  local n, bad = 0, 0
-  for line in f:lines() do
-    if line:find("%S") then
-      local ok, rec = pcall(cjson.decode, line)
-      if ok and type(rec) == "table" then
-        n = n + 1
-        sum:add(rec)
-      else
-        bad = bad + 1
-      end
-    end
-  end
-  f:close()
+  local sum, n, bad = summary_mod.from_file(o.file)
   if n == 0 then
-    errors.raise(string.format("%s holds no denet records", o.file))
+    errors.raise(string.format("%s holds no samples (no tree or sample records, tagged or untagged): nothing to "
+      .. "summarize", o.file))
   end
   if bad > 0 then
-    io.stderr:write(string.format("denet: skipped %d line(s) of %s that are not JSON (a partial last line?)\n", bad,
-      o.file))
+    io.stderr:write(string.format("denet: skipped %d line(s) of %s that are not denet records (a partial last "
+      .. "line?)\n", bad, o.file))
   end
   local s = sum:result()
+  if o.out then
+    local f = denet.open_output(o.out)
+    f:write(json.encode(s), "\n")
+    f:close()
+  end
   if o.json then
-    io.stdout:write(cjson.encode(s), "\n")
-  else
+    io.stdout:write(json.encode(s), "\n")
+  elseif not o.out or not o.quiet then
     print_summary(s, io.stdout)
   end
   return 0
@@ -298,9 +285,12 @@ end
 
 local function main(args, host)
   local o = parse(args)
-  o.host = host
   if o.help then
     io.stdout:write(USAGE)
+    return 0
+  end
+  if o.version then
+    io.stdout:write(string.format("denet %s\n", core.version))
     return 0
   end
   if not o.sub then
@@ -343,160 +333,46 @@ local function main(args, host)
     display = Display.new(o.no_update and "lines" or "update", core.monotonic())
   end
 
-  local bpf = nil
-  if o.no_bpf then
-    bpf = false
-  end
-  local tree = require("denet.tree")
-  if bpf == nil and not tree.bpf_usable() then
-    local sys = require("denet.sys")
-    local ok, who = sys.privileges()
-    local why = not ok and ("no BPF privileges (" .. who .. ")") or (not sys.kernel_headers() and
-      "no kernel headers") or "tracefs is not mounted"
-    io.stderr:write(string.format("denet: %s: monitoring by /proc polling only; children that live shorter than "
-      .. "one interval are not seen, though their CPU time still counts through their parent\n", why))
-    bpf = false
-  end
-
   -- plugins are loaded (and their arguments checked) before anything runs
-  local host = o.host or plugins.load_all(o.plugins, { allow_untrusted = o.allow_untrusted })
-  host:init()
-
-  local proc
-  if o.sub == "run" then
-    denet.set_subreaper(true)
-    proc = denet.spawn(o.cmd, { stdout = o.json and 2 or nil })
-  end
-
-  local sum = monitor.summary()
-  local function emit(rec)
-    sum:add(rec)
-    out:write(rec)
-  end
-  local m = monitor.new{
-    proc = proc,
+  local session = run_mod.session{
+    cmd = o.sub == "run" and o.cmd or nil,
     pid = pid,
     interval = interval / 1000,
     max_interval = max_interval / 1000,
+    duration = duration > 0 and duration or nil,
     exclude_children = o.exclude_children,
     since_process_start = o.since_process_start,
-    bpf = bpf,
+    bpf = o.no_bpf and false or nil,
     offcpu = o.offcpu,
     syscalls = o.syscalls,
-    on_event = function(ev)
-      host:call("on_process", ev)
-    end,
-    on_sample = function(rec)
-      local res = host:call("on_sample", rec)
-      local ebpf = rec.aggregated and rec.aggregated.ebpf
-      if ebpf and ebpf.syscalls then
-        host:call("on_syscalls", ebpf.syscalls)
-      end
-      if ebpf and ebpf.offcpu then
-        host:call("on_offcpu", ebpf.offcpu)
-      end
-      -- what plugins return goes in the record, under plugins.<name>
-      for name, v in pairs(res) do
-        if type(v) == "table" then
-          rec.plugins = rec.plugins or {}
-          rec.plugins[name] = v
-        end
-      end
-      emit(rec)
-      if display then
+    no_polling = o.no_polling,
+    debug = o.debug,
+    write_env = o.write_env,
+    stdout = o.json and 2 or nil,
+    host = host or plugins.load_all(o.plugins, { allow_untrusted = o.allow_untrusted }),
+    on_record = function(rec)
+      out:write(rec)
+      if display and (rec.kind == "tree" or rec.kind == "sample") then
         display:show(rec)
       end
     end,
   }
-
-  if o.write_env then
-    emit(monitor.env_record())
-  end
-  local root = pid or proc.pid
-  local argv = o.cmd
-  local exe
-  if o.sub == "attach" then
-    local procfs = require("denet.procfs")
-    argv = procfs.cmdline(root) or {}
-    exe = procfs.exe(root)
-  else
-    exe = denet.which(o.cmd[1])
-  end
+  session:start()
   out.encode = function(rec)
-    return m:encode(rec)
+    return session.m:encode(rec)
   end
-  m:start{
-    before_resume = function()
-      -- plugins see the target before it runs (uprobes miss nothing)
-      host:call("on_start", { pid = root, cmd = argv, executable = exe, mode = o.sub })
-    end,
-  }
-  -- the compiler's job is done: keep the resident set small from here on
-  core.release_compiler_memory()
   if display then
     -- rates of the first sample are from the baseline
-    display.t0 = m.t0_mono
-    display.last = { ts_ms = m.t0_ms, r = 0, w = 0 }
+    display.t0 = session.t0_mono
+    display.last = { ts_ms = session.m.t0_ms, r = 0, w = 0 }
   end
-  emit({ kind = "metadata", pid = root, cmd = argv, executable = exe or cjson.null, t0_ms = m.t0_ms })
-  host:start_intervals(function()
-    m:request_stop()
-  end)
-
-  -- run until the end, handling signals and the duration
-  local stop_at = duration > 0 and (m.t0_mono + duration) or nil
-  local signals, killed = 0, false
-  local exit_code
-  while true do
-    local why, sig, si_code = m:run{ stop_at = stop_at }
-    if why == "exit" then
-      break
-    elseif why == "duration" then
-      if not proc then
-        break
-      end
-      -- terminate the command, then insist
-      if not killed then
-        proc:kill(denet.SIGTERM)
-        killed = true
-        stop_at = core.monotonic() + 2
-      else
-        proc:kill(denet.SIGKILL)
-        stop_at = nil
-      end
-    elseif why == "signal" then
-      signals = signals + 1
-      if not proc then
-        break
-      end
-      if signals >= 2 then
-        proc:kill(denet.SIGKILL)
-      elseif not (sig == denet.SIGINT and si_code == 0x80) then
-        -- a terminal's Ctrl-C reached the command already
-        proc:kill(sig)
-      end
-      exit_code = 128 + sig
-    end
-  end
-  if proc then
-    exit_code = m:collect_root()
-  end
-  m:finish()
+  local signal_code = session:run_to_end()
+  local s, exit_code = session:finish()
   if display then
     display:done()
   end
-  host:stop_intervals()
-  local s = sum:result(proc and exit_code or nil)
-  local res = host:call("on_end", s)
-  for name, v in pairs(res) do
-    if type(v) == "table" then
-      s.plugins = s.plugins or {}
-      s.plugins[name] = v
-    end
-  end
-  out:write(s)
   if stats_file then
-    stats_file:write(cjson.encode(s), "\n")
+    stats_file:write(json.encode(s), "\n")
     stats_file:close()
   end
   for _, f in ipairs(files) do
@@ -507,8 +383,8 @@ local function main(args, host)
   if not o.quiet and not o.json then
     print_summary(s, io.stderr)
   end
-  if proc then
-    return exit_code
+  if session.proc then
+    return exit_code or signal_code
   end
   return 0
 end
@@ -518,8 +394,7 @@ return {
   category = "monitor",
   example = "denet run -o out.jsonl -- make -j8",
   usage = USAGE,
-  -- its own command line (run/attach/stats and the original's flags);
-  -- main(argv, host): host, the plugins of `denet script PLUGIN` runs
+  -- its own command line (run/attach/stats and the original's flags)
   raw_args = true,
   main = main,
 }

@@ -34,6 +34,7 @@ local STANDALONE = {
   { name = "pid", flag = "-p", type = "int", metavar = "PID", help = "attach to this process (and its descendants)" },
   { name = "duration", flag = "-d", type = "number", metavar = "SECONDS", help = "stop after this long" },
   { name = "out", flag = "-o", metavar = "FILE", help = "the monitor's JSONL (with plugins.<name>) to FILE" },
+  { name = "stats", metavar = "FILE", help = "the summary (with the plugin's on_end under plugins.<name>) to FILE" },
   { name = "interval", flag = "-i", type = "positive", metavar = "MS", help = "sample interval (default 100)" },
 }
 
@@ -76,32 +77,42 @@ local function run_plugin(t, path, args)
     mine[a.name] = o[a.name]
   end
   local host = plugins.host({ plugins.from_table(t, path, mine) })
-  local argv = { "-q" }
-  if o.duration then
-    argv[#argv + 1], argv[#argv + 2] = "-d", tostring(o.duration)
-  end
+  -- it rides on a quiet monitor: the same run as `denet run` (denet.monitor.run)
+  local json = require("denet.json")
+  local files = {}
+  local session
   if o.out then
-    argv[#argv + 1], argv[#argv + 2] = "-o", o.out
+    files[1] = require("denet").open_output(o.out)
   end
-  if o.interval then
-    argv[#argv + 1], argv[#argv + 2] = "-i", tostring(o.interval)
+  session = require("denet.monitor.run").session{
+    cmd = (#o.cmd > 0) and o.cmd or nil,
+    pid = o.pid,
+    interval = (o.interval or 100) / 1000,
+    duration = o.duration,
+    host = host,
+    syscalls = type(t.on_syscalls) == "function",
+    offcpu = type(t.on_offcpu) == "function",
+    on_record = function(rec)
+      for _, f in ipairs(files) do
+        f:write(session.m and rec.kind == "tree" and session.m:encode(rec) or json.encode(rec), "\n")
+      end
+    end,
+  }
+  local stats = o.stats and require("denet").open_output(o.stats)
+  session:start()
+  local signal_code = session:run_to_end()
+  local summary, code = session:finish()
+  for _, f in ipairs(files) do
+    f:close()
   end
-  if type(t.on_syscalls) == "function" then
-    argv[#argv + 1] = "--syscalls"
+  if stats then
+    stats:write(json.encode(summary), "\n")
+    stats:close()
   end
-  if type(t.on_offcpu) == "function" then
-    argv[#argv + 1] = "--offcpu"
+  if session.proc then
+    return code or signal_code or 0
   end
-  if o.pid then
-    argv[#argv + 1], argv[#argv + 2] = "attach", tostring(o.pid)
-  else
-    argv[#argv + 1], argv[#argv + 2] = "run", "--"
-    for _, c in ipairs(o.cmd) do
-      argv[#argv + 1] = c
-    end
-  end
-  local mon = assert(plugins.load_file(core.root .. "/scripts/monitor.lua"))()
-  return mon.main(argv, host) or 0
+  return 0
 end
 
 --- Run the Lua file at path with arguments args (a list); `arg` is set as
@@ -258,6 +269,7 @@ local COMMANDS = {
   end,
   version = version,
   ["--version"] = version,
+  ["-V"] = version,
   help = function()
     io.write(USAGE)
     return 0

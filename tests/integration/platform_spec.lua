@@ -86,14 +86,11 @@ describe("features forced off (DENET_DISABLE)", function()
   end)
 
   it("the monitor: the same tree and CPU time with events by perf buffer and maps read key by key", function()
-    local o, tf = H.tmpfile(".jsonl"), H.tmpfile(".time")
-    local code, _, err = H.denet({ "run", "-q", "-o", o, "--", "/usr/bin/time", "-f", "%U %S", "-o", tf,
+    local o, tf = H.tmpfile(".stats"), H.tmpfile(".time")
+    local code, _, err = H.denet({ "run", "-q", "--stats", o, "--", "/usr/bin/time", "-f", "%U %S", "-o", tf,
       H.fixture("fork_burn"), "4", "100" }, "DENET_DISABLE=ringbuf,batch ")
     assert.equals(0, code, err)
-    local last
-    for line in io.lines(o) do
-      last = cjson.decode(line)
-    end
+    local last = cjson.decode(H.slurp(o))
     -- time, fork_burn and its children, one after another
     assert.equals(3, last.max_processes)
     local u, sy = H.slurp(tf):match("([%d.]+) ([%d.]+)")

@@ -81,8 +81,9 @@ describe("plugins", function()
     local samples = find(list, "on_sample")
     assert.is_true(#samples >= 3)
     assert.equals("tree", samples[1].kind)
-    -- on_syscalls follows each sample when --syscalls is on
-    assert.equals(#samples, #find(list, "on_syscalls"))
+    -- on_syscalls follows each sample when --syscalls is on, and the
+    -- whole run's figures come once more at the end
+    assert.equals(#samples + 1, #find(list, "on_syscalls"))
     -- on_interval ticks on wall-clock time
     assert.is_true(#find(list, "on_interval") >= 3)
     local n = 0
@@ -138,11 +139,11 @@ local n = 0
 return { description = "stops", interval = 0.1, on_interval = function() n = n + 1; return n < 3 end }
 ]])
     local t0 = os.time()
-    local out = H.tmpfile(".jsonl")
-    local code = H.denet({ "run", "-q", "--plugin", stopper, "-o", out, "--", "sleep", "30" })
+    local stats = H.tmpfile(".stats")
+    local code = H.denet({ "run", "-q", "--plugin", stopper, "--stats", stats, "--", "sleep", "30" })
     assert.is_true(os.time() - t0 < 8)
     assert.equals(143, code) -- the command was ended with SIGTERM
-    assert.matches('"kind":"summary"', H.slurp(out))
+    assert.equals(143, cjson.decode(H.slurp(stats)).exit_code)
   end)
 
   it("a failing plugin is reported, disabled after 3 errors, and does not disturb another", function()
@@ -154,25 +155,24 @@ local n = 0
 return { description = "counts", on_sample = function() n = n + 1; return { n = n } end,
   on_end = function() return { samples = n } end }
 ]])
-    local out = H.tmpfile(".jsonl")
-    local code, _, err = H.denet({ "run", "-q", "--plugin", bad, "--plugin", good, "-o", out, "--",
+    local out, stats = H.tmpfile(".jsonl"), H.tmpfile(".stats")
+    local code, _, err = H.denet({ "run", "-q", "--plugin", bad, "--plugin", good, "-o", out, "--stats", stats, "--",
       H.fixture("sleep_loop"), "8", "100" })
     assert.equals(0, code, err)
     local badname, goodname = bad:match("([^/]+)%.lua$"), good:match("([^/]+)%.lua$")
     local _, n = err:gsub("plugin " .. badname .. ": [^\n]*%.lua:1: boom", "")
     assert.equals(3, n, err)
     assert.matches("plugin " .. badname .. ": disabled after 3 errors", err)
-    local samples, last, summary = 0, 0, nil
+    local samples, last = 0, 0
     for line in io.lines(out) do
       local r = cjson.decode(line)
       if r.kind == "tree" then
         samples = samples + 1
         last = r.plugins[goodname].n
         assert.is_nil(r.plugins[badname])
-      elseif r.kind == "summary" then
-        summary = r
       end
     end
+    local summary = cjson.decode(H.slurp(stats))
     assert.equals(samples, last)
     assert.equals(samples, summary.plugins[goodname].samples)
   end)
@@ -252,18 +252,12 @@ describe("example plugins", function()
   end)
 
   it("mem-growth: warns above the limit, not below, and writes its fields", function()
-    local out = H.tmpfile(".jsonl")
-    local code, _, err = H.denet({ "run", "-q", "--plugin", "mem-growth:limit_mib_s=50", "-o", out, "--",
+    local stats = H.tmpfile(".stats")
+    local code, _, err = H.denet({ "run", "-q", "--plugin", "mem-growth:limit_mib_s=50", "--stats", stats, "--",
       H.fixture("mem_grow"), "20", "10", "100" })
     assert.equals(0, code)
     assert.matches("mem%-growth: RSS grew %d+%.%d MiB/s", err)
-    local summary
-    for line in io.lines(out) do
-      local r = cjson.decode(line)
-      if r.kind == "summary" then
-        summary = r
-      end
-    end
+    local summary = cjson.decode(H.slurp(stats))
     local mg = summary.plugins["mem-growth"]
     assert.is_true(mg.warnings >= 3)
     -- 20 MiB every 100 ms: about 200 MiB/s

@@ -145,18 +145,20 @@ describe("denet script syscalls", function()
     assert.is_true(row(r.syscalls, "getppid").count >= 12345)
   end)
 
-  it("adds aggregated.ebpf.syscalls to the monitor's stream with denet run --syscalls", function()
-    local out = H.tmpfile(".jsonl")
-    local code = H.denet({ "run", "-q", "--syscalls", "-o", out, "--", H.fixture("syscall_mix") })
+  it("adds aggregated.ebpf.syscalls to the monitor's stream with denet run --syscalls, the run's to the summary",
+    function()
+    local out, stats = H.tmpfile(".jsonl"), H.tmpfile(".stats")
+    local code = H.denet({ "run", "-q", "--syscalls", "-o", out, "--stats", stats, "--", H.fixture("syscall_mix") })
     assert.equals(0, code)
-    local last
+    local n = 0
     for line in io.lines(out) do
       local r = cjson.decode(line)
       if r.kind == "tree" then
-        last = r
+        n = n + (r.aggregated.ebpf.syscalls and 1 or 0)
       end
     end
-    local sc = last.aggregated.ebpf.syscalls
+    assert.is_true(n >= 1)
+    local sc = cjson.decode(H.slurp(stats)).ebpf.syscalls
     assert.equals("getppid", sc.top_syscalls[1].name)
     assert.equals(102500, sc.top_syscalls[1].count)
     assert.is_true(sc.total >= 108278, "total " .. sc.total)

@@ -4,8 +4,13 @@
 --   local monitor = require("denet.monitor")
 --   local m = monitor.new{ proc = denet.spawn(cmd), on_sample = function(rec) ... end }
 --   m:start()                 -- tracks the tree, takes the baseline, resumes a held command
---   local why = m:run{ duration = 10 }
---   local summary = m:finish()
+--   local why = m:run{ stop_at = ... }
+--   m:collect_root(); local totals = m:finish()
+--
+-- This is the sampler: it reads, and leaves the arithmetic to
+-- denet.monitor.account, the summary to denet.monitor.summary, the env
+-- record to denet.monitor.env and the run/attach loop the CLI, plugins and
+-- Python share to denet.monitor.run.
 --
 -- Where the numbers come from:
 -- * /proc/PID/{stat,io,fd,smaps_rollup} through held fds (host/dn_procfs.c).
@@ -13,12 +18,7 @@
 --   kernel and reports exits; context switches are counted per process at
 --   sched_switch (bpf-src/ctxsw.c), threads that exited included.
 -- * Tree totals are exact across processes that come and go between
---   samples: the kernel adds a reaped child's CPU time, page faults and
---   I/O to its parent (cutime/cstime, cminflt/cmajflt, /proc/PID/io), so
---   the cumulative total of the tree is the sum over live processes of
---   their own + reaped-children counters, plus what left the tree without
---   a tracked parent to reap it (the root; orphans reaped by denet as
---   subreaper, whose exact rusage wait4 returns).
+--   samples (see denet.monitor.account).
 -- * A process's first sample compares with its start (a new process) or
 --   with the baseline taken when monitoring began: never a 0% first sample.
 local ffi = require("ffi")
@@ -28,7 +28,9 @@ local denet = require("denet")
 local errors = require("denet.errors")
 local procfs = require("denet.procfs")
 local tree_mod = require("denet.tree")
-local cjson = require("cjson")
+local json = require("denet.json")
+local account = require("denet.monitor.account")
+local env = require("denet.monitor.env")
 
 local M = {}
 
@@ -38,10 +40,7 @@ local PAGE_KB = procfs.PAGE_KB
 local ZOMBIE = string.byte("Z")
 local band = bit.band
 
-local function round(x, digits)
-  local m = 10 ^ (digits or 3)
-  return math.floor(x * m + 0.5) / m
-end
+local round = account.round
 M.round = round
 
 --- The adaptive interval (seconds) at `elapsed` seconds: base for the
@@ -64,15 +63,8 @@ M.net_bytes = net_bytes
 local Monitor = {}
 Monitor.__index = Monitor
 
-local COUNTERS = { "cpu", "minflt", "majflt", "rchar", "wchar", "read_bytes", "write_bytes", "nvcsw", "nivcsw" }
-
-local function zero_counters()
-  local t = {}
-  for _, k in ipairs(COUNTERS) do
-    t[k] = 0
-  end
-  return t
-end
+local COUNTERS = account.COUNTERS
+local zero_counters = account.zero
 
 --- Create a monitor. opts:
 ---   proc = a denet.spawn() process (run), or pid = N (attach);
@@ -197,27 +189,8 @@ function Monitor:_tree_event(ev)
   end
 end
 
-local function sample_counters(s, st)
-  -- own counters of a process, and its reaped children's, as the tree
-  -- totals need them
-  local c = {
-    cpu = tonumber(s.utime + s.stime + s.cutime + s.cstime) / TCK,
-    own_cpu = tonumber(s.utime + s.stime) / TCK,
-    minflt = tonumber(s.minflt + s.cminflt),
-    majflt = tonumber(s.majflt + s.cmajflt),
-    own_minflt = tonumber(s.minflt),
-    own_majflt = tonumber(s.majflt),
-    rchar = 0, wchar = 0, read_bytes = 0, write_bytes = 0,
-  }
-  if band(s.flags, IO) ~= 0 then
-    c.rchar = tonumber(s.rchar)
-    c.wchar = tonumber(s.wchar)
-    c.read_bytes = tonumber(s.read_bytes)
-    -- bytes whose write-back was cancelled (truncated before reaching the
-    -- disk) never were written
-    c.write_bytes = math.max(0, tonumber(s.write_bytes) - tonumber(s.cancelled_write_bytes))
-  end
-  return c
+local function sample_counters(s)
+  return account.counters(s, TCK, IO)
 end
 
 --- Begin: track the root (and, when attaching, its existing descendants),
@@ -247,26 +220,16 @@ function Monitor:start(opts)
     local s = buf[i]
     local st = self.procs[s.pid]
     if st and band(s.flags, GONE) == 0 then
-      local c = sample_counters(s, st)
-      local ours = self.proc and s.pid == self.root
+      local c = sample_counters(s)
       st.prev_t = self.t0_boot
-      st.prev_cpu = ours and 0 or c.own_cpu
-      if not ours then
-        st.base.cpu = c.cpu
-        if not self.since_start then
-          for _, k in ipairs({ "minflt", "majflt", "rchar", "wchar", "read_bytes", "write_bytes" }) do
-            st.base[k] = c[k]
-          end
-          st.base.own_minflt, st.base.own_majflt = c.own_minflt, c.own_majflt
-        end
-        if band(s.flags, CTXSW) ~= 0 then
-          -- without BPF the counts are /proc's, since the process started
-          st.base.nvcsw, st.base.nivcsw = tonumber(s.nvcsw), tonumber(s.nivcsw)
-        end
-      end
+      -- without BPF the context switch counts are /proc's, since the
+      -- process started
+      account.baseline(st, c, self.proc and s.pid == self.root, self.since_start,
+        band(s.flags, CTXSW) ~= 0 and { tonumber(s.nvcsw), tonumber(s.nivcsw) } or nil)
     end
   end
   self.net0 = { net_bytes(self.root) }
+  self.psi = env.psi_reader(self.root)
   self.prev_t = self.t0_boot
   self.last_pss_t = -math.huge
   self.last_full_t = -math.huge
@@ -286,45 +249,16 @@ end
 -- (then no tracked parent will ever see them).
 function Monitor:_depart(st, rusage)
   self.exited = self.exited + 1
-  local d, last, base = self.departed, st.last, st.base
   -- a tracked parent (still here, or gone in the last samples) reaped it
   -- and passed its time on; one that left earlier cannot have
   local ppid = st.last_ppid or st.ppid
   local gone_at = self.gone_parents[ppid]
   local kept_by_parent = not rusage and (self.procs[ppid] ~= nil or (gone_at and self.samples - gone_at <= 2))
-  if not kept_by_parent and last then
-    for _, k in ipairs({ "rchar", "wchar", "read_bytes", "write_bytes" }) do
-      d[k] = d[k] + last[k] - base[k]
-    end
-    if rusage then
-      d.cpu = d.cpu + rusage.utime + rusage.stime - base.cpu
-      d.minflt = d.minflt + rusage.minflt - base.minflt
-      d.majflt = d.majflt + rusage.majflt - base.majflt
-    else
-      d.cpu = d.cpu + last.cpu - base.cpu
-      d.minflt = d.minflt + last.minflt - base.minflt
-      d.majflt = d.majflt + last.majflt - base.majflt
-    end
-  end
-  -- context switches are counted per process, never passed to a parent
-  local ctx = st.final_ctx or st.ctx
-  if ctx then
-    d.nvcsw = d.nvcsw + ctx[1] - base.nvcsw
-    d.nivcsw = d.nivcsw + ctx[2] - base.nivcsw
-  end
+  account.depart(self.departed, st, rusage, kept_by_parent)
   self.ptab:remove(st.pid)
   self.tree:remove(st.pid)
   self.procs[st.pid] = nil
   self.gone_parents[st.pid] = self.samples
-end
-
-local function command_of(st)
-  if not st.cmd then
-    local argv = procfs.cmdline(st.pid)
-    st.cmd = argv and table.concat(argv, " ") or (st.comm and ("[" .. st.comm .. "]")) or "?"
-    st.argv = argv
-  end
-  return st.cmd
 end
 
 -- Add one live process's metrics to the tree's sums.
@@ -338,8 +272,11 @@ local function tally(agg, m, pss_kb)
 end
 
 --- Take one sample now. Returns the record ("tree", or "sample" with
---- exclude_children) after calling on_sample with it.
-function Monitor:sample()
+--- exclude_children) after calling on_sample with it; with opts.quiet
+--- (the final accounting after the root left) no record is handed on and
+--- the tree's totals are returned instead.
+function Monitor:sample(opts)
+  local quiet = opts and opts.quiet
   local now = core.boottime()
   local ts_ms = math.floor(core.realtime() * 1000)
   local dt = now - self.prev_t
@@ -382,9 +319,11 @@ function Monitor:sample()
     disk_read_bytes = 0, disk_write_bytes = 0, syscall_read_bytes = 0, syscall_write_bytes = 0,
     page_faults_cached = 0, page_faults_disk = 0, thread_count = 0, fd_count = 0,
     ctx_switches_voluntary = 0, ctx_switches_involuntary = 0, process_count = 0,
+    sys_net_rx_bytes = 0, sys_net_tx_bytes = 0,
   }
   local tot = zero_counters()
-  local children, parent = {}, nil
+  local children, parent = json.array(), nil
+  local aopts = { tck = TCK, page_kb = PAGE_KB, t0_boot = self.t0_boot, prev_t = self.prev_t }
 
   -- first the processes that left: gone ones, and orphans re-parented to
   -- denet that have exited (reaped now, for their exact rusage). Children
@@ -399,7 +338,7 @@ function Monitor:sample()
         skipped[s.pid] = true
         self:_depart(st, nil)
       elseif s.state == ZOMBIE and s.ppid == self.mypid and band(s.flags, SKIPPED) == 0 then
-        st.last = sample_counters(s, st)
+        st.last = sample_counters(s)
         local code, ru = core.reap(s.pid)
         if code then
           skipped[s.pid] = true
@@ -426,12 +365,11 @@ function Monitor:sample()
         local m = st.m
         m.ts_ms = ts_ms
         m.cpu_usage = 0
-        m.uptime_secs = round(now - st.snap.starttime / TCK, 2)
+        m.uptime_secs = math.max(0, math.floor(now - st.snap.starttime / TCK))
         st.prev_t = now
         tally(agg, m, st.pss_kb)
         if s.pid == self.root then
           parent = m
-          agg.uptime_secs = m.uptime_secs
         else
           children[#children + 1] = st.child
         end
@@ -440,7 +378,7 @@ function Monitor:sample()
       if idle then
         c, snap = st.last, st.snap
       else
-        c = sample_counters(s, st)
+        c = sample_counters(s)
         snap = {
           state = s.state, starttime = tonumber(s.starttime), rss_pages = tonumber(s.rss_pages),
           vsize = tonumber(s.vsize), threads = tonumber(s.threads), processor = tonumber(s.processor),
@@ -464,60 +402,28 @@ function Monitor:sample()
       end
       do
         -- tree totals: own + reaped children, zombies included
-        local add = {}
-        for _, k in ipairs(COUNTERS) do
-          if k ~= "nvcsw" and k ~= "nivcsw" then
-            add[k] = (c[k] or 0) - (st.base[k] or 0)
-          end
-        end
         local ctxv = st.final_ctx or st.ctx
-        if ctxv then
-          add.nvcsw = ctxv[1] - (st.base.nvcsw or 0)
-          add.nivcsw = ctxv[2] - (st.base.nivcsw or 0)
-        end
+        local add = account.contribution(st, c, ctxv)
         for j = 1, #COUNTERS do
           local k = COUNTERS[j]
           tot[k] = tot[k] + (add[k] or 0)
         end
         st.tot_add = add
         if snap.state ~= ZOMBIE then
-          -- per-process metrics; a new process's first interval starts at
-          -- its own start, not at 0% for the time before it existed
-          local started = snap.starttime / TCK
-          local prev_t, prev_cpu = st.prev_t, st.prev_cpu
-          if not prev_t then
-            prev_t = started >= self.t0_boot and started or self.prev_t
-            prev_cpu = 0
-          end
-          local pdt = math.max(now - prev_t, 1e-6)
-          local cpu_usage = math.max(0, (c.own_cpu - prev_cpu) / pdt * 100)
-          st.prev_t, st.prev_cpu = now, c.own_cpu
-          local m = {
-            ts_ms = ts_ms,
-            cpu_usage = round(cpu_usage, 2),
-            mem_rss_kb = snap.rss_pages * PAGE_KB,
-            mem_vms_kb = math.floor(snap.vsize / 1024),
-            mem_pss_kb = st.pss_kb,
-            disk_read_bytes = c.read_bytes - st.base.read_bytes,
-            disk_write_bytes = c.write_bytes - st.base.write_bytes,
-            syscall_read_bytes = c.rchar - st.base.rchar,
-            syscall_write_bytes = c.wchar - st.base.wchar,
-            page_faults_cached = c.own_minflt - (st.base.own_minflt or 0),
-            page_faults_disk = c.own_majflt - (st.base.own_majflt or 0),
-            thread_count = snap.threads,
-            fd_count = snap.fd_count,
-            ctx_switches_voluntary = ctxv and (ctxv[1] - (st.base.nvcsw or 0)) or nil,
-            ctx_switches_involuntary = ctxv and (ctxv[2] - (st.base.nivcsw or 0)) or nil,
-            uptime_secs = round(now - started, 2),
-            cpu_core = snap.processor,
-          }
+          local m = account.process(st, c, snap, now, aopts)
+          m.ts_ms = ts_ms
+          m.mem_pss_kb = st.pss_kb
+          m.fd_count = snap.fd_count
+          m.ctx_switches_voluntary = ctxv and (ctxv[1] - (st.base.nvcsw or 0)) or nil
+          m.ctx_switches_involuntary = ctxv and (ctxv[2] - (st.base.nivcsw or 0)) or nil
           tally(agg, m, st.pss_kb)
           st.m = m
           if s.pid == self.root then
             parent = m
-            agg.uptime_secs = m.uptime_secs
           else
-            st.child = { pid = s.pid, command = command_of(st), metrics = m }
+            -- the process's name, as /proc/PID/comm has it (the original's
+            -- `command`)
+            st.child = { pid = s.pid, command = st.comm, metrics = m }
             children[#children + 1] = st.child
           end
         else
@@ -531,9 +437,7 @@ function Monitor:sample()
   for _, k in ipairs(COUNTERS) do
     tot[k] = tot[k] + self.departed[k]
   end
-  local cpu_total = tot.cpu
-  agg.cpu_usage = round(math.max(0, cpu_total - self.last_cpu_total) / dt * 100, 2)
-  self.last_cpu_total = math.max(cpu_total, self.last_cpu_total)
+  agg.cpu_usage, self.last_cpu_total = account.tree_cpu(tot.cpu, self.last_cpu_total, dt)
   agg.cpu_time_secs = round(self.last_cpu_total, 3)
   agg.disk_read_bytes = tot.read_bytes
   agg.disk_write_bytes = tot.write_bytes
@@ -543,16 +447,26 @@ function Monitor:sample()
   agg.page_faults_disk = tot.majflt
   agg.ctx_switches_voluntary = tot.nvcsw
   agg.ctx_switches_involuntary = tot.nivcsw
+  -- the network namespace's bytes, as the original reported them
   local rx, tx = net_bytes(self.root)
   if rx and self.net0[1] then
     self.net_last = { rx - self.net0[1], tx - self.net0[2] }
   end
-  if self.net_last then
-    agg.sys_net_rx_bytes, agg.sys_net_tx_bytes = self.net_last[1], self.net_last[2]
+  local net = self.net_last or { 0, 0 }
+  agg.sys_net_rx_bytes, agg.sys_net_tx_bytes = net[1], net[2]
+  self.net_tail = string.format(',"sys_net_rx_bytes":%d,"sys_net_tx_bytes":%d', net[1], net[2])
+  if parent then
+    parent.sys_net_rx_bytes, parent.sys_net_tx_bytes = net[1], net[2]
+  end
+  local psi = self.psi and self.psi()
+  if psi then
+    agg.psi_mem = psi
     if parent then
-      parent.sys_net_rx_bytes, parent.sys_net_tx_bytes = self.net_last[1], self.net_last[2]
+      parent.psi_mem = psi
     end
   end
+  agg.processes_started = self.started
+  agg.processes_exited = self.exited
   if (self.opts.offcpu or self.opts.syscalls) and self.tree.bpf then
     agg.ebpf = {}
     if self.opts.offcpu then
@@ -566,10 +480,12 @@ function Monitor:sample()
       self.sc_prev = { total = agg.ebpf.syscalls.total, t = snap.t }
     end
   end
-  agg.processes_started = self.started
-  agg.processes_exited = self.exited
+  if quiet then
+    self.tot = tot
+    return agg
+  end
   agg.ts_ms = ts_ms
-  agg.uptime_secs = agg.uptime_secs or round(now - self.t0_boot, 2)
+  agg.uptime_secs = parent and parent.uptime_secs or math.max(0, math.floor(now - self.t0_boot))
 
   self.prev_t = now
   self.samples = self.samples + 1
@@ -585,7 +501,7 @@ function Monitor:sample()
     rec.cpu_time_secs = agg.cpu_time_secs
     rec.process_count = agg.process_count
   else
-    rec = { kind = "tree", ts_ms = ts_ms, parent = parent or cjson.null, children = children, aggregated = agg }
+    rec = { kind = "tree", ts_ms = ts_ms, parent = parent or json.null, children = children, aggregated = agg }
   end
   self.last_record = rec
   if self.on_sample then
@@ -594,16 +510,16 @@ function Monitor:sample()
   return rec
 end
 
---- The root has exited and was reaped with this rusage (run mode): count
---- its exact CPU time and faults; its I/O comes from its last sample.
-local DYNAMIC = { ts_ms = true, cpu_usage = true, uptime_secs = true }
+-- what changes in an idle child's metrics from sample to sample
+local DYNAMIC = { ts_ms = true, cpu_usage = true, uptime_secs = true, sys_net_rx_bytes = true, sys_net_tx_bytes = true }
 
---- A record as one JSON line (no newline). Tree records reuse, for each
---- child that did not run since its last read, the JSON of what did not
---- change, so idle processes cost a string.format, not a full encode.
+--- A record as one JSON line (no newline), through denet.json. Tree
+--- records reuse, for each child that did not run since its last read, the
+--- JSON of what did not change, so idle processes cost a string.format, not
+--- a full encode.
 function Monitor:encode(rec)
   if rec.kind ~= "tree" then
-    return cjson.encode(rec)
+    return json.encode(rec)
   end
   local prefixes, cpus, ups = self.jp, self.jc, self.ju
   local children = rec.children
@@ -620,8 +536,8 @@ function Monitor:encode(rec)
           static[k] = v
         end
       end
-      local inner = cjson.encode(static):sub(2, -2)
-      cached = string.format('{"pid":%d,"command":%s,"metrics":{%s%s', c.pid, cjson.encode(c.command), inner,
+      local inner = json.encode(static):sub(2, -2)
+      cached = string.format('{"pid":%d,"command":%s,"metrics":{%s%s', c.pid, json.encode(c.command), inner,
         inner ~= "" and "," or "")
       if st then
         st.json, st.json_for = cached, st.snap
@@ -630,9 +546,10 @@ function Monitor:encode(rec)
     prefixes[i], cpus[i], ups[i] = cached, m.cpu_usage, m.uptime_secs
   end
   rec.children = nil
-  local head = cjson.encode(rec)
+  local head = json.encode(rec)
   rec.children = children
-  return head:sub(1, -2) .. ',"children":' .. core.json_children(prefixes, cpus, ups, n, rec.ts_ms) .. "}"
+  return head:sub(1, -2) .. ',"children":' .. core.json_children(prefixes, cpus, ups, n, rec.ts_ms, self.net_tail)
+    .. "}"
 end
 
 function Monitor:root_exited(rusage)
@@ -654,14 +571,19 @@ function Monitor:run(opts)
   self.deadline = self.deadline or (self.t0_mono + self.base)
   local function arm()
     local fire = self.deadline
-    if stop_at and stop_at < fire then
+    if opts.no_samples then
+      -- no samples while it runs (--no-polling): only the end matters
+      fire = stop_at or math.huge
+    elseif stop_at and stop_at < fire then
       fire = stop_at
     end
-    timer:at(fire)
+    if fire < math.huge then
+      timer:at(fire)
+    end
   end
   timer = denet.timer(function()
     local now = core.monotonic()
-    if stop_at and now >= stop_at - 1e-4 and now < self.deadline - 1e-4 then
+    if opts.no_samples or (stop_at and now >= stop_at - 1e-4 and now < self.deadline - 1e-4) then
       reason = "duration"
       return
     end
@@ -685,6 +607,7 @@ function Monitor:run(opts)
     if fd >= 0 then
       exit_watch = denet.watch_fd(fd, function()
         reason = "exit"
+        self.exit_ms = self.exit_ms or math.floor(core.realtime() * 1000)
         exit_watch:close()
       end)
     else
@@ -700,6 +623,7 @@ function Monitor:run(opts)
       if self.stop_requested and not reason then
         -- a plugin ended the run: as when the duration is over
         self.stop_requested = false
+        self.stopped_by_request = true
         reason = "duration"
       end
     end
@@ -792,7 +716,7 @@ function Monitor:collect_root()
     for i = 0, n - 1 do
       local s = buf[i]
       if s.pid == self.root and band(s.flags, GONE) == 0 then
-        st.last = sample_counters(s, st)
+        st.last = sample_counters(s)
       end
     end
   end
@@ -801,130 +725,26 @@ function Monitor:collect_root()
   return code
 end
 
---- Stop: take the final sample and release the BPF programs. Returns the
---- final record.
+--- Stop: account for what happened since the last sample (children
+--- reaped, the root's exact rusage) without writing a record (a sample
+--- taken once the root is gone would be no measurement of it), and
+--- release the BPF programs. Returns the tree's final totals (the
+--- aggregated fields of such a sample: cpu_time_secs, disk and syscall
+--- bytes, faults, context switches).
 function Monitor:finish()
-  -- orphans that exited: reap them so their rusage counts
-  local rec = self:sample()
+  local totals = self:sample({ quiet = true })
   self.tree:close()
-  return rec
+  return totals
 end
 
---- Environment facts for the optional `env` record.
-function M.env_record()
-  local uname = core.uname()
-  local cpuinfo = core.read_file("/proc/cpuinfo", 1048576) or ""
-  local model = cpuinfo:match("model name%s*:%s*([^\n]+)")
-  local phys, cores, siblings = {}, tonumber(cpuinfo:match("cpu cores%s*:%s*(%d+)")),
-    tonumber(cpuinfo:match("siblings%s*:%s*(%d+)"))
-  local nphys = 0
-  for id in cpuinfo:gmatch("physical id%s*:%s*(%d+)") do
-    if not phys[id] then
-      phys[id] = true
-      nphys = nphys + 1
-    end
-  end
-  local numa = 0
-  for _, name in ipairs(core.list_dir("/sys/devices/system/node") or {}) do
-    if name:match("^node%d+$") then
-      numa = numa + 1
-    end
-  end
-  local function first(path)
-    local s = core.read_file(path)
-    return s and s:match("[^\n]+")
-  end
-  local thp = first("/sys/kernel/mm/transparent_hugepage/enabled")
-  return {
-    kind = "env",
-    ts_ms = math.floor(core.realtime() * 1000),
-    host = uname.nodename,
-    kernel = uname.release,
-    lscpu = {
-      sockets = math.max(nphys, 1),
-      cores_per_socket = cores,
-      threads_per_core = (cores and siblings and cores > 0) and math.floor(siblings / cores) or nil,
-      model = model,
-      cpus = #require("denet.sys").online_cpus(),
-    },
-    numa = numa > 0 and numa or nil,
-    cpu_governor = first("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-    thp_enabled = thp and thp:match("%[(%w+)%]") or thp,
-    cgroup = first("/proc/self/cgroup"),
-  }
+--- The env record (denet.monitor.env).
+function M.env_record(pid)
+  return env.record(pid)
 end
 
----------------------------------------------------------------------------
--- summaries, computed the same way live and by `denet stats`
-
-local Summary = {}
-Summary.__index = Summary
-
+--- A summary accumulator (denet.monitor.summary).
 function M.summary()
-  return setmetatable({ n = 0, max_processes = 0, max_threads = 0, peak_rss = 0, peak_pss = 0,
-    weighted = 0, span = 0, disk_r = 0, disk_w = 0, sys_r = 0, sys_w = 0 }, Summary)
-end
-
---- Feed one record (metadata, tree, sample or summary).
-function Summary:add(rec)
-  local kind = rec.kind
-  if kind == "metadata" then
-    self.t0_ms = rec.t0_ms
-    return
-  elseif kind == "summary" then
-    self.exit_code = rec.exit_code
-    return
-  elseif kind ~= "tree" and kind ~= "sample" then
-    return
-  end
-  local a = kind == "tree" and rec.aggregated or rec
-  if type(a) ~= "table" then
-    return
-  end
-  local ts = rec.ts_ms or a.ts_ms
-  self.n = self.n + 1
-  self.t0_ms = self.t0_ms or ts
-  local prev = self.last_ts or self.t0_ms
-  local dt = math.max(0, (ts - prev) / 1000)
-  self.weighted = self.weighted + (a.cpu_usage or 0) * dt
-  self.span = self.span + dt
-  self.last_ts = ts
-  self.max_processes = math.max(self.max_processes, a.process_count or (kind == "sample" and 1 or 0))
-  self.max_threads = math.max(self.max_threads, a.thread_count or 0)
-  self.peak_rss = math.max(self.peak_rss, a.mem_rss_kb or 0)
-  self.peak_pss = math.max(self.peak_pss, a.mem_pss_kb or 0)
-  self.disk_r = math.max(self.disk_r, a.disk_read_bytes or 0)
-  self.disk_w = math.max(self.disk_w, a.disk_write_bytes or 0)
-  self.sys_r = math.max(self.sys_r, a.syscall_read_bytes or 0)
-  self.sys_w = math.max(self.sys_w, a.syscall_write_bytes or 0)
-  if a.cpu_time_secs then
-    self.cpu_time = math.max(self.cpu_time or 0, a.cpu_time_secs)
-  end
-end
-
---- The summary record.
-function Summary:result(exit_code)
-  local total = self.last_ts and self.t0_ms and (self.last_ts - self.t0_ms) / 1000 or 0
-  local ec = exit_code
-  if ec == nil then
-    ec = self.exit_code
-  end
-  return {
-    kind = "summary",
-    total_time_secs = round(total, 3),
-    sample_count = self.n,
-    max_processes = self.max_processes,
-    max_threads = self.max_threads,
-    peak_mem_rss_kb = self.peak_rss,
-    peak_mem_pss_kb = self.peak_pss,
-    avg_cpu_usage = round(self.span > 0 and self.weighted / self.span or 0, 2),
-    cpu_time_secs = round(self.cpu_time or self.weighted / 100, 3),
-    total_disk_read_bytes = self.disk_r,
-    total_disk_write_bytes = self.disk_w,
-    total_syscall_read_bytes = self.sys_r,
-    total_syscall_write_bytes = self.sys_w,
-    exit_code = ec == nil and cjson.null or ec,
-  }
+  return require("denet.monitor.summary").new()
 end
 
 return M

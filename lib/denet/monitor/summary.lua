@@ -1,0 +1,187 @@
+-- denet.monitor.summary: the summary of a run, computed the same way live
+-- (--stats FILE, Python's get_summary()) and from a recorded file (`denet
+-- stats`), including the original denet's untagged legacy files.
+--
+--   local summary = require("denet.monitor.summary")
+--   local s = summary.new()
+--   s:add(record) ...            -- env, metadata, tree, sample records
+--   local rec = s:result(exit_code, final_totals)
+local json = require("denet.json")
+
+local M = {}
+
+local function round(x, digits)
+  local m = 10 ^ (digits or 3)
+  return math.floor(x * m + 0.5) / m
+end
+
+--- The kind of a record: its "kind", or for the original's untagged
+--- lines what its fields say (a tree has aggregated, a sample ts_ms and
+--- cpu_usage, metadata pid, cmd and t0_ms, env lscpu). nil: not a record.
+function M.kind_of(rec)
+  if type(rec) ~= "table" then
+    return nil
+  end
+  if type(rec.kind) == "string" then
+    return rec.kind
+  end
+  if rec.aggregated ~= nil then
+    return "tree"
+  elseif rec.lscpu ~= nil and rec.kernel ~= nil then
+    return "env"
+  elseif rec.t0_ms ~= nil and rec.cmd ~= nil then
+    return "metadata"
+  elseif rec.ts_ms ~= nil and rec.cpu_usage ~= nil then
+    return "sample"
+  end
+  return nil
+end
+
+local Summary = {}
+Summary.__index = Summary
+
+function M.new()
+  return setmetatable({ n = 0, max_processes = 0, max_threads = 0, peak_rss = 0, peak_pss = 0, weighted = 0,
+    span = 0, disk_r = 0, disk_w = 0, sys_r = 0, sys_w = 0, net_rx = 0, net_tx = 0, pf_cached = nil,
+    pf_disk = nil, cpu_sum = 0 }, Summary)
+end
+
+--- Feed one record (metadata, tree, sample; tagged or the original's
+--- untagged ones). Returns its kind, or nil when it is none of them.
+function Summary:add(rec)
+  local kind = M.kind_of(rec)
+  if kind == "metadata" then
+    self.t0_ms = rec.t0_ms
+    return kind
+  elseif kind == "summary" then
+    self.exit_code = rec.exit_code
+    return kind
+  elseif kind ~= "tree" and kind ~= "sample" then
+    return kind
+  end
+  local a = kind == "tree" and rec.aggregated or rec
+  if type(a) ~= "table" then
+    return nil
+  end
+  local ts = rec.ts_ms or a.ts_ms
+  if type(ts) ~= "number" then
+    return nil
+  end
+  self.n = self.n + 1
+  self.t0_ms = self.t0_ms or ts
+  local prev = self.last_ts or self.t0_ms
+  local dt = math.max(0, (ts - prev) / 1000)
+  local cpu = tonumber(a.cpu_usage) or 0
+  self.weighted = self.weighted + cpu * dt
+  self.cpu_sum = self.cpu_sum + cpu
+  self.span = self.span + dt
+  self.last_ts = ts
+  self.max_processes = math.max(self.max_processes, tonumber(a.process_count) or (kind == "sample" and 1 or 0))
+  self.max_threads = math.max(self.max_threads, tonumber(a.thread_count) or 0)
+  self.peak_rss = math.max(self.peak_rss, tonumber(a.mem_rss_kb) or 0)
+  self.peak_pss = math.max(self.peak_pss, tonumber(a.mem_pss_kb) or 0)
+  self.disk_r = math.max(self.disk_r, tonumber(a.disk_read_bytes) or 0)
+  self.disk_w = math.max(self.disk_w, tonumber(a.disk_write_bytes) or 0)
+  self.sys_r = math.max(self.sys_r, tonumber(a.syscall_read_bytes) or 0)
+  self.sys_w = math.max(self.sys_w, tonumber(a.syscall_write_bytes) or 0)
+  self.net_rx = math.max(self.net_rx, tonumber(a.sys_net_rx_bytes) or 0)
+  self.net_tx = math.max(self.net_tx, tonumber(a.sys_net_tx_bytes) or 0)
+  if a.page_faults_cached then
+    self.pf_cached = math.max(self.pf_cached or 0, a.page_faults_cached)
+  end
+  if a.page_faults_disk then
+    self.pf_disk = math.max(self.pf_disk or 0, a.page_faults_disk)
+  end
+  if a.cpu_time_secs then
+    self.cpu_time = math.max(self.cpu_time or 0, a.cpu_time_secs)
+  end
+  return kind
+end
+
+--- The summary record. exit_code: the command's (run); final: the tree's
+--- totals when the run ended (Monitor:finish()), which count what happened
+--- after the last sample (the root's exact rusage, children reaped since).
+function Summary:result(exit_code, final)
+  local total = self.last_ts and self.t0_ms and (self.last_ts - self.t0_ms) / 1000 or 0
+  local ec = exit_code
+  if ec == nil then
+    ec = self.exit_code
+  end
+  local f = final or {}
+  local function top(a, b)
+    return math.max(a or 0, b or 0)
+  end
+  local cpu_time = self.cpu_time or self.weighted / 100
+  if f.cpu_time_secs then
+    cpu_time = math.max(cpu_time, f.cpu_time_secs)
+  end
+  return {
+    kind = "summary",
+    total_time_secs = round(f.end_ms and self.t0_ms and math.max(total, (f.end_ms - self.t0_ms) / 1000) or total, 3),
+    sample_count = self.n,
+    max_processes = self.max_processes,
+    max_threads = self.max_threads,
+    peak_mem_rss_kb = self.peak_rss,
+    peak_mem_pss_kb = self.peak_pss,
+    -- time-weighted (samples come at uneven intervals)
+    avg_cpu_usage = round(self.span > 0 and self.weighted / self.span or (self.n > 0 and self.cpu_sum / self.n or 0),
+      2),
+    cpu_time_secs = round(cpu_time, 3),
+    total_disk_read_bytes = top(self.disk_r, f.disk_read_bytes),
+    total_disk_write_bytes = top(self.disk_w, f.disk_write_bytes),
+    total_syscall_read_bytes = top(self.sys_r, f.syscall_read_bytes),
+    total_syscall_write_bytes = top(self.sys_w, f.syscall_write_bytes),
+    total_sys_net_rx_bytes = top(self.net_rx, f.sys_net_rx_bytes),
+    total_sys_net_tx_bytes = top(self.net_tx, f.sys_net_tx_bytes),
+    peak_page_faults_cached = (self.pf_cached or f.page_faults_cached) and top(self.pf_cached, f.page_faults_cached)
+      or nil,
+    peak_page_faults_disk = (self.pf_disk or f.page_faults_disk) and top(self.pf_disk, f.page_faults_disk) or nil,
+    processes_started = f.processes_started,
+    -- off-CPU and syscall figures of the whole run (--offcpu, --syscalls)
+    ebpf = f.ebpf,
+    exit_code = ec == nil and json.null or ec,
+  }
+end
+
+--- Read a recorded file (JSONL, tagged or the original's untagged lines,
+--- or a JSON array): returns the summary accumulator, the number of
+--- samples, and the count of lines that were not records. Raises a user
+--- error when the file cannot be read.
+function M.from_file(path)
+  local errors = require("denet.errors")
+  local f, err = io.open(path, "r")
+  if not f then
+    errors.raise(string.format("cannot read %s: %s", path, (err or "?"):gsub("^[^:]*: ", "")))
+  end
+  local text = f:read("*a")
+  f:close()
+  local s, bad = M.new(), 0
+  local records
+  if text:match("^%s*%[") then
+    local list = json.try_decode(text)
+    records = type(list) == "table" and list or {}
+    if type(list) ~= "table" then
+      bad = 1
+    end
+  else
+    records = {}
+    for line in text:gmatch("[^\n]+") do
+      if line:find("%S") then
+        local rec = json.try_decode(line)
+        if type(rec) == "table" then
+          records[#records + 1] = rec
+        else
+          bad = bad + 1
+        end
+      end
+    end
+  end
+  for _, rec in ipairs(records) do
+    if not s:add(rec) then
+      bad = bad + 1
+    end
+  end
+  return s, s.n, bad
+end
+
+return M
