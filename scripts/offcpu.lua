@@ -7,13 +7,10 @@
 -- The work is in lib/denet/offcpu.lua and bpf-src/offcpu.c; this file is
 -- the command line. See docs/offcpu.md.
 local denet = require("denet")
-local core = require("denet.core")
 local errors = require("denet.errors")
 local offcpu = require("denet.offcpu")
 local plugins = require("denet.plugins")
-local cjson = require("cjson")
-
-cjson.encode_sparse_array(true)
+local json = require("denet.json")
 
 local SPEC = {
   description = "Where and why threads block: kernel and user stacks, categories (sleep, lock, io, net, ipc, "
@@ -80,48 +77,11 @@ local function main(o)
     end
   end
   local host = plugins.load_all(o.plugin, { allow_untrusted = o.allow_untrusted })
-  host:init()
-  local proc
-  if #o.cmd > 0 then
-    denet.set_subreaper(true)
-    proc = denet.spawn(o.cmd)
-  end
-  local t = offcpu.start{
-    roots = roots, proc = proc, tid = o.tid, min_us = o.min_us, max_us = o.max_us, states = states,
-    user_only = o.user_only, kernel_only = o.kernel_only, stack_depth = o.stack_depth,
-    stack_storage = o.stack_storage, stack_reuse = o.stack_reuse,
-    on_process = function(ev)
-      host:call("on_process", ev)
-    end,
+  local report, code = offcpu.run{
+    cmd = o.cmd, roots = roots, tid = o.tid, duration = o.duration, host = host, min_us = o.min_us,
+    max_us = o.max_us, states = states, user_only = o.user_only, kernel_only = o.kernel_only,
+    stack_depth = o.stack_depth, stack_storage = o.stack_storage, stack_reuse = o.stack_reuse,
   }
-  local duration = o.duration
-  host:call("on_start", { pid = proc and proc.pid or roots[1], pids = roots, cmd = o.cmd, tid = o.tid })
-  host:start_intervals(plugins.stopper(proc))
-  t:capture()
-  -- mappings are captured at intervals and after exec, so stacks of
-  -- processes that exit before the report still resolve
-  local cap = denet.every(0.25, function()
-    t:capture()
-  end)
-  local code
-  if proc then
-    t:mark_start()
-    proc:resume()
-    denet.sleep(0.02)
-    t:capture()
-    code = proc:wait_for(duration)
-  else
-    local why = denet.run{ duration = duration }
-    if why == "signal" then
-      code = 0
-    end
-  end
-  cap:close()
-  host:stop_intervals()
-  local report = t:report()
-  t:close()
-  host:call("on_offcpu", report)
-  host:call("on_end", report)
   if o.folded then
     write_file(o.folded, offcpu.folded(report))
   end
@@ -132,11 +92,11 @@ local function main(o)
     for _, s in ipairs(report.stacks) do
       s.user, s.user_mods = nil, nil
     end
-    io.stdout:write(cjson.encode(report), "\n")
+    io.stdout:write(json.encode(report), "\n")
   else
     io.stdout:write(offcpu.text(report))
   end
-  return proc and code or 0
+  return code or 0
 end
 
 SPEC.main = main

@@ -4,15 +4,11 @@
 --
 -- The work is in lib/denet/syscalls.lua and bpf-src/syscalls.c; this file
 -- is the command line. See docs/syscalls.md.
-local denet = require("denet")
-local core = require("denet.core")
 local errors = require("denet.errors")
 local syscalls = require("denet.syscalls")
 local plugins = require("denet.plugins")
 local sysnames = require("denet.sysnames")
-local cjson = require("cjson")
-
-cjson.encode_sparse_array(true)
+local json = require("denet.json")
 
 local SPEC = {
   description = "Syscall counts, errors by errno and latency histograms per syscall, process or thread",
@@ -68,65 +64,22 @@ local function main(o)
   if o.per_process and o.per_thread then
     fail("-P and --per-thread exclude each other")
   end
-  local top, duration, interval = o.top, o.duration, o.interval
-  local host = plugins.load_all(o.plugin, { allow_untrusted = o.allow_untrusted })
-  host:init()
-  local proc
-  if #o.cmd > 0 then
-    denet.set_subreaper(true)
-    proc = denet.spawn(o.cmd)
-  end
-  local t = syscalls.start{
-    roots = roots, proc = proc, latency = o.latency, per_thread = o.per_thread, per_process = o.per_process,
-    failed = o.failed,
-    errno = errno, syscalls = names,
-    on_process = function(ev)
-      host:call("on_process", ev)
-    end,
-  }
-  local ropts = function()
-    return { top = top, per_process = o.per_process, per_thread = o.per_thread }
-  end
   local function emit(report)
     if o.json then
-      io.stdout:write(cjson.encode(report), "\n")
+      io.stdout:write(json.encode(report), "\n")
     else
       io.stdout:write(syscalls.text(report, o.latency))
     end
     io.stdout:flush()
   end
-  local prev
-  local ticker
-  if interval then
-    ticker = denet.every(interval, function()
-      local report, snap = t:report(prev, ropts())
-      prev = snap
-      host:call("on_syscalls", report)
-      emit(report)
-    end)
-  end
-  host:call("on_start", { pid = proc and proc.pid or roots[1], pids = roots, cmd = o.cmd })
-  host:start_intervals(plugins.stopper(proc))
-  local code
-  if proc then
-    proc:resume()
-    code = proc:wait_for(duration)
-  else
-    local why = denet.run{ duration = duration }
-    if why == "signal" then
-      code = 0
-    end
-  end
-  if ticker then
-    ticker:close()
-  end
-  host:stop_intervals()
-  local report = t:report(prev, ropts())
-  t:close()
-  host:call("on_syscalls", report)
-  host:call("on_end", report)
+  local report, code = syscalls.run{
+    cmd = o.cmd, roots = roots, duration = o.duration, interval = o.interval, on_interval = emit,
+    host = plugins.load_all(o.plugin, { allow_untrusted = o.allow_untrusted }),
+    latency = o.latency, per_thread = o.per_thread, per_process = o.per_process, failed = o.failed,
+    errno = errno, syscalls = names, top = o.top,
+  }
   emit(report)
-  return proc and code or 0
+  return code or 0
 end
 
 SPEC.main = main

@@ -756,4 +756,63 @@ function Tracer:close()
   self.tree:close()
 end
 
+--- A whole off-CPU run, as `denet script offcpu` and the Python binding
+--- do it: opts.cmd (a list: run it, traced from its first instruction),
+--- or opts.roots (pids) / opts.tid, or neither (the whole machine);
+--- opts.duration (seconds; a command is stopped then); opts.host (a
+--- denet.plugins host: on_start, on_process, intervals, on_offcpu, on_end);
+--- and start()'s options. Returns the report and, for a command, its exit
+--- code.
+function M.run(opts)
+  local denet = require("denet")
+  local host = opts.host or require("denet.plugins").host({})
+  host:init()
+  local proc
+  if opts.cmd and #opts.cmd > 0 then
+    denet.set_subreaper(true)
+    proc = denet.spawn(opts.cmd)
+  end
+  local user_on_process = opts.on_process
+  local t = M.start(setmetatable({
+    proc = proc,
+    on_process = function(ev)
+      host:call("on_process", ev)
+      if user_on_process then
+        user_on_process(ev)
+      end
+    end,
+  }, { __index = opts }))
+  local roots = opts.roots or {}
+  host:call("on_start", { pid = proc and proc.pid or roots[1], pids = roots, cmd = opts.cmd or {}, tid = opts.tid })
+  host:start_intervals(require("denet.plugins").stopper(proc))
+  t:capture()
+  -- mappings are captured at intervals and after exec, so stacks of
+  -- processes that exit before the report still resolve
+  local cap = denet.every(0.25, function()
+    t:capture()
+  end)
+  local ok, err = pcall(function()
+    if proc then
+      t:mark_start()
+      proc:resume()
+      denet.sleep(0.02)
+      t:capture()
+      opts.code = proc:wait_for(opts.duration)
+    else
+      denet.run{ duration = opts.duration }
+    end
+  end)
+  cap:close()
+  host:stop_intervals()
+  if not ok then
+    t:close()
+    error(err, 0)
+  end
+  local report = t:report()
+  t:close()
+  host:call("on_offcpu", report)
+  host:call("on_end", report)
+  return report, proc and opts.code or nil
+end
+
 return M

@@ -560,4 +560,65 @@ function M.monitor_fields(snap, prev)
   }
 end
 
+--- A whole syscall run, as `denet script syscalls` and the Python binding
+--- do it: opts.cmd (run it), opts.roots (pids), or neither (the whole
+--- machine); opts.duration; opts.interval (seconds) with
+--- opts.on_interval(report) for reports along the way; opts.host (a
+--- denet.plugins host); start()'s options and report()'s (top,
+--- per_process, per_thread). Returns the final report and, for a command,
+--- its exit code.
+function M.run(opts)
+  local denet = require("denet")
+  local host = opts.host or require("denet.plugins").host({})
+  host:init()
+  local proc
+  if opts.cmd and #opts.cmd > 0 then
+    denet.set_subreaper(true)
+    proc = denet.spawn(opts.cmd)
+  end
+  local t = M.start(setmetatable({
+    proc = proc,
+    on_process = function(ev)
+      host:call("on_process", ev)
+    end,
+  }, { __index = opts }))
+  local ropts = { top = opts.top, per_process = opts.per_process, per_thread = opts.per_thread }
+  local prev, ticker
+  if opts.interval then
+    ticker = denet.every(opts.interval, function()
+      local report, snap = t:report(prev, ropts)
+      prev = snap
+      host:call("on_syscalls", report)
+      if opts.on_interval then
+        opts.on_interval(report)
+      end
+    end)
+  end
+  local roots = opts.roots or {}
+  host:call("on_start", { pid = proc and proc.pid or roots[1], pids = roots, cmd = opts.cmd or {} })
+  host:start_intervals(require("denet.plugins").stopper(proc))
+  local code
+  local ok, err = pcall(function()
+    if proc then
+      proc:resume()
+      code = proc:wait_for(opts.duration)
+    else
+      denet.run{ duration = opts.duration }
+    end
+  end)
+  if ticker then
+    ticker:close()
+  end
+  host:stop_intervals()
+  if not ok then
+    t:close()
+    error(err, 0)
+  end
+  local report = t:report(prev, ropts)
+  t:close()
+  host:call("on_syscalls", report)
+  host:call("on_end", report)
+  return report, proc and code or nil
+end
+
 return M
