@@ -7,6 +7,7 @@
  * cannot make on its own.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <string.h>

@@ -38,7 +38,7 @@ local ARGS = {
   { name = "offcpu", type = "bool", help = "also off-CPU time of the tree per sample (aggregated.ebpf.offcpu)" },
   { name = "syscalls", type = "bool", help = "also syscall counts of the tree per sample (aggregated.ebpf.syscalls)" },
   { name = "plugin", metavar = "NAME[:K=V,...]", help = "run a plugin on the samples (repeatable; see denet list)" },
-  { name = "allow_untrusted", type = "bool", help = "load plugins even from files or folders others can write" },
+  { name = "allow_untrusted", type = "bool", help = "load files that fail the ownership check (docs/security.md)" },
   { name = "no_bpf", type = "bool", help = "do not use BPF (poll /proc only; short-lived children are not seen)" },
   { name = "no_polling", type = "bool", help = "no samples while it runs: only the summary, from the kernel's "
     .. "totals at the end (and --offcpu/--syscalls data)" },

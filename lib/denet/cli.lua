@@ -275,6 +275,21 @@ local COMMANDS = {
     return 0
   end,
   busted = busted,
+  -- the library served over two pipes (the Python binding's way in)
+  session = function(args)
+    local fin, fout
+    for i = 1, #args do
+      if args[i] == "--in" then
+        fin = tonumber(args[i + 1])
+      elseif args[i] == "--out" then
+        fout = tonumber(args[i + 1])
+      end
+    end
+    if not fin or not fout then
+      errors.raise("session: usage: denet session --in FD --out FD (what python/denet uses)")
+    end
+    return require("denet.session").serve(fin, fout)
+  end,
 }
 
 -- the monitor's front doors; its options may also come first

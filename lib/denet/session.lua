@@ -1,0 +1,280 @@
+-- denet.session: the library, served to another program over a pair of
+-- pipes (`denet session --in FD --out FD`): how the Python binding
+-- (python/denet) reaches the one core. One JSON request per line in, one
+-- JSON reply per line out:
+--
+--   {"op": "start", "cmd": [...] | "pid": N, ...}   -> {"ok": true, "pid": N, "metadata": "...", "env": "..."|null}
+--   {"op": "sample"}                                 -> {"ok": true, "sample": "<record JSON>" | null}
+--   {"op": "step", "seconds": 0.2}                   -> {"ok": true, "state": "running"|"exit"|..., "samples": [...]}
+--   {"op": "finish"} / {"op": "abort"}               -> {"ok": true, "summary": "<JSON>", "exit_code": n|null}
+--   {"op": "offcpu"|"syscalls", ...}                 -> {"ok": true, "report": {...}, "exit_code": n|null}
+--   {"op": "summary_file", "path": P}                -> {"ok": true, "summary": "<JSON>"}
+--   {"op": "summary_records", "records": [...], "elapsed": s} -> {"ok": true, "summary": "<JSON>"}
+--   {"op": "running"}                                -> {"ok": true, "running": bool}
+--   {"op": "quit"}
+--
+-- A failure is {"ok": false, "error": "<the one line denet prints>",
+-- "code": 2} (1 for a bug, with its traceback in "error"). Records travel as
+-- the JSON text denet writes, so integers stay exact. While it waits for a
+-- request the event loop keeps running (buffers drained); when the other
+-- side goes away (EOF) the run is aborted: a command denet started gets
+-- SIGTERM, and everything is released.
+local core = require("denet.core")
+local denet = require("denet")
+local errors = require("denet.errors")
+local json = require("denet.json")
+
+local M = {}
+
+local Server = {}
+Server.__index = Server
+
+-- a request's fields to run.session's options
+local function session_opts(req, self)
+  local function ms(v, default)
+    return (tonumber(v) or default) / 1000
+  end
+  local o = {
+    cmd = req.cmd,
+    pid = req.pid,
+    interval = ms(req.base_interval_ms, 100),
+    max_interval = ms(req.max_interval_ms, 1000),
+    since_process_start = req.since_process_start == true,
+    exclude_children = req.include_children == false,
+    offcpu = req.offcpu == true,
+    syscalls = req.syscalls == true,
+    write_env = req.write_env == true,
+    on_record = function(rec)
+      self:_record(rec)
+    end,
+  }
+  if req.plugins and #req.plugins > 0 then
+    o.host = require("denet.plugins").load_all(req.plugins, { allow_untrusted = req.allow_untrusted })
+  end
+  -- the command's output to files (the spawn opens them in the child)
+  for _, k in ipairs({ "stdout", "stderr" }) do
+    if type(req[k]) == "string" then
+      o[k] = req[k]
+    end
+  end
+  return o
+end
+
+function Server:_record(rec)
+  local text = (self.session and self.session.m and rec.kind == "tree") and self.session.m:encode(rec)
+    or json.encode(rec)
+  if rec.kind == "metadata" then
+    self.metadata = text
+  elseif rec.kind == "env" then
+    self.env = text
+  else
+    self.pending[#self.pending + 1] = text
+  end
+end
+
+local OPS = {}
+
+function OPS.start(self, req)
+  if self.session then
+    errors.raise("this session already monitors a process")
+  end
+  if req.cmd ~= nil and (type(req.cmd) ~= "table" or #req.cmd == 0) then
+    errors.raise("the command is empty: give a list like ['sleep', '1']")
+  end
+  if req.pid ~= nil then
+    local pid = tonumber(req.pid)
+    if not pid or pid <= 0 or pid ~= math.floor(pid) then
+      errors.raise(string.format("not a PID: %s", tostring(req.pid)))
+    end
+    local _, _, _, state = core.read_stat(pid)
+    if not state or state == string.byte("Z") then
+      errors.raise(string.format("no such process: %d", pid))
+    end
+  end
+  local run = require("denet.monitor.run")
+  self.session = run.session(session_opts(req, self))
+  self.session:start()
+  -- the samples of start() (none) are dropped: sample and step give them
+  self.pending = {}
+  return { pid = self.session.root, metadata = self.metadata, env = self.env or json.null }
+end
+
+local function need(self)
+  if not self.session then
+    errors.raise("nothing is monitored yet (start first)")
+  end
+  return self.session
+end
+
+function OPS.sample(self)
+  local s = need(self)
+  self.pending = {}
+  local rec = s:sample_now()
+  return { sample = rec and (self.pending[#self.pending] or json.encode(rec)) or json.null }
+end
+
+function OPS.step(self, req)
+  local s = need(self)
+  self.pending = {}
+  local state = s:step(tonumber(req.seconds) or 0.25)
+  local samples = json.array(self.pending)
+  self.pending = {}
+  return { state = state, samples = samples }
+end
+
+local function finish(self, abort)
+  local s = need(self)
+  local summary, code
+  if abort then
+    summary, code = s:abort()
+  else
+    summary, code = s:finish()
+  end
+  return { summary = json.encode(summary), exit_code = code == nil and json.null or code }
+end
+
+function OPS.finish(self)
+  return finish(self, false)
+end
+
+function OPS.abort(self)
+  return finish(self, true)
+end
+
+-- the options of a built-in report run, from a request
+local function report_opts(req)
+  local o = {}
+  for k, v in pairs(req) do
+    if k ~= "op" and v ~= json.null then
+      o[k] = v
+    end
+  end
+  if o.pid then
+    o.roots = { tonumber(o.pid) }
+    o.pid = nil
+  end
+  if o.cmd ~= nil and (type(o.cmd) ~= "table" or #o.cmd == 0) then
+    errors.raise("the command is empty: give a list like ['sleep', '1']")
+  end
+  if o.plugins then
+    o.host = require("denet.plugins").load_all(o.plugins, { allow_untrusted = o.allow_untrusted })
+    o.plugins = nil
+  end
+  return o
+end
+
+function OPS.offcpu(self, req)
+  local offcpu = require("denet.offcpu")
+  local report, code = offcpu.run(report_opts(req))
+  for _, st in ipairs(report.stacks) do
+    st.user, st.user_mods = nil, nil
+  end
+  return { report = report, exit_code = code == nil and json.null or code }
+end
+
+function OPS.syscalls(self, req)
+  local report, code = require("denet.syscalls").run(report_opts(req))
+  return { report = report, exit_code = code == nil and json.null or code }
+end
+
+function OPS.summary_file(self, req)
+  local summary = require("denet.monitor.summary")
+  local s, n = summary.from_file(tostring(req.path))
+  if n == 0 then
+    errors.raise(string.format("%s holds no samples: nothing to summarize", tostring(req.path)))
+  end
+  return { summary = json.encode(s:result()) }
+end
+
+function OPS.summary_records(self, req)
+  local summary = require("denet.monitor.summary")
+  local s = summary.new()
+  for _, r in ipairs(req.records or {}) do
+    if type(r) == "string" then
+      r = json.try_decode(r)
+    end
+    s:add(r)
+  end
+  local res = s:result()
+  if tonumber(req.elapsed) then
+    res.total_time_secs = tonumber(req.elapsed)
+  end
+  return { summary = json.encode(res) }
+end
+
+function OPS.running(self)
+  return { running = self.session ~= nil and self.session:running() }
+end
+
+function OPS.quit(self)
+  self.quit = true
+  return {}
+end
+
+--- Serve requests from fd `input`, replies to fd `output`, until quit or
+--- EOF. Returns the exit code.
+function M.serve(input, output)
+  local inf = assert(io.open("/proc/self/fd/" .. input, "r"))
+  local outf = assert(io.open("/proc/self/fd/" .. output, "w"))
+  outf:setvbuf("no")
+  local self = setmetatable({ pending = {} }, Server)
+  local ready = false
+  local watch = denet.watch_fd(input, function()
+    ready = true
+  end)
+  while not self.quit do
+    -- wait for a request, the loop running meanwhile (the programs'
+    -- buffers are drained; signals do not end a session: its client does)
+    ready = false
+    local signalled = false
+    denet.with_signals_deferred(function()
+      while not ready and not signalled do
+        local _, sig = denet.poll(-1)
+        signalled = sig ~= nil and sig ~= 0
+      end
+    end)
+    -- a signal ends the session as the client's going away does
+    local line = not signalled and inf:read("*l")
+    if not line then
+      break -- the client went away
+    end
+    local reply
+    local req = json.try_decode(line)
+    if type(req) == "table" then
+      -- null is "not given"
+      for k, v in pairs(req) do
+        if v == json.null then
+          req[k] = nil
+        end
+      end
+    end
+    if type(req) ~= "table" or type(req.op) ~= "string" or not OPS[req.op] then
+      reply = { ok = false, error = "bad request: " .. line:sub(1, 200), code = 2 }
+    else
+      local ok, res = xpcall(function()
+        return OPS[req.op](self, req)
+      end, function(e)
+        if errors.is_user(e) or errors.is_interrupt(e) then
+          return e
+        end
+        return debug.traceback(tostring(e), 2)
+      end)
+      if ok then
+        res.ok = true
+        reply = res
+      elseif type(res) == "table" then
+        reply = { ok = false, error = tostring(res.message or res), code = res.code or 2 }
+      else
+        reply = { ok = false, error = tostring(res), code = 1 }
+      end
+    end
+    outf:write(json.encode(reply), "\n")
+  end
+  watch:close()
+  if self.session and not self.session.ended then
+    pcall(self.session.abort, self.session)
+  end
+  return 0
+end
+
+return M
