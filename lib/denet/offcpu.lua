@@ -756,6 +756,61 @@ function Tracer:close()
   self.tree:close()
 end
 
+--- Off-CPU totals of a tracked tree so far (bpf: the program with
+--- offcpu.c), in the original denet's shape, for the monitor's
+--- aggregated.ebpf.offcpu: blocked time (run-queue waits apart), blocks,
+--- their mean, longest and shortest, per thread, and the threads that
+--- blocked the most.
+function M.monitor_fields(bpf)
+  local threads = {}
+  for tid, v in bpf:get_table("dn_offcpu_threads"):items() do
+    threads[tid] = { pid = v.tgid, tid = tid, comm = ffi.string(v.comm), time_ns = 0, events = 0, by_category = {} }
+  end
+  local total, events, maxns, minns = 0, 0, 0, nil
+  local runq = 0
+  for k, v in bpf:get_table("dn_offcpu"):items() do
+    local ns, n = tonumber(v.total_ns), tonumber(v.count)
+    local cat = M.category(k.state, k.syscall >= 0 and sysnames.name(k.syscall) or nil, {})
+    if cat == "runqueue" then
+      runq = runq + ns
+    else
+      total, events = total + ns, events + n
+      maxns = math.max(maxns, tonumber(v.max_ns))
+      minns = math.min(minns or math.huge, tonumber(v.min_ns))
+      local t = threads[k.tid]
+      if t then
+        t.time_ns, t.events = t.time_ns + ns, t.events + n
+        t.by_category[cat] = (t.by_category[cat] or 0) + ns
+      end
+    end
+  end
+  local stats, top = {}, {}
+  for tid, t in pairs(threads) do
+    if t.events > 0 then
+      stats[t.pid .. ":" .. tid] = { comm = t.comm, time_ns = t.time_ns, events = t.events, by_category = t.by_category }
+      top[#top + 1] = t
+    end
+  end
+  table.sort(top, function(a, b)
+    return a.time_ns > b.time_ns
+  end)
+  local tops = {}
+  local function round(x, d)
+    local m = 10 ^ d
+    return math.floor(x * m + 0.5) / m
+  end
+  for i = 1, math.min(5, #top) do
+    local t = top[i]
+    tops[i] = { pid = t.pid, tid = t.tid, comm = t.comm, time_ms = round(t.time_ns / 1e6, 3),
+      percentage = round(total > 0 and 100 * t.time_ns / total or 0, 2) }
+  end
+  return {
+    total_time_ns = total, total_events = events, avg_time_ns = events > 0 and math.floor(total / events) or 0,
+    max_time_ns = maxns, min_time_ns = minns or 0, runqueue_time_ns = runq, thread_stats = stats,
+    top_blocking_threads = require("denet.json").array(tops),
+  }
+end
+
 --- A whole off-CPU run, as `denet script offcpu` and the Python binding
 --- do it: opts.cmd (a list: run it, traced from its first instruction),
 --- or opts.roots (pids) / opts.tid, or neither (the whole machine);

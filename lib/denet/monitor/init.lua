@@ -470,7 +470,7 @@ function Monitor:sample(opts)
   if (self.opts.offcpu or self.opts.syscalls) and self.tree.bpf then
     agg.ebpf = {}
     if self.opts.offcpu then
-      agg.ebpf.offcpu = self:_offcpu_stats(now)
+      agg.ebpf.offcpu = require("denet.offcpu").monitor_fields(self.tree.bpf)
     end
     if self.opts.syscalls then
       local syscalls = require("denet.syscalls")
@@ -648,58 +648,6 @@ function Monitor:_check_root_gone()
   if not self.proc and not self.procs[self.root] then
     self.root_gone = true
   end
-end
-
--- Off-CPU totals of the tree so far, in the original denet's shape
--- (aggregated.ebpf.offcpu): blocked time (run-queue waits apart),
--- blocks, their mean, longest and shortest, per thread, and the threads
--- that blocked the most.
-function Monitor:_offcpu_stats(now)
-  local sysnames = require("denet.sysnames")
-  local offcpu = require("denet.offcpu")
-  local threads = {}
-  for tid, v in self.tree.bpf:get_table("dn_offcpu_threads"):items() do
-    threads[tid] = { pid = v.tgid, tid = tid, comm = ffi.string(v.comm), time_ns = 0, events = 0, by_category = {} }
-  end
-  local total, events, maxns, minns = 0, 0, 0, nil
-  local runq = 0
-  for k, v in self.tree.bpf:get_table("dn_offcpu"):items() do
-    local ns, n = tonumber(v.total_ns), tonumber(v.count)
-    local cat = offcpu.category(k.state, k.syscall >= 0 and sysnames.name(k.syscall) or nil, {})
-    if cat == "runqueue" then
-      runq = runq + ns
-    else
-      total, events = total + ns, events + n
-      maxns = math.max(maxns, tonumber(v.max_ns))
-      minns = math.min(minns or math.huge, tonumber(v.min_ns))
-      local t = threads[k.tid]
-      if t then
-        t.time_ns, t.events = t.time_ns + ns, t.events + n
-        t.by_category[cat] = (t.by_category[cat] or 0) + ns
-      end
-    end
-  end
-  local stats, top = {}, {}
-  for tid, t in pairs(threads) do
-    if t.events > 0 then
-      stats[t.pid .. ":" .. tid] = { comm = t.comm, time_ns = t.time_ns, events = t.events, by_category = t.by_category }
-      top[#top + 1] = t
-    end
-  end
-  table.sort(top, function(a, b)
-    return a.time_ns > b.time_ns
-  end)
-  local tops = {}
-  for i = 1, math.min(5, #top) do
-    local t = top[i]
-    tops[i] = { pid = t.pid, tid = t.tid, comm = t.comm, time_ms = round(t.time_ns / 1e6, 3),
-      percentage = round(total > 0 and 100 * t.time_ns / total or 0, 2) }
-  end
-  return {
-    total_time_ns = total, total_events = events, avg_time_ns = events > 0 and math.floor(total / events) or 0,
-    max_time_ns = maxns, min_time_ns = minns or 0, runqueue_time_ns = runq, thread_stats = stats,
-    top_blocking_threads = tops,
-  }
 end
 
 --- After the root exited (run mode): wait for it, take the final sample
