@@ -37,14 +37,11 @@ describe("on this kernel", function()
   end)
 
   it("denet run: the tree's CPU time, as the kernel's rusage of the same run says", function()
-    local o = H.tmpfile(".jsonl")
+    local o = H.tmpfile(".stats")
     -- busybox time reports the rusage of its child (user and sys)
-    local code, _, err = H.denet({ "run", "-q", "-o", o, "--", "time", H.fixture("spin_children"), "2", "0.5" })
+    local code, _, err = H.denet({ "run", "-q", "--stats", o, "--", "time", H.fixture("spin_children"), "2", "0.5" })
     assert.equals(0, code, err)
-    local last
-    for line in io.lines(o) do
-      last = cjson.decode(line)
-    end
+    local last = cjson.decode(H.slurp(o))
     assert.equals("summary", last.kind)
     assert.equals(4, last.max_processes) -- time, spin_children and its two children
     local um, us = err:match("user%s+(%d+)m%s*([%d.]+)s")
