@@ -52,7 +52,9 @@ void dn_vm_newclass(lua_State *L, const char *name, lua_CFunction gc, const luaL
 /* A 64-bit address argument: a Lua number or a 64-bit integer cdata. */
 uint64_t dn_vm_checku64(lua_State *L, int idx);
 /* Push a user error (one line for the user, exit code `code`): a table
- * { denet_error = true, message, code } whose tostring is the message. */
+ * { denet_error = true, message, code [, where] } whose tostring is
+ * "where: message" (or the message), and that concatenates and answers
+ * string methods (err:match(...)) as that text. */
 void dn_vm_user_error(lua_State *L, const char *message, int code);
 /* Push a userdata-free argument error helper result: nil, message, errno.
  * Returns 3 (the number of values pushed). */
@@ -115,6 +117,7 @@ void dn_repl_open(lua_State *L);
 void dn_trust_open_lua(lua_State *L);
 void dn_feat_open(lua_State *L);
 void dn_json_open(lua_State *L);
+void dn_usdt_open(lua_State *L);
 
 /* dn_sym.c: the user-space resolver, also used by C unit tests ----------- */
 

@@ -567,6 +567,79 @@ static void *tobuf(lua_State *L, int idx, size_t need, int ro)
 	return NULL;
 }
 
+/* m:function_code(name) -> the compiled instructions (bytes) | nil, msg */
+static int l_module_function_code(lua_State *L)
+{
+	struct dn_bpf *m = check_module(L, 1);
+	const char *name = luaL_checkstring(L, 2);
+	void *start = bpf_function_start(m->mod, name);
+
+	if (!start)
+		return dn_vm_fail(L, ENOENT, "no BPF function named '%s' in the program", name);
+	lua_pushlstring(L, start, bpf_function_size(m->mod, name));
+	return 1;
+}
+
+/* The table id of name, and whether `which` is "key" (else "leaf"). */
+static size_t table_part(lua_State *L, struct dn_bpf *m, int *is_key)
+{
+	const char *name = luaL_checkstring(L, 2);
+	const char *which = luaL_checkstring(L, 3);
+	size_t id = bpf_table_id(m->mod, name);
+
+	if (id >= bpf_num_tables(m->mod))
+		luaL_error(L, "no BPF table named '%s'", name);
+	*is_key = strcmp(which, "key") == 0;
+	return id;
+}
+
+/* m:table_print(name, "key"|"leaf", buf) -> text | nil, msg: libbcc's
+ * printing of a key or leaf (as bcc's key_sprintf/leaf_sprintf) */
+static int l_module_table_print(lua_State *L)
+{
+	struct dn_bpf *m = check_module(L, 1);
+	int is_key, rc;
+	size_t id = table_part(L, m, &is_key);
+	const void *val = tobuf(L, 4, 0, 1);
+	size_t size = is_key ? bpf_table_key_size_id(m->mod, id) : bpf_table_leaf_size_id(m->mod, id);
+	/* hex digits, separators and braces: 8 chars a byte is ample */
+	size_t len = size * 8 + 64;
+	char *buf = malloc(len);
+
+	if (!buf)
+		return luaL_error(L, "out of memory");
+	rc = is_key ? bpf_table_key_snprintf(m->mod, id, buf, len, val)
+	            : bpf_table_leaf_snprintf(m->mod, id, buf, len, val);
+	if (rc != 0) {
+		free(buf);
+		return dn_vm_fail(L, EINVAL, "libbcc cannot print this %s", is_key ? "key" : "leaf");
+	}
+	lua_pushstring(L, buf);
+	free(buf);
+	return 1;
+}
+
+/* m:table_scan(name, "key"|"leaf", text, buf_out) -> true | nil, msg: the
+ * reverse of table_print */
+static int l_module_table_scan(lua_State *L)
+{
+	struct dn_bpf *m = check_module(L, 1);
+	int is_key, rc;
+	size_t id = table_part(L, m, &is_key);
+	const char *text = luaL_checkstring(L, 4);
+	void *out = tobuf(L, 5, 0, 0);
+	struct capture cap;
+
+	/* libbcc complains on stderr; the caller reports the failure */
+	capture_begin(&cap);
+	rc = is_key ? bpf_table_key_sscanf(m->mod, id, text, out) : bpf_table_leaf_sscanf(m->mod, id, text, out);
+	capture_drop(&cap);
+	if (rc != 0)
+		return dn_vm_fail(L, EINVAL, "cannot read '%s' as a %s of this table", text, is_key ? "key" : "leaf");
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 /* core.map_lookup(fd, key, leaf_out) -> true | false (absent) | nil, msg, errno */
 static int l_map_lookup(lua_State *L)
 {
@@ -816,6 +889,9 @@ void dn_bcc_open(lua_State *L)
 		{ "attachments", l_module_attachments },
 		{ "tables", l_module_tables },
 		{ "table_info", l_module_table_info },
+		{ "function_code", l_module_function_code },
+		{ "table_print", l_module_table_print },
+		{ "table_scan", l_module_table_scan },
 		{ NULL, NULL },
 	};
 	static const luaL_Reg fns[] = {

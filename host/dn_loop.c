@@ -12,8 +12,8 @@
  * eventfd. When no poll is in progress (Lua code is running) it also sets
  * a Lua hook that raises an interrupt error at the next instruction, so a
  * script stuck in Lua code still stops. A second signal arriving before
- * the first was handled exits at once (the kernel then closes every BPF fd,
- * which detaches the programs).
+ * the first was handled, or after an interrupt error was raised, exits at
+ * once (the kernel then closes every BPF fd, which detaches the programs).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -88,6 +88,20 @@ void dn_cleanup_run(void)
 
 /* --- signals ----------------------------------------------------------- */
 
+/* Set once an interrupt error has been raised: the script is unwinding
+ * (cleanup, on_end, outputs), and any further signal ends the process. */
+static volatile sig_atomic_t interrupting;
+
+static void push_interrupt(lua_State *L, int sig)
+{
+	/* a denet user error: no traceback, exit 128+sig, tostring "interrupted" */
+	dn_vm_user_error(L, "interrupted", 128 + sig);
+	lua_pushboolean(L, 1);
+	lua_setfield(L, -2, "interrupted");
+	lua_pushinteger(L, sig);
+	lua_setfield(L, -2, "signal");
+}
+
 static void interrupt_hook(lua_State *L, lua_Debug *ar)
 {
 	int sig = dn_loop_signal_pending;
@@ -97,18 +111,8 @@ static void interrupt_hook(lua_State *L, lua_Debug *ar)
 	if (!sig || in_poll || defer_depth > 0)
 		return; /* the loop took it, or will on its next round */
 	dn_loop_signal_pending = 0;
-	/* stack: err (a denet user error: no traceback, exit 128+sig) */
-	lua_createtable(L, 0, 4);
-	lua_pushboolean(L, 1);
-	lua_setfield(L, -2, "denet_error");
-	lua_pushboolean(L, 1);
-	lua_setfield(L, -2, "interrupted");
-	lua_pushinteger(L, sig);
-	lua_setfield(L, -2, "signal");
-	lua_pushinteger(L, 128 + sig);
-	lua_setfield(L, -2, "code");
-	lua_pushstring(L, "");
-	lua_setfield(L, -2, "message");
+	interrupting = sig;
+	push_interrupt(L, sig);
 	lua_error(L);
 }
 
@@ -118,8 +122,11 @@ static void on_signal(int sig, siginfo_t *si, void *uc)
 	ssize_t r;
 
 	(void)uc;
-	if (dn_loop_signal_pending) {
-		/* the previous one was never handled: stop now */
+	if (dn_loop_signal_pending || interrupting) {
+		/* the previous one was never handled, or the script is already
+		 * unwinding from one: stop now. The kernel closes every BPF fd,
+		 * which unloads and detaches the programs; a command denet
+		 * started gets SIGTERM (PR_SET_PDEATHSIG). */
 		_exit(128 + sig);
 	}
 	dn_loop_signal_pending = sig;
@@ -140,6 +147,7 @@ struct watch {
 	struct source *src;
 	struct perf_reader *reader; /* SRC_PERF: this CPU's reader */
 	int fd;
+	int cpu; /* SRC_PERF: the CPU of reader */
 };
 
 struct source {
@@ -295,23 +303,27 @@ static int ringbuf_sample(void *ctx, void *data, size_t size)
 	return call_lua(cb_L, s->cb_ref, 2);
 }
 
+/* perf readers' context is their watch: the callback learns the CPU */
 static void perf_sample(void *ctx, void *data, int size)
 {
-	struct source *s = ctx;
+	struct watch *w = ctx;
 
 	lua_pushlightuserdata(cb_L, data);
 	lua_pushinteger(cb_L, size);
-	call_lua(cb_L, s->cb_ref, 2);
+	lua_pushinteger(cb_L, w->cpu);
+	call_lua(cb_L, w->src->cb_ref, 3);
 }
 
 static void perf_lost(void *ctx, uint64_t lost)
 {
-	struct source *s = ctx;
+	struct watch *w = ctx;
+	struct source *s = w->src;
 
 	s->lost += lost;
 	if (s->lost_ref != LUA_NOREF) {
 		lua_pushnumber(cb_L, (lua_Number)lost);
-		call_lua(cb_L, s->lost_ref, 1);
+		lua_pushinteger(cb_L, w->cpu);
+		call_lua(cb_L, s->lost_ref, 2);
 	}
 }
 
@@ -343,7 +355,8 @@ static int l_loop_ringbuf(lua_State *L)
 }
 
 /* core.loop_perfbuf(map_fd, cpus{}, page_cnt, cb, lost_cb|nil) -> id.
- * One reader per CPU, stored into the perf event array at its CPU index. */
+ * One reader per CPU, stored into the perf event array at its CPU index.
+ * cb(ptr, size, cpu) per record, lost_cb(n, cpu) per loss report. */
 static int l_loop_perfbuf(lua_State *L)
 {
 	int map_fd = (int)luaL_checkinteger(L, 1);
@@ -365,7 +378,8 @@ static int l_loop_perfbuf(lua_State *L)
 		lua_rawgeti(L, 2, i + 1);
 		cpu = (int)lua_tointeger(L, -1);
 		lua_pop(L, 1);
-		r = bpf_open_perf_buffer(perf_sample, perf_lost, s, -1, cpu, page_cnt);
+		s->watches[i].cpu = cpu;
+		r = bpf_open_perf_buffer(perf_sample, perf_lost, &s->watches[i], -1, cpu, page_cnt);
 		if (!r) {
 			int err = errno ? errno : EINVAL;
 
@@ -606,11 +620,37 @@ static int l_raise_interrupt(lua_State *L)
 {
 	int sig = (int)luaL_checkinteger(L, 1);
 
-	dn_loop_signal_pending = sig;
+	dn_loop_signal_pending = 0;
 	in_poll = 0;
-	defer_depth = 0;
-	interrupt_hook(L, NULL);
+	interrupting = sig;
+	push_interrupt(L, sig);
+	return lua_error(L);
+}
+
+/* core.interrupt_handled(): the interrupt was dealt with and the program
+ * goes on (the REPL): the next signal interrupts again */
+static int l_interrupt_handled(lua_State *L)
+{
+	(void)L;
+	interrupting = 0;
 	return 0;
+}
+
+/* core.signals_deferred() -> bool: inside core.defer_signals(true)? */
+static int l_signals_deferred(lua_State *L)
+{
+	lua_pushboolean(L, defer_depth > 0);
+	return 1;
+}
+
+/* core.interrupted() -> signal | nil: the signal whose interrupt error was
+ * raised (the run is ending because of it) */
+static int l_interrupted(lua_State *L)
+{
+	if (!interrupting)
+		return 0;
+	lua_pushinteger(L, interrupting);
+	return 1;
 }
 
 int dn_loop_init(lua_State *L)
@@ -665,6 +705,9 @@ void dn_loop_open(lua_State *L)
 		{ "signal_take", l_signal_take },
 		{ "raise_interrupt", l_raise_interrupt },
 		{ "defer_signals", l_defer_signals },
+		{ "signals_deferred", l_signals_deferred },
+		{ "interrupted", l_interrupted },
+		{ "interrupt_handled", l_interrupt_handled },
 		{ NULL, NULL },
 	};
 	dn_vm_setfuncs(L, fns);

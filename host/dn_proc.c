@@ -10,7 +10,8 @@
  *
  * A command still running when denet exits (an error, a signal, or a
  * script that never waited) is sent SIGTERM by the cleanup registry, so no
- * traced command outlives its tracer unnoticed.
+ * traced command outlives its tracer unnoticed; when denet exits without
+ * cleanup (a second Ctrl-C), PR_SET_PDEATHSIG sends the same SIGTERM.
  *
  * The held child waits on a pipe: one byte means exec, EOF means give up.
  * A second, close-on-exec pipe reports exec's errno, so resume() can tell
@@ -167,7 +168,7 @@ static int l_spawn(lua_State *L)
 	const char *cwd = NULL;
 	int go[2], ep[2], n, i, r, opts = 0;
 	struct dn_proc *p;
-	pid_t pid;
+	pid_t pid, parent;
 	sigset_t all, old;
 
 	luaL_checktype(L, 1, LUA_TTABLE);
@@ -212,6 +213,7 @@ static int l_spawn(lua_State *L)
 	/* no signal handler of ours may run in the child before it resets them */
 	sigfillset(&all);
 	sigprocmask(SIG_BLOCK, &all, &old);
+	parent = getpid();
 	pid = fork();
 	if (pid == 0) {
 		char c;
@@ -221,6 +223,11 @@ static int l_spawn(lua_State *L)
 		signal(SIGTERM, SIG_DFL);
 		signal(SIGHUP, SIG_DFL);
 		signal(SIGPIPE, SIG_DFL);
+		/* denet ending without its cleanup (a second Ctrl-C exits at
+		 * once) still ends the command, as its cleanup would */
+		prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
+		if (getppid() != parent)
+			_exit(127);
 		sigprocmask(SIG_SETMASK, &old, NULL);
 		close(go[1]);
 		close(ep[0]);

@@ -430,13 +430,16 @@ static int l_elf_file_offset(lua_State *L)
 	                  path);
 }
 
-/* core.resolve_symname(binary, symbol, pid) -> path, file_offset | nil, msg
- * For uprobes: binary may be a path or a library name ("c"). */
+/* core.resolve_symname(binary, symbol, pid [, vaddr]) -> path, file_offset | nil, msg
+ * For uprobes: binary may be a path or a library name ("c"). With symbol
+ * nil, vaddr (an ELF virtual address, as nm prints it) is translated to
+ * its file offset in that binary instead. */
 static int l_resolve_symname(lua_State *L)
 {
 	const char *bin = luaL_checkstring(L, 1);
-	const char *name = luaL_checkstring(L, 2);
+	const char *name = luaL_optstring(L, 2, NULL);
 	int pid = (int)luaL_optinteger(L, 3, -1);
+	uint64_t vaddr = lua_isnoneornil(L, 4) ? 0 : dn_vm_checku64(L, 4);
 	struct bcc_symbol sym;
 	struct bcc_symbol_option opt = {
 		.use_debug_file = 1,
@@ -445,11 +448,34 @@ static int l_resolve_symname(lua_State *L)
 		.use_symbol_type = (1 << 2) | (1 << 10),
 	};
 
+	char *so = NULL;
+	struct stat st;
+	int rc;
+
+	if (!name && !vaddr)
+		return luaL_error(L, "resolve_symname: give a symbol or an address");
+	/* say which is missing: the binary, or the symbol in it */
+	if (!strchr(bin, '/')) {
+		so = bcc_procutils_which_so(bin, pid > 0 ? pid : 0);
+		if (!so)
+			so = bcc_procutils_which(bin);
+		if (!so)
+			return dn_vm_fail(L, ENOENT, "cannot find library or binary '%s' (not a path, not in the "
+			                  "linker cache, not on PATH)", bin);
+	} else if (stat(bin, &st) != 0) {
+		return dn_vm_fail(L, errno, "cannot attach to '%s': %s", bin, strerror(errno));
+	}
 	memset(&sym, 0, sizeof(sym));
-	if (bcc_resolve_symname(bin, name, 0, pid > 0 ? pid : 0, &opt, &sym) != 0) {
+	rc = bcc_resolve_symname(so ? so : bin, name, name ? 0 : vaddr, pid > 0 ? pid : 0, &opt, &sym);
+	if (so)
+		bcc_procutils_free(so);
+	if (rc != 0) {
 		if (sym.module)
 			free((void *)sym.module);
-		return dn_vm_fail(L, ENOENT, "cannot find symbol '%s' in '%s'", name, bin);
+		if (name)
+			return dn_vm_fail(L, ENOENT, "cannot find symbol '%s' in '%s'", name, bin);
+		return dn_vm_fail(L, ENOENT, "address 0x%llx is in no loadable segment of '%s'",
+		                  (unsigned long long)vaddr, bin);
 	}
 	lua_pushstring(L, sym.module);
 	lua_pushnumber(L, (lua_Number)sym.offset);

@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <string.h>
@@ -213,6 +214,60 @@ static int l_strerror(lua_State *L)
 	return 1;
 }
 
+/* core.getcwd() -> path | nil, msg, errno */
+static int l_getcwd(lua_State *L)
+{
+	char buf[PATH_MAX];
+
+	if (!getcwd(buf, sizeof(buf)))
+		return dn_vm_fail(L, errno, "getcwd: %s", strerror(errno));
+	lua_pushstring(L, buf);
+	return 1;
+}
+
+/* core.open_nonblock(path) -> fd | nil, msg, errno: open for reading,
+ * non-blocking and close-on-exec (for fds the loop waits on, such as
+ * trace_pipe) */
+static int l_open_nonblock(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+
+	if (fd < 0)
+		return dn_vm_fail(L, errno, "cannot open %s: %s", path, strerror(errno));
+	lua_pushinteger(L, fd);
+	return 1;
+}
+
+/* core.read_nonblock(fd [, max]) -> bytes | "" (nothing to read now) |
+ * nil (end of file) | nil, msg, errno */
+static int l_read_nonblock(lua_State *L)
+{
+	int fd = (int)luaL_checkinteger(L, 1);
+	size_t max = (size_t)luaL_optinteger(L, 2, 65536);
+	luaL_Buffer b;
+	char *p;
+	ssize_t n;
+
+	if (max > LUAL_BUFFERSIZE)
+		max = LUAL_BUFFERSIZE;
+	luaL_buffinit(L, &b);
+	p = luaL_prepbuffer(&b);
+	n = read(fd, p, max);
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EINTR) {
+			lua_pushliteral(L, "");
+			return 1;
+		}
+		return dn_vm_fail(L, errno, "read: %s", strerror(errno));
+	}
+	if (n == 0)
+		return 0;
+	luaL_addsize(&b, (size_t)n);
+	luaL_pushresult(&b);
+	return 1;
+}
+
 /* core.stat(path) -> { mode, uid, gid, dir, link, size } | nil, msg (lstat:
  * a link is not followed) */
 static int l_stat(lua_State *L)
@@ -255,6 +310,9 @@ void dn_sys_open(lua_State *L)
 		{ "perf_event_probe", l_perf_event_probe },
 		{ "strerror", l_strerror },
 		{ "stat", l_stat },
+		{ "open_nonblock", l_open_nonblock },
+		{ "getcwd", l_getcwd },
+		{ "read_nonblock", l_read_nonblock },
 		{ NULL, NULL },
 	};
 	dn_vm_setfuncs(L, fns);

@@ -63,15 +63,74 @@ const char *dn_vm_root(void)
 	return dn_root;
 }
 
+/* tostring(err): "where: message" (where is the file:line of the user's
+ * script that made the failing call, when there is one). */
 static int user_error_tostring(lua_State *L)
 {
 	lua_getfield(L, 1, "message");
+	if (!lua_isstring(L, -1)) {
+		lua_pop(L, 1);
+		lua_pushliteral(L, "error");
+	}
+	lua_getfield(L, 1, "where");
+	if (lua_isstring(L, -1) && lua_objlen(L, -1) > 0) {
+		lua_pushliteral(L, ": ");
+		lua_pushvalue(L, -3);
+		lua_concat(L, 3);
+		return 1;
+	}
+	lua_pop(L, 1);
+	return 1;
+}
+
+/* a .. b where either is an error: both as text */
+static int user_error_concat(lua_State *L)
+{
+	int i;
+
+	for (i = 1; i <= 2; i++) {
+		if (!lua_isstring(L, i)) {
+			if (!luaL_callmeta(L, i, "__tostring"))
+				return luaL_error(L, "attempt to concatenate a %s value", luaL_typename(L, i));
+			lua_replace(L, i);
+		}
+	}
+	lua_concat(L, 2);
+	return 1;
+}
+
+/* err:method(...) for every string method, applied to tostring(err) */
+static int user_error_strcall(lua_State *L)
+{
+	int n = lua_gettop(L);
+
+	if (luaL_callmeta(L, 1, "__tostring"))
+		lua_replace(L, 1);
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, n, LUA_MULTRET);
+	return lua_gettop(L);
+}
+
+static int user_error_index(lua_State *L)
+{
+	/* stack: err, key */
+	lua_getglobal(L, "string");
+	if (lua_istable(L, -1)) {
+		lua_pushvalue(L, 2);
+		lua_rawget(L, -2);
+		if (lua_isfunction(L, -1)) {
+			lua_pushcclosure(L, user_error_strcall, 1);
+			return 1;
+		}
+	}
+	lua_pushnil(L);
 	return 1;
 }
 
 void dn_vm_user_error(lua_State *L, const char *message, int code)
 {
-	lua_createtable(L, 0, 3);
+	lua_createtable(L, 0, 4);
 	lua_pushboolean(L, 1);
 	lua_setfield(L, -2, "denet_error");
 	lua_pushstring(L, message);
@@ -81,6 +140,10 @@ void dn_vm_user_error(lua_State *L, const char *message, int code)
 	if (luaL_newmetatable(L, "denet.UserError")) {
 		lua_pushcfunction(L, user_error_tostring);
 		lua_setfield(L, -2, "__tostring");
+		lua_pushcfunction(L, user_error_concat);
+		lua_setfield(L, -2, "__concat");
+		lua_pushcfunction(L, user_error_index);
+		lua_setfield(L, -2, "__index");
 	}
 	lua_setmetatable(L, -2);
 }
@@ -105,6 +168,7 @@ static int core_open(lua_State *L)
 	dn_trust_open_lua(L);
 	dn_feat_open(L);
 	dn_json_open(L);
+	dn_usdt_open(L);
 	lua_pushcfunction(L, l_user_error);
 	lua_setfield(L, -2, "user_error");
 	lua_pushstring(L, dn_vm_root());
@@ -191,7 +255,7 @@ int dn_vm_pcall(lua_State *L, int nargs, int nresults)
 
 int dn_vm_report(lua_State *L)
 {
-	int code = 1, plain;
+	int code = 1, plain, quiet;
 
 	if (lua_type(L, -1) == LUA_TTABLE) {
 		/* stack: err */
@@ -201,11 +265,23 @@ int dn_vm_report(lua_State *L)
 		lua_pop(L, 1);
 		lua_getfield(L, -1, "plain");
 		plain = lua_toboolean(L, -1);
-		lua_getfield(L, -2, "message");
+		lua_pop(L, 1);
+		/* Ctrl-C is no failure to explain */
+		lua_getfield(L, -1, "interrupted");
+		quiet = lua_toboolean(L, -1);
+		lua_pop(L, 1);
 		/* script errors already start with their file:line */
-		if (lua_isstring(L, -1) && lua_objlen(L, -1) > 0)
-			fprintf(stderr, "%s%s\n", plain ? "" : "denet: ", lua_tostring(L, -1));
-		lua_pop(L, 3);
+		if (!quiet && luaL_callmeta(L, -1, "__tostring")) {
+			if (lua_isstring(L, -1) && lua_objlen(L, -1) > 0)
+				fprintf(stderr, "%s%s\n", plain ? "" : "denet: ", lua_tostring(L, -1));
+			lua_pop(L, 1);
+		} else if (!quiet) {
+			lua_getfield(L, -1, "message");
+			if (lua_isstring(L, -1) && lua_objlen(L, -1) > 0)
+				fprintf(stderr, "%s%s\n", plain ? "" : "denet: ", lua_tostring(L, -1));
+			lua_pop(L, 1);
+		}
+		lua_pop(L, 1);
 		return code;
 	}
 	fprintf(stderr, "%s\n", lua_isstring(L, -1) ? lua_tostring(L, -1) : "(error without message)");

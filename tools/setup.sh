@@ -15,7 +15,7 @@ PACKAGES=(
   # run-time Lua modules
   lua-cjson lua-argparse
   # tests
-  lua-busted bpftool libclang-rt-14-dev python3-pytest
+  lua-busted bpftool libclang-rt-14-dev python3-pytest systemtap-sdt-dev
   # kernel headers for libbcc (see DEVELOPERS notes in docs/troubleshooting.md)
   linux-headers-amd64
   # anchors and benchmark tools

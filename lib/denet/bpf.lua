@@ -174,29 +174,82 @@ local function count_errors(diag)
   return n
 end
 
+-- A relative src_file= is looked for beside the script that calls
+-- BPF.new (as #include "x" is beside its file), then from the current
+-- folder.
+local function find_src_file(path, level)
+  if path:sub(1, 1) == "/" then
+    return path
+  end
+  local info = debug.getinfo(level + 1, "S")
+  local src = info and info.source or ""
+  if src:sub(1, 1) == "@" then
+    local cand = dirname(src:sub(2)) .. "/" .. path
+    if core.stat(cand) then
+      return cand
+    end
+  end
+  return path
+end
+
+local NEW_OPTS = { "text", "src_file", "cflags", "name", "autoattach", "warnings", "debug", "usdt" }
+
 --- Compile BPF C through libbcc.
---- opts.text: the C source, or opts.src_file: a path to it;
+--- opts.text: the C source, or opts.src_file: a path to it (relative:
+--- beside the calling script, else from the current folder);
 --- opts.cflags: extra clang flags ({"-DTARGET=123"});
 --- opts.name: name used in diagnostics (default: the file, or "bpf.c");
 --- opts.autoattach: false to skip attaching TRACEPOINT_PROBE etc.;
---- opts.warnings: true to print clang's warnings.
+--- opts.warnings: true to print clang's warnings;
+--- opts.debug: libbcc's debug flags (bcc_common.h; 0x4 prints the
+--- rewritten source);
+--- opts.usdt: a USDT context (BPF.usdt) or a list of them: their enabled
+--- probes are attached once the program is loaded.
 --- Raises with clang's diagnostics (file:line) when the C does not compile.
-function BPF.new(opts)
+--- BPF.new{...} and BPF:new{...} are the same call.
+function BPF.new(opts, more)
+  if opts == BPF then
+    opts = more
+  end
   if type(opts) == "string" then
     opts = { text = opts }
   end
-  if type(opts) ~= "table" or (opts.text == nil) == (opts.src_file == nil) then
-    error("BPF.new: give exactly one of text= or src_file=", 2)
+  if type(opts) ~= "table" then
+    error("BPF.new: give a table of options (text= or src_file=, ...)", 2)
   end
-  local place = caller_place(3)
+  errors.check_opts("BPF.new", opts, NEW_OPTS)
+  if (opts.text == nil) == (opts.src_file == nil) then
+    errors.bad_call("BPF.new", "give exactly one of text= or src_file=")
+  end
+  local place = errors.where(2) or caller_place(3)
   sys.require_bpf()
   local text = opts.text
   local name = opts.name or "bpf.c"
   local basedir
   if opts.src_file then
-    text = read_file(opts.src_file)
+    local path = find_src_file(opts.src_file, 2)
+    text = read_file(path)
     name = opts.name or opts.src_file
-    basedir = dirname(opts.src_file)
+    basedir = dirname(path)
+  end
+  local usdts = opts.usdt
+  if usdts and getmetatable(usdts) == BPF.USDT then
+    usdts = { usdts }
+  end
+  if usdts then
+    local list = {}
+    for i, u in ipairs(usdts) do
+      if getmetatable(u) ~= BPF.USDT then
+        error(string.format("BPF.new: usdt[%d] is not a USDT context (BPF.usdt{...})", i), 2)
+      end
+      list[i] = u.ctx
+    end
+    local args, msg = core.usdt_genargs(list)
+    if not args then
+      errors.raise(msg)
+    end
+    -- the readers go first; #line keeps the user's line numbers
+    text = args .. string.format('\n#line 1 "%s"\n', name) .. text
   end
   local cflags = { "-I" .. core.root .. "/bpf-src" }
   for _, f in ipairs(opts.cflags or {}) do
@@ -209,11 +262,11 @@ function BPF.new(opts)
   text, ringbufs = BPF._count_ringbuf_losses(text)
   text = BPF._fix_lines(text, name)
   local t0 = core.monotonic()
-  local m, diag = core.bpf_compile(text, false, cflags)
+  local m, diag = core.bpf_compile(text, false, cflags, opts.debug)
   local compile_s = core.monotonic() - t0
   if not m then
     local n = count_errors(diag)
-    errors.script(string.format("%s: BPF program %s failed to compile (%d error%s):\n%s", place, name, n,
+    errors.script(string.format("%s: failed to compile BPF module %s (%d error%s):\n%s", place, name, n,
       n == 1 and "" or "s", tidy_diagnostics(diag, name)))
   end
   if opts.warnings and diag:find("warning:") then
@@ -231,6 +284,9 @@ function BPF.new(opts)
   }, BPF)
   if opts.autoattach ~= false then
     self:_autoattach()
+  end
+  for _, u in ipairs(usdts or {}) do
+    u:_attach(self)
   end
   return self
 end
@@ -370,18 +426,6 @@ function BPF:load_func(fn_name, prog_type)
   return fd
 end
 
-local function named(args, ...)
-  -- accept f{ key = v } or f(v1, v2, ...) in the documented order
-  if type(args) == "table" then
-    return args
-  end
-  local keys = { ... }
-  local t = {}
-  local vals = args
-  t[keys[1]] = vals
-  return t, keys
-end
-
 local function add_probe(self, desc, h)
   local list = self.probes[desc] or {}
   list[#list + 1] = h
@@ -389,12 +433,33 @@ local function add_probe(self, desc, h)
   return h
 end
 
+-- f{ key = v, ... } or f(v1, v2) in the order of `positional`; unknown
+-- keys refused (errors.check_opts), the caller's caller blamed.
+local function options(fname, a, known, positional, ...)
+  if type(a) ~= "table" then
+    local t, vals = {}, { a, ... }
+    for i, k in ipairs(positional) do
+      t[k] = vals[i]
+    end
+    a = t
+  end
+  errors.check_opts(fname, a, known)
+  return a
+end
+
+local function need(fname, a, key, what)
+  if a[key] == nil then
+    errors.bad_call(fname, string.format("%s= is missing (%s)", key, what))
+  end
+end
+
+local TP_OPTS = { "tp", "fn_name" }
+
 --- attach_tracepoint{ tp = "category:event", fn_name = "fn" }
 --- (also attach_tracepoint("category:event", "fn")).
-function BPF:attach_tracepoint(a, fn_name)
-  if type(a) ~= "table" then
-    a = { tp = a, fn_name = fn_name }
-  end
+function BPF:attach_tracepoint(a, ...)
+  a = options("attach_tracepoint", a, TP_OPTS, TP_OPTS, ...)
+  need("attach_tracepoint", a, "fn_name", "the BPF function to run")
   local cat, ev = tostring(a.tp):match("^([^:]+):(.+)$")
   if not cat then
     error("attach_tracepoint: tp must be 'category:event'", 2)
@@ -412,10 +477,10 @@ function BPF:attach_tracepoint(a, fn_name)
 end
 
 --- attach_raw_tracepoint{ tp = "sched_switch", fn_name = "fn" }
-function BPF:attach_raw_tracepoint(a, fn_name)
-  if type(a) ~= "table" then
-    a = { tp = a, fn_name = fn_name }
-  end
+function BPF:attach_raw_tracepoint(a, ...)
+  a = options("attach_raw_tracepoint", a, TP_OPTS, TP_OPTS, ...)
+  need("attach_raw_tracepoint", a, "tp", "the raw tracepoint's name")
+  need("attach_raw_tracepoint", a, "fn_name", "the BPF function to run")
   local fd = self:load_func(a.fn_name, BPF.RAW_TRACEPOINT)
   local h, msg = self.m:attach_raw_tracepoint(fd, a.tp)
   if not h then
@@ -428,29 +493,22 @@ local function sanitize(s)
   return (tostring(s):gsub("[^%w]", "_"))
 end
 
-local function attach_uprobe(self, a, is_ret)
-  if type(a) ~= "table" or not a.name or not a.fn_name or (a.sym == nil and a.addr == nil) then
-    error("attach_uprobe: needs name= (binary), sym= or addr=, and fn_name=", 3)
+local UPROBE_OPTS = { "name", "sym", "addr", "fn_name", "pid", "sym_off", "retprobe" }
+
+local function attach_uprobe(self, fname, a, is_ret)
+  a = options(fname, a, UPROBE_OPTS, {})
+  if not a.name or not a.fn_name or (a.sym == nil and a.addr == nil) then
+    errors.bad_call(fname, "needs name= (binary or library), sym= or addr=, and fn_name=")
   end
+  is_ret = is_ret or a.retprobe == true
   local pid = a.pid or -1
-  local path, off, msg
-  if a.sym then
-    path, off = core.resolve_symname(a.name, a.sym, pid)
-    if not path then
-      errors.raise(off)
-    end
-    off = off + (a.sym_off or 0)
-  else
-    -- addr is an ELF virtual address, as nm and objdump print it
-    path = a.name
-    if not path:find("/") then
-      path = core.which(path) or path
-    end
-    off, msg = core.elf_file_offset(path, a.addr)
-    if not off then
-      errors.raise(msg)
-    end
+  -- a path, a library name ("c") or a command on PATH; addr is an ELF
+  -- virtual address, as nm and objdump print it
+  local path, off = core.resolve_symname(a.name, a.sym, pid, a.sym == nil and a.addr or nil)
+  if not path then
+    errors.raise(off)
   end
+  off = off + (a.sym_off or 0)
   local fd = self:load_func(a.fn_name, BPF.KPROBE)
   local ev = string.format("dn_%s_%s_0x%x_%d", is_ret and "r" or "p", sanitize(path):sub(-40), off, pid)
   local h, msg = self.m:attach_uprobe(fd, is_ret, ev, path, off, pid)
@@ -460,19 +518,26 @@ local function attach_uprobe(self, a, is_ret)
   return add_probe(self, (is_ret and "uretprobe:" or "uprobe:") .. path .. ":" .. tostring(a.sym or a.addr), h)
 end
 
---- attach_uprobe{ name = binary or library, sym = "func" | addr = ELF
---- address (as nm prints it), fn_name = "fn", pid = only this process
---- (default all) }
+--- attach_uprobe{ name = binary, library ("c") or command, sym = "func" |
+--- addr = ELF address (as nm prints it), sym_off = bytes past sym,
+--- fn_name = "fn", pid = only this process (default all), retprobe = true
+--- for a return probe }
 function BPF:attach_uprobe(a)
-  return attach_uprobe(self, a, false)
+  return attach_uprobe(self, "attach_uprobe", a, false)
 end
 
 --- attach_uretprobe{ same as attach_uprobe }: runs when the function returns.
 function BPF:attach_uretprobe(a)
-  return attach_uprobe(self, a, true)
+  return attach_uprobe(self, "attach_uretprobe", a, true)
 end
 
-local function attach_kprobe(self, a, is_ret)
+local KPROBE_OPTS = { "event", "fn_name", "retprobe" }
+
+local function attach_kprobe(self, fname, a, is_ret, ...)
+  a = options(fname, a, KPROBE_OPTS, { "event", "fn_name" }, ...)
+  need(fname, a, "event", "the kernel function")
+  need(fname, a, "fn_name", "the BPF function to run")
+  is_ret = is_ret or a.retprobe == true
   if not sys.has_kprobes() then
     errors.raise(string.format("cannot attach %s to %s: this kernel has no kprobes (no kprobe PMU and no "
       .. "kprobe_events in tracefs); use a tracepoint or raw tracepoint instead (see denet doctor)",
@@ -487,29 +552,25 @@ local function attach_kprobe(self, a, is_ret)
   return add_probe(self, (is_ret and "kretprobe:" or "kprobe:") .. a.event, h)
 end
 
---- attach_kprobe{ event = "kernel_function", fn_name = "fn" }: only where
---- the kernel has kprobes; elsewhere a clear error.
-function BPF:attach_kprobe(a, fn_name)
-  if type(a) ~= "table" then
-    a = { event = a, fn_name = fn_name }
-  end
-  return attach_kprobe(self, a, false)
+--- attach_kprobe{ event = "kernel_function", fn_name = "fn", retprobe =
+--- true for a return probe }: only where the kernel has kprobes;
+--- elsewhere a clear error.
+function BPF:attach_kprobe(a, ...)
+  return attach_kprobe(self, "attach_kprobe", a, false, ...)
 end
 
-function BPF:attach_kretprobe(a, fn_name)
-  if type(a) ~= "table" then
-    a = { event = a, fn_name = fn_name }
-  end
-  return attach_kprobe(self, a, true)
+function BPF:attach_kretprobe(a, ...)
+  return attach_kprobe(self, "attach_kretprobe", a, true, ...)
 end
+
+local KFUNC_OPTS = { "fn_name" }
 
 --- attach_kfunc{ fn_name = "kfunc__do_nanosleep" }: an fentry/fexit
 --- program (KFUNC_PROBE / KRETFUNC_PROBE) where the kernel supports them;
 --- elsewhere a clear error.
 function BPF:attach_kfunc(a)
-  if type(a) ~= "table" then
-    a = { fn_name = a }
-  end
+  a = options("attach_kfunc", a, KFUNC_OPTS, KFUNC_OPTS)
+  need("attach_kfunc", a, "fn_name", "the KFUNC_PROBE function")
   local fd, log = self.m:load(a.fn_name, BPF.TRACING)
   local h, msg
   if fd then
@@ -523,11 +584,15 @@ function BPF:attach_kfunc(a)
   return add_probe(self, "kfunc:" .. a.fn_name, h)
 end
 
+local PERF_OPTS = { "ev_type", "ev_config", "fn_name", "sample_freq", "sample_period", "pid", "cpu" }
+
 --- attach_perf_event{ ev_type = BPF.PERF_TYPE_SOFTWARE, ev_config =
 --- BPF.PERF_COUNT_SW_CPU_CLOCK, fn_name = "fn", sample_freq = 99 |
 --- sample_period = N, pid = -1, cpu = -1 (all online CPUs) }.
 --- Returns the list of handles (one per CPU).
 function BPF:attach_perf_event(a)
+  a = options("attach_perf_event", a, PERF_OPTS, {})
+  need("attach_perf_event", a, "fn_name", "the BPF function to run")
   local fd = self:load_func(a.fn_name, BPF.PERF_EVENT)
   local ev_type = a.ev_type or BPF.PERF_TYPE_SOFTWARE
   local ev_config = a.ev_config or BPF.PERF_COUNT_SW_CPU_CLOCK
@@ -903,7 +968,11 @@ end
 --- libbcc could not describe it). opts.page_cnt (default 64 pages per
 --- CPU), opts.lost_cb(n), opts.type (an ffi type to use instead).
 --- Records are only valid during the callback: copy what you keep.
+local PERFBUF_OPTS = { "type", "page_cnt", "lost_cb" }
+local RINGBUF_OPTS = { "type" }
+
 function Table:open_perf_buffer(cb, opts)
+  errors.check_opts("open_perf_buffer", opts, PERFBUF_OPTS)
   opts = opts or {}
   if self.type ~= MAP.PERF_EVENT_ARRAY then
     error(string.format("table %s is not a BPF_PERF_OUTPUT", self.name), 2)
@@ -921,6 +990,7 @@ end
 
 --- Ring buffer tables (BPF_RINGBUF_OUTPUT): like open_perf_buffer.
 function Table:open_ring_buffer(cb, opts)
+  errors.check_opts("open_ring_buffer", opts, RINGBUF_OPTS)
   opts = opts or {}
   if self.type ~= MAP.RINGBUF then
     error(string.format("table %s is not a BPF_RINGBUF_OUTPUT", self.name), 2)
@@ -950,15 +1020,122 @@ function BPF:ringbuf_lost(name)
   return tonumber(lost:sum(idx)) or 0
 end
 
---- Run the loop for up to timeout_ms (bcc's name): buffer callbacks fire.
+--- Run the loop for up to timeout_ms (bcc's name; nil: until something
+--- happens): buffer callbacks fire. Returns how many callbacks ran.
+--- A SIGINT/SIGTERM meanwhile raises the interrupt error (Ctrl-C ends a
+--- `while true do b:perf_buffer_poll(1000) end` loop), unless signals are
+--- deferred (denet.with_signals_deferred), when it is returned second.
 function BPF:perf_buffer_poll(timeout_ms)
-  return core.loop_poll(timeout_ms and timeout_ms / 1000 or -1)
+  local n, sig = core.loop_poll(timeout_ms and timeout_ms >= 0 and timeout_ms / 1000 or -1)
+  if sig ~= 0 and not core.signals_deferred() then
+    core.raise_interrupt(sig)
+  end
+  return n, sig
 end
 BPF.ring_buffer_poll = BPF.perf_buffer_poll
 
 --- Run the callbacks of whatever is ready, without waiting.
 function BPF:ring_buffer_consume()
-  return core.loop_poll(0)
+  return self:perf_buffer_poll(0)
+end
+
+---------------------------------------------------------------------------
+-- trace_pipe (bpf_trace_printk's output)
+
+--- The next line of the kernel's trace_pipe (what bpf_trace_printk
+--- writes), waiting for it; nil after timeout seconds, if given. Buffer
+--- callbacks keep firing meanwhile, and a SIGINT/SIGTERM raises the
+--- interrupt error.
+function BPF:trace_readline(timeout)
+  return require("denet.tracepipe").shared():readline(timeout)
+end
+
+--- The next trace_pipe line split as bcc does: task, pid, cpu, flags,
+--- timestamp (seconds), message. Waits as trace_readline does.
+function BPF:trace_fields(timeout)
+  return require("denet.tracepipe").shared():fields(timeout)
+end
+
+--- Print trace_pipe lines (fmt: a function of the fields returning the
+--- text, default the raw line) until interrupted.
+function BPF:trace_print(fmt)
+  local tp = require("denet.tracepipe").shared()
+  while true do
+    if fmt then
+      print(fmt(tp:fields()))
+    else
+      print(tp:readline())
+    end
+  end
+end
+
+---------------------------------------------------------------------------
+-- USDT probes
+
+local USDT = {}
+USDT.__index = USDT
+BPF.USDT = USDT
+
+local USDT_OPTS = { "pid", "path" }
+
+--- A USDT context: the probes (sys/sdt.h markers) of process pid (every
+--- object it maps, or only path), or of the binary at path.
+---   local u = BPF.usdt{ pid = 1234 }   -- or { path = "/usr/bin/prog" }
+---   u:enable_probe{ probe = "provider:name", fn_name = "on_probe" }
+---   local b = BPF.new{ text = SRC, usdt = u }  -- attached once loaded
+--- In the program, bpf_usdt_readarg(n, ctx, &v) reads argument n (1-based).
+--- A probe with a semaphore is only enabled in a process (give pid).
+function BPF.usdt(opts)
+  errors.check_opts("BPF.usdt", opts, USDT_OPTS)
+  if type(opts) ~= "table" or (not opts.pid and not opts.path) then
+    errors.bad_call("BPF.usdt", "give pid= or path=")
+  end
+  local path = opts.path
+  if path and not path:find("/") then
+    path = core.which(path) or path
+  end
+  local ctx, msg = core.usdt_open(opts.pid or -1, path)
+  if not ctx then
+    errors.raise(msg)
+  end
+  return setmetatable({ ctx = ctx, pid = opts.pid, path = path, enabled = {} }, USDT)
+end
+
+local ENABLE_OPTS = { "probe", "fn_name" }
+
+--- enable_probe{ probe = "name" | "provider:name", fn_name = "fn" }
+--- (also enable_probe(probe, fn_name)).
+function USDT:enable_probe(a, fn_name)
+  if type(a) ~= "table" then
+    a = { probe = a, fn_name = fn_name }
+  end
+  errors.check_opts("enable_probe", a, ENABLE_OPTS)
+  if not a.probe or not a.fn_name then
+    errors.bad_call("enable_probe", "needs probe= and fn_name=")
+  end
+  local ok, msg = self.ctx:enable_probe(a.probe, a.fn_name)
+  if not ok then
+    errors.raise(msg)
+  end
+  self.enabled[#self.enabled + 1] = a
+  return self
+end
+
+--- The probes found: { provider, name, path, semaphore, locations,
+--- arguments } each.
+function USDT:probes()
+  return self.ctx:probes()
+end
+
+-- Attach a uprobe at every location of every enabled probe (BPF.new does).
+function USDT:_attach(b)
+  for _, u in ipairs(self.ctx:uprobes()) do
+    b:attach_uprobe{ name = u.path, addr = u.addr, fn_name = u.fn_name, pid = u.pid > 0 and u.pid or nil }
+  end
+end
+
+function USDT:close()
+  self.ctx:close()
 end
 
 ---------------------------------------------------------------------------

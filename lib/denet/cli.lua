@@ -119,8 +119,10 @@ end
 --- lua.c sets it. A script that returns a table declaring itself (see
 --- denet.plugins) is run from it: its main(opts) with arguments parsed
 --- from its declarations (or main(argv) with raw_args), or, for a plugin,
---- on the monitor. Returns the exit code (a number the script returns or
---- main returns, else 0).
+--- on the monitor. A file that returns a function is a bcc-probe script:
+--- it is called with bcc's BPF class and utils (bcc.run). Returns the exit
+--- code: a number the script (or main) returns, else 128+signal when a
+--- Ctrl-C interrupted it, else 0.
 function M.run_script(path, args)
   local chunk, err = require("denet.plugins").load_file(path)
   if not chunk then
@@ -132,11 +134,31 @@ function M.run_script(path, args)
     a[i] = v
   end
   _G.arg = a
+  -- modules beside the script are found (after denet's own), as Lua
+  -- finds them beside a script run from its folder
+  local dir = path:match("^(.*)/[^/]*$") or "."
+  if dir:sub(1, 1) ~= "/" then
+    dir = (core.getcwd() or "") .. "/" .. dir
+  end
+  local lib = core.root .. "/lib/?.lua;" .. core.root .. "/lib/?/init.lua;"
+  if package.path:sub(1, #lib) == lib then
+    package.path = lib .. dir .. "/?.lua;" .. dir .. "/?/init.lua;" .. package.path:sub(#lib + 1)
+  end
   local rc = chunk(unpack(args))
+  -- a script caught Ctrl-C (a pcall'd poll loop) and ended on its own:
+  -- it still ends as interrupted (128+signal), unless it chose a code
+  local function code(v)
+    local sig = core.interrupted()
+    return tonumber(v) or (sig and 128 + sig) or 0
+  end
+  if type(rc) == "function" then
+    -- written for bcc-probe: return function(BPF, utils) ... end
+    return code(require("bcc.run")(path, rc))
+  end
   if type(rc) == "table" then
     if type(rc.main) == "function" then
       if rc.raw_args then
-        return tonumber(rc.main(args)) or 0
+        return code(rc.main(args))
       end
       local args_mod = require("denet.args")
       local prog = "denet script " .. script_name(path)
@@ -145,15 +167,12 @@ function M.run_script(path, args)
         io.stdout:write(args_mod.usage(prog, rc))
         return 0
       end
-      return tonumber(rc.main(o)) or 0
+      return code(rc.main(o))
     elseif require("denet.plugins").has_hooks(rc) then
       return run_plugin(rc, path, args)
     end
   end
-  if type(rc) == "number" then
-    return rc
-  end
-  return 0
+  return code(rc)
 end
 
 -- `denet list`: scripts on the search path by category

@@ -116,7 +116,10 @@ end
 --- Run the loop until denet.stop(), a signal, or opts.duration seconds.
 --- Returns the reason: "stopped", "signal" (and the signal number),
 --- "timeout".
+local RUN_OPTS = { "duration" }
+
 function M.run(opts)
+  errors.check_opts("denet.run", opts, RUN_OPTS)
   opts = opts or {}
   stop_requested = false
   local deadline = opts.duration and (core.monotonic() + opts.duration)
@@ -180,10 +183,13 @@ Proc.__index = Proc
 --- Start argv held before exec. opts: stdin/stdout/stderr ("inherit",
 --- "null", a path, or an fd), cwd. Raises a user error naming the command
 --- when it cannot be executed.
+local SPAWN_OPTS = { "stdin", "stdout", "stderr", "cwd" }
+
 function M.spawn(argv, opts)
   if type(argv) ~= "table" or #argv == 0 then
     error("denet.spawn: argv must be a non-empty list of strings", 2)
   end
+  errors.check_opts("denet.spawn", opts, SPAWN_OPTS)
   local c, msg = core.spawn(argv, opts)
   if not c then
     errors.raise(msg)
@@ -225,18 +231,24 @@ function Proc:kill(sig)
   return self.c:kill(sig or M.SIGTERM)
 end
 
+local WAIT_OPTS = { "timeout", "forward" }
+
 --- Wait for the process to exit, running the loop meanwhile (buffer and
 --- timer callbacks keep firing). Returns the exit code (128+signal when
 --- killed), the rusage of the command and its reaped descendants
 --- ({utime, stime, maxrss_kb, minflt, majflt, nvcsw, nivcsw, inblock,
 --- oublock}) and the signal that killed it, if any.
 ---
---- SIGINT/SIGTERM/SIGHUP sent to denet are forwarded to the command (a
---- Ctrl-C from the terminal already reached it and is not sent twice); a
---- third one kills the command and interrupts the script.
+--- A SIGINT/SIGTERM/SIGHUP sent to denet is passed on to the command (a
+--- Ctrl-C from the terminal already reached it and is not sent twice) and
+--- raises the interrupt error: the script unwinds.
+--- opts.forward: instead, keep waiting for the command to end, as a
+--- tracer of it does (perf record -- CMD): a first signal is passed on, a
+--- second kills the command (SIGKILL), a third raises the interrupt error.
 --- opts.timeout: give up after that many seconds and return nil.
 --- A command still running when denet exits is sent SIGTERM.
 function Proc:wait(opts)
+  errors.check_opts("wait", opts, WAIT_OPTS)
   if self:held() then
     error("wait: the process is still held; call :resume() first", 2)
   end
@@ -244,13 +256,14 @@ function Proc:wait(opts)
   if code then
     return code, ru, sig
   end
+  opts = opts or {}
   local done = false
   local pidfd = self.c:pidfd()
   local w = M.watch_fd(pidfd, function()
     done = true
   end)
-  local deadline = opts and opts.timeout and (core.monotonic() + opts.timeout)
-  local forwarded = 0
+  local deadline = opts.timeout and (core.monotonic() + opts.timeout)
+  local signals = 0
   local ok, err = pcall(M.with_signals_deferred, function()
     while not done do
       local timeout = -1
@@ -262,13 +275,17 @@ function Proc:wait(opts)
       end
       local _, s, si_code = core.loop_poll(timeout)
       if s ~= 0 then
-        forwarded = forwarded + 1
-        if forwarded >= 3 then
+        signals = signals + 1
+        local from_terminal = s == M.SIGINT and si_code == SI_KERNEL
+        if opts.forward and signals == 2 then
           self:kill(M.SIGKILL)
-          interrupt(s)
-        end
-        if not (s == M.SIGINT and si_code == SI_KERNEL) then
+        elseif opts.forward and signals >= 3 then
+          return s
+        elseif not from_terminal then
           self:kill(s)
+        end
+        if not opts.forward then
+          return s
         end
       end
     end
@@ -276,6 +293,9 @@ function Proc:wait(opts)
   w:close()
   if not ok then
     error(err, 0)
+  end
+  if err then
+    interrupt(err)
   end
   local code2, ru2, sig2 = self:try_wait()
   if not code2 then
@@ -286,22 +306,23 @@ end
 
 --- Wait at most `seconds` (nil: as long as it takes); a command still
 --- running then is sent SIGTERM, and SIGKILL after `grace` more seconds
---- (default 2). Returns what wait() returns.
-function Proc:wait_for(seconds, grace)
+--- (default 2). Returns what wait() returns. opts.forward: as wait's.
+function Proc:wait_for(seconds, grace, opts)
+  local fwd = opts and opts.forward
   if not seconds then
-    return self:wait()
+    return self:wait{ forward = fwd }
   end
-  local code, ru, sig = self:wait{ timeout = seconds }
+  local code, ru, sig = self:wait{ timeout = seconds, forward = fwd }
   if code then
     return code, ru, sig
   end
   self:kill(M.SIGTERM)
-  code, ru, sig = self:wait{ timeout = grace or 2 }
+  code, ru, sig = self:wait{ timeout = grace or 2, forward = fwd }
   if code then
     return code, ru, sig
   end
   self:kill(M.SIGKILL)
-  return self:wait()
+  return self:wait{ forward = fwd }
 end
 
 function Proc:__tostring()

@@ -852,7 +852,7 @@ function M.run(opts)
       proc:resume()
       denet.sleep(0.02)
       t:capture()
-      opts.code = proc:wait_for(opts.duration)
+      opts.code = proc:wait_for(opts.duration, nil, { forward = true })
     else
       denet.run{ duration = opts.duration }
     end

@@ -134,6 +134,11 @@ function M.load_file(path, allow)
   if not text then
     errors.raise(err)
   end
+  -- errors raised by denet's API name the place in the user's own file
+  -- (built-in scripts are denet's own: their place is no help)
+  if path:sub(1, #core.root + 1) ~= core.root .. "/" then
+    errors.user_sources["@" .. path] = true
+  end
   return loadstring((text:gsub("^#[^\n]*", "")), "@" .. path)
 end
 

@@ -362,6 +362,9 @@ function M.eval(src, env, out)
   end) }
   if not res[1] then
     if errors.is_interrupt(res[2]) then
+      -- the console goes on: the next Ctrl-C interrupts again, it does
+      -- not end denet
+      core.interrupt_handled()
       out:write("interrupted\n")
     else
       out:write(tostring(res[2]), "\n")

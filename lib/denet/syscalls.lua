@@ -601,7 +601,7 @@ function M.run(opts)
   local ok, err = pcall(function()
     if proc then
       proc:resume()
-      code = proc:wait_for(opts.duration)
+      code = proc:wait_for(opts.duration, nil, { forward = true })
     else
       denet.run{ duration = opts.duration }
     end

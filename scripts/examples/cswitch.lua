@@ -52,7 +52,7 @@ TRACEPOINT_PROBE(sched, sched_switch) {
 
   local t0 = denet.clock()
   p:resume()
-  local code = p:wait_for(duration)
+  local code = p:wait_for(duration, nil, { forward = true })
   local elapsed = denet.clock() - t0
 
   local rows = {}

@@ -58,7 +58,7 @@ int f(void *ctx) {
 ]=])
     local code, _, err = H.denet({ "script", s })
     assert.equals(1, code)
-    assert.matches("^" .. s:gsub("%p", "%%%0") .. ":2: BPF program bpf.c failed to compile %(1 error%)", err)
+    assert.matches("^" .. s:gsub("%p", "%%%0") .. ":2: failed to compile BPF module bpf.c %(1 error%)", err)
     assert.matches("bpf.c:4:%d+: error: expected ';'", err)
     assert.not_matches("stack traceback", err)
   end)
@@ -118,7 +118,8 @@ print("attached")
     assert.equals(2, code)
     assert.equals("", out)
     assert.equals(1, #lines(err))
-    assert.matches("^denet: BPF needs privileges: running as uid 65534", err)
+    -- the place in the script that asked for it, then what is wrong
+    assert.matches("^denet: " .. s:gsub("%p", "%%%0") .. ":2: BPF needs privileges: running as uid 65534", err)
     assert.matches("run denet as root", err)
   end)
 
@@ -128,7 +129,8 @@ print("attached")
     assert.equals(2, code)
     assert.equals("", out)
     assert.equals(1, #lines(err))
-    assert.matches("^denet: no kernel headers found for kernel", err)
+    -- the place in the script that asked for it, then what is wrong
+    assert.matches("^denet: " .. s:gsub("%p", "%%%0") .. ":2: no kernel headers found for kernel", err)
     assert.matches("tools/setup.sh", err)
   end)
 
@@ -139,7 +141,8 @@ print("attached")
     assert.equals(2, code)
     assert.equals("", out)
     assert.equals(1, #lines(err))
-    assert.matches("^denet: tracefs is not mounted", err)
+    -- the place in the script that asked for it, then what is wrong
+    assert.matches("^denet: " .. s:gsub("%p", "%%%0") .. ":2: tracefs is not mounted", err)
     assert.matches("mount %-t tracefs", err)
   end)
 

@@ -197,7 +197,7 @@ print(tonumber(n:get(0)), tonumber(n:get(1)), good, bad, vm_ok)
     assert.equals(2, code)
     assert.equals("", out)
     assert.equals(1, #lines(err), err)
-    assert.matches("^denet: BPF program bpf%.c reads struct task_struct, whose layout in the installed kernel "
+    assert.matches("^denet: " .. s:gsub("%p", "%%%0") .. ":1: BPF program bpf%.c reads struct task_struct, whose layout in the installed kernel "
       .. "headers %(6%.1[^)]*%) is not the running kernel's %(" .. core.uname().release:gsub("%p", "%%%0")
       .. "%): field [%w_]+ is at byte %d+ in this kernel; fix: install the headers of the running kernel", err)
   end)
