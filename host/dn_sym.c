@@ -15,6 +15,7 @@
  * When no symbol covers it the result is module + ELF address, which is
  * what addr2line takes.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -430,10 +431,72 @@ static int l_elf_file_offset(lua_State *L)
 	                  path);
 }
 
+/* --- IFUNC symbols -------------------------------------------------------- */
+
+struct ifunc_find {
+	const char *name;
+	int found;
+};
+
+static int ifunc_cb(const char *name, uint64_t addr, uint64_t size, void *payload)
+{
+	struct ifunc_find *f = payload;
+
+	(void)addr;
+	(void)size;
+	if (strcmp(name, f->name) == 0) {
+		f->found = 1;
+		return -1;
+	}
+	return 0;
+}
+
+/* Is name an IFUNC of the ELF file at path (glibc's strlen, memcpy...)?
+ * Its symbol is the resolver, run once at load time: a uprobe there sees
+ * no call of the function. */
+static int is_ifunc(const char *path, const char *name)
+{
+	struct bcc_symbol_option opt = {
+		.use_debug_file = 0,
+		.check_debug_file_crc = 0,
+		.lazy_symbolize = 1,
+		.use_symbol_type = 1 << 10, /* STT_GNU_IFUNC */
+	};
+	struct ifunc_find f = { name, 0 };
+
+	bcc_elf_foreach_sym(path, ifunc_cb, &opt, &f);
+	return f.found;
+}
+
+/* The ELF address of the implementation an IFUNC chose, when the library
+ * is loaded in denet too (same file): the resolver ran here on the same
+ * CPU as for any traced process. dlopen(RTLD_NOLOAD) runs no code of a
+ * library that is not loaded already. Returns 0 and the address, or -1. */
+static int ifunc_target(const char *path, const char *name, uint64_t *vaddr)
+{
+	struct stat a, b;
+	void *h, *p;
+	Dl_info info;
+	int rc = -1;
+
+	h = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+	if (!h)
+		return -1;
+	p = dlsym(h, name);
+	if (p && dladdr(p, &info) && info.dli_fname && info.dli_fbase && stat(path, &a) == 0 &&
+	    stat(info.dli_fname, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
+		*vaddr = (uint64_t)((uintptr_t)p - (uintptr_t)info.dli_fbase);
+		rc = 0;
+	}
+	dlclose(h);
+	return rc;
+}
+
 /* core.resolve_symname(binary, symbol, pid [, vaddr]) -> path, file_offset | nil, msg
  * For uprobes: binary may be a path or a library name ("c"). With symbol
  * nil, vaddr (an ELF virtual address, as nm prints it) is translated to
- * its file offset in that binary instead. */
+ * its file offset in that binary instead. An IFUNC symbol resolves to the
+ * implementation it picks here, or fails saying so. */
 static int l_resolve_symname(lua_State *L)
 {
 	const char *bin = luaL_checkstring(L, 1);
@@ -476,6 +539,30 @@ static int l_resolve_symname(lua_State *L)
 			return dn_vm_fail(L, ENOENT, "cannot find symbol '%s' in '%s'", name, bin);
 		return dn_vm_fail(L, ENOENT, "address 0x%llx is in no loadable segment of '%s'",
 		                  (unsigned long long)vaddr, bin);
+	}
+	if (name && is_ifunc(sym.module, name)) {
+		uint64_t impl_addr;
+		struct bcc_symbol isym;
+
+		memset(&isym, 0, sizeof(isym));
+		if (ifunc_target(sym.module, name, &impl_addr) != 0 ||
+		    bcc_resolve_symname(sym.module, NULL, impl_addr, 0, &opt, &isym) != 0) {
+			lua_pushnil(L);
+			lua_pushfstring(L, "%s in %s is an IFUNC: its symbol is the resolver that picks an "
+			                "implementation at load time, and denet cannot tell which one without "
+			                "loading the library; probe the implementation by name (nm -D %s)",
+			                name, sym.module, sym.module);
+			free((void *)sym.module);
+			if (isym.module)
+				free((void *)isym.module);
+			return 2;
+		}
+		free((void *)isym.module);
+		sym.offset = isym.offset;
+		lua_pushstring(L, sym.module);
+		lua_pushnumber(L, (lua_Number)sym.offset);
+		free((void *)sym.module);
+		return 2;
 	}
 	lua_pushstring(L, sym.module);
 	lua_pushnumber(L, (lua_Number)sym.offset);

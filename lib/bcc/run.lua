@@ -12,12 +12,10 @@ return function(path, fn)
     sym = BCC.sym,
     USDT = BCC.USDT,
   }
-  local ok, res = pcall(fn, BPF, utils)
-  -- what bcc-probe does at the end, error or not
+  -- on an error denet's exit detaches everything anyway; called without
+  -- pcall so the error keeps the script's traceback
+  local res = fn(BPF, utils)
   BPF.cleanup()
   BCC.USDT.cleanup()
-  if not ok then
-    error(res, 0)
-  end
   return res
 end

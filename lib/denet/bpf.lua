@@ -147,13 +147,49 @@ local function caller_place(level)
   return "BPF.new"
 end
 
--- clang's diagnostics, with the virtual file name replaced by ours and the
--- noise of libbcc's own include lines kept short.
+-- clang's diagnostics split into blocks: an "In file included from"
+-- chain, then one diagnostic line and its source, caret and notes.
+local function diagnostic_blocks(lines)
+  local blocks, cur = {}, nil
+  for _, line in ipairs(lines) do
+    local chain = line:find("^In file included from")
+    local kind = line:match(": (%a+): ") or line:match("^(%a+): ")
+    if kind ~= "warning" and kind ~= "error" and kind ~= "fatal" then
+      kind = nil
+    end
+    local starts = not cur or (chain and not cur.chain_open) or (kind and cur.kind)
+    if starts then
+      cur = { lines = {}, chain_open = false }
+      blocks[#blocks + 1] = cur
+    end
+    cur.chain_open = chain and true or false
+    if kind and not cur.kind then
+      cur.kind = kind
+    end
+    cur.lines[#cur.lines + 1] = line
+  end
+  return blocks
+end
+
+-- clang's diagnostics, with the virtual file name replaced by ours; when
+-- there are errors, the warnings (with their include chains) go, so the
+-- errors come first; long reports are cut.
 local function tidy_diagnostics(diag, name)
   diag = diag:gsub("/virtual/main%.c", name)
   local lines = {}
   for line in diag:gmatch("[^\n]+") do
     lines[#lines + 1] = line
+  end
+  if diag:find("error:") then
+    local kept = {}
+    for _, b in ipairs(diagnostic_blocks(lines)) do
+      if b.kind ~= "warning" then
+        for _, l in ipairs(b.lines) do
+          kept[#kept + 1] = l
+        end
+      end
+    end
+    lines = kept
   end
   if #lines > 60 then
     local head = {}
@@ -950,23 +986,19 @@ local function event_type(self)
   return ev
 end
 
--- Wrap a user callback so it receives typed records.
+-- Wrap a user callback so it receives typed records (and, from perf
+-- buffers, the CPU that wrote them).
 local function typed_cb(ev, cb)
-  if ev then
-    local ptr_t = ffi.typeof(ev.name .. " *")
-    return function(p, size)
-      cb(ffi.cast(ptr_t, p), size)
-    end
-  end
-  return function(p, size)
-    cb(ffi.cast("const uint8_t *", p), size)
+  local ptr_t = ev and ffi.typeof(ev.name .. " *") or ffi.typeof("const uint8_t *")
+  return function(p, size, cpu)
+    cb(ffi.cast(ptr_t, p), size, cpu)
   end
 end
 
---- Perf event array tables (BPF_PERF_OUTPUT): call cb(record, size) for
---- each record, typed as the struct passed to perf_submit (raw bytes when
---- libbcc could not describe it). opts.page_cnt (default 64 pages per
---- CPU), opts.lost_cb(n), opts.type (an ffi type to use instead).
+--- Perf event array tables (BPF_PERF_OUTPUT): call cb(record, size, cpu)
+--- for each record, typed as the struct passed to perf_submit (raw bytes
+--- when libbcc could not describe it). opts.page_cnt (default 64 pages per
+--- CPU), opts.lost_cb(n, cpu), opts.type (an ffi type to use instead).
 --- Records are only valid during the callback: copy what you keep.
 local PERFBUF_OPTS = { "type", "page_cnt", "lost_cb" }
 local RINGBUF_OPTS = { "type" }

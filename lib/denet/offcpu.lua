@@ -219,7 +219,15 @@ Tracer.__index = Tracer
 --- user_only, kernel_only, stack_storage, proc (a held denet.spawn process
 --- to track before it runs), on_process(ev) (fork/exec/exit of tracked
 --- processes). Returns the tracer; tracer:report() reads it.
+local START_OPTS = { "roots", "tid", "min_us", "max_us", "states", "user_only", "kernel_only", "stack_storage",
+  "stack_reuse", "stack_depth", "proc", "on_process" }
+local RUN_OPTS = { "cmd", "duration", "host" }
+for _, k in ipairs(START_OPTS) do
+  RUN_OPTS[#RUN_OPTS + 1] = k
+end
+
 function M.start(opts)
+  require("denet.errors").check_opts("offcpu.start", opts, START_OPTS)
   local cflags = {}
   if opts.min_us then
     cflags[#cflags + 1] = string.format("-DDN_OFFCPU_MIN_NS=%dULL", math.floor(opts.min_us * 1000))
@@ -819,6 +827,7 @@ end
 --- and start()'s options. Returns the report and, for a command, its exit
 --- code.
 function M.run(opts)
+  require("denet.errors").check_opts("offcpu.run", opts, RUN_OPTS)
   local denet = require("denet")
   local host = opts.host or require("denet.plugins").host({})
   host:init()
@@ -846,13 +855,14 @@ function M.run(opts)
   local cap = denet.every(0.25, function()
     t:capture()
   end)
+  local code
   local ok, err = pcall(function()
     if proc then
       t:mark_start()
       proc:resume()
       denet.sleep(0.02)
       t:capture()
-      opts.code = proc:wait_for(opts.duration, nil, { forward = true })
+      code = proc:wait_for(opts.duration, nil, { forward = true })
     else
       denet.run{ duration = opts.duration }
     end
@@ -867,7 +877,7 @@ function M.run(opts)
   t:close()
   host:call("on_offcpu", report)
   host:call("on_end", report)
-  return report, proc and opts.code or nil
+  return report, proc and code or nil
 end
 
 return M

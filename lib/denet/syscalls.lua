@@ -5,6 +5,7 @@
 -- and histograms, and the monitor's per-sample fields.
 local ffi = require("ffi")
 local core = require("denet.core")
+local errors = require("denet.errors")
 local sysnames = require("denet.sysnames")
 local tree_mod = require("denet.tree")
 
@@ -78,7 +79,15 @@ Tracer.__index = Tracer
 --- per_thread, per_process (without either: totals per syscall only,
 --- by_nr), failed, errno (number), syscalls (list of names), keys,
 --- on_process(ev) (fork/exec/exit of tracked processes).
+local START_OPTS = { "roots", "proc", "latency", "per_thread", "per_process", "by_nr", "failed", "errno", "syscalls",
+  "keys", "on_process" }
+local RUN_OPTS = { "cmd", "duration", "interval", "on_interval", "host", "top" }
+for _, k in ipairs(START_OPTS) do
+  RUN_OPTS[#RUN_OPTS + 1] = k
+end
+
 function M.start(opts)
+  errors.check_opts("syscalls.start", opts, START_OPTS)
   opts.by_nr = not opts.per_process and not opts.per_thread
   local cflags = M.cflags(opts)
   local self = setmetatable({ opts = opts, comms = {}, t0 = core.monotonic() }, Tracer)
@@ -568,6 +577,7 @@ end
 --- per_process, per_thread). Returns the final report and, for a command,
 --- its exit code.
 function M.run(opts)
+  errors.check_opts("syscalls.run", opts, RUN_OPTS)
   local denet = require("denet")
   local host = opts.host or require("denet.plugins").host({})
   host:init()

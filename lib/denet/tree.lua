@@ -16,6 +16,7 @@
 local bit = require("bit")
 local ffi = require("ffi")
 local core = require("denet.core")
+local errors = require("denet.errors")
 local procfs = require("denet.procfs")
 local sys = require("denet.sys")
 
@@ -53,7 +54,12 @@ M.bpf_usable = bpf_usable
 ---   comm, filename, ts_ns, nvcsw, nivcsw }.
 --- tree.mode is "bpf" or "proc"; tree.bpf the program, tree.program what
 --- the composer built.
+local NEW_OPTS = { "bpf", "parts", "text", "cflags", "name", "follow", "on_event" }
+local TARGET_OPTS = { "roots", "proc", "tid", "parts", "text", "cflags", "name", "on_event" }
+local PLUGIN_OPTS = { "text", "cflags", "name" }
+
 function M.new(opts)
+  errors.check_opts("tree.new", opts, NEW_OPTS)
   opts = opts or {}
   local self = setmetatable({
     on_event = opts.on_event,
@@ -276,6 +282,7 @@ end
 --- cflags, name and on_event. Plugins build their own BPF C on it: their
 --- probes filter with dn_wanted(tgid, tid), and exits leave the set.
 function M.for_targets(opts)
+  errors.check_opts("tree.for_targets", opts, TARGET_OPTS)
   local cflags = {}
   for _, f in ipairs(opts.cflags or {}) do
     cflags[#cflags + 1] = f
@@ -307,6 +314,8 @@ end
 --- kernel follows forks, exits leave the set, and descendants that
 --- already exist (an attached -p target) are included.
 function M.for_plugin(target, opts)
+  errors.check_opts("tree.for_plugin", opts, PLUGIN_OPTS)
+  opts = opts or {}
   local roots = {}
   for _, p in ipairs(target.pids or {}) do
     roots[#roots + 1] = p

@@ -134,6 +134,24 @@ int count(void *ctx) {
     assert.equals(7, tonumber(b:get_table("calls"):get(0)))
   end)
 
+  it("probes the implementation an IFUNC picked (glibc's strlen), not its resolver", function()
+    pcall(ffi.cdef, "size_t strlen(const char *s);")
+    local mark = "denet-ifunc-mark"
+    local addr = tonumber(ffi.cast("uintptr_t", ffi.cast("const char *", mark)))
+    local b = BPF:new{ text = ([[
+#include <uapi/linux/ptrace.h>
+BPF_ARRAY(calls, u64, 1);
+int count(struct pt_regs *ctx) {
+  if (PT_REGS_PARM1(ctx) != ADDRULL) return 0;
+  int k = 0; u64 *v = calls.lookup(&k); if (v) *v += 1; return 0;
+}]]):gsub("ADDR", string.format("%d", addr)) }
+    b:attach_uprobe{ name = "c", sym = "strlen", fn_name = "count", pid = ffi.C.getpid() }
+    for _ = 1, 10 do
+      assert.equals(#mark, tonumber(ffi.C.strlen(mark)))
+    end
+    assert.equals(10, tonumber(b:get_table("calls"):get(0)))
+  end)
+
   it("iterates arrays by value (items(true): 1-based index) and hashes by key and value", function()
     local b = BPF:new{ text = "BPF_ARRAY(arr, u32, 4); BPF_HASH(h, u32, u64, 16);" }
     local arr, h = b:get_table("arr"), b:get_table("h")

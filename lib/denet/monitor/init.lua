@@ -79,7 +79,11 @@ local zero_counters = account.zero
 ---   on_sample(record), on_event(ev) (fork/exec/exit of the tree);
 ---   parts (names of denet.compose parts), text (a script's own BPF C),
 ---   cflags: more BPF to compile with the tree.
+local NEW_OPTS = { "proc", "pid", "interval", "max_interval", "exclude_children", "since_process_start", "bpf",
+  "pss_interval", "refresh_interval", "on_sample", "on_event", "parts", "text", "cflags", "offcpu", "syscalls" }
+
 function M.new(opts)
+  errors.check_opts("monitor.new", opts, NEW_OPTS)
   local self = setmetatable({
     opts = opts,
     proc = opts.proc,
@@ -196,6 +200,7 @@ end
 --- Begin: track the root (and, when attaching, its existing descendants),
 --- take the baseline, and resume the command if it is held.
 function Monitor:start(opts)
+  errors.check_opts("start", opts, { "before_resume" })
   local ppid = core.read_stat(self.root)
   self.tree:add(self.root, ppid, { root = true, descendants = self.proc == nil })
   for pid, info in pairs(self.tree.live) do
@@ -276,6 +281,7 @@ end
 --- (the final accounting after the root left) no record is handed on and
 --- the tree's totals are returned instead.
 function Monitor:sample(opts)
+  errors.check_opts("sample", opts, { "quiet" })
   local quiet = opts and opts.quiet
   local now = core.boottime()
   local ts_ms = math.floor(core.realtime() * 1000)
@@ -564,6 +570,7 @@ end
 --- signal and its si_code). Samples are taken on the adaptive schedule,
 --- each deadline computed from the previous one, so there is no drift.
 function Monitor:run(opts)
+  errors.check_opts("run", opts, { "stop_at", "no_samples" })
   opts = opts or {}
   local stop_at = opts.stop_at
   local reason, sig, si_code

@@ -31,7 +31,12 @@ Session.__index = Session
 --- on_record(rec) (env, metadata, tree or sample records, as made);
 --- on_notice(text) (one-line notes; default stderr); debug (notes on what
 --- denet does, to stderr).
+local SESSION_OPTS = { "cmd", "pid", "interval", "max_interval", "duration", "exclude_children",
+  "since_process_start", "bpf", "offcpu", "syscalls", "no_polling", "host", "stdout", "stderr", "write_env",
+  "on_record", "on_notice", "debug" }
+
 function M.session(opts)
+  errors.check_opts("run.session", opts, SESSION_OPTS)
   if not opts.cmd and not opts.pid then
     error("run.session: give cmd= or pid=", 2)
   end
@@ -117,6 +122,20 @@ function Session:start()
   if not o.cmd then
     argv = procfs.cmdline(root) or {}
   end
+  -- from the plugins' on_start on, a SIGINT/SIGTERM ends the run the
+  -- graceful way (run_to_end gets it from the loop: on_end runs), never
+  -- as an interrupt in the middle of starting
+  core.defer_signals(true)
+  local ok, err = pcall(self._start_run, self, m, o, root, argv)
+  core.defer_signals(false)
+  if not ok then
+    error(err, 0)
+  end
+  return self
+end
+
+function Session:_start_run(m, o, root, argv)
+  local procfs = require("denet.procfs")
   m:start{
     before_resume = function()
       -- plugins see the target before it runs (uprobes miss nothing)
@@ -135,7 +154,6 @@ function Session:start()
   end)
   self.stop_at = o.duration and o.duration > 0 and (m.t0_mono + o.duration) or nil
   self.t0_mono = m.t0_mono
-  return self
 end
 
 -- a sample was taken: plugins' hooks, their fields, then out
@@ -224,6 +242,11 @@ end
 --- kills it; attached, any of them ends the run. Returns the exit code a
 --- signal stands for (128+signal), or nil.
 function Session:run_to_end()
+  -- signals come from the loop, between steps too
+  return denet.with_signals_deferred(self._run_to_end, self)
+end
+
+function Session:_run_to_end()
   local proc, signals, killed, code = self.proc, 0, false, nil
   while true do
     local why, sig, si_code = self:step(nil)
