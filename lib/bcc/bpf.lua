@@ -36,12 +36,7 @@ Bpf.static.DEFAULT_CFLAGS = {
 Bpf.static.SCRIPT_ROOT = "./"
 
 -- enum bpf_prog_type, by the names bcc's load_func takes
-local PROG_TYPES = {
-  BPF_PROG_TYPE_SOCKET_FILTER = 1, BPF_PROG_TYPE_KPROBE = 2, BPF_PROG_TYPE_SCHED_CLS = 3,
-  BPF_PROG_TYPE_SCHED_ACT = 4, BPF_PROG_TYPE_TRACEPOINT = 5, BPF_PROG_TYPE_XDP = 6,
-  BPF_PROG_TYPE_PERF_EVENT = 7, BPF_PROG_TYPE_CGROUP_SKB = 8, BPF_PROG_TYPE_CGROUP_SOCK = 9,
-  BPF_PROG_TYPE_RAW_TRACEPOINT = 17, BPF_PROG_TYPE_TRACING = 26,
-}
+local PROG_TYPES = dbpf.PROG_TYPE_NAMES
 Bpf.static.PROG_TYPES = PROG_TYPES
 
 -- Raise e as bcc would: a string (prefixed with the user's file:line);
@@ -141,6 +136,9 @@ function Bpf:initialize(args)
     fail("BPF:new: debug= must be a number (libbcc's debug flags)")
   end
   local text, name = args.text, nil
+  if text ~= nil and args.src_file ~= nil then
+    fail("BPF:new: give text= or src_file=, not both")
+  end
   if text == nil then
     if args.src_file == nil then
       fail("failed to compile BPF module: give text= or src_file=")

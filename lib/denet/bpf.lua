@@ -445,9 +445,26 @@ function BPF:_autoattach()
   end
 end
 
---- Load a function as a program of the given type; returns its fd.
---- Raises with the verifier log's tail when the kernel refuses it.
+-- bcc's names of program types (enum bpf_prog_type)
+local PROG_TYPE_NAMES = {
+  BPF_PROG_TYPE_SOCKET_FILTER = 1, BPF_PROG_TYPE_KPROBE = 2, BPF_PROG_TYPE_SCHED_CLS = 3,
+  BPF_PROG_TYPE_SCHED_ACT = 4, BPF_PROG_TYPE_TRACEPOINT = 5, BPF_PROG_TYPE_XDP = 6,
+  BPF_PROG_TYPE_PERF_EVENT = 7, BPF_PROG_TYPE_CGROUP_SKB = 8, BPF_PROG_TYPE_CGROUP_SOCK = 9,
+  BPF_PROG_TYPE_RAW_TRACEPOINT = 17, BPF_PROG_TYPE_TRACING = 26,
+}
+BPF.PROG_TYPE_NAMES = PROG_TYPE_NAMES
+
+--- Load a function as a program of the given type (BPF.KPROBE, ... or
+--- bcc's "BPF_PROG_TYPE_KPROBE"); returns its fd. Raises with the
+--- verifier log's tail when the kernel refuses it.
 function BPF:load_func(fn_name, prog_type)
+  if type(prog_type) == "string" then
+    local n = PROG_TYPE_NAMES[prog_type]
+    if not n then
+      errors.bad_call("load_func", string.format("unknown program type '%s'", prog_type))
+    end
+    prog_type = n
+  end
   local fd, log = self.m:load(fn_name, prog_type)
   if not fd then
     local lines = {}
@@ -1004,6 +1021,11 @@ local PERFBUF_OPTS = { "type", "page_cnt", "lost_cb" }
 local RINGBUF_OPTS = { "type" }
 
 function Table:open_perf_buffer(cb, opts)
+  if type(opts) == "string" then
+    errors.bad_call("open_perf_buffer", "takes (cb, { type =, page_cnt =, lost_cb = }) and calls cb(record, size, "
+      .. "cpu); bcc's form (cb, \"C type\", params, page_cnt, lost_cb) calling cb(cpu, event) is "
+      .. "require(\"bcc\")'s")
+  end
   errors.check_opts("open_perf_buffer", opts, PERFBUF_OPTS)
   opts = opts or {}
   if self.type ~= MAP.PERF_EVENT_ARRAY then

@@ -141,7 +141,8 @@ function M.run_script(path, args)
     dir = (core.getcwd() or "") .. "/" .. dir
   end
   local lib = core.root .. "/lib/?.lua;" .. core.root .. "/lib/?/init.lua;"
-  if package.path:sub(1, #lib) == lib then
+  local builtin = dir:sub(1, #core.root + 1) == core.root .. "/"
+  if not builtin and package.path:sub(1, #lib) == lib then
     package.path = lib .. dir .. "/?.lua;" .. dir .. "/?/init.lua;" .. package.path:sub(#lib + 1)
   end
   local rc = chunk(unpack(args))

@@ -113,11 +113,11 @@ function M.stop()
   stop_requested = true
 end
 
+local RUN_OPTS = { "duration" }
+
 --- Run the loop until denet.stop(), a signal, or opts.duration seconds.
 --- Returns the reason: "stopped", "signal" (and the signal number),
 --- "timeout".
-local RUN_OPTS = { "duration" }
-
 function M.run(opts)
   errors.check_opts("denet.run", opts, RUN_OPTS)
   opts = opts or {}
@@ -180,11 +180,11 @@ end
 local Proc = {}
 Proc.__index = Proc
 
+local SPAWN_OPTS = { "stdin", "stdout", "stderr", "cwd" }
+
 --- Start argv held before exec. opts: stdin/stdout/stderr ("inherit",
 --- "null", a path, or an fd), cwd. Raises a user error naming the command
 --- when it cannot be executed.
-local SPAWN_OPTS = { "stdin", "stdout", "stderr", "cwd" }
-
 function M.spawn(argv, opts)
   if type(argv) ~= "table" or #argv == 0 then
     error("denet.spawn: argv must be a non-empty list of strings", 2)
@@ -308,6 +308,7 @@ end
 --- running then is sent SIGTERM, and SIGKILL after `grace` more seconds
 --- (default 2). Returns what wait() returns. opts.forward: as wait's.
 function Proc:wait_for(seconds, grace, opts)
+  errors.check_opts("wait_for", opts, { "forward" })
   local fwd = opts and opts.forward
   if not seconds then
     return self:wait{ forward = fwd }

@@ -6,6 +6,7 @@
 local bit = require("bit")
 local ffi = require("ffi")
 local core = require("denet.core")
+local errors = require("denet.errors")
 local syms = require("denet.syms")
 local sysnames = require("denet.sysnames")
 local tree_mod = require("denet.tree")
@@ -214,11 +215,6 @@ M.LOST_WHY = {
 local Tracer = {}
 Tracer.__index = Tracer
 
---- Start off-CPU tracing. opts: roots = {pid,...} (their trees; empty:
---- every process), tid (one thread), min_us, max_us, states (mask),
---- user_only, kernel_only, stack_storage, proc (a held denet.spawn process
---- to track before it runs), on_process(ev) (fork/exec/exit of tracked
---- processes). Returns the tracer; tracer:report() reads it.
 local START_OPTS = { "roots", "tid", "min_us", "max_us", "states", "user_only", "kernel_only", "stack_storage",
   "stack_reuse", "stack_depth", "proc", "on_process" }
 local RUN_OPTS = { "cmd", "duration", "host" }
@@ -226,8 +222,13 @@ for _, k in ipairs(START_OPTS) do
   RUN_OPTS[#RUN_OPTS + 1] = k
 end
 
+--- Start off-CPU tracing. opts: roots = {pid,...} (their trees; empty:
+--- every process), tid (one thread), min_us, max_us, states (mask),
+--- user_only, kernel_only, stack_storage, proc (a held denet.spawn process
+--- to track before it runs), on_process(ev) (fork/exec/exit of tracked
+--- processes). Returns the tracer; tracer:report() reads it.
 function M.start(opts)
-  require("denet.errors").check_opts("offcpu.start", opts, START_OPTS)
+  errors.check_opts("offcpu.start", opts, START_OPTS)
   local cflags = {}
   if opts.min_us then
     cflags[#cflags + 1] = string.format("-DDN_OFFCPU_MIN_NS=%dULL", math.floor(opts.min_us * 1000))
@@ -827,7 +828,7 @@ end
 --- and start()'s options. Returns the report and, for a command, its exit
 --- code.
 function M.run(opts)
-  require("denet.errors").check_opts("offcpu.run", opts, RUN_OPTS)
+  errors.check_opts("offcpu.run", opts, RUN_OPTS)
   local denet = require("denet")
   local host = opts.host or require("denet.plugins").host({})
   host:init()

@@ -74,11 +74,6 @@ end
 local Tracer = {}
 Tracer.__index = Tracer
 
---- Start counting. opts: roots = {pid,...} (their trees; none and no proc:
---- the whole machine), proc (a held denet.spawn process), latency,
---- per_thread, per_process (without either: totals per syscall only,
---- by_nr), failed, errno (number), syscalls (list of names), keys,
---- on_process(ev) (fork/exec/exit of tracked processes).
 local START_OPTS = { "roots", "proc", "latency", "per_thread", "per_process", "by_nr", "failed", "errno", "syscalls",
   "keys", "on_process" }
 local RUN_OPTS = { "cmd", "duration", "interval", "on_interval", "host", "top" }
@@ -86,6 +81,11 @@ for _, k in ipairs(START_OPTS) do
   RUN_OPTS[#RUN_OPTS + 1] = k
 end
 
+--- Start counting. opts: roots = {pid,...} (their trees; none and no proc:
+--- the whole machine), proc (a held denet.spawn process), latency,
+--- per_thread, per_process (without either: totals per syscall only,
+--- by_nr), failed, errno (number), syscalls (list of names), keys,
+--- on_process(ev) (fork/exec/exit of tracked processes).
 function M.start(opts)
   errors.check_opts("syscalls.start", opts, START_OPTS)
   opts.by_nr = not opts.per_process and not opts.per_thread

@@ -44,6 +44,10 @@ local function bpf_usable()
 end
 M.bpf_usable = bpf_usable
 
+local NEW_OPTS = { "bpf", "parts", "text", "cflags", "name", "follow", "on_event" }
+local TARGET_OPTS = { "roots", "proc", "tid", "parts", "text", "cflags", "name", "on_event" }
+local PLUGIN_OPTS = { "text", "cflags", "name" }
+
 --- Create the tree model.
 --- opts.bpf: true (required), false (never), nil (when usable);
 --- opts.parts: names of more BPF parts (denet.compose) to build with the
@@ -54,10 +58,6 @@ M.bpf_usable = bpf_usable
 ---   comm, filename, ts_ns, nvcsw, nivcsw }.
 --- tree.mode is "bpf" or "proc"; tree.bpf the program, tree.program what
 --- the composer built.
-local NEW_OPTS = { "bpf", "parts", "text", "cflags", "name", "follow", "on_event" }
-local TARGET_OPTS = { "roots", "proc", "tid", "parts", "text", "cflags", "name", "on_event" }
-local PLUGIN_OPTS = { "text", "cflags", "name" }
-
 function M.new(opts)
   errors.check_opts("tree.new", opts, NEW_OPTS)
   opts = opts or {}

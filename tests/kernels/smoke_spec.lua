@@ -1,7 +1,8 @@
 -- The smoke suite of the kernel matrix (tools/kernels/run.sh boots each
 -- Debian kernel under qemu and runs this inside): every built-in and
 -- example plugin once, on fixtures, asserting figures; kprobes, kretprobes
--- and fentry where the kernel has them; BTF-true kernel struct reads;
+-- (retprobe=true, through bcc's API too) and fentry where the kernel has
+-- them; BTF-true kernel struct reads;
 -- denet doctor. Each program is compiled once per kernel (a compile is
 -- seconds under TCG).
 local cjson = require("cjson")
@@ -165,6 +166,41 @@ int kretprobe__do_nanosleep(void *ctx) { if ((bpf_get_current_pid_tgid() >> 32) 
     assert.equals(3, tonumber(b:get_table("n"):get(0)))
     assert.equals(3, tonumber(b:get_table("n"):get(1)))
     b:close()
+  end)
+
+  it("retprobe=true reads the return value: getppid's, through denet's API and bcc's", function()
+    if not features.has("kprobes") then
+      return
+    end
+    local n = 5
+    local me = require("denet.core").ids().pid
+    local fn = "__x64_sys_getppid"
+    local text = [[
+#include <uapi/linux/ptrace.h>
+BPF_ARRAY(acc, u64, 2);
+int on_ret(struct pt_regs *ctx) {
+  if ((bpf_get_current_pid_tgid() >> 32) != PID) return 0;
+  int k = 0; u64 *v = acc.lookup(&k); if (v) *v += 1;
+  k = 1; v = acc.lookup(&k); if (v) *v += PT_REGS_RC(ctx);
+  return 0;
+}]]
+    local p = denet.spawn({ H.fixture("getppid_n"), tostring(n) }, { stdout = "null" })
+    local b = BPF.new{ text = (text:gsub("PID", tostring(p.pid))) }
+    b:attach_kprobe{ event = fn, fn_name = "on_ret", retprobe = true }
+    p:resume()
+    assert.equals(0, p:wait())
+    assert.equals(n, tonumber(b:get_table("acc"):get(0)))
+    assert.equals(n * me, tonumber(b:get_table("acc"):get(1)))
+    b:close()
+    local BCC = require("bcc")
+    p = denet.spawn({ H.fixture("getppid_n"), tostring(n) }, { stdout = "null" })
+    local bb = BCC.BPF:new{ text = (text:gsub("PID", tostring(p.pid))) }
+    bb:attach_kprobe{ event = fn, fn_name = "on_ret", retprobe = true }
+    assert.equals(1, BCC.BPF.num_open_kprobes())
+    p:resume()
+    assert.equals(0, p:wait())
+    assert.equals(n * me, tonumber(bb:get_table("acc"):get(1)))
+    BCC.BPF.cleanup()
   end)
 
   it("kernel structs read as the kernel lays them out: task_struct against the tracepoint's fields", function()

@@ -66,6 +66,9 @@ Monitor.__index = Monitor
 local COUNTERS = account.COUNTERS
 local zero_counters = account.zero
 
+local NEW_OPTS = { "proc", "pid", "interval", "max_interval", "exclude_children", "since_process_start", "bpf",
+  "pss_interval", "refresh_interval", "on_sample", "on_event", "parts", "text", "cflags", "offcpu", "syscalls" }
+
 --- Create a monitor. opts:
 ---   proc = a denet.spawn() process (run), or pid = N (attach);
 ---   interval, max_interval (seconds; defaults 0.1 and 1);
@@ -79,9 +82,6 @@ local zero_counters = account.zero
 ---   on_sample(record), on_event(ev) (fork/exec/exit of the tree);
 ---   parts (names of denet.compose parts), text (a script's own BPF C),
 ---   cflags: more BPF to compile with the tree.
-local NEW_OPTS = { "proc", "pid", "interval", "max_interval", "exclude_children", "since_process_start", "bpf",
-  "pss_interval", "refresh_interval", "on_sample", "on_event", "parts", "text", "cflags", "offcpu", "syscalls" }
-
 function M.new(opts)
   errors.check_opts("monitor.new", opts, NEW_OPTS)
   local self = setmetatable({

@@ -22,6 +22,10 @@ local M = {}
 local Session = {}
 Session.__index = Session
 
+local SESSION_OPTS = { "cmd", "pid", "interval", "max_interval", "duration", "exclude_children",
+  "since_process_start", "bpf", "offcpu", "syscalls", "no_polling", "host", "stdout", "stderr", "write_env",
+  "on_record", "on_notice", "debug" }
+
 --- A run. opts: cmd (a list: run it) or pid (attach); interval and
 --- max_interval (seconds; 0.1 and 1); duration (seconds; nil: until it
 --- ends); exclude_children; since_process_start; bpf (nil: when it can,
@@ -31,10 +35,6 @@ Session.__index = Session
 --- on_record(rec) (env, metadata, tree or sample records, as made);
 --- on_notice(text) (one-line notes; default stderr); debug (notes on what
 --- denet does, to stderr).
-local SESSION_OPTS = { "cmd", "pid", "interval", "max_interval", "duration", "exclude_children",
-  "since_process_start", "bpf", "offcpu", "syscalls", "no_polling", "host", "stdout", "stderr", "write_env",
-  "on_record", "on_notice", "debug" }
-
 function M.session(opts)
   errors.check_opts("run.session", opts, SESSION_OPTS)
   if not opts.cmd and not opts.pid then
