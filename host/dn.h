@@ -118,6 +118,8 @@ void dn_trust_open_lua(lua_State *L);
 void dn_feat_open(lua_State *L);
 void dn_json_open(lua_State *L);
 void dn_usdt_open(lua_State *L);
+void dn_http_open(lua_State *L);
+void dn_pprof_open(lua_State *L);
 
 /* dn_sym.c: the user-space resolver, also used by C unit tests ----------- */
 

@@ -169,6 +169,8 @@ static int core_open(lua_State *L)
 	dn_feat_open(L);
 	dn_json_open(L);
 	dn_usdt_open(L);
+	dn_http_open(L);
+	dn_pprof_open(L);
 	lua_pushcfunction(L, l_user_error);
 	lua_setfield(L, -2, "user_error");
 	lua_pushstring(L, dn_vm_root());

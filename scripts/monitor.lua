@@ -43,6 +43,10 @@ local ARGS = {
   { name = "no_polling", type = "bool", help = "no samples while it runs: only the summary, from the kernel's "
     .. "totals at the end (and --offcpu/--syscalls data)" },
   { name = "debug", type = "bool", help = "say on stderr what denet does (BPF parts and flags, timings)" },
+  { name = "prometheus", metavar = "[ADDR:]PORT", help = "serve Prometheus /metrics while it runs (address "
+    .. "127.0.0.1 unless given; PORT 0: any free port, printed on stderr)" },
+  { name = "prometheus_linger", metavar = "S", help = "at the end, keep serving the final "
+    .. "figures until a scrape has them, S seconds at most (default 0)" },
   { name = "version", flag = "-V", type = "bool", help = "print the version and exit" },
   { name = "enable_ebpf", type = "bool", help = "accepted for compatibility (BPF is used whenever it can be)" },
 }
@@ -302,6 +306,7 @@ local function main(args, host)
   local interval = number_opt(o, "interval", "-i/--interval", 1, "milliseconds") or 100
   local max_interval = number_opt(o, "max_interval", "-m/--max-interval", 1, "milliseconds") or 1000
   local duration = number_opt(o, "duration", "-d/--duration", 0, "seconds") or 0
+  local linger = number_opt(o, "prometheus_linger", "--prometheus-linger", 0, "seconds")
   local pid
   if o.sub == "run" then
     if #o.cmd == 0 then
@@ -347,6 +352,8 @@ local function main(args, host)
     syscalls = o.syscalls,
     no_polling = o.no_polling,
     debug = o.debug,
+    prometheus = o.prometheus,
+    prometheus_linger = linger,
     write_env = o.write_env,
     stdout = o.json and 2 or nil,
     host = host or plugins.load_all(o.plugins, { allow_untrusted = o.allow_untrusted }),

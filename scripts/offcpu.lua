@@ -43,6 +43,9 @@ local SPEC = {
 for _, a in ipairs(plugins.cli_args("on_start, on_interval, on_offcpu, on_end")) do
   SPEC.args[#SPEC.args + 1] = a
 end
+for _, a in ipairs(require("denet.export.prometheus").ARGS) do
+  SPEC.args[#SPEC.args + 1] = a
+end
 
 local function fail(msg)
   errors.raise(msg .. " (see denet script offcpu --help)")
@@ -77,10 +80,18 @@ local function main(o)
     end
   end
   local host = plugins.load_all(o.plugin, { allow_untrusted = o.allow_untrusted })
+  -- --prometheus: off-CPU seconds by category, and of the top threads
+  local metrics = require("denet.metrics")
+  local on_tick, finish = require("denet.export.prometheus").for_script(o.prometheus, o.prometheus_linger, o.cmd,
+    roots, function(t, ident)
+      local fams = metrics.new()
+      metrics.add_offcpu(fams, offcpu.monitor_fields(t.bpf), ident)
+      return fams
+    end)
   local report, code = offcpu.run{
     cmd = o.cmd, roots = roots, tid = o.tid, duration = o.duration, host = host, min_us = o.min_us,
     max_us = o.max_us, states = states, user_only = o.user_only, kernel_only = o.kernel_only,
-    stack_depth = o.stack_depth, stack_storage = o.stack_storage, stack_reuse = o.stack_reuse,
+    stack_depth = o.stack_depth, stack_storage = o.stack_storage, stack_reuse = o.stack_reuse, on_tick = on_tick,
   }
   if o.folded then
     write_file(o.folded, offcpu.folded(report))
@@ -96,6 +107,7 @@ local function main(o)
   else
     io.stdout:write(offcpu.text(report))
   end
+  finish()
   return code or 0
 end
 

@@ -35,6 +35,9 @@ local SPEC = {
 for _, a in ipairs(plugins.cli_args("on_start, on_interval, on_syscalls, on_end")) do
   SPEC.args[#SPEC.args + 1] = a
 end
+for _, a in ipairs(require("denet.export.prometheus").ARGS) do
+  SPEC.args[#SPEC.args + 1] = a
+end
 
 local function fail(msg)
   errors.raise(msg .. " (see denet script syscalls --help)")
@@ -72,13 +75,22 @@ local function main(o)
     end
     io.stdout:flush()
   end
+  -- --prometheus: the counts, errors and latency histogram of every syscall
+  local metrics = require("denet.metrics")
+  local on_tick, finish = require("denet.export.prometheus").for_script(o.prometheus, o.prometheus_linger, o.cmd,
+    roots, function(t, ident)
+      local fams = metrics.new()
+      metrics.add_syscalls(fams, t:report(), ident)
+      return fams
+    end)
   local report, code = syscalls.run{
     cmd = o.cmd, roots = roots, duration = o.duration, interval = o.interval, on_interval = emit,
     host = plugins.load_all(o.plugin, { allow_untrusted = o.allow_untrusted }),
-    latency = o.latency, per_thread = o.per_thread, per_process = o.per_process, failed = o.failed,
-    errno = errno, syscalls = names, top = o.top,
+    latency = o.latency or o.prometheus ~= nil, per_thread = o.per_thread, per_process = o.per_process,
+    failed = o.failed, errno = errno, syscalls = names, top = o.top, on_tick = on_tick,
   }
   emit(report)
+  finish()
   return code or 0
 end
 

@@ -12,10 +12,13 @@ PACKAGES=(
   # build
   build-essential cmake pkg-config
   libbpfcc-dev libbpf-dev libluajit-5.1-dev luajit libelf-dev libreadline-dev
+  libmicrohttpd-dev libprotobuf-c-dev protobuf-c-compiler zlib1g-dev
   # run-time Lua modules
   lua-cjson lua-argparse
   # tests
   lua-busted bpftool libclang-rt-14-dev python3-pytest systemtap-sdt-dev
+  # export tests: a real Prometheus, protoc to decode pprof, a browser for the reports
+  prometheus protobuf-compiler chromium nodejs curl
   # kernel headers for libbcc (see DEVELOPERS notes in docs/troubleshooting.md)
   linux-headers-amd64
   # anchors and benchmark tools
@@ -94,7 +97,27 @@ link_kernel_headers() {
   ln -sfn "$common" "$mod/source"
 }
 
+# The browser tests drive Debian's chromium with puppeteer-core from npm
+# (tests/browser/package-lock.json pins it). Debian's npm is installed only
+# where no npm is on PATH (a nodejs from elsewhere brings its own).
+install_browser_driver() {
+  local dir
+  dir="$(cd "$(dirname "$0")/.." && pwd)/tests/browser"
+  if [ ! -f "$dir/package-lock.json" ] || [ -d "$dir/node_modules/puppeteer-core" ]; then
+    return 0
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    log "installing: npm"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+  fi
+  log "installing puppeteer-core (npm ci in tests/browser)"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+}
+
 need_root
 install_packages
 mount_tracefs
 link_kernel_headers
+if [ "${1:-}" != kernels ]; then
+  install_browser_driver
+fi

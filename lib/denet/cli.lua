@@ -14,6 +14,7 @@ commands:
                                monitor a command and all its descendants (see denet run --help)
   [options] attach PID         monitor a running process and its descendants
   stats FILE [--json]          recompute the summary of a JSONL file
+  export FILE --openmetrics    a recorded run as OpenMetrics, for Prometheus's backfill
   script NAME|FILE [args...]   run a built-in script, a plugin or a Lua file (see denet list)
   list                         the scripts and plugins on the search path, by category
   info NAME                    what a script does, its arguments and an example
@@ -281,6 +282,9 @@ local COMMANDS = {
   end,
   list = list,
   info = info,
+  export = function(args)
+    return require("denet.export.openmetrics").main(args)
+  end,
   repl = function(args)
     return require("denet.repl").main(args)
   end,

@@ -217,7 +217,7 @@ Tracer.__index = Tracer
 
 local START_OPTS = { "roots", "tid", "min_us", "max_us", "states", "user_only", "kernel_only", "stack_storage",
   "stack_reuse", "stack_depth", "proc", "on_process" }
-local RUN_OPTS = { "cmd", "duration", "host" }
+local RUN_OPTS = { "cmd", "duration", "host", "on_tick", "tick" }
 for _, k in ipairs(START_OPTS) do
   RUN_OPTS[#RUN_OPTS + 1] = k
 end
@@ -777,9 +777,11 @@ function M.monitor_fields(bpf)
   end
   local total, events, maxns, minns = 0, 0, 0, nil
   local runq = 0
+  local by_cat = {}
   for k, v in bpf:get_table("dn_offcpu"):items() do
     local ns, n = tonumber(v.total_ns), tonumber(v.count)
     local cat = M.category(k.state, k.syscall >= 0 and sysnames.name(k.syscall) or nil, {})
+    by_cat[cat] = (by_cat[cat] or 0) + ns
     if cat == "runqueue" then
       runq = runq + ns
     else
@@ -815,7 +817,8 @@ function M.monitor_fields(bpf)
   end
   return {
     total_time_ns = total, total_events = events, avg_time_ns = events > 0 and math.floor(total / events) or 0,
-    max_time_ns = maxns, min_time_ns = minns or 0, runqueue_time_ns = runq, thread_stats = stats,
+    max_time_ns = maxns, min_time_ns = minns or 0, runqueue_time_ns = runq, by_category_ns = by_cat,
+    thread_stats = stats,
     top_blocking_threads = require("denet.json").array(tops),
   }
 end
@@ -825,8 +828,10 @@ end
 --- or opts.roots (pids) / opts.tid, or neither (the whole machine);
 --- opts.duration (seconds; a command is stopped then); opts.host (a
 --- denet.plugins host: on_start, on_process, intervals, on_offcpu, on_end);
---- and start()'s options. Returns the report and, for a command, its exit
---- code.
+--- opts.on_tick(tracer, final, pid) every opts.tick seconds (default 1)
+--- and once more at the end, before the tracer closes (the Prometheus
+--- export); and start()'s options. Returns the report and, for a command,
+--- its exit code.
 function M.run(opts)
   errors.check_opts("offcpu.run", opts, RUN_OPTS)
   local denet = require("denet")
@@ -856,6 +861,10 @@ function M.run(opts)
   local cap = denet.every(0.25, function()
     t:capture()
   end)
+  local root = proc and proc.pid or roots[1]
+  local tick = opts.on_tick and denet.every(opts.tick or 1, function()
+    opts.on_tick(t, false, root)
+  end)
   local code
   local ok, err = pcall(function()
     if proc then
@@ -870,6 +879,12 @@ function M.run(opts)
   end)
   cap:close()
   host:stop_intervals()
+  if tick then
+    tick:close()
+    if ok then
+      opts.on_tick(t, true, root)
+    end
+  end
   if not ok then
     t:close()
     error(err, 0)

@@ -76,7 +76,7 @@ Tracer.__index = Tracer
 
 local START_OPTS = { "roots", "proc", "latency", "per_thread", "per_process", "by_nr", "failed", "errno", "syscalls",
   "keys", "on_process" }
-local RUN_OPTS = { "cmd", "duration", "interval", "on_interval", "host", "top" }
+local RUN_OPTS = { "cmd", "duration", "interval", "on_interval", "host", "top", "on_tick", "tick" }
 for _, k in ipairs(START_OPTS) do
   RUN_OPTS[#RUN_OPTS + 1] = k
 end
@@ -574,7 +574,9 @@ end
 --- machine); opts.duration; opts.interval (seconds) with
 --- opts.on_interval(report) for reports along the way; opts.host (a
 --- denet.plugins host); start()'s options and report()'s (top,
---- per_process, per_thread). Returns the final report and, for a command,
+--- per_process, per_thread); opts.on_tick(tracer, final, pid) every opts.tick
+--- seconds (default 1) and once more at the end, before the tracer closes
+--- (the Prometheus export). Returns the final report and, for a command,
 --- its exit code.
 function M.run(opts)
   errors.check_opts("syscalls.run", opts, RUN_OPTS)
@@ -605,6 +607,10 @@ function M.run(opts)
     end)
   end
   local roots = opts.roots or {}
+  local root = proc and proc.pid or roots[1]
+  local tick = opts.on_tick and denet.every(opts.tick or 1, function()
+    opts.on_tick(t, false, root)
+  end)
   host:call("on_start", { pid = proc and proc.pid or roots[1], pids = roots, cmd = opts.cmd or {} })
   host:start_intervals(require("denet.plugins").stopper(proc))
   local code
@@ -618,6 +624,12 @@ function M.run(opts)
   end)
   if ticker then
     ticker:close()
+  end
+  if tick then
+    tick:close()
+    if ok then
+      opts.on_tick(t, true, root)
+    end
   end
   host:stop_intervals()
   if not ok then

@@ -67,7 +67,8 @@ local COUNTERS = account.COUNTERS
 local zero_counters = account.zero
 
 local NEW_OPTS = { "proc", "pid", "interval", "max_interval", "exclude_children", "since_process_start", "bpf",
-  "pss_interval", "refresh_interval", "on_sample", "on_event", "parts", "text", "cflags", "offcpu", "syscalls" }
+  "pss_interval", "refresh_interval", "on_sample", "on_event", "parts", "text", "cflags", "offcpu", "syscalls",
+  "syscall_latency" }
 
 --- Create a monitor. opts:
 ---   proc = a denet.spawn() process (run), or pid = N (attach);
@@ -117,6 +118,11 @@ function M.new(opts)
   local parts, cflags = { "ctxsw" }, {}
   if opts.syscalls then
     parts[#parts + 1] = "syscalls"
+    if opts.syscall_latency then
+      for _, f in ipairs(require("denet.syscalls").cflags({ latency = true })) do
+        cflags[#cflags + 1] = f
+      end
+    end
   end
   if opts.offcpu then
     parts[#parts + 1] = "offcpu"
@@ -482,6 +488,7 @@ function Monitor:sample(opts)
       local syscalls = require("denet.syscalls")
       local snap = syscalls.snapshot(self.tree.bpf)
       snap.t0 = self.sc_t0
+      self.sc_snap = snap
       agg.ebpf.syscalls = syscalls.monitor_fields(snap, self.sc_prev)
       self.sc_prev = { total = agg.ebpf.syscalls.total, t = snap.t }
     end

@@ -24,7 +24,7 @@ Session.__index = Session
 
 local SESSION_OPTS = { "cmd", "pid", "interval", "max_interval", "duration", "exclude_children",
   "since_process_start", "bpf", "offcpu", "syscalls", "no_polling", "host", "stdout", "stderr", "write_env",
-  "on_record", "on_notice", "debug" }
+  "on_record", "on_notice", "debug", "prometheus", "prometheus_linger" }
 
 --- A run. opts: cmd (a list: run it) or pid (attach); interval and
 --- max_interval (seconds; 0.1 and 1); duration (seconds; nil: until it
@@ -34,7 +34,9 @@ local SESSION_OPTS = { "cmd", "pid", "interval", "max_interval", "duration", "ex
 --- denet.plugins host); stdout, stderr (fds for the command); write_env;
 --- on_record(rec) (env, metadata, tree or sample records, as made);
 --- on_notice(text) (one-line notes; default stderr); debug (notes on what
---- denet does, to stderr).
+--- denet does, to stderr); prometheus ("[ADDR:]PORT": serve /metrics
+--- while it runs) and prometheus_linger (seconds to wait at the end for a
+--- scrape of the final figures).
 function M.session(opts)
   errors.check_opts("run.session", opts, SESSION_OPTS)
   if not opts.cmd and not opts.pid then
@@ -91,6 +93,11 @@ function Session:start()
     proc = denet.spawn(o.cmd, { stdout = o.stdout, stderr = o.stderr })
   end
   self.proc = proc
+  if o.prometheus then
+    local P = require("denet.export.prometheus")
+    self.exporter = P.serve(o.prometheus, { target = P.target_name(o.cmd, o.pid), pid = proc and proc.pid or o.pid })
+    self.notice("serving metrics on " .. self.exporter.url)
+  end
   local t0 = core.monotonic()
   local m = monitor.new{
     proc = proc,
@@ -102,6 +109,8 @@ function Session:start()
     bpf = bpf,
     offcpu = o.offcpu,
     syscalls = o.syscalls,
+    -- Prometheus gets a latency histogram of the syscalls
+    syscall_latency = o.syscalls and o.prometheus ~= nil,
     on_event = function(ev)
       self.host:call("on_process", ev)
     end,
@@ -158,6 +167,7 @@ end
 
 -- a sample was taken: plugins' hooks, their fields, then out
 function Session:_on_sample(rec)
+  self:_export(rec, false)
   local res = self.host:call("on_sample", rec)
   local ebpf = rec.aggregated and rec.aggregated.ebpf
   if ebpf and ebpf.syscalls then
@@ -174,6 +184,24 @@ function Session:_on_sample(rec)
     end
   end
   self:_emit(rec)
+end
+
+-- The record's figures (and the full syscall report) to /metrics: at most
+-- every 0.5 s while it runs (sampling starts at 10 a second), and always
+-- for the final figures.
+function Session:_export(rec, final)
+  local ex = self.exporter
+  if not ex or (not final and ex.t_published and core.monotonic() - ex.t_published < 0.5) then
+    return
+  end
+  local metrics = require("denet.metrics")
+  local fams = metrics.new()
+  local snap = self.m and self.m.sc_snap
+  if snap then
+    metrics.add_syscalls(fams, require("denet.syscalls").report(snap), ex.ident)
+  end
+  metrics.from_record(rec, ex.ident, fams)
+  ex:publish(fams)
 end
 
 --- Is the monitored process still there?
@@ -295,6 +323,9 @@ function Session:finish()
   end
   local totals = self.m:finish()
   totals.end_ms = end_ms
+  if self.exporter then
+    self:_export(totals, true)
+  end
   self.host:stop_intervals()
   -- the run's last off-CPU and syscall figures for plugins too
   if totals.ebpf and totals.ebpf.syscalls then
@@ -313,6 +344,11 @@ function Session:finish()
   end
   self.ended = true
   self.result, self.exit_code = s, code
+  if self.exporter then
+    -- the final figures, until a scrape has them (or the linger is over)
+    self.exporter:linger(self.opts.prometheus_linger)
+    self.exporter:close()
+  end
   return s, code
 end
 

@@ -1,0 +1,358 @@
+-- denet.metrics: the monitor's figures as Prometheus metrics.
+--
+--   local metrics = require("denet.metrics")
+--   local fams = metrics.from_record(rec, { target = "make", pid = 1234 })
+--   metrics.add_syscalls(fams, report, ident)   -- a denet.syscalls report
+--   metrics.add_offcpu(fams, offcpu_fields, ident)
+--   metrics.text(fams)          -- Prometheus text format 0.0.4
+--   metrics.openmetrics(fams)   -- OpenMetrics 1.0, ending in "# EOF"
+--
+-- Names follow Prometheus conventions: base units (seconds, bytes),
+-- `_total` on counters, dimensions as labels; every series carries
+-- `target` (the command's name) and `pid` (the root). Label sets are
+-- bounded: syscalls and errnos are finite, threads are the top N plus
+-- comm="other". A past run (JSONL) becomes timestamped OpenMetrics with
+-- metrics.series() and metrics.openmetrics_series().
+local M = {}
+
+M.TOP_THREADS = 10
+
+-- log2 buckets of denet.syscalls (slot i: calls under 2^(i-1) ns) kept as
+-- histogram bounds: every other one from 2^10 ns (1 us) to 2^36 ns (69 s)
+M.LE_SLOTS = {}
+for i = 11, 37, 2 do
+  M.LE_SLOTS[#M.LE_SLOTS + 1] = i
+end
+
+-- A family: { name, type = "counter"|"gauge"|"histogram", unit, help,
+-- samples = { { suffix, labels = { {k, v}, ... }, value } } }. The name is
+-- the OpenMetrics family name (no _total).
+local function family(fams, name, typ, unit, help)
+  local f = fams.by_name[name]
+  if not f then
+    f = { name = name, type = typ, unit = unit, help = help, samples = {} }
+    fams.by_name[name] = f
+    fams[#fams + 1] = f
+  end
+  return f
+end
+
+local function labels(ident, extra)
+  local l = { { "target", ident.target or "" }, { "pid", tostring(ident.pid or "") } }
+  for _, kv in ipairs(extra or {}) do
+    l[#l + 1] = kv
+  end
+  return l
+end
+
+local function add(f, suffix, ident, extra, value)
+  if value == nil then
+    return
+  end
+  f.samples[#f.samples + 1] = { suffix = suffix, labels = labels(ident, extra), value = tonumber(value) }
+end
+
+--- An empty set of families.
+function M.new()
+  return { by_name = {} }
+end
+
+local function kb(v)
+  return v and v * 1024
+end
+
+--- The families of a monitor record (`tree`: its aggregated metrics;
+--- `sample`: the root's) for ident = { target, pid }.
+function M.from_record(rec, ident, fams)
+  fams = fams or M.new()
+  local a = rec.kind == "tree" and rec.aggregated or rec
+  if type(a) ~= "table" then
+    return fams
+  end
+  add(family(fams, "denet_cpu_seconds", "counter", "seconds", "CPU time (user and system) of the process tree"),
+    "_total", ident, nil, a.cpu_time_secs)
+  add(family(fams, "denet_memory_rss_bytes", "gauge", "bytes", "resident set size, summed over the tree"), "",
+    ident, nil, kb(a.mem_rss_kb))
+  add(family(fams, "denet_memory_pss_bytes", "gauge", "bytes", "proportional set size, summed over the tree"), "",
+    ident, nil, kb(a.mem_pss_kb))
+  add(family(fams, "denet_memory_virtual_bytes", "gauge", "bytes", "virtual memory size, summed over the tree"),
+    "", ident, nil, kb(a.mem_vms_kb))
+  add(family(fams, "denet_disk_read_bytes", "counter", "bytes", "bytes read from storage by the tree"), "_total",
+    ident, nil, a.disk_read_bytes)
+  add(family(fams, "denet_disk_written_bytes", "counter", "bytes", "bytes written to storage by the tree"),
+    "_total", ident, nil, a.disk_write_bytes)
+  add(family(fams, "denet_syscall_read_bytes", "counter", "bytes",
+    "bytes read by read-like syscalls, cache hits included"), "_total", ident, nil, a.syscall_read_bytes)
+  add(family(fams, "denet_syscall_written_bytes", "counter", "bytes", "bytes written by write-like syscalls"),
+    "_total", ident, nil, a.syscall_write_bytes)
+  add(family(fams, "denet_processes", "gauge", nil, "live processes of the tree"), "", ident, nil,
+    a.process_count or 1)
+  add(family(fams, "denet_threads", "gauge", nil, "threads of the tree"), "", ident, nil, a.thread_count)
+  add(family(fams, "denet_open_fds", "gauge", nil, "open file descriptors of the tree"), "", ident, nil,
+    a.fd_count)
+  local cs = family(fams, "denet_context_switches", "counter", nil, "context switches of the tree's threads")
+  add(cs, "_total", ident, { { "kind", "voluntary" } }, a.ctx_switches_voluntary)
+  add(cs, "_total", ident, { { "kind", "involuntary" } }, a.ctx_switches_involuntary)
+  local pf = family(fams, "denet_page_faults", "counter", nil, "page faults of the tree")
+  add(pf, "_total", ident, { { "kind", "minor" } }, a.page_faults_cached)
+  add(pf, "_total", ident, { { "kind", "major" } }, a.page_faults_disk)
+  if a.processes_started then
+    add(family(fams, "denet_processes_started", "counter", nil, "processes started in the tree"), "_total", ident,
+      nil, a.processes_started)
+  end
+  if a.processes_exited then
+    add(family(fams, "denet_processes_exited", "counter", nil, "processes of the tree that exited"), "_total",
+      ident, nil, a.processes_exited)
+  end
+  local ebpf = a.ebpf
+  if type(ebpf) == "table" then
+    if type(ebpf.offcpu) == "table" then
+      M.add_offcpu(fams, ebpf.offcpu, ident)
+    end
+    if type(ebpf.syscalls) == "table" and not fams.syscalls_done then
+      -- a record holds the top syscalls only (a live run adds the full
+      -- report instead, with add_syscalls)
+      local f = family(fams, "denet_syscalls", "counter", nil, "syscalls made by the tree")
+      for _, s in ipairs(ebpf.syscalls.top_syscalls or {}) do
+        add(f, "_total", ident, { { "syscall", s.name } }, s.count)
+      end
+    end
+  end
+  return fams
+end
+
+--- Syscall families from a denet.syscalls report (all rows): counts,
+--- errors by errno and, when it has latency, a histogram in seconds.
+function M.add_syscalls(fams, report, ident)
+  fams.syscalls_done = true
+  local count = family(fams, "denet_syscalls", "counter", nil, "syscalls made by the tree")
+  local errs = family(fams, "denet_syscall_errors", "counter", nil, "syscalls that failed, by errno")
+  local hist
+  for _, r in ipairs(report.syscalls or {}) do
+    add(count, "_total", ident, { { "syscall", r.name } }, r.count)
+    local names = {}
+    for e in pairs(r.errors or {}) do
+      names[#names + 1] = e
+    end
+    table.sort(names)
+    for _, e in ipairs(names) do
+      add(errs, "_total", ident, { { "syscall", r.name }, { "errno", e } }, r.errors[e])
+    end
+    if r.hist then
+      hist = hist or family(fams, "denet_syscall_duration_seconds", "histogram", "seconds",
+        "time in syscalls (log2 buckets)")
+      local cum, slot = 0, 0
+      for _, i in ipairs(M.LE_SLOTS) do
+        while slot < i do
+          slot = slot + 1
+          cum = cum + (r.hist[slot] or 0)
+        end
+        add(hist, "_bucket", ident, { { "syscall", r.name }, { "le", M.number(2 ^ (i - 1) / 1e9) } }, cum)
+      end
+      add(hist, "_bucket", ident, { { "syscall", r.name }, { "le", "+Inf" } }, r.timed)
+      add(hist, "_count", ident, { { "syscall", r.name } }, r.timed)
+      add(hist, "_sum", ident, { { "syscall", r.name } }, r.total_ns / 1e9)
+    end
+  end
+end
+
+--- Off-CPU families from the monitor's off-CPU fields (denet.offcpu
+--- monitor_fields: by_category_ns, thread_stats): seconds per category,
+--- and per thread (the top N, the rest as comm="other") and category.
+function M.add_offcpu(fams, oc, ident)
+  local cat = family(fams, "denet_offcpu_seconds", "counter", "seconds",
+    "time the tree's threads spent off CPU, by why")
+  local names = {}
+  for c in pairs(oc.by_category_ns or {}) do
+    names[#names + 1] = c
+  end
+  table.sort(names)
+  for _, c in ipairs(names) do
+    add(cat, "_total", ident, { { "category", c } }, oc.by_category_ns[c] / 1e9)
+  end
+  local list = {}
+  for key, t in pairs(oc.thread_stats or {}) do
+    list[#list + 1] = { key = key, t = t }
+  end
+  table.sort(list, function(x, y)
+    if x.t.time_ns ~= y.t.time_ns then
+      return x.t.time_ns > y.t.time_ns
+    end
+    return x.key < y.key
+  end)
+  local th = family(fams, "denet_offcpu_thread_seconds", "counter", "seconds",
+    "off-CPU time of the top threads (the rest: comm=\"other\"), by why")
+  local other = {}
+  for i, e in ipairs(list) do
+    local by = e.t.by_category or {}
+    if i <= M.TOP_THREADS then
+      local tid = e.key:match(":(%d+)$") or e.key
+      local cs = {}
+      for c in pairs(by) do
+        cs[#cs + 1] = c
+      end
+      table.sort(cs)
+      for _, c in ipairs(cs) do
+        add(th, "_total", ident, { { "comm", e.t.comm or "?" }, { "tid", tid }, { "category", c } }, by[c] / 1e9)
+      end
+    else
+      for c, ns in pairs(by) do
+        other[c] = (other[c] or 0) + ns
+      end
+    end
+  end
+  local cs = {}
+  for c in pairs(other) do
+    cs[#cs + 1] = c
+  end
+  table.sort(cs)
+  for _, c in ipairs(cs) do
+    add(th, "_total", ident, { { "comm", "other" }, { "tid", "" }, { "category", c } }, other[c] / 1e9)
+  end
+end
+
+---------------------------------------------------------------------------
+-- exposition
+
+--- A number as the formats write it: integers without a fraction, others
+--- in the fewest digits that read back the same, +Inf/-Inf/NaN by name.
+function M.number(v)
+  if v ~= v then
+    return "NaN"
+  elseif v == math.huge then
+    return "+Inf"
+  elseif v == -math.huge then
+    return "-Inf"
+  elseif v == math.floor(v) and math.abs(v) < 2 ^ 53 then
+    return string.format("%d", v)
+  end
+  -- the shortest that reads back as the same number
+  for digits = 15, 16 do
+    local s = string.format("%." .. digits .. "g", v)
+    if tonumber(s) == v then
+      return s
+    end
+  end
+  return string.format("%.17g", v)
+end
+
+local function escape_label(s)
+  return (tostring(s):gsub("\\", "\\\\"):gsub("\n", "\\n"):gsub('"', '\\"'))
+end
+
+local function escape_help(s)
+  return (tostring(s):gsub("\\", "\\\\"):gsub("\n", "\\n"))
+end
+
+local function label_text(l)
+  local parts = {}
+  for i, kv in ipairs(l) do
+    parts[i] = kv[1] .. '="' .. escape_label(kv[2]) .. '"'
+  end
+  return #parts > 0 and ("{" .. table.concat(parts, ",") .. "}") or ""
+end
+
+--- Prometheus text format 0.0.4.
+function M.text(fams)
+  local out = {}
+  for _, f in ipairs(fams) do
+    if #f.samples > 0 then
+      local name = f.type == "counter" and (f.name .. "_total") or f.name
+      out[#out + 1] = "# HELP " .. name .. " " .. escape_help(f.help)
+      out[#out + 1] = "# TYPE " .. name .. " " .. f.type
+      for _, s in ipairs(f.samples) do
+        out[#out + 1] = f.name .. s.suffix .. label_text(s.labels) .. " " .. M.number(s.value)
+      end
+    end
+  end
+  out[#out + 1] = ""
+  return table.concat(out, "\n")
+end
+
+local function om_header(out, f)
+  out[#out + 1] = "# TYPE " .. f.name .. " " .. f.type
+  if f.unit then
+    out[#out + 1] = "# UNIT " .. f.name .. " " .. f.unit
+  end
+  out[#out + 1] = "# HELP " .. f.name .. " " .. escape_help(f.help)
+end
+
+--- OpenMetrics 1.0 text.
+function M.openmetrics(fams)
+  local out = {}
+  for _, f in ipairs(fams) do
+    if #f.samples > 0 then
+      om_header(out, f)
+      for _, s in ipairs(f.samples) do
+        out[#out + 1] = f.name .. s.suffix .. label_text(s.labels) .. " " .. M.number(s.value)
+      end
+    end
+  end
+  out[#out + 1] = "# EOF"
+  out[#out + 1] = ""
+  return table.concat(out, "\n")
+end
+
+--- Collect families of many moments: series:add(ts_seconds, fams) in
+--- time order, then metrics.openmetrics_series(series).
+function M.series()
+  local s = { order = {}, fams = {} }
+  function s:add(ts, fams)
+    for _, f in ipairs(fams) do
+      local e = self.fams[f.name]
+      if not e then
+        e = { f = f, order = {}, by = {} }
+        self.fams[f.name] = e
+        self.order[#self.order + 1] = f.name
+      end
+      -- a metric is a label set without le: a histogram's buckets, count
+      -- and sum at one moment make one point of it
+      for _, smp in ipairs(f.samples) do
+        local id = {}
+        for _, kv in ipairs(smp.labels) do
+          if kv[1] ~= "le" then
+            id[#id + 1] = kv
+          end
+        end
+        local key = label_text(id)
+        local metric = e.by[key]
+        if not metric then
+          metric = { points = {} }
+          e.by[key] = metric
+          e.order[#e.order + 1] = metric
+        end
+        local last = metric.points[#metric.points]
+        if not last or last.ts ~= ts then
+          last = { ts = ts, lines = {} }
+          metric.points[#metric.points + 1] = last
+        end
+        last.lines[#last.lines + 1] = f.name .. smp.suffix .. label_text(smp.labels) .. " " .. M.number(smp.value)
+      end
+    end
+  end
+  return s
+end
+
+--- OpenMetrics of series, every sample with its timestamp (seconds), the
+--- points of one metric together and in time order (as promtool's
+--- backfill wants them).
+function M.openmetrics_series(s)
+  local out = {}
+  for _, name in ipairs(s.order) do
+    local e = s.fams[name]
+    om_header(out, e.f)
+    for _, metric in ipairs(e.order) do
+      for _, pt in ipairs(metric.points) do
+        local ts = " " .. string.format("%.3f", pt.ts)
+        for _, line in ipairs(pt.lines) do
+          out[#out + 1] = line .. ts
+        end
+      end
+    end
+  end
+  out[#out + 1] = "# EOF"
+  out[#out + 1] = ""
+  return table.concat(out, "\n")
+end
+
+return M
