@@ -43,6 +43,8 @@ local ARGS = {
   { name = "no_polling", type = "bool", help = "no samples while it runs: only the summary, from the kernel's "
     .. "totals at the end (and --offcpu/--syscalls data)" },
   { name = "debug", type = "bool", help = "say on stderr what denet does (BPF parts and flags, timings)" },
+  { name = "html", metavar = "FILE", help = "with stats: CPU, memory, I/O, threads and processes over time "
+    .. "and the summary, as one HTML file (works offline)" },
   { name = "prometheus", metavar = "[ADDR:]PORT", help = "serve Prometheus /metrics while it runs (address "
     .. "127.0.0.1 unless given; PORT 0: any free port, printed on stderr)" },
   { name = "prometheus_linger", metavar = "S", help = "at the end, keep serving the final "
@@ -261,7 +263,8 @@ local function stats(o)
   if not o.file then
     errors.raise("stats needs a FILE: denet stats FILE [--json] [-o OUT]")
   end
-  local sum, n, bad = summary_mod.from_file(o.file)
+  local html = o.html and denet.open_output(o.html)
+  local sum, n, bad, records = summary_mod.from_file(o.file)
   if n == 0 then
     errors.raise(string.format("%s holds no samples (no tree or sample records, tagged or untagged): nothing to "
       .. "summarize", o.file))
@@ -271,6 +274,18 @@ local function stats(o)
       .. "line?)\n", bad, o.file))
   end
   local s = sum:result()
+  if html then
+    local samples = {}
+    for _, rec in ipairs(records) do
+      local kind = summary_mod.kind_of(rec)
+      if kind == "tree" or kind == "sample" then
+        rec.kind = kind -- the original's untagged records too
+        samples[#samples + 1] = rec
+      end
+    end
+    html:write(require("denet.export.html").stats(samples, s, "denet run: " .. o.file))
+    html:close()
+  end
   if o.out then
     local f = denet.open_output(o.out)
     f:write(json.encode(s), "\n")

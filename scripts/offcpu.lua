@@ -37,6 +37,10 @@ local SPEC = {
       .. "also walk, counting disagreements" },
     { name = "folded", flag = "-f", metavar = "FILE", help = "folded stacks to FILE (flamegraph.pl, speedscope)" },
     { name = "svg", metavar = "FILE", help = "an SVG flame graph to FILE" },
+    { name = "pprof", metavar = "FILE", help = "a pprof profile to FILE (gzipped protobuf: go tool pprof, "
+      .. "speedscope, Pyroscope)" },
+    { name = "html", metavar = "FILE", help = "an interactive report to FILE: flame graph (click to zoom, "
+      .. "search), threads, call sites, verdict; one file, works offline" },
     { name = "json", type = "bool", help = "the report as JSON on stdout" },
   },
 }
@@ -74,7 +78,7 @@ local function main(o)
     end
   end
   -- outputs first: a bad path runs nothing
-  for _, path in ipairs({ o.folded, o.svg }) do
+  for _, path in ipairs({ o.folded, o.svg, o.pprof, o.html }) do
     if path then
       write_file(path, "")
     end
@@ -98,6 +102,12 @@ local function main(o)
   end
   if o.svg then
     write_file(o.svg, offcpu.svg(report, "Off-CPU Time Flame Graph"))
+  end
+  if o.pprof then
+    require("denet.export.pprof").write(o.pprof, report)
+  end
+  if o.html then
+    write_file(o.html, require("denet.export.html").offcpu(report))
   end
   if o.json then
     for _, s in ipairs(report.stacks) do

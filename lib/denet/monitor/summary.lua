@@ -181,7 +181,7 @@ function M.from_file(path)
       bad = bad + 1
     end
   end
-  return s, s.n, bad
+  return s, s.n, bad, records
 end
 
 return M
