@@ -192,6 +192,57 @@ scrape_configs:
   end)
 end)
 
+describe("the /metrics endpoint", function()
+  it("speaks both formats, lints clean, and binds 127.0.0.1 unless told otherwise", function()
+    local port = free_port()
+    local err = H.tmpfile(".err")
+    local p = denet.spawn({ H.bin, "run", "-q", "--syscalls", "--offcpu", "--prometheus", tostring(port),
+      "--prometheus-linger", "30", "--", H.fixture("sleep_loop"), "4", "250" }, { stdout = "null", stderr = err })
+      :resume()
+    local url = string.format("http://127.0.0.1:%d/metrics", port)
+    -- wait for the first figures
+    local deadline, text = denet.clock() + 60, ""
+    while not text:find("denet_cpu_seconds_total", 1, true) do
+      assert(denet.clock() < deadline, "no metrics: " .. H.slurp(err))
+      denet.sleep(0.05)
+      local _, o = curl(url)
+      text = o or ""
+    end
+    local code, out = H.sh("curl -sf " .. H.quote(url) .. " | promtool check metrics")
+    assert.equals(0, code, out)
+    local _, head = curl(url, { "-D", "-", "-o", "/dev/null" })
+    assert.matches("[Cc]ontent%-[Tt]ype: text/plain; version=0%.0%.4", head)
+    local om
+    _, head = curl(url, { "-D", "-", "-o", "/dev/null", "-H", "Accept: application/openmetrics-text; version=1.0.0" })
+    assert.matches("[Cc]ontent%-[Tt]ype: application/openmetrics%-text; version=1%.0%.0", head)
+    _, om = curl(url, { "-H", "Accept: application/openmetrics-text; version=1.0.0" })
+    assert.matches("\n# EOF\n$", om)
+    assert.matches("# TYPE denet_cpu_seconds counter\n# UNIT denet_cpu_seconds seconds\n", om)
+    assert.matches("\ndenet_syscall_duration_seconds_bucket{[^}]*le=\"%+Inf\"} %d+\n", om)
+    assert.equals(22, curl(string.format("http://127.0.0.1:%d/other", port))) -- 404: curl -f says 22
+    assert.matches("serving metrics on http://127%.0%.0%.1:" .. port .. "/metrics", H.slurp(err))
+    -- every label set has target and pid
+    for line in text:gmatch("[^\n]+") do
+      if not line:find("^#") then
+        assert.matches('^denet_[%w_]+{target="sleep_loop",pid="%d+"', line)
+      end
+    end
+    p:kill(denet.SIGTERM)
+    p:wait()
+  end)
+
+  it("refuses a bad address or a port in use in one line", function()
+    local code, _, err = H.denet({ "run", "--prometheus", "localhost:99999", "--", "true" })
+    assert.equals(2, code)
+    assert.matches("^denet: %-%-prometheus: '99999' is not a port", err)
+    local srv = assert(core.http_serve("127.0.0.1:0"))
+    code, _, err = H.denet({ "run", "--prometheus", "127.0.0.1:" .. srv:port(), "--", "true" })
+    srv:close()
+    assert.equals(2, code)
+    assert.matches("^denet: %-%-prometheus: cannot listen on 127%.0%.0%.1:%d+: Address already in use", err)
+  end)
+end)
+
 describe("a recorded run, backfilled", function()
   it("reads back from Prometheus as its records say", function()
     local jsonl = H.tmpfile(".jsonl")

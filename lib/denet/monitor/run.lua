@@ -345,8 +345,11 @@ function Session:finish()
   self.ended = true
   self.result, self.exit_code = s, code
   if self.exporter then
-    -- the final figures, until a scrape has them (or the linger is over)
-    self.exporter:linger(self.opts.prometheus_linger)
+    -- the final figures, until a scrape has them (or the linger is over);
+    -- a run ended by Ctrl-C or SIGTERM does not wait
+    if not self.signal_code then
+      self.exporter:linger(self.opts.prometheus_linger)
+    end
     self.exporter:close()
   end
   return s, code
