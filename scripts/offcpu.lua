@@ -117,6 +117,8 @@ local function main(o)
   else
     io.stdout:write(offcpu.text(report))
   end
+  -- the report is out before lingering for the last scrape
+  io.stdout:flush()
   finish()
   return code or 0
 end

@@ -231,6 +231,43 @@ describe("the /metrics endpoint", function()
     p:wait()
   end)
 
+  it("is served by denet script syscalls and offcpu too, with their final figures", function()
+    local function final_scrape(argv, want)
+      local port = free_port()
+      local out, err = H.tmpfile(".out"), H.tmpfile(".err")
+      local args = { H.bin, "script" }
+      for _, a in ipairs(argv.script) do
+        args[#args + 1] = a
+      end
+      for _, a in ipairs({ "--prometheus", tostring(port), "--prometheus-linger", "30", "--" }) do
+        args[#args + 1] = a
+      end
+      for _, a in ipairs(argv.cmd) do
+        args[#args + 1] = a
+      end
+      local p = denet.spawn(args, { stdout = out, stderr = err }):resume()
+      -- the report is printed once the final figures are published
+      local deadline = denet.clock() + 60
+      while not H.slurp(out):find(want, 1, true) do
+        assert(denet.clock() < deadline, "no report: " .. H.slurp(err))
+        assert(p:try_wait() == false, "ended before a scrape: " .. H.slurp(err))
+        denet.sleep(0.05)
+      end
+      local code, body = curl(string.format("http://127.0.0.1:%d/metrics", port))
+      assert.equals(0, code)
+      -- that scrape was what it lingered for
+      assert.equals(0, p:wait{ timeout = 10 })
+      return body
+    end
+    local body = final_scrape({ script = { "syscalls" }, cmd = { H.fixture("getppid_n"), "4321" } }, "getppid")
+    assert.matches('\ndenet_syscalls_total{target="getppid_n",pid="%d+",syscall="getppid"} 4321\n', body)
+    assert.matches('\ndenet_syscall_duration_seconds_count{target="getppid_n",pid="%d+",syscall="getppid"} 4321\n',
+      body)
+    body = final_scrape({ script = { "offcpu" }, cmd = { H.fixture("sleep_loop"), "4", "250" } }, "sleep_loop")
+    local s = tonumber(body:match('\ndenet_offcpu_seconds_total{target="sleep_loop",pid="%d+",category="sleep"} ([%d.e+-]+)'))
+    assert.is_true(s and s >= 1.0 and s < 1.1, body)
+  end)
+
   it("refuses a bad address or a port in use in one line", function()
     local code, _, err = H.denet({ "run", "--prometheus", "localhost:99999", "--", "true" })
     assert.equals(2, code)
