@@ -18,26 +18,26 @@
  * used afterwards. Written as `if (v > max) v = max;`, clang may compare a
  * copy of v, and verifiers before 6.x do not carry that bound over to v:
  * "unbounded memory access" on 6.1. */
-#define DN_BOUND(v, max)                                                        \
-	({                                                                      \
-		u64 __dn_v = (v);                                               \
+#define DN_BOUND(v, max)                                                                \
+	({                                                                              \
+		u64 __dn_v = (v);                                                       \
 		asm volatile("if %0 <= %1 goto +1; %0 = %1" : "+r"(__dn_v) : "i"(max)); \
-		__dn_v;                                                         \
+		__dn_v;                                                                 \
 	})
 
 /* One tracked process (thread group), keyed by tgid. */
 struct dn_task {
-	u32 ppid;      /* the process that forked it (0: a root) */
-	u32 running;   /* its threads on a CPU right now */
-	u64 nvcsw;     /* voluntary context switches of all its threads */
-	u64 nivcsw;    /* involuntary ones (preempted while runnable) */
-	u64 ins;       /* times one of its threads was switched in */
+	u32 ppid;    /* the process that forked it (0: a root) */
+	u32 running; /* its threads on a CPU right now */
+	u64 nvcsw;   /* voluntary context switches of all its threads */
+	u64 nivcsw;  /* involuntary ones (preempted while runnable) */
+	u64 ins;     /* times one of its threads was switched in */
 };
 
 /* One thread of a tracked process, keyed by tid. */
 struct dn_thread {
 	u32 tgid;
-	u32 oncpu;     /* switched in and not out since */
+	u32 oncpu; /* switched in and not out since */
 };
 
 enum dn_tree_kind { DN_EV_FORK = 1, DN_EV_EXEC = 2, DN_EV_EXIT = 3 };
@@ -48,8 +48,8 @@ struct dn_tree_event {
 	u32 pid;
 	u32 ppid;
 	u32 pad;
-	u64 ts_ns;     /* bpf_ktime_get_ns() */
-	u64 nvcsw;     /* at exit: final context switch counts */
+	u64 ts_ns; /* bpf_ktime_get_ns() */
+	u64 nvcsw; /* at exit: final context switch counts */
 	u64 nivcsw;
 	char comm[16];
 	char filename[128]; /* at exec */

@@ -15,9 +15,9 @@
  * out: counting costs one program per syscall.
  */
 struct dn_insys {
-	s32 nr;       /* -1: not in a syscall */
+	s32 nr; /* -1: not in a syscall */
 	u32 pad;
-	u64 ts;       /* bpf_ktime_get_ns() at entry (DN_INSYS_TS) */
+	u64 ts; /* bpf_ktime_get_ns() at entry (DN_INSYS_TS) */
 };
 
 #if defined(DN_INSYS_TS) || defined(DN_HOOK_OFFCPU) || !defined(DN_HOOK_SYSCALLS)

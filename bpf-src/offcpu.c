@@ -49,10 +49,10 @@ struct dn_offcpu_thread {
 	u64 born, died;
 	u64 offcpu_ns, runq_ns;
 	char comm[16];
-	u64 start;    /* when the current block began; 0: running */
+	u64 start; /* when the current block began; 0: running */
 	s32 ustack, kstack;
-	u32 state;    /* prev_state & DN_TASK_STATE_MASK; 0: preempted */
-	s32 syscall;  /* -1: not in a syscall */
+	u32 state;   /* prev_state & DN_TASK_STATE_MASK; 0: preempted */
+	s32 syscall; /* -1: not in a syscall */
 };
 
 BPF_HASH(dn_offcpu, struct dn_offcpu_key, struct dn_offcpu_val, DN_OFFCPU_KEYS);
@@ -120,14 +120,14 @@ struct dn_kt_key {
 	s32 syscall;
 	u16 state;
 	u16 way;
-	u64 uip;      /* user IP at kernel entry */
+	u64 uip; /* user IP at kernel entry */
 };
 
 struct dn_kt {
 	s32 kstack;
-	u16 n;        /* slots in use */
+	u16 n; /* slots in use */
 	u16 confirmed;
-	u32 outer;    /* bit i: slot i is in the top part */
+	u32 outer;             /* bit i: slot i is in the top part */
 	u16 word[DN_KT_SLOTS]; /* outer: words from top - DN_KT_OUTER; else: from sp */
 	u64 val[DN_KT_SLOTS];
 };
@@ -135,10 +135,10 @@ struct dn_kt {
 struct dn_kt_rec {
 	struct dn_kt_key key;
 	s32 kstack;
-	u32 ok;       /* the copies were read */
+	u32 ok; /* the copies were read */
 	u64 sp, top;
-	u64 inner[DN_KT_INNER / 8];  /* from sp up (zeros past the top) */
-	u64 outer[DN_KT_OUTER / 8];  /* the top part */
+	u64 inner[DN_KT_INNER / 8]; /* from sp up (zeros past the top) */
+	u64 outer[DN_KT_OUTER / 8]; /* the top part */
 };
 
 struct dn_kt_scratch {
@@ -164,16 +164,16 @@ static __always_inline void dn_kt_count(int i)
  * clang walk the arrays with moving pointers that 6.1's verifier cannot
  * bound by the loop counter (it then rejects the program), and clang does
  * not always honour "#pragma unroll" here. */
-#define DN_KT_SLOT(i)                                                                   \
-	if ((i) < n) {                                                                  \
-		u64 at = (t->outer & (1U << (i))) ? top - DN_KT_OUTER : sp;            \
-		u64 v = 0;                                                              \
-		if (bpf_probe_read_kernel(&v, 8, (void *)(at + 8 * (u64)t->word[i])) < 0 || \
-		    v != t->val[i])                                                     \
-			return 0;                                                       \
+#define DN_KT_SLOT(i)                                                                                       \
+	if ((i) < n) {                                                                                      \
+		u64 at = (t->outer & (1U << (i))) ? top - DN_KT_OUTER : sp;                                 \
+		u64 v = 0;                                                                                  \
+		if (bpf_probe_read_kernel(&v, 8, (void *)(at + 8 * (u64)t->word[i])) < 0 || v != t->val[i]) \
+			return 0;                                                                           \
 	}
 #define DN_KT_SLOT4(i) DN_KT_SLOT(i) DN_KT_SLOT(i + 1) DN_KT_SLOT(i + 2) DN_KT_SLOT(i + 3)
 
+/* clang-format off */
 static __always_inline int dn_kt_match(struct dn_kt *t, u64 sp, u64 top)
 {
 	u32 n = t->n;
@@ -181,6 +181,7 @@ static __always_inline int dn_kt_match(struct dn_kt *t, u64 sp, u64 top)
 	DN_KT_SLOT4(16) DN_KT_SLOT4(20) DN_KT_SLOT4(24) DN_KT_SLOT4(28)
 	return 1;
 }
+/* clang-format on */
 
 /* The kernel stack id of the current task at this sched_switch, reusing
  * a confirmed template when its slots still hold the same addresses,
@@ -256,7 +257,7 @@ static __always_inline s32 dn_kstack_id(void *ctx, s32 syscall, u32 state)
 	if (len > DN_KT_INNER)
 		len = DN_KT_INNER;
 	r->ok = bpf_probe_read_kernel(r->inner, len, (void *)sp) == 0 &&
-		bpf_probe_read_kernel(r->outer, DN_KT_OUTER, (void *)(top - DN_KT_OUTER)) == 0;
+	        bpf_probe_read_kernel(r->outer, DN_KT_OUTER, (void *)(top - DN_KT_OUTER)) == 0;
 	dn_kt_learn.ringbuf_submit(r, 0);
 	return id;
 }

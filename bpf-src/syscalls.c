@@ -20,7 +20,7 @@
 
 struct dn_sc_key {
 	u32 tgid;
-	u32 tid;      /* 0 unless DN_SC_PER_THREAD */
+	u32 tid; /* 0 unless DN_SC_PER_THREAD */
 	s32 nr;
 	u32 pad;
 };
@@ -30,7 +30,7 @@ struct dn_sc_val {
 	u64 errors;
 	char comm[16]; /* the thread's name when the entry was made */
 #ifdef DN_SC_LATENCY
-	u64 timed;    /* calls whose start was seen: total_ns, max_ns, hist */
+	u64 timed; /* calls whose start was seen: total_ns, max_ns, hist */
 	u64 total_ns;
 	u64 max_ns;
 	u64 hist[DN_SC_SLOTS]; /* slot k: [2^(k-1), 2^k) ns, as bcc's log2 histograms */
@@ -41,7 +41,7 @@ struct dn_sc_err_key {
 	u32 tgid;
 	u32 tid;
 	s32 nr;
-	s32 err;      /* errno */
+	s32 err; /* errno */
 };
 
 #ifdef DN_SC_BY_NR

@@ -58,8 +58,7 @@ uint64_t dn_vm_checku64(lua_State *L, int idx);
 void dn_vm_user_error(lua_State *L, const char *message, int code);
 /* Push a userdata-free argument error helper result: nil, message, errno.
  * Returns 3 (the number of values pushed). */
-int dn_vm_fail(lua_State *L, int err, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+int dn_vm_fail(lua_State *L, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* dn_trust.c ------------------------------------------------------------- */
 
@@ -123,11 +122,11 @@ void dn_pprof_open(lua_State *L);
 
 /* dn_sym.c: the user-space resolver, also used by C unit tests ----------- */
 
-struct dn_sym_maps;  /* a process's executable mappings, captured once */
+struct dn_sym_maps; /* a process's executable mappings, captured once */
 struct dn_sym_result {
-	const char *name;     /* symbol, or NULL when none covers the address */
-	const char *module;   /* mapped file path, or NULL when unmapped */
-	uint64_t offset;      /* from the symbol start, or from the module's
+	const char *name;   /* symbol, or NULL when none covers the address */
+	const char *module; /* mapped file path, or NULL when unmapped */
+	uint64_t offset;    /* from the symbol start, or from the module's
 	                         ELF base when name is NULL */
 };
 /* Read /proc/PID/maps now. NULL with errno set when the process is gone. */

@@ -274,7 +274,8 @@ static int l_module_load(lua_State *L)
 	for (i = 0; i < m->nprogs; i++)
 		if (strcmp(m->progs[i].name, name) == 0) {
 			if (m->progs[i].type != type)
-				return dn_vm_fail(L, EINVAL, "function %s is already loaded as another program type", name);
+				return dn_vm_fail(L, EINVAL, "function %s is already loaded as another program type",
+				                  name);
 			lua_pushinteger(L, m->progs[i].fd);
 			return 1;
 		}
@@ -282,9 +283,8 @@ static int l_module_load(lua_State *L)
 	if (!start)
 		return dn_vm_fail(L, ENOENT, "no BPF function named '%s' in the program", name);
 	capture_begin(&cap);
-	fd = bcc_func_load(m->mod, type, name, start, (int)bpf_function_size(m->mod, name),
-	                   bpf_module_license(m->mod), bpf_module_kern_version(m->mod),
-	                   0, NULL, 0, NULL, attach_type);
+	fd = bcc_func_load(m->mod, type, name, start, (int)bpf_function_size(m->mod, name), bpf_module_license(m->mod),
+	                   bpf_module_kern_version(m->mod), 0, NULL, 0, NULL, attach_type);
 	err = errno;
 	capture_end(L, &cap);
 	if (fd < 0) {
@@ -398,8 +398,7 @@ static int l_attach_uprobe(lua_State *L)
 	char what[512];
 
 	capture_begin(&cap);
-	fd = bpf_attach_uprobe(progfd, ret ? BPF_PROBE_RETURN : BPF_PROBE_ENTRY, ev, path, off,
-	                       pid, 0);
+	fd = bpf_attach_uprobe(progfd, ret ? BPF_PROBE_RETURN : BPF_PROBE_ENTRY, ev, path, off, pid, 0);
 	err = errno;
 	capture_drop(&cap);
 	snprintf(what, sizeof(what), "%s to %s+0x%llx", ret ? "uretprobe" : "uprobe", path, (unsigned long long)off);
@@ -559,8 +558,8 @@ static void *tobuf(lua_State *L, int idx, size_t need, int ro)
 		return (void *)lua_topointer(L, idx);
 	if (ro && t == LUA_TSTRING) {
 		if (lua_objlen(L, idx) < need)
-			luaL_error(L, "buffer argument #%d is %d bytes, need %d", idx,
-			           (int)lua_objlen(L, idx), (int)need);
+			luaL_error(L, "buffer argument #%d is %d bytes, need %d", idx, (int)lua_objlen(L, idx),
+			           (int)need);
 		return (void *)lua_tostring(L, idx);
 	}
 	luaL_argerror(L, idx, "cdata buffer expected");
@@ -875,6 +874,7 @@ static int l_close_fd(lua_State *L)
 
 void dn_bcc_open(lua_State *L)
 {
+	/* clang-format off */
 	static const luaL_Reg methods[] = {
 		{ "close", l_module_close },
 		{ "functions", l_module_functions },
@@ -894,6 +894,8 @@ void dn_bcc_open(lua_State *L)
 		{ "table_scan", l_module_table_scan },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
+	/* clang-format off */
 	static const luaL_Reg fns[] = {
 		{ "bpf_compile", l_bpf_compile },
 		{ "map_lookup", l_map_lookup },
@@ -906,6 +908,7 @@ void dn_bcc_open(lua_State *L)
 		{ "close_fd", l_close_fd },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
 	dn_vm_newclass(L, MODULE_MT, module_gc, methods);
 	dn_vm_setfuncs(L, fns);
 }

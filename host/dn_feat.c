@@ -88,9 +88,11 @@ static int l_feature_probe(lua_State *L)
 
 void dn_feat_open(lua_State *L)
 {
+	/* clang-format off */
 	static const luaL_Reg fns[] = {
 		{ "feature_probe", l_feature_probe },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
 	dn_vm_setfuncs(L, fns);
 }

@@ -271,6 +271,7 @@ static int l_http_close(lua_State *L)
 
 void dn_http_open(lua_State *L)
 {
+	/* clang-format off */
 	static const luaL_Reg methods[] = {
 		{ "set", l_http_set },
 		{ "scrapes", l_http_scrapes },
@@ -278,10 +279,13 @@ void dn_http_open(lua_State *L)
 		{ "close", l_http_close },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
+	/* clang-format off */
 	static const luaL_Reg fns[] = {
 		{ "http_serve", l_http_serve },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
 
 	dn_vm_newclass(L, HTTP_MT, l_http_close, methods);
 	dn_vm_setfuncs(L, fns);

@@ -81,13 +81,27 @@ static int add_string(struct jbuf *b, const char *s, size_t len)
 		const char *e = NULL;
 
 		switch (c) {
-		case '"': e = "\\\""; break;
-		case '\\': e = "\\\\"; break;
-		case '\n': e = "\\n"; break;
-		case '\r': e = "\\r"; break;
-		case '\t': e = "\\t"; break;
-		case '\b': e = "\\b"; break;
-		case '\f': e = "\\f"; break;
+		case '"':
+			e = "\\\"";
+			break;
+		case '\\':
+			e = "\\\\";
+			break;
+		case '\n':
+			e = "\\n";
+			break;
+		case '\r':
+			e = "\\r";
+			break;
+		case '\t':
+			e = "\\t";
+			break;
+		case '\b':
+			e = "\\b";
+			break;
+		case '\f':
+			e = "\\f";
+			break;
 		default:
 			if (c < 0x20 || c == 0x7f) {
 				snprintf(esc, sizeof(esc), "\\u00%c%c", hex[c >> 4], hex[c & 15]);
@@ -299,10 +313,12 @@ static int l_json_children(lua_State *L)
 
 void dn_json_open(lua_State *L)
 {
+	/* clang-format off */
 	static const luaL_Reg fns[] = {
 		{ "json_encode", l_json_encode },
 		{ "json_children", l_json_children },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
 	dn_vm_setfuncs(L, fns);
 }

@@ -394,8 +394,7 @@ static int l_loop_perfbuf(lua_State *L)
 
 			dn_cleanup_remove(s);
 			src_free(s);
-			return dn_vm_fail(L, err, "cannot register the perf buffer of cpu %d: %s", cpu,
-			                  strerror(err));
+			return dn_vm_fail(L, err, "cannot register the perf buffer of cpu %d: %s", cpu, strerror(err));
 		}
 	}
 	lua_pushinteger(L, s->id);
@@ -693,6 +692,7 @@ void dn_loop_shutdown(void)
 
 void dn_loop_open(lua_State *L)
 {
+	/* clang-format off */
 	static const luaL_Reg fns[] = {
 		{ "loop_ringbuf", l_loop_ringbuf },
 		{ "loop_perfbuf", l_loop_perfbuf },
@@ -710,5 +710,6 @@ void dn_loop_open(lua_State *L)
 		{ "interrupt_handled", l_interrupt_handled },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
 	dn_vm_setfuncs(L, fns);
 }

@@ -460,10 +460,12 @@ static int l_pprof_write(lua_State *L)
 
 void dn_pprof_open(lua_State *L)
 {
+	/* clang-format off */
 	static const luaL_Reg fns[] = {
 		{ "pprof_write", l_pprof_write },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
 
 	dn_vm_setfuncs(L, fns);
 }

@@ -37,11 +37,11 @@
 
 struct dn_proc {
 	pid_t pid;
-	int go_fd;   /* write end of the go pipe while held, else -1 */
-	int err_fd;  /* read end of the exec-error pipe until resumed */
+	int go_fd;  /* write end of the go pipe while held, else -1 */
+	int err_fd; /* read end of the exec-error pipe until resumed */
 	int pidfd;
 	int reaped;
-	int status;  /* raw wait status once reaped */
+	int status; /* raw wait status once reaped */
 	struct rusage ru;
 	char *path;
 };
@@ -233,8 +233,7 @@ static int l_spawn(lua_State *L)
 		close(ep[0]);
 		if (child_redirect(0, rin.kind, rin.path, rin.fd) < 0 ||
 		    child_redirect(1, rout.kind, rout.path, rout.fd) < 0 ||
-		    child_redirect(2, rerr.kind, rerr.path, rerr.fd) < 0 ||
-		    (cwd && chdir(cwd) < 0)) {
+		    child_redirect(2, rerr.kind, rerr.path, rerr.fd) < 0 || (cwd && chdir(cwd) < 0)) {
 			e = errno;
 			if (write(ep[1], &e, sizeof(e)) < 0)
 				_exit(127);
@@ -482,6 +481,7 @@ static int l_which(lua_State *L)
 
 void dn_proc_open(lua_State *L)
 {
+	/* clang-format off */
 	static const luaL_Reg methods[] = {
 		{ "resume", l_resume },
 		{ "try_wait", l_try_wait },
@@ -491,6 +491,8 @@ void dn_proc_open(lua_State *L)
 		{ "held", l_held },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
+	/* clang-format off */
 	static const luaL_Reg fns[] = {
 		{ "spawn", l_spawn },
 		{ "reap", l_reap },
@@ -499,6 +501,7 @@ void dn_proc_open(lua_State *L)
 		{ "which", l_which },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
 	dn_vm_newclass(L, PROC_MT, l_proc_gc, methods);
 	dn_vm_setfuncs(L, fns);
 }

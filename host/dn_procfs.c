@@ -52,10 +52,10 @@ struct dn_psample {
 };
 
 enum {
-	DN_PS_GONE = 1,   /* the process no longer exists */
-	DN_PS_IO = 2,     /* io fields are valid */
-	DN_PS_PSS = 4,    /* pss_kb is valid */
-	DN_PS_CTXSW = 8,  /* nvcsw/nivcsw are valid */
+	DN_PS_GONE = 1,     /* the process no longer exists */
+	DN_PS_IO = 2,       /* io fields are valid */
+	DN_PS_PSS = 4,      /* pss_kb is valid */
+	DN_PS_CTXSW = 8,    /* nvcsw/nivcsw are valid */
 	DN_PS_SKIPPED = 16, /* not read this time (only pid is set) */
 };
 
@@ -517,8 +517,8 @@ static int l_net_dev_bytes(lua_State *L)
 			name++;
 		if (strcmp(name, "lo") == 0)
 			continue;
-		if (sscanf(colon + 1, "%llu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
-		           &v[4], &v[5], &v[6], &v[7], &v[8]) == 9) {
+		if (sscanf(colon + 1, "%llu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4],
+		           &v[5], &v[6], &v[7], &v[8]) == 9) {
 			rx += v[0];
 			tx += v[8];
 		}
@@ -567,6 +567,7 @@ static int l_read_file(lua_State *L)
 
 void dn_procfs_open(lua_State *L)
 {
+	/* clang-format off */
 	static const luaL_Reg methods[] = {
 		{ "add", l_ptab_add },
 		{ "remove", l_ptab_remove },
@@ -575,6 +576,8 @@ void dn_procfs_open(lua_State *L)
 		{ "pids", l_ptab_pids },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
+	/* clang-format off */
 	static const luaL_Reg fns[] = {
 		{ "ptab_new", l_ptab_new },
 		{ "psample_size", l_psample_size },
@@ -588,6 +591,7 @@ void dn_procfs_open(lua_State *L)
 		{ "net_dev_bytes", l_net_dev_bytes },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
 	dn_vm_newclass(L, PTAB_MT, l_ptab_gc, methods);
 	dn_vm_setfuncs(L, fns);
 }

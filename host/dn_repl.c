@@ -193,6 +193,7 @@ static int l_history_write(lua_State *L)
 
 void dn_repl_open(lua_State *L)
 {
+	/* clang-format off */
 	static const luaL_Reg fns[] = {
 		{ "readline", l_readline },
 		{ "set_completer", l_set_completer },
@@ -201,5 +202,6 @@ void dn_repl_open(lua_State *L)
 		{ "history_write", l_history_write },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
 	dn_vm_setfuncs(L, fns);
 }

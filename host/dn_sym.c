@@ -177,8 +177,7 @@ struct dn_sym_maps *dn_sym_maps_parse(const char *text)
 		buf[len] = '\0';
 		line = nl ? nl + 1 : NULL;
 		path[0] = '\0';
-		if (sscanf(buf, "%llx-%llx %7s %llx %15s %llu %n", &start, &end, perms, &pgoff, dev, &ino,
-		           &pos) < 6)
+		if (sscanf(buf, "%llx-%llx %7s %llx %15s %llu %n", &start, &end, perms, &pgoff, dev, &ino, &pos) < 6)
 			continue;
 		if (!strchr(perms, 'x'))
 			continue;
@@ -427,8 +426,7 @@ static int l_elf_file_offset(lua_State *L)
 			lua_pushnumber(L, (lua_Number)(vaddr - t->segs[i].vaddr + t->segs[i].off));
 			return 1;
 		}
-	return dn_vm_fail(L, ENOENT, "address 0x%llx is in no loadable segment of %s", (unsigned long long)vaddr,
-	                  path);
+	return dn_vm_fail(L, ENOENT, "address 0x%llx is in no loadable segment of %s", (unsigned long long)vaddr, path);
 }
 
 /* --- IFUNC symbols -------------------------------------------------------- */
@@ -523,8 +521,10 @@ static int l_resolve_symname(lua_State *L)
 		if (!so)
 			so = bcc_procutils_which(bin);
 		if (!so)
-			return dn_vm_fail(L, ENOENT, "cannot find library or binary '%s' (not a path, not in the "
-			                  "linker cache, not on PATH)", bin);
+			return dn_vm_fail(L, ENOENT,
+			                  "cannot find library or binary '%s' (not a path, not in the "
+			                  "linker cache, not on PATH)",
+			                  bin);
 	} else if (stat(bin, &st) != 0) {
 		return dn_vm_fail(L, errno, "cannot attach to '%s': %s", bin, strerror(errno));
 	}
@@ -548,7 +548,8 @@ static int l_resolve_symname(lua_State *L)
 		if (ifunc_target(sym.module, name, &impl_addr) != 0 ||
 		    bcc_resolve_symname(sym.module, NULL, impl_addr, 0, &opt, &isym) != 0) {
 			lua_pushnil(L);
-			lua_pushfstring(L, "%s in %s is an IFUNC: its symbol is the resolver that picks an "
+			lua_pushfstring(L,
+			                "%s in %s is an IFUNC: its symbol is the resolver that picks an "
 			                "implementation at load time, and denet cannot tell which one without "
 			                "loading the library; probe the implementation by name (nm -D %s)",
 			                name, sym.module, sym.module);
@@ -573,12 +574,15 @@ static int l_resolve_symname(lua_State *L)
 void dn_sym_open(lua_State *L)
 {
 	static const luaL_Reg kmethods[] = { { "resolve", l_ksyms_resolve }, { NULL, NULL } };
+	/* clang-format off */
 	static const luaL_Reg umethods[] = {
 		{ "resolve", l_usyms_resolve },
 		{ "count", l_usyms_count },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
 
+	/* clang-format off */
 	static const luaL_Reg fns[] = {
 		{ "ksyms", l_ksyms },
 		{ "usyms", l_usyms },
@@ -587,6 +591,7 @@ void dn_sym_open(lua_State *L)
 		{ "elf_file_offset", l_elf_file_offset },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
 
 	dn_vm_newclass(L, KSYMS_MT, l_ksyms_gc, kmethods);
 	dn_vm_newclass(L, USYMS_MT, l_usyms_gc, umethods);

@@ -295,6 +295,7 @@ static int l_stat(lua_State *L)
 
 void dn_sys_open(lua_State *L)
 {
+	/* clang-format off */
 	static const luaL_Reg fns[] = {
 		{ "monotonic", l_monotonic },
 		{ "monotonic_ns", l_monotonic_ns },
@@ -315,6 +316,7 @@ void dn_sys_open(lua_State *L)
 		{ "read_nonblock", l_read_nonblock },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
 	dn_vm_setfuncs(L, fns);
 	lua_pushstring(L, LIBBCC_VERSION);
 	lua_setfield(L, -2, "libbcc_version");

@@ -128,7 +128,8 @@ static int judge(const struct stat *st, const char *what, char *why, size_t n)
 			snprintf(me, sizeof(me), "root");
 		else
 			snprintf(me, sizeof(me), "root or %s", user_name(invoker, owner, sizeof(owner)));
-		snprintf(why, n, "%s belongs to %s, not to %s (fix: chown root %s, or use a copy in a folder of "
+		snprintf(why, n,
+		         "%s belongs to %s, not to %s (fix: chown root %s, or use a copy in a folder of "
 		         "yours; --allow-untrusted overrides)",
 		         role, user_name(st->st_uid, owner, sizeof(owner)), me, what);
 		return -EPERM;
@@ -144,7 +145,7 @@ static int judge(const struct stat *st, const char *what, char *why, size_t n)
 }
 
 struct walk {
-	int fd[MAX_DEPTH];   /* fd[0]: "/"; fd[depth-1]: the current directory */
+	int fd[MAX_DEPTH];     /* fd[0]: "/"; fd[depth-1]: the current directory */
 	size_t len[MAX_DEPTH]; /* length of `shown` at each level */
 	int depth;
 	char shown[PATH_MAX * 2]; /* the path walked so far, for messages */
@@ -565,8 +566,7 @@ static void symbol_name(char *out, size_t n, const char *name)
  * found and returns 0; returns found's result (1) when it pushed a loader.
  */
 static int search(lua_State *L, const char *field, const char *name,
-                  int (*found)(lua_State *L, const char *path, const char *modname),
-                  const char *modname)
+                  int (*found)(lua_State *L, const char *path, const char *modname), const char *modname)
 {
 	const char *tpl;
 	luaL_Buffer miss;
@@ -816,8 +816,10 @@ static void clean_path(lua_State *L, const char *field, const char *env)
 		if (keep && t[0] != '/') {
 			keep = 0;
 			if (asked)
-				fprintf(stderr, "denet: ignoring %s entry '%.*s': relative entries are never searched "
-				        "(use an absolute path)\n", env, (int)tl, t);
+				fprintf(stderr,
+				        "denet: ignoring %s entry '%.*s': relative entries are never searched "
+				        "(use an absolute path)\n",
+				        env, (int)tl, t);
 		} else if (keep && asked && dn_trust_enforced()) {
 			char dir[PATH_MAX], why[DN_ERRBUF];
 			int rc;
@@ -872,6 +874,7 @@ void dn_trust_install(lua_State *L)
 
 void dn_trust_open_lua(lua_State *L)
 {
+	/* clang-format off */
 	static const luaL_Reg fns[] = {
 		{ "trust_read", l_trust_read },
 		{ "trust_dir", l_trust_dir },
@@ -879,5 +882,6 @@ void dn_trust_open_lua(lua_State *L)
 		{ "trust_allow", l_trust_allow },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
 	dn_vm_setfuncs(L, fns);
 }

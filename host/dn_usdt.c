@@ -61,10 +61,14 @@ static int l_usdt_open(lua_State *L)
 	ctx = pid > 0 ? bcc_usdt_new_frompid(pid, path) : bcc_usdt_new_frompath(path);
 	if (!ctx) {
 		if (pid > 0)
-			return dn_vm_fail(L, ESRCH, "cannot read the USDT probes of process %d%s%s (gone, or no "
-			                  "access to its memory)", pid, path ? " in " : "", path ? path : "");
-		return dn_vm_fail(L, ENOENT, "cannot read the USDT probes of %s (no such file, or not an ELF "
-		                  "file)", path);
+			return dn_vm_fail(L, ESRCH,
+			                  "cannot read the USDT probes of process %d%s%s (gone, or no "
+			                  "access to its memory)",
+			                  pid, path ? " in " : "", path ? path : "");
+		return dn_vm_fail(L, ENOENT,
+		                  "cannot read the USDT probes of %s (no such file, or not an ELF "
+		                  "file)",
+		                  path);
 	}
 	u = lua_newuserdata(L, sizeof(*u));
 	u->ctx = ctx;
@@ -97,8 +101,10 @@ static int l_usdt_enable(lua_State *L)
 		rc = bcc_usdt_enable_probe(u->ctx, probe, fn);
 	}
 	if (rc != 0)
-		return dn_vm_fail(L, ENOENT, "cannot enable USDT probe %s: no such probe, or its semaphore "
-		                  "cannot be set (a path context cannot set semaphores: give a pid)", probe);
+		return dn_vm_fail(L, ENOENT,
+		                  "cannot enable USDT probe %s: no such probe, or its semaphore "
+		                  "cannot be set (a path context cannot set semaphores: give a pid)",
+		                  probe);
 	lua_pushboolean(L, 1);
 	return 1;
 }
@@ -124,7 +130,8 @@ static int l_usdt_genargs(lua_State *L)
 	text = bcc_usdt_genargs(ctxs, n);
 	free(ctxs);
 	if (!text)
-		return dn_vm_fail(L, EINVAL, "cannot generate the USDT argument readers (an argument of an "
+		return dn_vm_fail(L, EINVAL,
+		                  "cannot generate the USDT argument readers (an argument of an "
 		                  "enabled probe has a form libbcc does not know)");
 	lua_pushstring(L, text);
 	return 1;
@@ -211,6 +218,7 @@ static int l_usdt_close(lua_State *L)
 
 void dn_usdt_open(lua_State *L)
 {
+	/* clang-format off */
 	static const luaL_Reg methods[] = {
 		{ "enable_probe", l_usdt_enable },
 		{ "uprobes", l_usdt_uprobes },
@@ -218,11 +226,14 @@ void dn_usdt_open(lua_State *L)
 		{ "close", l_usdt_close },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
+	/* clang-format off */
 	static const luaL_Reg fns[] = {
 		{ "usdt_open", l_usdt_open },
 		{ "usdt_genargs", l_usdt_genargs },
 		{ NULL, NULL },
 	};
+	/* clang-format on */
 
 	dn_vm_newclass(L, USDT_MT, l_usdt_close, methods);
 	dn_vm_setfuncs(L, fns);

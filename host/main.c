@@ -50,8 +50,7 @@ int main(int argc, char **argv)
 		code = dn_vm_report(L);
 		/* a refusal (code 2) already said what is wrong, in one line */
 		if (code != 2)
-			fprintf(stderr, "denet: the Lua library under %s/lib is broken or missing\n",
-			        dn_vm_root());
+			fprintf(stderr, "denet: the Lua library under %s/lib is broken or missing\n", dn_vm_root());
 		return code;
 	}
 	/* stack: cli -> cli.main, argv */

@@ -17,6 +17,8 @@ PACKAGES=(
   lua-cjson lua-argparse
   # tests
   lua-busted bpftool libclang-rt-14-dev python3-pytest systemtap-sdt-dev
+  # lint (tools/lint.sh) and the fuzz targets (make fuzz)
+  lua-check clang-format clang git
   # export tests: a real Prometheus, protoc to decode pprof, a browser for the reports
   prometheus protobuf-compiler chromium nodejs curl
   # kernel headers for libbcc (see DEVELOPERS notes in docs/troubleshooting.md)

@@ -167,9 +167,9 @@ function BaseTable:keys()
   local base = ffi.cast("const uint8_t *", keys)
   local i = -1
   return function()
+    local _ = keys -- the pointers point into it: alive while iterating
     i = i + 1
     if i >= n then
-      keys = nil
       return nil
     end
     return value_at(self.key_t, ffi.cast(self.key_t.ptr, base + i * self.info.key_size))
@@ -183,9 +183,9 @@ function BaseTable:items()
   local vbase = ffi.cast("const uint8_t *", values)
   local i = -1
   return function()
+    local _, _ = keys, values -- the pointers point into them: alive while iterating
     i = i + 1
     if i >= n then
-      keys, values = nil, nil
       return nil
     end
     return value_at(self.key_t, ffi.cast(self.key_t.ptr, kbase + i * self.info.key_size)),

@@ -155,7 +155,7 @@ function M.parse(prog, spec, argv)
       by_flag[alias] = a
     end
   end
-  local o, seen = { cmd = {} }, {}
+  local o = { cmd = {} }
   local i = 1
   while i <= #argv do
     local s = argv[i]
@@ -195,7 +195,6 @@ function M.parse(prog, spec, argv)
           o[a.name] = val
         end
       end
-      seen[a.name] = true
     end
     i = i + 1
   end

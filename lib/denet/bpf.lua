@@ -41,8 +41,6 @@ BPF.PERF_TYPE_HARDWARE, BPF.PERF_TYPE_SOFTWARE = 0, 1
 BPF.PERF_COUNT_SW_CPU_CLOCK, BPF.PERF_COUNT_SW_TASK_CLOCK = 0, 1
 BPF.PERF_COUNT_HW_CPU_CYCLES, BPF.PERF_COUNT_HW_INSTRUCTIONS = 0, 1
 
-local u64 = ffi.typeof("uint64_t")
-
 ---------------------------------------------------------------------------
 -- construction
 
@@ -336,11 +334,11 @@ end
 function BPF.compose(parts)
   local out = {}
   for _, part in ipairs(parts) do
-    local name, text = part, nil
+    local name, text
     if type(part) == "table" then
       name, text = part.name or "bpf.c", part.text
     else
-      text = read_file(core.root .. "/bpf-src/" .. part)
+      name, text = part, read_file(core.root .. "/bpf-src/" .. part)
     end
     out[#out + 1] = string.format('#line 1 "%s"', name)
     out[#out + 1] = text
@@ -853,10 +851,9 @@ function Table:items()
   local ks, vs = self.info.key_size, self.value_size
   local i = -1
   return function()
+    local _, _ = keys, leaves -- the pointers point into them: alive while iterating
     i = i + 1
     if i >= n then
-      -- keep the strings alive until iteration ends
-      keys, leaves = nil, nil
       return nil
     end
     local k = key_value(self.key, ffi.cast(self.key_ptr, kbase + i * ks))

@@ -234,7 +234,7 @@ function Btf:c_header(prefix)
     if id == 0 then
       return "void " .. inner
     end
-    local kind, name, ref, vlen = self:type(id)
+    local kind, name, ref = self:type(id)
     if kind == KIND.INT then
       local t = ffi.cast(u32p, self.p + self.off[id] + 12)[0]
       local enc, bits = bit.rshift(bit.band(t, 0x0f000000), 24), bit.band(t, 0xff)
@@ -360,7 +360,6 @@ function Btf:c_header(prefix)
         end
         lines[#lines + 1] = decl(tid, mname) .. ";"
         -- the size it takes: from BTF (arrays, structs and all)
-        local sz = 0
         local function size_of(t)
           local k, _, s = self:type(t)
           if k == KIND.INT or k == KIND.ENUM or k == KIND.ENUM64 or k == KIND.FLOAT or k == KIND.STRUCT
@@ -377,8 +376,7 @@ function Btf:c_header(prefix)
           end
           return 0
         end
-        sz = size_of(self:resolve(tid))
-        pos = bits + sz * 8
+        pos = bits + size_of(self:resolve(tid)) * 8
       end
     end
     if is_union then

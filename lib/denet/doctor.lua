@@ -148,7 +148,7 @@ TRACEPOINT_PROBE(sched, sched_switch) { int k = 0; u64 *v = n.lookup(&k); if (v)
   return out
 end
 
-function M.main(args)
+function M.main()
   local bad = false
   for _, c in ipairs(M.checks()) do
     if c.ok then

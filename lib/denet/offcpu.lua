@@ -356,7 +356,6 @@ function Tracer:report()
   local stacks_t = self.bpf:get_table("dn_offcpu_stacks")
   local ucache, kcache, umods = {}, {}, {}
   local stacks, threads, by_sys, merged = {}, {}, {}, {}
-  local total_by_tid = {}
   local comms = {}
 
   local now_ns = core.monotonic_ns()
@@ -477,7 +476,6 @@ function Tracer:report()
       s.max_us = math.max(s.max_us, v.max_ns / 1000)
       by_sys[sysname] = s
     end
-    total_by_tid[tid] = (total_by_tid[tid] or 0) + us
   end
 
   local duration_us = (core.monotonic() - self.t0) * 1e6
@@ -798,7 +796,8 @@ function M.monitor_fields(bpf)
   local stats, top = {}, {}
   for tid, t in pairs(threads) do
     if t.events > 0 then
-      stats[t.pid .. ":" .. tid] = { comm = t.comm, time_ns = t.time_ns, events = t.events, by_category = t.by_category }
+      stats[t.pid .. ":" .. tid] = { comm = t.comm, time_ns = t.time_ns, events = t.events,
+        by_category = t.by_category }
       top[#top + 1] = t
     end
   end

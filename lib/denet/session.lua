@@ -163,7 +163,7 @@ local function report_opts(req)
   return o
 end
 
-function OPS.offcpu(self, req)
+function OPS.offcpu(_, req)
   local offcpu = require("denet.offcpu")
   local report, code = offcpu.run(report_opts(req))
   for _, st in ipairs(report.stacks) do
@@ -172,12 +172,12 @@ function OPS.offcpu(self, req)
   return { report = report, exit_code = code == nil and json.null or code }
 end
 
-function OPS.syscalls(self, req)
+function OPS.syscalls(_, req)
   local report, code = require("denet.syscalls").run(report_opts(req))
   return { report = report, exit_code = code == nil and json.null or code }
 end
 
-function OPS.summary_file(self, req)
+function OPS.summary_file(_, req)
   local summary = require("denet.monitor.summary")
   local s, n = summary.from_file(tostring(req.path))
   if n == 0 then
@@ -186,7 +186,7 @@ function OPS.summary_file(self, req)
   return { summary = json.encode(s:result()) }
 end
 
-function OPS.summary_records(self, req)
+function OPS.summary_records(_, req)
   local summary = require("denet.monitor.summary")
   local s = summary.new()
   for _, r in ipairs(req.records or {}) do
@@ -218,7 +218,7 @@ function M.serve(input, output)
   local outf = assert(io.open("/proc/self/fd/" .. output, "w"))
   outf:setvbuf("no")
   local self = setmetatable({ pending = {} }, Server)
-  local ready = false
+  local ready
   local watch = denet.watch_fd(input, function()
     ready = true
   end)

@@ -12,15 +12,14 @@
 
 static int failures;
 
-#define CHECK(cond, ...)                                                      \
-	do {                                                                  \
-		if (!(cond)) {                                                \
-			failures++;                                           \
-			fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, \
-			        __LINE__, #cond);                             \
-			fprintf(stderr, __VA_ARGS__);                         \
-			fputc('\n', stderr);                                  \
-		}                                                             \
+#define CHECK(cond, ...)                                                                         \
+	do {                                                                                     \
+		if (!(cond)) {                                                                   \
+			failures++;                                                              \
+			fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond); \
+			fprintf(stderr, __VA_ARGS__);                                            \
+			fputc('\n', stderr);                                                     \
+		}                                                                                \
 	} while (0)
 
 /* ELF address of a symbol, read with nm (independent of the resolver) */
@@ -63,8 +62,8 @@ static void test_resolver(const char *fixtures)
 	         "%llx-%llx r-xp 00001000 fe:01 4242 %s\n"
 	         "7f0000000000-7f0000001000 r-xp 00000000 00:00 0 \n"
 	         "7ffff7fc1000-7ffff7fc3000 r-xp 00000000 00:00 0 [vdso]\n",
-	         (unsigned long long)base, (unsigned long long)base + 0x1000, bin,
-	         (unsigned long long)base + 0x1000, (unsigned long long)base + 0x2000, bin);
+	         (unsigned long long)base, (unsigned long long)base + 0x1000, bin, (unsigned long long)base + 0x1000,
+	         (unsigned long long)base + 0x2000, bin);
 	m = dn_sym_maps_parse(maps);
 	CHECK(m != NULL, "parse failed");
 	CHECK(dn_sym_maps_resolve(m, base + fn, &r) == 0, "dn_target_fn not mapped");
@@ -73,7 +72,7 @@ static void test_resolver(const char *fixtures)
 	CHECK(r.module && strcmp(r.module, bin) == 0, "module %s", r.module ? r.module : "(null)");
 	first_name = r.name;
 	CHECK(dn_sym_maps_resolve(m, base + fn + 3, &r) == 0 && r.offset == 3 && r.name &&
-	          strcmp(r.name, "dn_target_fn") == 0,
+	              strcmp(r.name, "dn_target_fn") == 0,
 	      "+3 gave %s+%llu", r.name ? r.name : "(null)", (unsigned long long)r.offset);
 	/* not executable, and anonymous code: no answer */
 	CHECK(dn_sym_maps_resolve(m, base + 0x10, &r) != 0, "r--p mapping resolved");
@@ -89,8 +88,8 @@ static void test_resolver(const char *fixtures)
 
 	/* paths with spaces survive parsing */
 	m = dn_sym_maps_parse("1000-2000 r-xp 00000000 fe:01 1 /tmp/a dir/with space\n");
-	CHECK(dn_sym_maps_resolve(m, 0x1500, &r) == 0 && strcmp(r.module, "/tmp/a dir/with space") == 0,
-	      "module %s", r.module ? r.module : "(null)");
+	CHECK(dn_sym_maps_resolve(m, 0x1500, &r) == 0 && strcmp(r.module, "/tmp/a dir/with space") == 0, "module %s",
+	      r.module ? r.module : "(null)");
 	CHECK(r.name == NULL && r.offset == 0x500, "missing file gives module+offset, got %llx",
 	      (unsigned long long)r.offset);
 	dn_sym_maps_free(m);

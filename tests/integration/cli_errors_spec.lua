@@ -1,5 +1,11 @@
 -- denet as a user runs it: exit codes, one-line errors, file:line for
 -- script bugs, and cleanup on signals (nothing left loaded in the kernel).
+local _ -- results a test does not look at
+
+-- a command-line prefix: run denet in a mount namespace after `setup`
+local function in_mount_ns(setup)
+  return "unshare -m sh -c '" .. setup .. " && exec \"$0\" \"$@\"' "
+end
 
 local function lines(s)
   local t = {}
@@ -88,7 +94,8 @@ TRACEPOINT_PROBE(sched, sched_switch) {
 ]=])
     local code, _, err = H.denet({ "script", s })
     assert.equals(1, code)
-    assert.matches("^" .. s:gsub("%p", "%%%0") .. ":2: the kernel refused BPF function tracepoint__sched__sched_switch", err)
+    assert.matches("^" .. s:gsub("%p", "%%%0") .. ":2: the kernel refused BPF function "
+      .. "tracepoint__sched__sched_switch", err)
     assert.matches("invalid mem access 'map_value_or_null'", err)
   end)
 
@@ -125,7 +132,7 @@ print("attached")
 
   it("no kernel headers", function()
     local s = H.script(bpf_script)
-    local code, out, err = H.denet({ "script", s }, "unshare -m sh -c 'mount -t tmpfs none /lib/modules && exec \"$0\" \"$@\"' ")
+    local code, out, err = H.denet({ "script", s }, in_mount_ns("mount -t tmpfs none /lib/modules"))
     assert.equals(2, code)
     assert.equals("", out)
     assert.equals(1, #lines(err))
@@ -137,7 +144,7 @@ print("attached")
   it("tracefs not mounted", function()
     local s = H.script(bpf_script)
     local code, out, err = H.denet({ "script", s },
-      "unshare -m sh -c 'umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug 2>/dev/null; exec \"$0\" \"$@\"' ")
+      in_mount_ns("umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug 2>/dev/null; true"))
     assert.equals(2, code)
     assert.equals("", out)
     assert.equals(1, #lines(err))
@@ -147,7 +154,7 @@ print("attached")
   end)
 
   it("doctor exits non-zero and names the missing headers", function()
-    local code, out = H.denet({ "doctor" }, "unshare -m sh -c 'mount -t tmpfs none /lib/modules && exec \"$0\" \"$@\"' ")
+    local code, out = H.denet({ "doctor" }, in_mount_ns("mount -t tmpfs none /lib/modules"))
     assert.equals(1, code)
     assert.matches("✗ kernel headers%s+%(required%)", out)
     assert.matches("✓ privileges", out)

@@ -2,6 +2,7 @@
 -- the JSONL, every field its (strict, serde) structs require with the type
 -- they require (shared/reference: original-denet.md), its flags, and
 -- `denet stats` on its untagged files.
+local _ -- results a test does not look at
 local cjson = require("cjson")
 
 local function records(path)

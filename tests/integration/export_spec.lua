@@ -264,7 +264,8 @@ describe("the /metrics endpoint", function()
     assert.matches('\ndenet_syscall_duration_seconds_count{target="getppid_n",pid="%d+",syscall="getppid"} 4321\n',
       body)
     body = final_scrape({ script = { "offcpu" }, cmd = { H.fixture("sleep_loop"), "4", "250" } }, "sleep_loop")
-    local s = tonumber(body:match('\ndenet_offcpu_seconds_total{target="sleep_loop",pid="%d+",category="sleep"} ([%d.e+-]+)'))
+    local s = tonumber(body:match(
+      '\ndenet_offcpu_seconds_total{target="sleep_loop",pid="%d+",category="sleep"} ([%d.e+-]+)'))
     assert.is_true(s and s >= 1.0 and s < 1.1, body)
   end)
 

@@ -185,7 +185,6 @@ describe("denet run", function()
     local code, _, stdout = run({}, { H.fixture("exit_with"), "7", "through" })
     assert.equals(7, code)
     assert.equals("through\n", stdout)
-    local _, _, _, err = run({}, { H.fixture("exit_with"), "kill" })
     code = run({}, { H.fixture("exit_with"), "kill" })
     assert.equals(137, code)
   end)
@@ -215,7 +214,8 @@ describe("denet run", function()
 
   it("SIGINT leaves a complete stream and the summary, exit 130", function()
     local out, stats = H.tmpfile(".jsonl"), H.tmpfile(".stats")
-    local sh = string.format([[%s run -q -o %s --stats %s -- %s 30 & p=$!; sleep 1.2; kill -INT $p; wait $p; echo rc=$?]],
+    local sh = string.format(
+      [[%s run -q -o %s --stats %s -- %s 30 & p=$!; sleep 1.2; kill -INT $p; wait $p; echo rc=$?]],
       H.quote(H.bin), H.quote(out), H.quote(stats), H.quote(H.fixture("sleeper")))
     local _, o = H.sh("bash -c " .. H.quote(sh))
     assert.equals("rc=130", o:match("rc=%d+"))

@@ -216,7 +216,8 @@ describe("denet script offcpu", function()
 
   it("follows an existing process with -p", function()
     local out = H.tmpfile(".json")
-    local sh = string.format([[%s 30 100 & p=$!; sleep 0.1; %s script offcpu --json -d 0.5 -p $p > %s; kill $p; wait $p]],
+    local sh = string.format(
+      [[%s 30 100 & p=$!; sleep 0.1; %s script offcpu --json -d 0.5 -p $p > %s; kill $p; wait $p]],
       H.quote(H.fixture("sleep_loop")), H.quote(H.bin), H.quote(out))
     H.sh("bash -c " .. H.quote(sh))
     local r = cjson.decode(H.slurp(out))

@@ -43,7 +43,8 @@ int on_return(struct pt_regs *ctx) {
     local addr = tonumber(nm:read("*l"), 16)
     nm:close()
     local p = denet.spawn({ H.fixture("ufunc"), "321" })
-    local b = BPF.new{ text = "BPF_ARRAY(calls, u64, 1);\nint on_entry(void *ctx) { int z = 0; calls.increment(z); return 0; }" }
+    local b = BPF.new{ text = "BPF_ARRAY(calls, u64, 1);\n"
+      .. "int on_entry(void *ctx) { int z = 0; calls.increment(z); return 0; }" }
     b:attach_uprobe{ name = H.fixture("ufunc"), addr = addr, fn_name = "on_entry", pid = p.pid }
     p:resume()
     p:wait()
@@ -119,7 +120,7 @@ describe("symbols", function()
     local f = io.open("/proc/kallsyms")
     local addr
     for line in f:lines() do
-      local a, t, name = line:match("^(%x+) (%a) (%S+)$")
+      local a, _, name = line:match("^(%x+) (%a) (%S+)$")
       if name == "do_nanosleep" then
         -- 64-bit exact (a Lua number would round the address)
         addr = ffi.cast("uint64_t", tonumber(a:sub(1, 8), 16)) * 4294967296ULL + tonumber(a:sub(9), 16)

@@ -87,7 +87,8 @@ describe("denet.plugins host", function()
     os.execute("chmod 664 " .. p)
     local ok, why = plugins.trusted(p)
     assert.is_false(ok)
-    assert.matches("refusing to load .*: it is writable by its group %(fix: chmod g%-w .*; %-%-allow%-untrusted overrides%)", why)
+    assert.matches("refusing to load .*: it is writable by its group %(fix: chmod g%-w .*; "
+      .. "%-%-allow%-untrusted overrides%)", why)
     os.execute("chmod 644 " .. p)
   end)
 

@@ -294,7 +294,8 @@ function M.stats(records, summary, title)
     prev = { ts = ts, r = r, w = w }
   end
   local charts = {
-    { id = "cpu", title = "CPU (% of one core)", unit = "%", series = { { name = "cpu", v = cpu, color = "#d62728" } } },
+    { id = "cpu", title = "CPU (% of one core)", unit = "%",
+      series = { { name = "cpu", v = cpu, color = "#d62728" } } },
     { id = "memory", title = "Memory", unit = "bytes", series = { { name = "rss", v = rss, color = "#1f77b4" },
       { name = "pss", v = pss, color = "#17becf" } } },
     { id = "io", title = "Storage I/O", unit = "bytes/s", series = { { name = "read", v = rd, color = "#2ca02c" },

@@ -368,7 +368,6 @@ function Monitor:sample(opts)
       local idle = band(s.flags, SKIPPED) ~= 0 and st.snap ~= nil
       if idle and st.m then
         -- did not run: the same figures, a new time; its tables are reused
-        c = st.last
         local add = st.tot_add
         for j = 1, #COUNTERS do
           local k = COUNTERS[j]

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# lint.sh: the project's style, as CI checks it (ctest's `lint` test).
+#   luacheck .                     Lua (.luacheckrc: zero warnings)
+#   clang-format --dry-run         C in host/, bpf-src/, tests/ (.clang-format)
+#   .editorconfig basics           final newline, no trailing blanks, LF
+# Exit 0 when clean; otherwise each finding on stderr, exit 1.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bad=0
+say() { printf 'lint: %s\n' "$*" >&2; bad=1; }
+
+if ! luacheck --no-color -q . >/tmp/lint.$$ 2>&1; then
+  grep -v '^Total' /tmp/lint.$$ >&2
+  say "luacheck found warnings"
+fi
+rm -f /tmp/lint.$$
+
+mapfile -t cfiles < <(git ls-files 'host/*.c' 'host/*.h' 'bpf-src/*.c' 'bpf-src/*.h' 'tests/*.c' 'tests/*.h')
+if ! clang-format --dry-run --Werror "${cfiles[@]}" 2>/tmp/lint.$$; then
+  grep 'warning:' /tmp/lint.$$ | head -20 >&2
+  say "clang-format: run clang-format -i on the files above"
+fi
+rm -f /tmp/lint.$$
+
+# .editorconfig: every tracked text file ends in a newline, has LF line
+# ends and (Markdown aside) no trailing blanks
+while IFS= read -r f; do
+  case "$f" in *.png|*.gz|*.jpg) continue ;; esac
+  [ -s "$f" ] || continue
+  grep -Iq . "$f" || continue # binary
+  [ "$(tail -c1 "$f" | od -An -tx1 | tr -d ' ')" = 0a ] || say "$f: no newline at the end"
+  grep -q $'\r' "$f" && say "$f: CRLF line ends"
+  case "$f" in *.md) ;; *) grep -nE '[[:blank:]]+$' "$f" | head -3 | sed "s|^|$f:|" >&2 && say "$f: trailing blanks" ;; esac
+done < <(git ls-files)
+exit $bad
