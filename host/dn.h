@@ -105,6 +105,48 @@ void dn_cleanup_add(void *obj, dn_cleanup_fn fn);
 void dn_cleanup_remove(void *obj);
 void dn_cleanup_run(void);
 
+/* dn_procfs.c: one process's figures, and the parsers of its /proc files
+ * (exposed for the fuzz targets in tests/fuzz) ------------------------------ */
+
+/* keep in sync with lib/denet/procfs.lua */
+struct dn_psample {
+	int32_t pid, ppid;
+	int32_t state; /* the stat state letter */
+	int32_t threads;
+	int32_t processor;
+	int32_t fd_count; /* -1 when unreadable */
+	uint32_t flags;
+	int32_t pad_;
+	uint64_t utime, stime, cutime, cstime; /* clock ticks */
+	uint64_t minflt, cminflt, majflt, cmajflt;
+	uint64_t starttime; /* clock ticks after boot */
+	uint64_t vsize;     /* bytes */
+	uint64_t rss_pages;
+	uint64_t rchar, wchar, read_bytes, write_bytes, cancelled_write_bytes;
+	uint64_t pss_kb;
+	uint64_t nvcsw, nivcsw; /* from status, when asked */
+	char comm[16];
+};
+
+enum {
+	DN_PS_GONE = 1,     /* the process no longer exists */
+	DN_PS_IO = 2,       /* io fields are valid */
+	DN_PS_PSS = 4,      /* pss_kb is valid */
+	DN_PS_CTXSW = 8,    /* nvcsw/nivcsw are valid */
+	DN_PS_SKIPPED = 16, /* not read this time (only pid is set) */
+};
+
+/* /proc/PID/stat text into s (comm, state, ppid, faults, times, threads,
+ * starttime, vsize, rss, processor): 0, or -1 when it is not stat text. */
+int dn_procfs_parse_stat(const char *buf, struct dn_psample *s);
+/* /proc/PID/io text into s's I/O fields */
+void dn_procfs_parse_io(const char *buf, struct dn_psample *s);
+/* /proc/PID/status text into s's context switch counts */
+void dn_procfs_parse_status(const char *buf, struct dn_psample *s);
+/* /proc/PID/net/dev text: bytes received and sent on every interface but
+ * loopback (buf is modified) */
+void dn_procfs_parse_netdev(char *buf, unsigned long long *rx, unsigned long long *tx);
+
 /* registration of each subsystem's Lua functions into `denet.core` */
 void dn_bcc_open(lua_State *L);
 void dn_loop_open(lua_State *L);

@@ -31,34 +31,6 @@
 
 #define PTAB_MT "denet.ptab"
 
-/* keep in sync with lib/denet/procfs.lua */
-struct dn_psample {
-	int32_t pid, ppid;
-	int32_t state; /* the stat state letter */
-	int32_t threads;
-	int32_t processor;
-	int32_t fd_count; /* -1 when unreadable */
-	uint32_t flags;
-	int32_t pad_;
-	uint64_t utime, stime, cutime, cstime; /* clock ticks */
-	uint64_t minflt, cminflt, majflt, cmajflt;
-	uint64_t starttime; /* clock ticks after boot */
-	uint64_t vsize;     /* bytes */
-	uint64_t rss_pages;
-	uint64_t rchar, wchar, read_bytes, write_bytes, cancelled_write_bytes;
-	uint64_t pss_kb;
-	uint64_t nvcsw, nivcsw; /* from status, when asked */
-	char comm[16];
-};
-
-enum {
-	DN_PS_GONE = 1,     /* the process no longer exists */
-	DN_PS_IO = 2,       /* io fields are valid */
-	DN_PS_PSS = 4,      /* pss_kb is valid */
-	DN_PS_CTXSW = 8,    /* nvcsw/nivcsw are valid */
-	DN_PS_SKIPPED = 16, /* not read this time (only pid is set) */
-};
-
 /* sample() flags */
 enum { WANT_PSS = 1, WANT_STATUS = 2 };
 
@@ -94,7 +66,7 @@ static int open_in(int dirfd, const char *name, int flags)
 
 /* Parse /proc/PID/stat text. The comm may hold spaces and parentheses:
  * it runs from the first '(' to the last ')'. */
-static int parse_stat(const char *buf, struct dn_psample *s)
+int dn_procfs_parse_stat(const char *buf, struct dn_psample *s)
 {
 	const char *l = strchr(buf, '('), *r = strrchr(buf, ')');
 	unsigned long long v[50];
@@ -112,6 +84,8 @@ static int parse_stat(const char *buf, struct dn_psample *s)
 	p = r + 1;
 	while (*p == ' ')
 		p++;
+	if (!*p)
+		return -1; /* nothing after the comm */
 	s->state = *p;
 	p++;
 	/* fields 4.. (ppid onwards) */
@@ -165,6 +139,23 @@ static unsigned long long field_after(const char *buf, const char *key)
 	return strtoull(p, NULL, 10);
 }
 
+void dn_procfs_parse_io(const char *buf, struct dn_psample *s)
+{
+	s->rchar = field_after(buf, "rchar");
+	s->wchar = field_after(buf, "wchar");
+	s->read_bytes = field_after(buf, "read_bytes");
+	s->write_bytes = field_after(buf, "\nwrite_bytes");
+	s->cancelled_write_bytes = field_after(buf, "cancelled_write_bytes");
+	s->flags |= DN_PS_IO;
+}
+
+void dn_procfs_parse_status(const char *buf, struct dn_psample *s)
+{
+	s->nvcsw = field_after(buf, "\nvoluntary_ctxt_switches");
+	s->nivcsw = field_after(buf, "nonvoluntary_ctxt_switches");
+	s->flags |= DN_PS_CTXSW;
+}
+
 static ssize_t reread(int fd, char *buf, size_t size)
 {
 	ssize_t n = pread(fd, buf, size - 1, 0);
@@ -185,18 +176,12 @@ static int pent_sample(struct pent *p, struct dn_psample *s, int want)
 	s->pid = p->pid;
 	s->fd_count = -1;
 	n = reread(p->stat_fd, buf, sizeof(buf));
-	if (n <= 0 || parse_stat(buf, s) < 0) {
+	if (n <= 0 || dn_procfs_parse_stat(buf, s) < 0) {
 		s->flags = DN_PS_GONE;
 		return -1;
 	}
-	if (p->io_fd >= 0 && reread(p->io_fd, buf, sizeof(buf)) > 0) {
-		s->rchar = field_after(buf, "rchar");
-		s->wchar = field_after(buf, "wchar");
-		s->read_bytes = field_after(buf, "read_bytes");
-		s->write_bytes = field_after(buf, "\nwrite_bytes");
-		s->cancelled_write_bytes = field_after(buf, "cancelled_write_bytes");
-		s->flags |= DN_PS_IO;
-	}
+	if (p->io_fd >= 0 && reread(p->io_fd, buf, sizeof(buf)) > 0)
+		dn_procfs_parse_io(buf, s);
 	if (p->fd_dir >= 0 && fstat(p->fd_dir, &st) == 0 && st.st_size > 0) {
 		s->fd_count = (int32_t)st.st_size;
 	} else if (p->fd_dir >= 0) {
@@ -228,11 +213,8 @@ static int pent_sample(struct pent *p, struct dn_psample *s, int want)
 			close(fd);
 		}
 	}
-	if ((want & WANT_STATUS) && p->status_fd >= 0 && reread(p->status_fd, buf, sizeof(buf)) > 0) {
-		s->nvcsw = field_after(buf, "\nvoluntary_ctxt_switches");
-		s->nivcsw = field_after(buf, "nonvoluntary_ctxt_switches");
-		s->flags |= DN_PS_CTXSW;
-	}
+	if ((want & WANT_STATUS) && p->status_fd >= 0 && reread(p->status_fd, buf, sizeof(buf)) > 0)
+		dn_procfs_parse_status(buf, s);
 	return 0;
 }
 
@@ -427,7 +409,7 @@ static int l_read_stat(lua_State *L)
 		return dn_vm_fail(L, ESRCH, "%s: empty", path);
 	buf[n] = '\0';
 	memset(&s, 0, sizeof(s));
-	if (parse_stat(buf, &s) < 0)
+	if (dn_procfs_parse_stat(buf, &s) < 0)
 		return dn_vm_fail(L, EINVAL, "%s: unparsable", path);
 	lua_pushinteger(L, s.ppid);
 	lua_pushnumber(L, (lua_Number)s.starttime);
@@ -490,22 +472,11 @@ static int l_readlink(lua_State *L)
 
 /* core.net_dev_bytes(pid) -> rx, tx | nil: bytes received and sent on every
  * interface but loopback of the network namespace pid is in */
-static int l_net_dev_bytes(lua_State *L)
+void dn_procfs_parse_netdev(char *buf, unsigned long long *rx, unsigned long long *tx)
 {
-	char path[64], buf[16384], *line, *save = NULL;
-	unsigned long long rx = 0, tx = 0;
-	int fd;
-	ssize_t n;
+	char *line, *save = NULL;
 
-	snprintf(path, sizeof(path), "/proc/%d/net/dev", (int)luaL_checkinteger(L, 1));
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = '\0';
+	*rx = *tx = 0;
 	for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		char *colon = strchr(line, ':'), *name = line;
 		unsigned long long v[9];
@@ -519,10 +490,29 @@ static int l_net_dev_bytes(lua_State *L)
 			continue;
 		if (sscanf(colon + 1, "%llu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4],
 		           &v[5], &v[6], &v[7], &v[8]) == 9) {
-			rx += v[0];
-			tx += v[8];
+			*rx += v[0];
+			*tx += v[8];
 		}
 	}
+}
+
+static int l_net_dev_bytes(lua_State *L)
+{
+	char path[64], buf[16384];
+	unsigned long long rx = 0, tx = 0;
+	int fd;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/%d/net/dev", (int)luaL_checkinteger(L, 1));
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	dn_procfs_parse_netdev(buf, &rx, &tx);
 	lua_pushnumber(L, (lua_Number)rx);
 	lua_pushnumber(L, (lua_Number)tx);
 	return 2;

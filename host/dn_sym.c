@@ -301,6 +301,16 @@ int dn_sym_maps_resolve(struct dn_sym_maps *m, uint64_t addr, struct dn_sym_resu
 
 /* --- Lua ---------------------------------------------------------------- */
 
+/* libbcc's kernel symbol cache: freed by the collector, or at exit by the
+ * cleanup registry (denet exits without closing the Lua state) */
+static void ksyms_release(void *obj)
+{
+	void **ud = obj;
+
+	bcc_free_symcache(*ud, -1);
+	*ud = NULL;
+}
+
 /* core.ksyms() -> kernel symbol cache */
 static int l_ksyms(lua_State *L)
 {
@@ -311,6 +321,7 @@ static int l_ksyms(lua_State *L)
 		return dn_vm_fail(L, errno, "cannot read kernel symbols (/proc/kallsyms): %s", strerror(errno));
 	luaL_getmetatable(L, KSYMS_MT);
 	lua_setmetatable(L, -2);
+	dn_cleanup_add(ud, ksyms_release);
 	return 1;
 }
 
@@ -335,10 +346,21 @@ static int l_ksyms_gc(lua_State *L)
 {
 	void **ud = luaL_checkudata(L, 1, KSYMS_MT);
 
-	if (*ud)
-		bcc_free_symcache(*ud, -1);
-	*ud = NULL;
+	if (*ud) {
+		dn_cleanup_remove(ud);
+		ksyms_release(ud);
+	}
 	return 0;
+}
+
+/* Captured mappings are freed by the collector, or at exit through the
+ * cleanup registry (denet exits without closing the Lua state). */
+static void usyms_release(void *obj)
+{
+	struct dn_sym_maps **ud = obj;
+
+	dn_sym_maps_free(*ud);
+	*ud = NULL;
 }
 
 /* core.usyms(pid) -> captured mappings | nil, msg, errno */
@@ -352,6 +374,7 @@ static int l_usyms(lua_State *L)
 		return dn_vm_fail(L, errno, "cannot read the mappings of process %d: %s", pid, strerror(errno));
 	luaL_getmetatable(L, USYMS_MT);
 	lua_setmetatable(L, -2);
+	dn_cleanup_add(ud, usyms_release);
 	return 1;
 }
 
@@ -366,6 +389,7 @@ static int l_usyms_parse(lua_State *L)
 		return luaL_error(L, "out of memory");
 	luaL_getmetatable(L, USYMS_MT);
 	lua_setmetatable(L, -2);
+	dn_cleanup_add(ud, usyms_release);
 	return 1;
 }
 
@@ -402,8 +426,10 @@ static int l_usyms_gc(lua_State *L)
 {
 	struct dn_sym_maps **ud = luaL_checkudata(L, 1, USYMS_MT);
 
-	dn_sym_maps_free(*ud);
-	*ud = NULL;
+	if (*ud) {
+		dn_cleanup_remove(ud);
+		usyms_release(ud);
+	}
 	return 0;
 }
 

@@ -416,7 +416,9 @@ return {
   category = "monitor",
   example = "denet run -o out.jsonl -- make -j8",
   usage = USAGE,
-  -- its own command line (run/attach/stats and the original's flags)
+  -- its own command line (run/attach/stats and the original's flags),
+  -- declared in ARGS (the man page lists them)
   raw_args = true,
+  args = ARGS,
   main = main,
 }

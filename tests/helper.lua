@@ -72,6 +72,25 @@ function H.denet(args, prefix)
   return H.sh((prefix or "") .. H.quote(H.bin) .. " " .. table.concat(q, " "))
 end
 
+-- Tests that drop privileges run this install, readable by every user,
+-- not the checkout (which may sit in a 0700 folder).
+H.readable = os.getenv("DENET_READABLE")
+
+function H.readable_fixture(name)
+  return H.readable .. "/fixtures/" .. name
+end
+
+H.NOBODY = "setpriv --reuid=65534 --regid=65534 --clear-groups "
+
+-- Run the readable install's denet as user nobody; code, stdout, stderr.
+function H.denet_as_nobody(args, prefix)
+  local q = {}
+  for i, a in ipairs(args) do
+    q[i] = H.quote(a)
+  end
+  return H.sh((prefix or "") .. H.NOBODY .. H.quote(H.readable .. "/bin/denet") .. " " .. table.concat(q, " "))
+end
+
 -- Write a Lua script to a temp file and return its path.
 function H.script(text)
   return H.write(H.tmpfile(".lua"), text)

@@ -6,28 +6,51 @@ local errors = require("denet.errors")
 
 local M = {}
 
-local USAGE = [[
-usage: denet <command> [args]
+-- The subcommands, declared: the usage text and the man page come from here.
+M.COMMANDS = {
+  { "[options] run [options] -- CMD [ARGS...]", "monitor a command and all its descendants (see denet run --help)" },
+  { "[options] attach PID", "monitor a running process and its descendants" },
+  { "stats FILE [--json] [--html OUT]", "recompute the summary of a JSONL file (or chart it)" },
+  { "export FILE --openmetrics", "a recorded run as OpenMetrics, for Prometheus's backfill" },
+  { "script NAME|FILE [args...]", "run a built-in script, a plugin or a Lua file (see denet list)" },
+  { "list", "the scripts and plugins on the search path, by category" },
+  { "info NAME", "what a script does, its arguments and an example" },
+  { "repl [-p PID | -- CMD]", "an interactive Lua console with denet loaded" },
+  { "doctor", "check whether BPF can work here, and how to fix what is missing" },
+  { "version", "print versions of denet, LuaJIT and libbcc" },
+  { "help", "this text" },
+}
 
-commands:
-  [options] run [options] -- CMD [ARGS...]
-                               monitor a command and all its descendants (see denet run --help)
-  [options] attach PID         monitor a running process and its descendants
-  stats FILE [--json]          recompute the summary of a JSONL file
-  export FILE --openmetrics    a recorded run as OpenMetrics, for Prometheus's backfill
-  script NAME|FILE [args...]   run a built-in script, a plugin or a Lua file (see denet list)
-  list                         the scripts and plugins on the search path, by category
-  info NAME                    what a script does, its arguments and an example
-  repl [-p PID | -- CMD]       an interactive Lua console with denet loaded
-  doctor                       check whether BPF can work here, and how to fix what is missing
-  version                      print versions of denet, LuaJIT and libbcc
-  help                         this text
+M.SEARCH_NOTE = "Scripts named without a path are the built-ins (" .. core.root .. "/scripts), then those in "
+  .. "$DENET_PATH and ~/.config/denet/scripts; the current folder is never searched (name a file there "
+  .. "./x.lua). As root, denet loads only files that root or the invoking user owns and no one else can write "
+  .. "(docs/security.md)."
 
-Scripts named without a path are the built-ins (]] .. core.root .. [[/scripts),
-then those in $DENET_PATH and ~/.config/denet/scripts; the current folder is
-never searched (name a file there ./x.lua). As root, denet loads only files
-that root or the invoking user owns and no one else can write (docs/security.md).
-]]
+local function usage()
+  local out = { "usage: denet <command> [args]", "", "commands:" }
+  for _, c in ipairs(M.COMMANDS) do
+    if #c[1] <= 28 then
+      out[#out + 1] = string.format("  %-28s %s", c[1], c[2])
+    else
+      out[#out + 1] = "  " .. c[1]
+      out[#out + 1] = string.rep(" ", 31) .. c[2]
+    end
+  end
+  out[#out + 1] = ""
+  -- the note, wrapped at 78 columns
+  local line = ""
+  for word in M.SEARCH_NOTE:gmatch("%S+") do
+    if #line + #word + 1 > 78 then
+      out[#out + 1] = line
+      line = word
+    else
+      line = line == "" and word or (line .. " " .. word)
+    end
+  end
+  out[#out + 1] = line
+  return table.concat(out, "\n") .. "\n"
+end
+local USAGE = usage()
 
 -- Arguments a plugin run on its own takes besides its own: the target
 -- and the monitor's basic outputs (it rides on the monitor).
@@ -292,6 +315,11 @@ local COMMANDS = {
     return require("denet.doctor").main(args)
   end,
   version = version,
+  -- the man page, from the declarations (the build writes denet.1)
+  man = function()
+    io.stdout:write(require("denet.man").page())
+    return 0
+  end,
   ["--version"] = version,
   ["-V"] = version,
   help = function()

@@ -45,11 +45,14 @@ local function labels(ident, extra)
   return l
 end
 
+-- A value that is not a number (absent, or a recorded file's odd field)
+-- adds no sample.
 local function add(f, suffix, ident, extra, value)
+  value = tonumber(value)
   if value == nil then
     return
   end
-  f.samples[#f.samples + 1] = { suffix = suffix, labels = labels(ident, extra), value = tonumber(value) }
+  f.samples[#f.samples + 1] = { suffix = suffix, labels = labels(ident, extra), value = value }
 end
 
 --- An empty set of families.
@@ -58,6 +61,7 @@ function M.new()
 end
 
 local function kb(v)
+  v = tonumber(v)
   return v and v * 1024
 end
 

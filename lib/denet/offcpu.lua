@@ -595,12 +595,18 @@ end
 -- output
 
 --- Folded stacks: "comm;user frames;-;kernel frames value_us" per line.
+-- A name in a folded line: ';' separates frames and a line ends the record,
+-- and a thread may name itself with either (prctl PR_SET_NAME).
+local function folded_name(name)
+  return (tostring(name):gsub(";", ":"):gsub("[\r\n]", " "))
+end
+
 function M.folded(report)
   local lines = {}
   for _, s in ipairs(report.stacks) do
-    local parts = { s.comm }
+    local parts = { folded_name(s.comm) }
     for _, f in ipairs(s.frames) do
-      parts[#parts + 1] = (f:gsub(";", ":"))
+      parts[#parts + 1] = folded_name(f)
     end
     lines[#lines + 1] = table.concat(parts, ";") .. " " .. math.floor(s.us + 0.5)
   end

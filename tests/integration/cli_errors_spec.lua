@@ -121,7 +121,7 @@ print("attached")
 
   it("not root", function()
     local s = H.script(bpf_script)
-    local code, out, err = H.denet({ "script", s }, "setpriv --reuid=65534 --regid=65534 --clear-groups ")
+    local code, out, err = H.denet_as_nobody({ "script", s })
     assert.equals(2, code)
     assert.equals("", out)
     assert.equals(1, #lines(err))

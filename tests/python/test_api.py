@@ -2,6 +2,7 @@
 numbers from fixtures of known behaviour; the analysis helpers on denet's
 own files; the path without BPF privileges; interrupting Python mid-run."""
 
+import glob
 import json
 import os
 import signal
@@ -231,8 +232,20 @@ def test_monitor_with_offcpu_syscalls_and_a_plugin():
     assert summary["ebpf"]["offcpu"]["total_events"] >= 1
 
 
+# Tests that drop privileges use the install every user can read (the
+# checkout may sit in a 0700 folder): its package, its denet, its fixtures.
+READABLE = os.environ.get("DENET_READABLE")
+
+
+def readable_fx(name):
+    return os.path.join(READABLE, "fixtures", name)
+
+
 def _run_python(code, as_nobody=False, **kw):
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(denet.__path__[0]))
+    path = os.path.dirname(denet.__path__[0])
+    if as_nobody:
+        path = glob.glob(os.path.join(READABLE, "lib", "python3*", "*-packages"))[0]
+    env = dict(os.environ, PYTHONPATH=path)
     cmd = [sys.executable, "-c", code]
     if as_nobody:
         cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + cmd
@@ -245,7 +258,7 @@ def test_without_bpf_privileges_the_monitor_runs_on_proc():
         "mon = denet.ProcessMonitor([%r, '4', '100'], 50, 100, quiet=True)\n"
         "mon.run()\n"
         "s = json.loads(mon.get_summary())\n"
-        "print(s['cpu_time_secs'], len(mon.get_samples()))\n" % fx("fork_burn"), as_nobody=True)
+        "print(s['cpu_time_secs'], len(mon.get_samples()))\n" % readable_fx("fork_burn"), as_nobody=True)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     assert "no BPF privileges" in err and "polling only" in err

@@ -66,3 +66,26 @@ describe("cli", function()
     assert.equals(2, e.code)
   end)
 end)
+
+describe("the man page", function()
+  it("is generated from the declared commands and options, and groff reads it without a warning", function()
+    local page = require("denet.man").page()
+    local path = H.write(H.tmpfile(".1"), page)
+    local code, out, err = H.sh("groff -man -ww -z " .. H.quote(path))
+    assert.equals(0, code, err)
+    assert.equals("", out .. err)
+    local args = require("denet.args")
+    for _, name in ipairs({ "monitor", "offcpu", "syscalls" }) do
+      local spec = assert(require("denet.plugins").load_file(H.source .. "/scripts/" .. name .. ".lua"))()
+      for _, a in ipairs(spec.args) do
+        if not a.hidden then
+          local flag = args.long_flag(a):gsub("%-", "\\%-")
+          assert.truthy(page:find("\\fB" .. flag .. "\\fR", 1, true), name .. ": " .. args.long_flag(a))
+        end
+      end
+    end
+    for _, c in ipairs(require("denet.cli").COMMANDS) do
+      assert.truthy(page:find(c[1]:gsub("%-", "\\%-"), 1, true), c[1])
+    end
+  end)
+end)

@@ -42,13 +42,16 @@ function M.convert(text)
     local kind = summary.kind_of(rec)
     if kind == "metadata" then
       local cmd = type(rec.cmd) == "table" and rec.cmd or nil
-      ident = { target = require("denet.export.prometheus").target_name(cmd, nil), pid = rec.pid or "" }
+      ident = { target = require("denet.export.prometheus").target_name(cmd, nil), pid = tonumber(rec.pid) or "" }
       if (not cmd or not cmd[1]) and type(rec.executable) == "string" then
         ident.target = rec.executable:match("([^/]+)$") or rec.executable
       end
-    elseif (kind == "tree" or kind == "sample") and tonumber(rec.ts_ms) then
-      series:add(tonumber(rec.ts_ms) / 1000, metrics.from_record(rec, ident))
-      n = n + 1
+    elseif kind == "tree" or kind == "sample" then
+      local _, ts = summary.figures(rec, kind)
+      if ts then
+        series:add(ts / 1000, metrics.from_record(rec, ident))
+        n = n + 1
+      end
     end
   end
   return metrics.openmetrics_series(series), n

@@ -90,7 +90,7 @@ end
 --- The name a target goes by: the command's (argv[1] without its folder),
 --- else the process's comm.
 function M.target_name(cmd, pid)
-  if cmd and cmd[1] then
+  if type(cmd) == "table" and type(cmd[1]) == "string" and cmd[1] ~= "" then
     return (cmd[1]:match("([^/]+)$") or cmd[1])
   end
   if pid then

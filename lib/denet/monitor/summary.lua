@@ -37,6 +37,20 @@ function M.kind_of(rec)
   return nil
 end
 
+--- The figures of a tree or sample record and its finite timestamp (ms),
+--- or nil when the record has none.
+function M.figures(rec, kind)
+  local a = kind == "tree" and rec.aggregated or rec
+  if type(a) ~= "table" then
+    return nil
+  end
+  local ts = rec.ts_ms or a.ts_ms
+  if type(ts) ~= "number" or ts ~= ts or ts == math.huge or ts == -math.huge then
+    return nil
+  end
+  return a, ts
+end
+
 local Summary = {}
 Summary.__index = Summary
 
@@ -51,20 +65,16 @@ end
 function Summary:add(rec)
   local kind = M.kind_of(rec)
   if kind == "metadata" then
-    self.t0_ms = rec.t0_ms
+    self.t0_ms = tonumber(rec.t0_ms)
     return kind
   elseif kind == "summary" then
-    self.exit_code = rec.exit_code
+    self.exit_code = type(rec.exit_code) == "number" and rec.exit_code or nil
     return kind
   elseif kind ~= "tree" and kind ~= "sample" then
     return kind
   end
-  local a = kind == "tree" and rec.aggregated or rec
-  if type(a) ~= "table" then
-    return nil
-  end
-  local ts = rec.ts_ms or a.ts_ms
-  if type(ts) ~= "number" then
+  local a, ts = M.figures(rec, kind)
+  if not a then
     return nil
   end
   self.n = self.n + 1
@@ -86,14 +96,14 @@ function Summary:add(rec)
   self.sys_w = math.max(self.sys_w, tonumber(a.syscall_write_bytes) or 0)
   self.net_rx = math.max(self.net_rx, tonumber(a.sys_net_rx_bytes) or 0)
   self.net_tx = math.max(self.net_tx, tonumber(a.sys_net_tx_bytes) or 0)
-  if a.page_faults_cached then
-    self.pf_cached = math.max(self.pf_cached or 0, a.page_faults_cached)
+  if tonumber(a.page_faults_cached) then
+    self.pf_cached = math.max(self.pf_cached or 0, tonumber(a.page_faults_cached))
   end
-  if a.page_faults_disk then
-    self.pf_disk = math.max(self.pf_disk or 0, a.page_faults_disk)
+  if tonumber(a.page_faults_disk) then
+    self.pf_disk = math.max(self.pf_disk or 0, tonumber(a.page_faults_disk))
   end
-  if a.cpu_time_secs then
-    self.cpu_time = math.max(self.cpu_time or 0, a.cpu_time_secs)
+  if tonumber(a.cpu_time_secs) then
+    self.cpu_time = math.max(self.cpu_time or 0, tonumber(a.cpu_time_secs))
   end
   return kind
 end
@@ -155,6 +165,13 @@ function M.from_file(path)
   end
   local text = f:read("*a")
   f:close()
+  return M.from_text(text)
+end
+
+--- The summary of the records in text (JSONL, tagged or the original's
+--- untagged lines, or the original's JSON list): summary, samples, lines
+--- that are not records, the records.
+function M.from_text(text)
   local s, bad = M.new(), 0
   local records
   if text:match("^%s*%[") then

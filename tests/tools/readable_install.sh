@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# readable_install.sh BUILD PREFIX: install denet from BUILD into PREFIX,
+# with the test fixtures, readable by every user. Tests that run denet as
+# an unprivileged user (setpriv) use it, so the suite passes from any
+# clone, a 0700 directory included: nobody needs to read the checkout.
+set -euo pipefail
+build=$1
+prefix=$2
+rm -rf "$prefix"
+mkdir -p "$prefix"
+cmake --install "$build" --prefix "$prefix" >/dev/null
+cp -a "$build/fixtures" "$prefix/fixtures"
+chmod -R a+rX "$prefix"
+chmod 755 "$prefix"
