@@ -337,7 +337,7 @@ static int status_code(int status)
 	return -1;
 }
 
-/* p:try_wait() -> code, rusage{}, signal|nil  |  false (still running)
+/* p:try_wait() -> code, rusage{}, signal|nil, core dumped  |  false (still running)
  * Never blocks; the Lua side waits on the pidfd through the loop. */
 static int l_try_wait(lua_State *L)
 {
@@ -363,10 +363,12 @@ static int l_try_wait(lua_State *L)
 	}
 	lua_pushinteger(L, status_code(p->status));
 	push_rusage(L, &p->ru);
-	if (WIFSIGNALED(p->status))
+	if (WIFSIGNALED(p->status)) {
 		lua_pushinteger(L, WTERMSIG(p->status));
-	else
-		lua_pushnil(L);
+		lua_pushboolean(L, WCOREDUMP(p->status));
+		return 4;
+	}
+	lua_pushnil(L);
 	return 3;
 }
 

@@ -293,6 +293,48 @@ static int l_stat(lua_State *L)
 	return 1;
 }
 
+/* core.open_records(path) -> fd | nil, msg, errno: create (or empty) an
+ * output of whole records; write them with core.write_record. */
+static int l_open_records(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+
+	if (fd < 0)
+		return dn_vm_fail(L, errno, "cannot write %s: %s", path, strerror(errno));
+	lua_pushinteger(L, fd);
+	return 1;
+}
+
+/* core.write_record(fd, text) -> true | nil, msg, errno: write all of
+ * text. When that fails part way (a full disk writes what fits, then
+ * fails), a file is cut back to where the record began, so what it holds
+ * is whole records only. */
+static int l_write_record(lua_State *L)
+{
+	int fd = (int)luaL_checkinteger(L, 1);
+	size_t len, done = 0;
+	const char *text = luaL_checklstring(L, 2, &len);
+	off_t start = lseek(fd, 0, SEEK_CUR);
+
+	while (done < len) {
+		ssize_t n = write(fd, text + done, len - done);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			int err = n < 0 ? errno : ENOSPC;
+
+			if (start >= 0 && done > 0 && ftruncate(fd, start) == 0)
+				lseek(fd, start, SEEK_SET);
+			return dn_vm_fail(L, err, "%s", strerror(err));
+		}
+		done += (size_t)n;
+	}
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 void dn_sys_open(lua_State *L)
 {
 	/* clang-format off */
@@ -314,6 +356,8 @@ void dn_sys_open(lua_State *L)
 		{ "open_nonblock", l_open_nonblock },
 		{ "getcwd", l_getcwd },
 		{ "read_nonblock", l_read_nonblock },
+		{ "open_records", l_open_records },
+		{ "write_record", l_write_record },
 		{ NULL, NULL },
 	};
 	/* clang-format on */

@@ -9,6 +9,7 @@
 -- `denet run`, `denet attach` and `denet stats` run this script. The run
 -- itself is denet.monitor.run (shared with plugins and Python); this file
 -- is the command line, the output streams and the display.
+local ffi = require("ffi")
 local denet = require("denet")
 local core = require("denet.core")
 local errors = require("denet.errors")
@@ -39,6 +40,9 @@ local ARGS = {
   { name = "syscalls", type = "bool", help = "also syscall counts of the tree per sample (aggregated.ebpf.syscalls)" },
   { name = "plugin", metavar = "NAME[:K=V,...]", help = "run a plugin on the samples (repeatable; see denet list)" },
   { name = "allow_untrusted", type = "bool", help = "load files that fail the ownership check (docs/security.md)" },
+  { name = "plugin_budget", metavar = "S", help = "a plugin's hook call may run S seconds (default 2; 0: no limit)" },
+  { name = "plugin_memory", metavar = "MIB", help = "a plugin is stopped when the Lua heap grows past MIB "
+    .. "(default 1024)" },
   { name = "no_bpf", type = "bool", help = "do not use BPF (poll /proc only; short-lived children are not seen)" },
   { name = "no_polling", type = "bool", help = "no samples while it runs: only the summary, from the kernel's "
     .. "totals at the end (and --offcpu/--syscalls data)" },
@@ -157,33 +161,59 @@ end
 ---------------------------------------------------------------------------
 -- output
 
+-- An output of records: each is one write(2) of a whole line, and a write
+-- that fails part way (a full disk) is cut back, so the file holds whole
+-- records only.
 local function open_out(path)
-  local f = denet.open_output(path)
-  -- one write(2) per record, so a reader never sees half a line
-  f:setvbuf("full", 1048576)
-  return f
+  local fd, msg = core.open_records(path)
+  if not fd then
+    errors.raise(msg)
+  end
+  return { fd = fd, path = path }
 end
 
 local Out = {}
 Out.__index = Out
 
-function Out.new(files, encode)
-  return setmetatable({ files = files, encode = encode }, Out)
+pcall(ffi.cdef, "int kill(int pid, int sig); int getpid(void);")
+
+-- stop: a failed write stops the run (the record stream); else it is only said
+function Out.new(outputs, stop)
+  return setmetatable({ outputs = outputs, stop = stop }, Out)
 end
 
---- Write one record to every output, as one line.
+--- Write one record to every output, as one line. An output that cannot
+--- be written (a full disk) is said in one line and dropped; for the
+--- record stream denet then stops as on SIGTERM: the command is sent
+--- SIGTERM and the run ends with the records written so far.
 function Out:write(rec)
-  if #self.files == 0 then
+  if #self.outputs == 0 then
     return
   end
   local line = (self.encode and self.encode(rec) or json.encode(rec)) .. "\n"
-  for _, f in ipairs(self.files) do
-    local ok, err = f:write(line)
+  for i = #self.outputs, 1, -1 do
+    local o = self.outputs[i]
+    local ok, msg = core.write_record(o.fd, line)
     if not ok then
-      errors.raise(string.format("cannot write the JSONL: %s", tostring(err)))
+      table.remove(self.outputs, i)
+      if self.stop then
+        io.stderr:write(string.format(
+          "denet: cannot write %s: %s; stopping as on SIGTERM (the records written are whole)\n", o.path, msg))
+        ffi.C.kill(ffi.C.getpid(), denet.SIGTERM)
+      else
+        io.stderr:write(string.format("denet: cannot write %s: %s\n", o.path, msg))
+      end
     end
-    f:flush()
   end
+end
+
+function Out:close()
+  for _, o in ipairs(self.outputs) do
+    if o.fd > 2 then
+      core.close_fd(o.fd)
+    end
+  end
+  self.outputs = {}
 end
 
 local function human_bytes(n)
@@ -248,7 +278,8 @@ local function print_summary(s, out)
     { "max threads", tostring(s.max_threads) },
   }
   if s.exit_code ~= json.null and s.exit_code ~= nil then
-    rows[#rows + 1] = { "exit code", tostring(s.exit_code) }
+    rows[#rows + 1] = { "exit code", tostring(s.exit_code) .. (s.signal and
+      string.format(" (killed by %s%s)", s.signal, s.core_dumped and ", core dumped" or "") or "") }
   end
   out:write("\n")
   for _, r in ipairs(rows) do
@@ -337,16 +368,15 @@ local function main(args, host)
   end
 
   -- outputs are opened before anything starts: a bad path runs nothing
-  local files = {}
+  local outputs = {}
   if o.out then
-    files[#files + 1] = open_out(o.out)
+    outputs[#outputs + 1] = open_out(o.out)
   end
   if o.json then
-    io.stdout:setvbuf("full", 1048576)
-    files[#files + 1] = io.stdout
+    outputs[#outputs + 1] = { fd = 1, path = "the standard output" }
   end
   local stats_file = o.stats and open_out(o.stats)
-  local out = Out.new(files)
+  local out = Out.new(outputs, true)
   local tty = core.isatty(2)
   local display
   if not o.quiet and not o.json and tty then
@@ -371,7 +401,9 @@ local function main(args, host)
     prometheus_linger = linger,
     write_env = o.write_env,
     stdout = o.json and 2 or nil,
-    host = host or plugins.load_all(o.plugins, { allow_untrusted = o.allow_untrusted }),
+    host = host or plugins.load_all(o.plugins, { allow_untrusted = o.allow_untrusted,
+      budget = number_opt(o, "plugin_budget", "--plugin-budget", 0, "seconds"),
+      memory = number_opt(o, "plugin_memory", "--plugin-memory", 1, "MiB") }),
     on_record = function(rec)
       out:write(rec)
       if display and (rec.kind == "tree" or rec.kind == "sample") then
@@ -394,16 +426,16 @@ local function main(args, host)
     display:done()
   end
   if stats_file then
-    stats_file:write(json.encode(s), "\n")
-    stats_file:close()
+    Out.new({ stats_file }):write(s)
+    core.close_fd(stats_file.fd)
   end
-  for _, f in ipairs(files) do
-    if f ~= io.stdout then
-      f:close()
-    end
-  end
+  out:close()
   if not o.quiet and not o.json then
     print_summary(s, io.stderr)
+  elseif s.signal and not session.sent_signal then
+    -- a crash is said even when the summary is not shown
+    io.stderr:write(string.format("denet: the command was killed by %s%s\n", s.signal,
+      s.core_dumped and " (core dumped)" or ""))
   end
   if session.proc then
     return exit_code or signal_code

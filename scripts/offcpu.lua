@@ -83,7 +83,8 @@ local function main(o)
       write_file(path, "")
     end
   end
-  local host = plugins.load_all(o.plugin, { allow_untrusted = o.allow_untrusted })
+  local host = plugins.load_all(o.plugin, { allow_untrusted = o.allow_untrusted, budget = o.plugin_budget,
+      memory = o.plugin_memory })
   -- --prometheus: off-CPU seconds by category, and of the top threads
   local metrics = require("denet.metrics")
   local on_tick, finish = require("denet.export.prometheus").for_script(o.prometheus, o.prometheus_linger, o.cmd,

@@ -85,7 +85,8 @@ local function main(o)
     end)
   local report, code = syscalls.run{
     cmd = o.cmd, roots = roots, duration = o.duration, interval = o.interval, on_interval = emit,
-    host = plugins.load_all(o.plugin, { allow_untrusted = o.allow_untrusted }),
+    host = plugins.load_all(o.plugin, { allow_untrusted = o.allow_untrusted, budget = o.plugin_budget,
+      memory = o.plugin_memory }),
     latency = o.latency or o.prometheus ~= nil, per_thread = o.per_thread, per_process = o.per_process,
     failed = o.failed, errno = errno, syscalls = names, top = o.top, on_tick = on_tick,
   }

@@ -19,7 +19,10 @@ local M = {
   libbcc_version = core.libbcc_version,
 }
 
-local SIGNAMES = { [1] = "SIGHUP", [2] = "SIGINT", [9] = "SIGKILL", [15] = "SIGTERM" }
+local SIGNAMES = { "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL",
+  "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT", "SIGCHLD", "SIGCONT", "SIGSTOP",
+  "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO",
+  "SIGPWR", "SIGSYS" }
 M.SIGHUP, M.SIGINT, M.SIGKILL, M.SIGTERM = 1, 2, 9, 15
 local SI_KERNEL = 0x80
 
@@ -31,6 +34,7 @@ M.monotonic_ns = core.monotonic_ns
 --- Seconds since the Unix epoch (for timestamps).
 M.time = core.realtime
 
+--- The name of a signal number ("SIGSEGV"), or "signal N".
 function M.signal_name(sig)
   return SIGNAMES[sig] or ("signal " .. tostring(sig))
 end
@@ -214,14 +218,15 @@ function Proc:held()
 end
 
 --- Exit code (or 128+signal), rusage and terminating signal once it has
---- exited; false while it runs. Never blocks.
+--- exited; false while it runs. Never blocks. Once it has exited,
+--- p.signal is that signal and p.core_dumped says whether it dumped core.
 function Proc:try_wait()
   if self.code and self.rusage then
     return self.code, self.rusage, self.signal
   end
-  local code, ru, sig = self.c:try_wait()
+  local code, ru, sig, core_dumped = self.c:try_wait()
   if code then
-    self.code, self.rusage, self.signal = code, ru, sig
+    self.code, self.rusage, self.signal, self.core_dumped = code, ru, sig, core_dumped or false
   end
   return code, ru, sig
 end

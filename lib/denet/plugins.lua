@@ -19,6 +19,14 @@ local M = {}
 M.HOOKS = { "on_init", "on_start", "on_sample", "on_process", "on_syscalls", "on_offcpu", "on_interval",
   "on_end" }
 M.MAX_ERRORS = 3 -- a plugin failing this many times is disabled
+-- Budgets: a hook call may run this many seconds (on_init and on_start,
+-- where plugins compile BPF, get SETUP_BUDGET_S), and the Lua heap, which
+-- plugins share with denet, may not grow past MEMORY_MIB while a plugin
+-- runs. A plugin over either is stopped there, named and disabled.
+M.BUDGET_S = 2
+M.SETUP_BUDGET_S = 120
+M.MEMORY_MIB = 1024
+local CHECK_EVERY = 10000 -- VM instructions between two budget checks
 
 ---------------------------------------------------------------------------
 -- where scripts are
@@ -261,6 +269,11 @@ function M.load(spec, opts)
   if not chunk then
     errors.raise(string.format("plugin %s: %s", basename(path), lerr))
   end
+  -- budgets are checked by a count hook, which compiled traces never call:
+  -- a plugin's code (every function of its file) runs interpreted
+  if jit then
+    jit.off(chunk, true)
+  end
   local ok, t = pcall(chunk)
   if not ok then
     errors.raise(string.format("plugin %s: %s", basename(path), tostring(t)))
@@ -275,6 +288,13 @@ end
 
 --- A plugin from its loaded table t (file path; parsed args).
 function M.from_table(t, path, args)
+  if jit then
+    for _, hook in ipairs(M.HOOKS) do
+      if type(t[hook]) == "function" then
+        jit.off(t[hook], true)
+      end
+    end
+  end
   return setmetatable({ name = t.name or basename(path), path = path, t = t, errors = 0, args = args or {} },
     Plugin)
 end
@@ -297,15 +317,66 @@ local function message(e)
   return tostring(e)
 end
 
+-- the error a budget check raises
+local Over = {}
+Over.__index = Over
+Over.__tostring = function(e)
+  return e.message
+end
+
 --- The set of plugins of one run. out: where notes go (stderr).
-function M.host(list, out)
-  local h = { plugins = list or {}, out = out or io.stderr, timers = {} }
+--- limits: { budget = seconds per hook call (0: none), memory = MiB }.
+function M.host(list, out, limits)
+  limits = limits or {}
+  local h = { plugins = list or {}, out = out or io.stderr, timers = {}, budget = limits.budget or M.BUDGET_S,
+    memory = limits.memory or M.MEMORY_MIB }
+
+  -- Call a plugin's hook f with the budgets checked; returns what pcall does.
+  function h:run(_, hook, f, ...)
+    local limit = self.budget
+    if limit > 0 and (hook == "on_init" or hook == "on_start") then
+      limit = math.max(limit, M.SETUP_BUDGET_S)
+    end
+    local heap_kib = self.memory * 1024
+    local t0 = core.monotonic()
+    debug.sethook(function()
+      local over
+      local dt = core.monotonic() - t0
+      if limit > 0 and dt > limit then
+        over = string.format("%s ran for %.1f s (budget %g s, --plugin-budget)", hook, dt, limit)
+      elseif heap_kib > 0 and collectgarbage("count") > heap_kib then
+        collectgarbage()
+        if collectgarbage("count") > heap_kib then
+          over = string.format("%s grew the Lua heap past %d MiB (--plugin-memory)", hook, self.memory)
+        end
+      end
+      if over then
+        debug.sethook()
+        local info = debug.getinfo(2, "Sl")
+        local where = info and info.currentline and info.currentline > 0 and
+          string.format("%s:%d: ", info.short_src, info.currentline) or ""
+        error(setmetatable({ message = where .. over }, Over), 0)
+      end
+    end, "", CHECK_EVERY)
+    local res = { pcall(f, ...) }
+    debug.sethook()
+    return unpack(res, 1, table.maxn(res))
+  end
 
   -- A hook of p raised e: say so, and disable p after MAX_ERRORS. An
   -- interrupt (Ctrl-C) is not the plugin's fault: it ends the run.
   function h:failed(p, e)
     if errors.is_interrupt(e) then
       error(e, 0)
+    end
+    if getmetatable(e) == Over then
+      -- over a budget: stopped at once, and what it holds let go
+      p.disabled = true
+      p.t = {}
+      collectgarbage()
+      self.out:write(string.format("plugin %s: stopped: %s; disabled, the run goes on without it\n", p.name,
+        e.message))
+      return
     end
     p.errors = p.errors + 1
     self.out:write(string.format("plugin %s: %s\n", p.name, message(e)))
@@ -324,7 +395,7 @@ function M.host(list, out)
     for _, p in ipairs(self.plugins) do
       local f = not p.disabled and p.t[hook]
       if type(f) == "function" then
-        local ok, r = pcall(f, ...)
+        local ok, r = self:run(p, hook, f, ...)
         if ok then
           results[p.name] = r
         else
@@ -350,7 +421,7 @@ function M.host(list, out)
     for _, p in ipairs(self.plugins) do
       local f = p.t.on_init
       if type(f) == "function" and not p.disabled then
-        local ok, r = pcall(f, p.args)
+        local ok, r = self:run(p, "on_init", f, p.args)
         if not ok then
           self:failed(p, r)
         end
@@ -370,7 +441,7 @@ function M.host(list, out)
           if p.disabled then
             return
           end
-          local ok, r = pcall(p.t.on_interval, core.monotonic() - t0)
+          local ok, r = self:run(p, "on_interval", p.t.on_interval, core.monotonic() - t0)
           if not ok then
             self:failed(p, r)
           elseif r == false and stop then
@@ -398,6 +469,10 @@ function M.cli_args(hooks)
     { name = "plugin", type = "string", repeatable = true, metavar = "NAME[:K=V,...]",
       help = "run a plugin (" .. hooks .. "); repeatable" },
     { name = "allow_untrusted", type = "bool", help = "load files that fail the ownership check (docs/security.md)" },
+    { name = "plugin_budget", type = "number", metavar = "S",
+      help = "a plugin's hook call may run S seconds (default " .. M.BUDGET_S .. "; 0: no limit)" },
+    { name = "plugin_memory", type = "positive", metavar = "MIB",
+      help = "a plugin is stopped when the Lua heap grows past MIB (default " .. M.MEMORY_MIB .. ")" },
   }
 end
 
@@ -414,13 +489,15 @@ function M.stopper(proc)
   end
 end
 
---- Load every --plugin spec of a built-in's command line.
+--- Load every --plugin spec of a built-in's command line. opts:
+--- allow_untrusted, budget (seconds), memory (MiB).
 function M.load_all(specs, opts)
+  opts = opts or {}
   local list = {}
   for _, s in ipairs(specs or {}) do
     list[#list + 1] = M.load(s, opts)
   end
-  return M.host(list)
+  return M.host(list, nil, { budget = opts.budget, memory = opts.memory })
 end
 
 M.Plugin = Plugin

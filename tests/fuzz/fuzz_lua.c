@@ -47,8 +47,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	lua_State *plain = luaL_newstate();
 
 	luaL_openlibs(plain);
-	if (luaL_dostring(plain, "return package.searchpath('cjson', package.cpath)") == 0 &&
-	    lua_isstring(plain, -1))
+	if (luaL_dostring(plain, "return package.searchpath('cjson', package.cpath)") == 0 && lua_isstring(plain, -1))
 		dlopen(lua_tostring(plain, -1), RTLD_NOW | RTLD_GLOBAL);
 	lua_close(plain);
 	setup();

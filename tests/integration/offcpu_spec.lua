@@ -124,10 +124,19 @@ describe("denet script offcpu", function()
     local r = offcpu({}, { H.fixture("write_fsync"), H.tmpfile(".dat"), "16" })
     local t = thread(r, "write_fsync")
     assert.is_true((t.by_category.io or 0) > 0, cjson.encode(t.by_category))
-    r = offcpu({}, { H.fixture("busy"), "1" })
+    -- the fixture writes what the kernel counted for it (schedstat): on a
+    -- loaded machine it waits for a CPU, which is runqueue, not blocking
+    local ss = H.tmpfile(".schedstat")
+    r = offcpu({}, { H.fixture("busy"), "1", ss })
     t = thread(r, "busy")
+    local cpu_ns, runq_ns = H.slurp(ss):match("(%d+) (%d+)")
+    cpu_ns, runq_ns = tonumber(cpu_ns), tonumber(runq_ns)
     assert.is_true(t.offcpu_us < 0.05 * t.wall_us, string.format("%d of %d", t.offcpu_us, t.wall_us))
-    assert.is_true(t.oncpu_us > 900000)
+    assert.is_true(math.abs(t.oncpu_us - cpu_ns / 1000) < 0.05 * cpu_ns / 1000,
+      string.format("on-CPU %d us, schedstat %d us", t.oncpu_us, cpu_ns / 1000))
+    local rq = (t.by_category.runqueue or 0)
+    assert.is_true(math.abs(rq - runq_ns / 1000) < 0.1 * runq_ns / 1000 + 10000,
+      string.format("runqueue %d us, schedstat %d us", rq, runq_ns / 1000))
   end)
 
   it("-m above the sleep length removes those blocks; -M below keeps none either", function()

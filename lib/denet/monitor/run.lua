@@ -284,6 +284,7 @@ function Session:_run_to_end()
       if not proc then
         break
       end
+      self.sent_signal = true
       if not killed then
         proc:kill(denet.SIGTERM)
         killed = true
@@ -297,6 +298,7 @@ function Session:_run_to_end()
       if not proc then
         break
       end
+      self.sent_signal = true
       if signals >= 2 then
         proc:kill(denet.SIGKILL)
       elseif not (sig == denet.SIGINT and si_code == 0x80) then
@@ -335,6 +337,11 @@ function Session:finish()
     self.host:call("on_offcpu", totals.ebpf.offcpu)
   end
   local s = self.summary:result(self.proc and code or nil, totals)
+  if self.proc and self.proc.signal then
+    -- killed by a signal: which one, and whether it dumped core
+    s.signal = denet.signal_name(self.proc.signal)
+    s.core_dumped = self.proc.core_dumped
+  end
   local res = self.host:call("on_end", s)
   for name, v in pairs(res) do
     if type(v) == "table" then
