@@ -63,6 +63,28 @@ function H.sh(cmdline)
   return code, slurp(out), slurp(err)
 end
 
+-- Shell functions for tests that start things in the background and must
+-- wait for a state, not sleep a guessed time (each gives up after 20 s):
+--   attached PID    until PID holds a perf event (its BPF programs are
+--                   attached: tracing has begun)
+--   lines FILE N    until FILE has N lines
+--   state PID S     until /proc/PID/stat shows state S (e.g. S: asleep)
+--   comm PID NAME   until PID runs NAME (it has exec'd)
+H.WAIT_SH = [[
+attached() {
+  for _ in $(seq 1000); do ls -l /proc/$1/fd 2>/dev/null | grep -q 'perf_event' && return; sleep 0.02; done
+}
+lines() {
+  for _ in $(seq 1000); do [ "$(cat "$1" 2>/dev/null | wc -l)" -ge "$2" ] && return; sleep 0.02; done
+}
+state() {
+  for _ in $(seq 1000); do [ "$(sed 's/.*) //' /proc/$1/stat | cut -c1)" = "$2" ] && return; sleep 0.02; done
+}
+comm() {
+  for _ in $(seq 1000); do [ "$(cat /proc/$1/comm 2>/dev/null)" = "$2" ] && return; sleep 0.02; done
+}
+]]
+
 -- Run denet with the given argument list; returns code, stdout, stderr.
 function H.denet(args, prefix)
   local q = {}

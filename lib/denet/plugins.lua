@@ -339,7 +339,19 @@ function M.host(list, out, limits)
     end
     local heap_kib = self.memory * 1024
     local t0 = core.monotonic()
-    debug.sethook(function()
+    -- a hook that runs the loop (denet.sleep) may call another plugin's:
+    -- the outer budget hook comes back after it
+    local outer, outer_mask, outer_count = debug.gethook()
+    local stop -- the error, once over a budget
+    local run_fn = debug.getinfo(1, "f").func
+    local function check()
+      if stop then
+        -- not in this function, between the plugin's return and the reset
+        if debug.getinfo(2, "f").func ~= run_fn then
+          error(stop, 0)
+        end
+        return
+      end
       local over
       local dt = core.monotonic() - t0
       if limit > 0 and dt > limit then
@@ -351,15 +363,26 @@ function M.host(list, out, limits)
         end
       end
       if over then
-        debug.sethook()
         local info = debug.getinfo(2, "Sl")
         local where = info and info.currentline and info.currentline > 0 and
           string.format("%s:%d: ", info.short_src, info.currentline) or ""
-        error(setmetatable({ message = where .. over }, Over), 0)
+        stop = setmetatable({ message = where .. over }, Over)
+        -- from now on at every instruction: a pcall of the plugin's own
+        -- that catches it is left at the next one
+        debug.sethook(check, "", 1)
+        error(stop, 0)
       end
-    end, "", CHECK_EVERY)
+    end
+    debug.sethook(check, "", CHECK_EVERY)
     local res = { pcall(f, ...) }
-    debug.sethook()
+    if stop then
+      res = { false, stop }
+    end
+    if type(outer) == "function" then
+      debug.sethook(outer, outer_mask, outer_count)
+    else
+      debug.sethook()
+    end
     return unpack(res, 1, table.maxn(res))
   end
 

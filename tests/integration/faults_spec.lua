@@ -193,16 +193,31 @@ function P.on_sample()
 end
 return P
 ]])
+    -- one that catches every error itself, in a loop
+    H.write(dir .. "/sneaky.lua", [[
+local P = { description = "swallows errors in a loop" }
+function P.on_sample()
+  while true do
+    pcall(function()
+      local x = 0
+      for i = 1, 1e6 do x = x + i end
+    end)
+  end
+end
+return P
+]])
     local out = H.tmpfile(".jsonl")
     local t0 = denet.clock()
     local code, _, err = H.denet({ "run", "-q", "-i", "100", "-d", "3", "--plugin-budget", "0.5", "--plugin-memory",
-      "128", "--plugin", dir .. "/spin.lua", "--plugin", dir .. "/hog.lua", "-o", out, "--",
+      "128", "--plugin", dir .. "/spin.lua", "--plugin", dir .. "/hog.lua", "--plugin", dir .. "/sneaky.lua",
+      "-o", out, "--",
       H.fixture("sleeper"), "30" })
     local took = denet.clock() - t0
     assert.equals(143, code, err)
     assert.matches("plugin spin: stopped: [^\n]*spin%.lua:8: on_sample ran for 0%.%d s %(budget 0%.5 s", err)
     assert.matches("plugin hog: stopped: [^\n]*hog%.lua:4: on_sample grew the Lua heap past 128 MiB", err)
-    assert.is_true(took < 6, "took " .. took)
+    assert.matches("plugin sneaky: stopped: [^\n]*sneaky%.lua:%d+: on_sample ran for 0%.%d s", err)
+    assert.is_true(took < 7, "took " .. took)
     -- samples kept coming: the 3 s run has its samples after the stop too
     local recs = records(out)
     local first, last

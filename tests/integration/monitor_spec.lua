@@ -222,8 +222,9 @@ describe("denet run", function()
   it("SIGINT leaves a complete stream and the summary, exit 130", function()
     local out, stats = H.tmpfile(".jsonl"), H.tmpfile(".stats")
     local sh = string.format(
-      [[%s run -q -o %s --stats %s -- %s 30 & p=$!; sleep 1.2; kill -INT $p; wait $p; echo rc=$?]],
-      H.quote(H.bin), H.quote(out), H.quote(stats), H.quote(H.fixture("sleeper")))
+      [[%s run -q -o %s --stats %s -- %s 30 & p=$!; lines %s 4; kill -INT $p; wait $p; echo rc=$?]],
+      H.quote(H.bin), H.quote(out), H.quote(stats), H.quote(H.fixture("sleeper")), H.quote(out))
+    sh = H.WAIT_SH .. sh
     local _, o = H.sh("bash -c " .. H.quote(sh))
     assert.equals("rc=130", o:match("rc=%d+"))
     local recs = records(out) -- every line parses

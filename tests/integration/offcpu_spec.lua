@@ -226,9 +226,9 @@ describe("denet script offcpu", function()
   it("follows an existing process with -p", function()
     local out = H.tmpfile(".json")
     local sh = string.format(
-      [[%s 30 100 & p=$!; sleep 0.1; %s script offcpu --json -d 0.5 -p $p > %s; kill $p; wait $p]],
+      [[%s 30 100 & p=$!; comm $p sleep_loop; %s script offcpu --json -d 0.5 -p $p > %s; kill $p; wait $p]],
       H.quote(H.fixture("sleep_loop")), H.quote(H.bin), H.quote(out))
-    H.sh("bash -c " .. H.quote(sh))
+    H.sh("bash -c " .. H.quote(H.WAIT_SH .. sh))
     local r = cjson.decode(H.slurp(out))
     local t = thread(r, "sleep_loop")
     assert.is_not_nil(t)

@@ -131,16 +131,19 @@ describe("denet script syscalls", function()
 
   it("follows an existing process with -p, and watches the machine with no target", function()
     local out = H.tmpfile(".json")
-    -- the 5000 calls come 2 s after the start, once tracing runs
-    local sh = string.format([[%s 1000 2000 5000 & p=$!; sleep 0.2; %s script syscalls --json -p $p > %s & s=$!;
-      wait $p; sleep 0.3; kill -INT $s; wait $s]], H.quote(H.fixture("getppid_n")), H.quote(H.bin), H.quote(out))
-    H.sh("bash -c " .. H.quote(sh))
+    -- the fixture makes 1000 calls, then pauses: it is stopped there
+    -- until tracing runs, and its 5000 calls after the pause are the ones
+    -- counted
+    local sh = string.format([[%s 1000 2000 5000 & p=$!; state $p S; kill -STOP $p;
+      %s script syscalls --json -p $p > %s & s=$!; attached $s; kill -CONT $p;
+      wait $p; kill -INT $s; wait $s]], H.quote(H.fixture("getppid_n")), H.quote(H.bin), H.quote(out))
+    H.sh("bash -c " .. H.quote(H.WAIT_SH .. sh))
     local r = cjson.decode(H.slurp(out))
     assert.equals(5000, row(r.syscalls, "getppid").count)
 
-    sh = string.format([[%s script syscalls --json -d 3 --syscall getppid > %s & s=$!; sleep 1.5;
-      %s 12345; wait $s]], H.quote(H.bin), H.quote(out), H.quote(H.fixture("getppid_n")))
-    H.sh("bash -c " .. H.quote(sh))
+    sh = string.format([[%s script syscalls --json --syscall getppid > %s & s=$!; attached $s;
+      %s 12345; kill -INT $s; wait $s]], H.quote(H.bin), H.quote(out), H.quote(H.fixture("getppid_n")))
+    H.sh("bash -c " .. H.quote(H.WAIT_SH .. sh))
     r = cjson.decode(H.slurp(out))
     assert.is_true(row(r.syscalls, "getppid").count >= 12345)
   end)
