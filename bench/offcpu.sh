@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Off-CPU tracing cost on a context-switch-heavy load: `perf bench sched
-# pipe` run bare, under denet's off-CPU tracing (machine-wide, kernel and
-# user stacks), under a bpftrace sched_switch script recording the same
-# data, and under denet tracing one idle process (so every switch is of
-# another process), interleaved in one run. Reports the slowdown of the
-# load and the BPF cost per event (run_time_ns / run_cnt of the
-# sched_switch programs, from kernel.bpf_stats_enabled).
+# pipe`, both ends pinned to CPU 0 (unpinned, waking a task on the other
+# CPU makes it vary tenfold between runs on these VMs), run bare, under
+# denet's off-CPU tracing (machine-wide, kernel and user stacks), under a
+# bpftrace sched_switch script recording the same data, and under denet
+# tracing one idle process (so every switch is of another process),
+# interleaved in one run. Reports the load's time per operation, its
+# slowdown, denet's share of bpftrace's slowdown, and the BPF time per
+# context switch of every program each tracer loaded (run_time_ns from
+# kernel.bpf_stats_enabled, summed over all its programs, divided by the
+# sched_switch runs).
 #
 #   bench/offcpu.sh [BUILD_DIR] [LOOPS] [ROUNDS]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:-$here/../build}
-loops=${2:-20000}
+loops=${2:-100000}
 rounds=${3:-3}
 denet=$build/denet
 out=$here/results
@@ -27,20 +31,22 @@ BT='tracepoint:sched:sched_switch {
   }
 }'
 
-bench() { perf bench sched pipe -l "$loops" 2>/dev/null | awk '/Total time/ {print $3}'; }
+bench() { taskset -c 0 perf bench sched pipe -l "$loops" 2>/dev/null | awk '/Total time/ {print $3}'; }
 
-# sched_switch programs loaded now: "run_time_ns run_cnt" summed
+# every tracing program loaded now (sched_switch, and the syscall, fork,
+# exec and exit tracepoints): "run_time_ns sched_switch_runs"
 prog_stats() {
   bpftool prog show -j | /usr/bin/python3 -c '
 import json, sys
 t = c = 0
 for p in json.load(sys.stdin):
     n = p.get("name", "")
-    if "sched_switch" in n:
-        t += p.get("run_time_ns", 0); c += p.get("run_cnt", 0)
+    if p.get("type") in ("tracepoint", "raw_tracepoint", "tracing"):
+        t += p.get("run_time_ns", 0)
+        if "sched_switch" in n:
+            c += p.get("run_cnt", 0)
 print(t, c)'
 }
-
 
 sleep 600 &
 idle=$!
@@ -73,14 +79,20 @@ base=$(awk '$1 == "bare" {print $2}' "$tmp/res" | med)
   echo
   echo "$(date -u +%Y-%m-%d), kernel $(uname -r), $(nproc) CPUs, medians of $rounds interleaved rounds."
   echo
-  echo "| tracer | load time (s) | slowdown | BPF ns per sched_switch |"
-  echo "|---|---|---|---|"
+  bt=$(awk '$1 == "bpftrace" {print $2}' "$tmp/res" | med)
+  echo "| tracer | µs per op | slowdown (µs per op) | of bpftrace's slowdown | BPF ns per switch, all programs |"
+  echo "|---|---|---|---|---|"
   for t in bare denet denet-walk bpftrace denet-target; do
     s=$(awk -v t=$t '$1 == t {print $2}' "$tmp/res" | med)
     c=$(awk -v t=$t '$1 == t {print $3}' "$tmp/res" | med)
-    printf '| %s | %.3f | %+.0f%% | %s |\n' "$t" "$s" "$(awk -v s="$s" -v b="$base" 'BEGIN { print (s / b - 1) * 100 }')" \
-      "$([ "$t" = bare ] && echo - || echo "$c")"
+    awk -v t="$t" -v s="$s" -v b="$base" -v bt="$bt" -v n="$loops" -v c="$c" 'BEGIN {
+      d = (s - b) / n * 1e6; dbt = (bt - b) / n * 1e6
+      printf "| %s | %.2f | %+.2f | %s | %s |\n", t, s / n * 1e6, d,
+        (t == "bare" ? "-" : sprintf("%.2f", d / dbt)), (t == "bare" ? "-" : c) }'
   done
+  echo
+  echo "One op is a round trip: two context switches (each side switches out once; on one CPU about half of them"
+  echo "are preemptions right after a write wakes the other side)."
   echo
   echo "denet: machine-wide, kernel and user stacks (kernel stacks reused when a thread blocks where it blocked before;"
   echo "denet-walk: every stack walked). bpftrace: a sched_switch script keeping the same (start time, kernel"

@@ -12,8 +12,69 @@
  * dn_syscalls_on_exit(), defined by syscalls.c, composed before this
  * file). With DN_HOOK_SYSCALLS and neither DN_INSYS_TS nor off-CPU
  * analysis (DN_HOOK_OFFCPU) nothing needs sys_enter, which is then left
- * out: counting costs one program per syscall.
+ * out: counting costs one program per syscall. DN_INSYS_REGS (off-CPU
+ * analysis alone): no program at all, the syscall is read from the user
+ * registers when a thread blocks (below).
  */
+#define DN_PT_REGS_SIZE 168 /* struct pt_regs, fixed by the x86-64 ABI */
+#define DN_PT_REGS_R11 48
+#define DN_PT_REGS_CX 88
+#define DN_PT_REGS_ORIG_AX 120
+#define DN_PT_REGS_IP 128
+#define DN_PT_REGS_FLAGS 144
+#define DN_PT_REGS_SP 152
+
+#if defined(DN_KSTACK_REUSE) || defined(DN_LEAF_UNWIND) || defined(DN_INSYS_REGS)
+struct dn_regs_scratch {
+	u64 ptr;
+};
+BPF_PERCPU_ARRAY(dn_regs_scratch, struct dn_regs_scratch, 1);
+
+/* The address of the user registers the current task saved at kernel
+ * entry (at the top of its kernel stack), or 0. The pointer is made a
+ * number through a map: the verifier allows no arithmetic on it. */
+static __always_inline u64 dn_user_regs(void)
+{
+	int zero = 0;
+	struct dn_regs_scratch *sc = dn_regs_scratch.lookup(&zero);
+	if (!sc)
+		return 0;
+	void *uregs = (void *)bpf_task_pt_regs((void *)bpf_get_current_task_btf());
+	*(void *volatile *)&sc->ptr = uregs;
+	return *(volatile u64 *)&sc->ptr;
+}
+#endif
+
+#if defined(DN_INSYS_REGS) && !defined(DN_HOOK_SYSCALLS)
+/*
+ * The syscall the current thread is in, from the registers saved at
+ * kernel entry: the SYSCALL instruction leaves the return address in rcx
+ * and the flags in r11, so a syscall's saved registers have cx == ip and
+ * r11 == flags (an interrupt or exception from user mode saves whatever
+ * the program had there, equal only by chance), and orig_ax holds the
+ * syscall number. A kernel thread has no user registers and is in no
+ * syscall. Nothing runs per syscall.
+ */
+static __always_inline s32 dn_insys_nr(void)
+{
+	u64 r = dn_user_regs();
+	if (!r)
+		return -1;
+	u64 cx = 0, ip = 0, r11 = 0, flags = 0, nr = 0;
+	bpf_probe_read_kernel(&cx, 8, (void *)(r + DN_PT_REGS_CX));
+	bpf_probe_read_kernel(&ip, 8, (void *)(r + DN_PT_REGS_IP));
+	bpf_probe_read_kernel(&r11, 8, (void *)(r + DN_PT_REGS_R11));
+	bpf_probe_read_kernel(&flags, 8, (void *)(r + DN_PT_REGS_FLAGS));
+	bpf_probe_read_kernel(&nr, 8, (void *)(r + DN_PT_REGS_ORIG_AX));
+	if (!ip || cx != ip || r11 != flags || (s64)nr < 0 || nr > 4096)
+		return -1;
+	return (s32)nr;
+}
+
+static __always_inline void dn_insys_thread_exit(u32 tid)
+{
+}
+#else
 struct dn_insys {
 	s32 nr; /* -1: not in a syscall */
 	u32 pad;
@@ -112,3 +173,4 @@ TRACEPOINT_PROBE(raw_syscalls, sys_exit)
 #endif
 	return 0;
 }
+#endif

@@ -11,7 +11,8 @@
  * (block length filter), DN_OFFCPU_STATES (bit mask of task states kept:
  * bit 0 = preempted while runnable, bit N+1 = state bit N), DN_NO_USTACK /
  * DN_NO_KSTACK, DN_STACK_STORAGE, DN_OFFCPU_KEYS, DN_TASK_FLAGS_OFF (the byte
- * offset of task_struct.flags in the running kernel, from its BTF).
+ * offset of task_struct.flags in the running kernel, from its BTF),
+ * DN_KSTACK_REUSE / DN_KSTACK_VERIFY (below), DN_LEAF_UNWIND (below).
  */
 #ifndef DN_OFFCPU_MIN_NS
 #define DN_OFFCPU_MIN_NS 0ULL
@@ -29,11 +30,14 @@
 #define DN_OFFCPU_KEYS 40960
 #endif
 
+#define DN_LEAF_FRAMES 3
+
 struct dn_offcpu_key {
 	u32 tgid, tid;
 	s32 ustack, kstack;
 	u32 state;
 	s32 syscall;
+	u64 leaf[DN_LEAF_FRAMES]; /* frames the user stack walk lost (DN_LEAF_UNWIND) */
 };
 
 struct dn_offcpu_val {
@@ -53,6 +57,7 @@ struct dn_offcpu_thread {
 	s32 ustack, kstack;
 	u32 state;   /* prev_state & DN_TASK_STATE_MASK; 0: preempted */
 	s32 syscall; /* -1: not in a syscall */
+	u64 leaf[DN_LEAF_FRAMES];
 };
 
 BPF_HASH(dn_offcpu, struct dn_offcpu_key, struct dn_offcpu_val, DN_OFFCPU_KEYS);
@@ -88,6 +93,86 @@ static __always_inline int dn_current_kthread(void)
 #endif
 }
 
+#ifdef DN_LEAF_UNWIND
+/*
+ * The frames a frame pointer walk loses. glibc is built without frame
+ * pointers: when a thread blocks in a libc function, the walk (which
+ * follows rbp) goes from that function's IP straight to the return
+ * address of the nearest caller that keeps a frame pointer, and the
+ * functions in between are missing: `outer -> step -> clock_nanosleep`
+ * shows as `outer -> clock_nanosleep`. They are recovered from the call
+ * frame information (.eh_frame) of their files. User space turns an IP
+ * into a rule: the CFA as an offset from the stack pointer, and where the
+ * return address is saved from the CFA (the one rule of a function built
+ * without frame pointers), or "stop" for a function that keeps a frame
+ * pointer (the walk sees past it). At a block the rules are applied from
+ * the user registers saved at kernel entry, up to DN_LEAF_FRAMES frames;
+ * the frames found are kept with the block (key.leaf) and spliced in
+ * after the IP. An IP without a rule yet is sent to user space once
+ * (dn_leaf_ask, with a placeholder rule so it is not sent again), which
+ * also learns the rules of the frames above it from the blocked thread's
+ * stack; blocks before the rules arrive go without the frames.
+ */
+struct dn_leaf_key {
+	u32 tgid;
+	u32 is_return; /* ip is a return address (the call is before it) */
+	u64 ip;
+};
+struct dn_leaf_rule {
+	s32 cfa, ra;
+	u32 unwind;  /* 0: stop here */
+	u32 pending; /* asked, no rule yet */
+};
+/* a request: the IP, and the thread and stack pointer it was met with
+ * (user space reads on from there while the thread is still blocked, and
+ * learns the rules of the frames above too) */
+struct dn_leaf_ask {
+	struct dn_leaf_key key;
+	u64 sp;
+	u32 tid, pad;
+};
+BPF_HASH(dn_leaf_rules, struct dn_leaf_key, struct dn_leaf_rule, 16384);
+BPF_RINGBUF_OUTPUT(dn_leaf_ask, 8);
+
+static __always_inline void dn_leaf_unwind(u32 tgid, u64 *out)
+{
+	u64 regs = dn_user_regs();
+	if (!regs)
+		return;
+	u64 ip = 0, sp = 0;
+	bpf_probe_read_kernel(&ip, 8, (void *)(regs + DN_PT_REGS_IP));
+	bpf_probe_read_kernel(&sp, 8, (void *)(regs + DN_PT_REGS_SP));
+	struct dn_leaf_key k = {};
+	k.tgid = tgid;
+#pragma unroll
+	for (int i = 0; i < DN_LEAF_FRAMES; i++) {
+		k.ip = ip;
+		k.is_return = i > 0;
+		struct dn_leaf_rule *r = dn_leaf_rules.lookup(&k);
+		if (!r) {
+			struct dn_leaf_rule p = {};
+			p.pending = 1;
+			if (dn_leaf_rules.update(&k, &p) == 0) {
+				struct dn_leaf_ask a = {};
+				a.key = k;
+				a.sp = sp;
+				a.tid = bpf_get_current_pid_tgid();
+				dn_leaf_ask.ringbuf_output(&a, sizeof(a), 0);
+			}
+			return;
+		}
+		if (!r->unwind)
+			return;
+		u64 cfa = sp + (s64)r->cfa, ra = 0;
+		if (bpf_probe_read_user(&ra, 8, (void *)(cfa + (s64)r->ra)) < 0 || !ra)
+			return;
+		out[i] = ra;
+		sp = cfa;
+		ip = ra;
+	}
+}
+#endif
+
 #ifdef DN_KSTACK_REUSE
 /*
  * Kernel stack reuse. Walking the kernel stack (the ORC unwinder) is most
@@ -110,11 +195,8 @@ static __always_inline int dn_current_kthread(void)
  * disagrees with (for the benchmark).
  */
 #define DN_KT_SLOTS 32
-#define DN_KT_INNER 2048    /* bytes sent from the tracepoint's sp up */
-#define DN_KT_OUTER 256     /* the top part: the entry's frames, fixed places */
-#define DN_PT_REGS_SIZE 168 /* struct pt_regs, fixed by the x86-64 ABI */
-#define DN_PT_REGS_IP 128
-#define DN_PT_REGS_SP 152
+#define DN_KT_INNER 2048 /* bytes sent from the tracepoint's sp up */
+#define DN_KT_OUTER 256  /* the top part: the entry's frames, fixed places */
 
 struct dn_kt_key {
 	s32 syscall;
@@ -141,16 +223,11 @@ struct dn_kt_rec {
 	u64 outer[DN_KT_OUTER / 8]; /* the top part */
 };
 
-struct dn_kt_scratch {
-	u64 ptr;
-};
-
 BPF_HASH(dn_kt, struct dn_kt_key, struct dn_kt, 4096);
 BPF_RINGBUF_OUTPUT(dn_kt_learn, 128);
 /* [0] reuses, [1] walks, [2] reuses a walk disagreed with (verify mode),
  * [3] confirmations failed */
 BPF_PERCPU_ARRAY(dn_kt_stats, u64, 4);
-BPF_PERCPU_ARRAY(dn_kt_scratch, struct dn_kt_scratch, 1);
 
 static __always_inline void dn_kt_count(int i)
 {
@@ -188,16 +265,12 @@ static __always_inline int dn_kt_match(struct dn_kt *t, u64 sp, u64 top)
  * else walking (and sending what a template needs). */
 static __always_inline s32 dn_kstack_id(void *ctx, s32 syscall, u32 state)
 {
-	int zero = 0;
-	struct dn_kt_scratch *sc = dn_kt_scratch.lookup(&zero);
-	if (!sc)
-		return dn_offcpu_stacks.get_stackid(ctx, 0);
 	/* the top of the stack: the user registers saved at kernel entry sit
-	 * there (the pointer made a number through the map: the verifier
-	 * allows no arithmetic on it) */
-	void *uregs = (void *)bpf_task_pt_regs((void *)bpf_get_current_task_btf());
-	*(void *volatile *)&sc->ptr = uregs;
-	u64 top = *(volatile u64 *)&sc->ptr + DN_PT_REGS_SIZE;
+	 * there */
+	u64 uregs = dn_user_regs();
+	if (!uregs)
+		return dn_offcpu_stacks.get_stackid(ctx, 0);
+	u64 top = uregs + DN_PT_REGS_SIZE;
 	/* the tracepoint's saved registers */
 	u64 regs = 0, sp = 0, uip = 0;
 	bpf_probe_read_kernel(&regs, 8, ctx);
@@ -320,6 +393,11 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 					th->ustack = dn_offcpu_stacks.get_stackid(ctx, BPF_F_USER_STACK);
 					if (th->ustack < 0)
 						dn_offcpu_missed_inc(0, th->ustack);
+#ifdef DN_LEAF_UNWIND
+					__builtin_memset(th->leaf, 0, sizeof(th->leaf));
+					if (th->ustack >= 0)
+						dn_leaf_unwind(tgid, th->leaf);
+#endif
 				}
 #endif
 #ifdef DN_NO_KSTACK
@@ -346,6 +424,9 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 		k.kstack = nt->kstack;
 		k.state = nt->state;
 		k.syscall = nt->syscall;
+#pragma unroll
+		for (int i = 0; i < DN_LEAF_FRAMES; i++)
+			k.leaf[i] = nt->leaf[i];
 		struct dn_offcpu_val zero = {}, *v = dn_offcpu.lookup_or_try_init(&k, &zero);
 		if (v) {
 			__sync_fetch_and_add(&v->total_ns, d);

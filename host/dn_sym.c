@@ -24,6 +24,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <dwarf.h>
+#include <elfutils/libdw.h>
+#include <fcntl.h>
+#include <libelf.h>
+#include <unistd.h>
+
 #include <bcc/bcc_elf.h>
 #include <bcc/bcc_proc.h>
 #include <bcc/bcc_syms.h>
@@ -47,6 +53,10 @@ struct elf_tab {
 	uint64_t ino;
 	int loaded;
 	int is_vdso;
+	int cfi_tried; /* the call frame information was looked for */
+	int cfi_fd;    /* the file it came from (kept open with elf) */
+	Elf *cfi_elf;
+	Dwarf_CFI *cfi; /* .eh_frame (or .debug_frame) of the file, or NULL */
 	struct esym *syms;
 	size_t nsyms, csyms;
 	struct eseg *segs;
@@ -363,6 +373,119 @@ static void usyms_release(void *obj)
 	*ud = NULL;
 }
 
+/* The mapping holding addr and the ELF virtual address it stands for, or
+ * NULL. */
+static struct mapping *maps_locate(struct dn_sym_maps *m, uint64_t addr, uint64_t *vaddr)
+{
+	size_t i, s;
+	struct elf_tab *t;
+	uint64_t foff;
+
+	for (i = 0; i < m->n; i++)
+		if (addr >= m->maps[i].start && addr < m->maps[i].end)
+			break;
+	if (i == m->n)
+		return NULL;
+	t = m->maps[i].tab;
+	if (!t->loaded)
+		tab_load(t);
+	foff = addr - m->maps[i].start + m->maps[i].pgoff;
+	*vaddr = t->is_vdso ? addr - m->maps[i].start : foff;
+	for (s = 0; !t->is_vdso && s < t->nsegs; s++)
+		if (foff >= t->segs[s].off && foff < t->segs[s].off + t->segs[s].memsz) {
+			*vaddr = foff - t->segs[s].off + t->segs[s].vaddr;
+			break;
+		}
+	return &m->maps[i];
+}
+
+static Dwarf_CFI *tab_cfi(struct elf_tab *t)
+{
+	if (t->cfi_tried)
+		return t->cfi;
+	t->cfi_tried = 1;
+	if (t->is_vdso)
+		return NULL;
+	elf_version(EV_CURRENT);
+	t->cfi_fd = open(t->path, O_RDONLY | O_CLOEXEC);
+	if (t->cfi_fd < 0)
+		return NULL;
+	t->cfi_elf = elf_begin(t->cfi_fd, ELF_C_READ_MMAP, NULL);
+	if (t->cfi_elf)
+		t->cfi = dwarf_getcfi_elf(t->cfi_elf);
+	return t->cfi;
+}
+
+/* The CFA as an offset from the stack pointer (DWARF register 7 on
+ * x86-64), the one rule a function without a frame pointer has. */
+static int cfa_from_sp(const Dwarf_Op *ops, size_t n, int64_t *off)
+{
+	if (n == 1 && ops[0].atom == DW_OP_bregx && ops[0].number == 7) {
+		*off = (int64_t)ops[0].number2;
+		return 1;
+	}
+	if (n == 1 && ops[0].atom == DW_OP_breg7) {
+		*off = (int64_t)ops[0].number;
+		return 1;
+	}
+	return 0;
+}
+
+/* Where the return address (DWARF register 16) is saved, as an offset from
+ * the CFA: the rule "offset(N)", which libdw writes as call_frame_cfa,
+ * then plus_uconst N (or consts N, plus). */
+static int ra_from_cfa(const Dwarf_Op *ops, size_t n, int64_t *off)
+{
+	if (n == 2 && ops[0].atom == DW_OP_call_frame_cfa && ops[1].atom == DW_OP_plus_uconst) {
+		*off = (int64_t)ops[1].number;
+		return 1;
+	}
+	if (n == 3 && ops[0].atom == DW_OP_call_frame_cfa && ops[1].atom == DW_OP_consts && ops[2].atom == DW_OP_plus) {
+		*off = (int64_t)ops[1].number;
+		return 1;
+	}
+	return 0;
+}
+
+/* us:frame_rule(addr, is_return) -> "unwind", cfa, ra | "stop" | nil
+ * How to find the caller of the function executing at addr (a return
+ * address when is_return: the call before it is what counts), from the
+ * file's call frame information: "unwind" when the frame is found from
+ * the stack pointer (CFA = sp + cfa, the return address at CFA + ra), as
+ * in a function built without frame pointers; "stop" when the function
+ * keeps a frame pointer (the frame pointer walk sees its caller) or the
+ * rule is not one of these; nil when addr is in no mapped file or its
+ * file has no call frame information for it. */
+static int l_usyms_frame_rule(lua_State *L)
+{
+	struct dn_sym_maps **ud = luaL_checkudata(L, 1, USYMS_MT);
+	uint64_t addr = dn_vm_checku64(L, 2), vaddr = 0;
+	int is_return = lua_toboolean(L, 3);
+	struct mapping *mp = *ud ? maps_locate(*ud, addr, &vaddr) : NULL;
+	Dwarf_CFI *cfi = mp ? tab_cfi(mp->tab) : NULL;
+	Dwarf_Frame *f = NULL;
+	Dwarf_Op *ops, mem[3];
+	size_t n;
+	int64_t cfa, ra;
+	int ok;
+
+	if (!cfi || dwarf_cfi_addrframe(cfi, vaddr - (is_return ? 1 : 0), &f) != 0) {
+		lua_pushnil(L);
+		return 1;
+	}
+	ok = dwarf_frame_cfa(f, &ops, &n) == 0 && cfa_from_sp(ops, n, &cfa) &&
+	     dwarf_frame_register(f, 16, mem, &ops, &n) == 0 && ra_from_cfa(ops, n, &ra);
+	free(f);
+	if (!ok) {
+		lua_pushliteral(L, "stop");
+		return 1;
+	}
+	lua_pushliteral(L, "unwind");
+	lua_pushinteger(L, (lua_Integer)cfa);
+	lua_pushinteger(L, (lua_Integer)ra);
+	return 3;
+}
+
 /* core.usyms(pid) -> captured mappings | nil, msg, errno */
 static int l_usyms(lua_State *L)
 {
@@ -603,6 +726,7 @@ void dn_sym_open(lua_State *L)
 	/* clang-format off */
 	static const luaL_Reg umethods[] = {
 		{ "resolve", l_usyms_resolve },
+		{ "frame_rule", l_usyms_frame_rule },
 		{ "count", l_usyms_count },
 		{ NULL, NULL },
 	};

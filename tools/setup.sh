@@ -11,7 +11,7 @@ set -euo pipefail
 PACKAGES=(
   # build
   build-essential cmake pkg-config
-  libbpfcc-dev libbpf-dev libluajit-5.1-dev luajit libelf-dev libreadline-dev
+  libbpfcc-dev libbpf-dev libluajit-5.1-dev luajit libelf-dev libdw-dev libreadline-dev
   libmicrohttpd-dev libprotobuf-c-dev protobuf-c-compiler zlib1g-dev
   # run-time Lua modules
   lua-cjson lua-argparse

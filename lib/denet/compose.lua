@@ -47,6 +47,10 @@ M.PARTS = {
       { requires = { "task_storage" }, otherwise = { cflags = { "-DDN_INSYS_HASH" },
         note = "the syscall each thread is in is kept in a hash by thread id" } },
     },
+    options = {
+      { flag = "-DDN_INSYS_REGS", requires = { "task_pt_regs" },
+        note = "the syscall each thread is in is tracked by a program on every syscall" },
+    },
   },
   offcpu = {
     file = "offcpu.c",
@@ -70,6 +74,8 @@ M.PARTS = {
     options = {
       { flag = "-DDN_KSTACK_REUSE", also = { "-DDN_KSTACK_VERIFY" }, requires = { "task_pt_regs", "ringbuf" },
         note = "kernel stacks are walked at every switch (no stack reuse)" },
+      { flag = "-DDN_LEAF_UNWIND", requires = { "task_pt_regs", "ringbuf" },
+        note = "callers of functions without frame pointers (libc's) are missing from user stacks" },
     },
   },
   switch = { file = "switch.c", order = 90, needs = { "tree" } },

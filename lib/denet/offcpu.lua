@@ -198,6 +198,71 @@ function M.kt_stats(bpf)
     unconfirmed = tonumber(t:sum(3)) }
 end
 
+---------------------------------------------------------------------------
+-- frames the frame pointer walk loses (bpf-src/offcpu.c, DN_LEAF_UNWIND)
+
+ffi.cdef([[
+struct dn_leaf_ask_rec {
+  uint32_t tgid, is_return;
+  uint64_t ip, sp;
+  uint32_t tid, pad;
+};
+]])
+
+local LEAF_FRAMES = 3
+
+-- A word of process pid's memory at addr, or nil.
+local function read_word(pid, addr)
+  local f = io.open("/proc/" .. pid .. "/mem", "rb")
+  if not f then
+    return nil
+  end
+  local ok = f:seek("set", addr)
+  local bytes = ok and f:read(8)
+  f:close()
+  if not bytes or #bytes ~= 8 then
+    return nil
+  end
+  return tonumber(ffi.cast("const uint64_t *", bytes)[0])
+end
+
+--- Answer the program's requests for unwind rules (from the loop): each
+--- IP of a traced process it met without a rule gets the rule its file's
+--- call frame information gives, or "stop". While the thread that asked
+--- is still blocked, its stack is read on from there, and the frames
+--- above get their rules too, so the next block at that place is whole.
+--- Returns the ring buffer.
+function M.learn_leaf_rules(bpf)
+  local rules = bpf:get_table("dn_leaf_rules")
+  local function learn(tgid, ip, is_return)
+    local kind, cfa, ra = syms.frame_rule(tgid, ip, is_return == 1)
+    local v = rules.leaf.ct()
+    if kind == "unwind" then
+      v.cfa, v.ra, v.unwind = cfa, ra, 1
+    end
+    rules:set({ tgid = tgid, is_return = is_return, ip = ip }, v)
+    return kind, cfa, ra
+  end
+  return bpf:get_table("dn_leaf_ask"):open_ring_buffer(function(rec)
+    local tgid, is_return, ip, sp = rec.tgid, rec.is_return, tonumber(rec.ip), tonumber(rec.sp)
+    for level = is_return, LEAF_FRAMES - 1 do
+      local kind, cfa, ra = learn(tgid, ip, level > 0 and 1 or 0)
+      if kind ~= "unwind" then
+        return
+      end
+      local next_ip = read_word(rec.tid, sp + cfa + ra)
+      if not next_ip or next_ip == 0 then
+        return
+      end
+      local known = rules:get({ tgid = tgid, is_return = 1, ip = next_ip })
+      if known and known.pending == 0 then
+        return
+      end
+      ip, sp = next_ip, sp + cfa
+    end
+  end, { type = "struct dn_leaf_ask_rec" })
+end
+
 -- the user stack id of a kernel thread, which has none (not a miss)
 M.STACK_NONE = -1000
 
@@ -248,6 +313,12 @@ function M.start(opts)
   if opts.stack_storage then
     cflags[#cflags + 1] = "-DDN_STACK_STORAGE=" .. tonumber(opts.stack_storage)
   end
+  if not opts.kernel_only then
+    cflags[#cflags + 1] = "-DDN_LEAF_UNWIND"
+  end
+  -- off-CPU analysis alone reads the syscall from the registers saved at
+  -- kernel entry: no program runs per syscall
+  cflags[#cflags + 1] = "-DDN_INSYS_REGS"
   local reuse = opts.stack_reuse ~= "off" and not opts.user_only
   if reuse then
     cflags[#cflags + 1] = "-DDN_KSTACK_REUSE"
@@ -278,6 +349,9 @@ function M.start(opts)
   self.reuse = self.tree.program:has_flag("-DDN_KSTACK_REUSE")
   if self.reuse then
     self.kt_buf = M.learn_kstacks(self.bpf)
+  end
+  if self.tree.program:has_flag("-DDN_LEAF_UNWIND") then
+    self.leaf_buf = M.learn_leaf_rules(self.bpf)
   end
   self:mark_start()
   return self
@@ -330,8 +404,19 @@ local function keep_last(list, n)
 end
 
 -- Frames root first, and for each whether it is in the program itself
--- (not libc or the loader), for naming call sites.
-local function user_frames(pid, addrs, depth)
+-- (not libc or the loader), for naming call sites. leaf: the frames the
+-- walk lost below the first (DN_LEAF_UNWIND), spliced in after it.
+local function user_frames(pid, addrs, depth, leaf)
+  if leaf and leaf[1] and #addrs > 0 then
+    local all = { addrs[1] }
+    for _, a in ipairs(leaf) do
+      all[#all + 1] = a
+    end
+    for i = 2, #addrs do
+      all[#all + 1] = addrs[i]
+    end
+    addrs = all
+  end
   local out, mods = {}, {}
   for i = #addrs, 1, -1 do -- root first
     out[#out + 1] = syms.usym(pid, addrs[i])
@@ -380,10 +465,24 @@ function Tracer:report()
 
   -- blocks that ended, and those still in progress now (counted up to now)
   local entries, by_key = {}, {}
-  local function ekey(k)
-    return table.concat({ k.tgid, k.tid, k.ustack, k.kstack, k.state, k.syscall }, ":")
+  -- the frames the walk lost (zeros when none, or without DN_LEAF_UNWIND)
+  local function leaf_of(k)
+    local out = {}
+    for i = 0, 2 do
+      local a = tonumber(k.leaf[i])
+      if a == 0 then
+        break
+      end
+      out[#out + 1] = a
+    end
+    return out
   end
-  for k, v in self.bpf:get_table("dn_offcpu"):items() do
+  local function ekey(k)
+    return table.concat({ k.tgid, k.tid, k.ustack, k.kstack, k.state, k.syscall, table.concat(k.leaf, ",") }, ":")
+  end
+  for key, v in self.bpf:get_table("dn_offcpu"):items() do
+    local k = { tgid = key.tgid, tid = key.tid, ustack = key.ustack, kstack = key.kstack, state = key.state,
+      syscall = key.syscall, leaf = leaf_of(key) }
     entries[#entries + 1] = { k = k, total_ns = tonumber(v.total_ns), count = tonumber(v.count),
       max_ns = tonumber(v.max_ns) }
     by_key[ekey(k)] = entries[#entries]
@@ -394,7 +493,7 @@ function Tracer:report()
     local d = now_ns - start
     if start > 0 and tonumber(st.died) == 0 and d >= min_ns and d <= max_ns then
       local k = { tgid = st.tgid, tid = tid, ustack = st.ustack, kstack = st.kstack, state = st.state,
-        syscall = st.syscall }
+        syscall = st.syscall, leaf = leaf_of(st) }
       local e = by_key[ekey(k)]
       if e then
         -- the same place as blocks that ended: one stack
@@ -407,11 +506,11 @@ function Tracer:report()
   for _, e in ipairs(entries) do
     local k, v = e.k, e
     local tgid, tid = k.tgid, k.tid
-    local ukey, kkey = tgid .. ":" .. k.ustack, k.kstack
+    local ukey, kkey = tgid .. ":" .. k.ustack .. ":" .. table.concat(k.leaf, ","), k.kstack
     local uf = ucache[ukey]
     if not uf then
       if k.ustack >= 0 then
-        uf, umods[ukey] = user_frames(tgid, stacks_t:stack_walk(k.ustack), depth)
+        uf, umods[ukey] = user_frames(tgid, stacks_t:stack_walk(k.ustack), depth, k.leaf)
       elseif self.opts.kernel_only or k.ustack == M.STACK_NONE then
         uf = {}
       else

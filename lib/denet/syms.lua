@@ -91,6 +91,22 @@ local function proc(pid)
   return m or nil
 end
 
+--- How to find the caller of the function running at addr in pid (a
+--- return address when is_return), from its file's call frame
+--- information: "unwind", cfa, ra | "stop" | nil (see usyms:frame_rule in
+--- host/dn_sym.c). A mapping newer than the capture is read again once.
+function M.frame_rule(pid, addr, is_return)
+  local m = proc(pid)
+  if not m then
+    return nil
+  end
+  local kind, cfa, ra = m:frame_rule(addr, is_return)
+  if kind == nil and m:resolve(addr) == nil and M.capture(pid) then
+    kind, cfa, ra = procs[pid]:frame_rule(addr, is_return)
+  end
+  return kind, cfa, ra
+end
+
 --- Resolve a user address of pid: name|nil, offset, module. offset is
 --- from the symbol, or the module's ELF address when no symbol covers it.
 function M.resolve(pid, addr)
