@@ -59,7 +59,7 @@ for r in $(seq "$rounds"); do
 done
 kill $idle
 
-# Are reused stacks right? Once more in verify mode: every reused kernel
+# Are reused stacks right? Once more in verify mode: every reused
 # stack is also walked, and disagreements are counted.
 "$denet" script offcpu -d 120 --stack-reuse verify --json >"$tmp/verify.json" 2>"$tmp/verify.err" &
 bg=$!
@@ -70,8 +70,10 @@ wait $bg 2>/dev/null || true
 bg=
 verify=$(/usr/bin/python3 -c '
 import json, sys
-r = json.load(open(sys.argv[1]))["kstack_reuse"]
-print("%d reused, %d walked, %d reused stacks the walk disagreed with" % (r["reused"], r["walked"], r["wrong"]))' "$tmp/verify.json")
+r = json.load(open(sys.argv[1]))
+print("; ".join("%s stacks: %d reused, %d walked, %d reused stacks the walk disagreed with"
+                % (k, r[k + "stack_reuse"]["reused"], r[k + "stack_reuse"]["walked"], r[k + "stack_reuse"]["wrong"])
+                for k in ("k", "u")))' "$tmp/verify.json")
 
 base=$(awk '$1 == "bare" {print $2}' "$tmp/res" | med)
 {
@@ -94,7 +96,7 @@ base=$(awk '$1 == "bare" {print $2}' "$tmp/res" | med)
   echo "One op is a round trip: two context switches (each side switches out once; on one CPU about half of them"
   echo "are preemptions right after a write wakes the other side)."
   echo
-  echo "denet: machine-wide, kernel and user stacks (kernel stacks reused when a thread blocks where it blocked before;"
+  echo "denet: machine-wide, kernel and user stacks (stacks reused when a thread blocks where it blocked before;"
   echo "denet-walk: every stack walked). bpftrace: a sched_switch script keeping the same (start time, kernel"
   echo "and user stack per thread; time summed per stack pair). denet-target: denet tracing one idle process, so every"
   echo "switch of the load is another process's."

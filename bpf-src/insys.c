@@ -17,6 +17,7 @@
  * registers when a thread blocks (below).
  */
 #define DN_PT_REGS_SIZE 168 /* struct pt_regs, fixed by the x86-64 ABI */
+#define DN_PT_REGS_BP 32
 #define DN_PT_REGS_R11 48
 #define DN_PT_REGS_CX 88
 #define DN_PT_REGS_ORIG_AX 120
@@ -24,7 +25,7 @@
 #define DN_PT_REGS_FLAGS 144
 #define DN_PT_REGS_SP 152
 
-#if defined(DN_KSTACK_REUSE) || defined(DN_LEAF_UNWIND) || defined(DN_INSYS_REGS)
+#if defined(DN_KSTACK_REUSE) || defined(DN_LEAF_UNWIND) || defined(DN_INSYS_REGS) || defined(DN_USTACK_REUSE)
 struct dn_regs_scratch {
 	u64 ptr;
 };

@@ -12,7 +12,8 @@
  * bit 0 = preempted while runnable, bit N+1 = state bit N), DN_NO_USTACK /
  * DN_NO_KSTACK, DN_STACK_STORAGE, DN_OFFCPU_KEYS, DN_TASK_FLAGS_OFF (the byte
  * offset of task_struct.flags in the running kernel, from its BTF),
- * DN_KSTACK_REUSE / DN_KSTACK_VERIFY (below), DN_LEAF_UNWIND (below).
+ * DN_KSTACK_REUSE / DN_KSTACK_VERIFY, DN_USTACK_REUSE / DN_USTACK_VERIFY,
+ * DN_LEAF_UNWIND (each below).
  */
 #ifndef DN_OFFCPU_MIN_NS
 #define DN_OFFCPU_MIN_NS 0ULL
@@ -170,6 +171,137 @@ static __always_inline void dn_leaf_unwind(u32 tgid, u64 *out)
 		sp = cfa;
 		ip = ra;
 	}
+}
+#endif
+
+#ifdef DN_USTACK_REUSE
+/*
+ * User stack reuse. The kernel's frame-pointer walk of a user stack is a
+ * function of the registers saved at kernel entry (ip, sp, bp) and of the
+ * memory it reads: at each frame address the next frame address and the
+ * return address, until a frame address that cannot be read. A template
+ * keeps, for (tgid, ip, sp, bp), the stack id and every word the walk read,
+ * and where it ended. When the same words are there again and the end
+ * still cannot be read, the walk would give the same stack, and its id is
+ * reused. Templates are made in user space from what a walk here read
+ * (dn_ut_learn), once checked against the stack the kernel stored.
+ * -DDN_USTACK_VERIFY walks on every reuse too and counts disagreements.
+ * -DDN_MMAP_MIN_ADDR: vm.mmap_min_addr (nothing is ever mapped below it).
+ */
+#define DN_UT_FRAMES 8
+#ifndef DN_MMAP_MIN_ADDR
+#define DN_MMAP_MIN_ADDR 0ULL
+#endif
+
+struct dn_ut_key {
+	u32 tgid, pad;
+	u64 ip, sp, bp;
+};
+
+struct dn_ut {
+	s32 ustack;
+	u32 n;                  /* frames read */
+	u64 end;                /* the frame address the walk could not read */
+	u64 fp[DN_UT_FRAMES];   /* frame addresses */
+	u64 next[DN_UT_FRAMES]; /* the next frame address each held */
+	u64 ret[DN_UT_FRAMES];  /* the return address each held */
+};
+
+struct dn_ut_rec {
+	struct dn_ut_key key;
+	struct dn_ut t;
+};
+
+BPF_HASH(dn_ut, struct dn_ut_key, struct dn_ut, 8192);
+BPF_RINGBUF_OUTPUT(dn_ut_learn, 32);
+/* [0] reuses, [1] walks, [2] reuses a walk disagreed with (verify mode) */
+BPF_PERCPU_ARRAY(dn_ut_stats, u64, 3);
+
+static __always_inline void dn_ut_count(int i)
+{
+	u64 *c = dn_ut_stats.lookup(&i);
+	if (c)
+		(*c)++;
+}
+
+#define DN_UT_SLOT(i)                                                                                            \
+	if ((i) < n) {                                                                                           \
+		u64 w[2] = {};                                                                                   \
+		if (bpf_probe_read_user(w, 16, (void *)t->fp[i]) < 0 || w[0] != t->next[i] || w[1] != t->ret[i]) \
+			return 0;                                                                                \
+	}
+
+/* clang-format off */
+static __always_inline int dn_ut_match(struct dn_ut *t)
+{
+	u32 n = t->n;
+	DN_UT_SLOT(0) DN_UT_SLOT(1) DN_UT_SLOT(2) DN_UT_SLOT(3)
+	DN_UT_SLOT(4) DN_UT_SLOT(5) DN_UT_SLOT(6) DN_UT_SLOT(7)
+	/* an end below the lowest address user space may map (vm.mmap_min_addr,
+	 * typically 0: _start clears rbp) or above user space cannot be read:
+	 * no need to take the fault again */
+	if (t->end < DN_MMAP_MIN_ADDR || t->end >= 0x00007ffffffff000ULL)
+		return 1;
+	u64 w[2];
+	return bpf_probe_read_user(w, 16, (void *)t->end) < 0;
+}
+/* clang-format on */
+
+/* The user stack id of the current task, reusing a template when its
+ * words are all still there, else walking (and sending what the walk
+ * read, for a template). */
+static __always_inline s32 dn_ustack_id(void *ctx, u32 tgid)
+{
+	u64 regs = dn_user_regs();
+	if (!regs)
+		return dn_offcpu_stacks.get_stackid(ctx, BPF_F_USER_STACK);
+	struct dn_ut_key key = {};
+	key.tgid = tgid;
+	bpf_probe_read_kernel(&key.ip, 8, (void *)(regs + DN_PT_REGS_IP));
+	bpf_probe_read_kernel(&key.sp, 8, (void *)(regs + DN_PT_REGS_SP));
+	bpf_probe_read_kernel(&key.bp, 8, (void *)(regs + DN_PT_REGS_BP));
+	struct dn_ut *t = dn_ut.lookup(&key);
+	if (t && dn_ut_match(t)) {
+		dn_ut_count(0);
+#ifdef DN_USTACK_VERIFY
+		if (dn_offcpu_stacks.get_stackid(ctx, BPF_F_USER_STACK) != t->ustack)
+			dn_ut_count(2);
+#endif
+		return t->ustack;
+	}
+	s32 id = dn_offcpu_stacks.get_stackid(ctx, BPF_F_USER_STACK);
+	dn_ut_count(1);
+	if (id < 0)
+		return id;
+	struct dn_ut_rec *r = dn_ut_learn.ringbuf_reserve(sizeof(struct dn_ut_rec));
+	if (!r)
+		return id;
+	r->key = key;
+	r->t.ustack = id;
+	r->t.n = DN_UT_FRAMES + 1; /* too deep unless the walk below ends */
+	u64 fp = key.bp;
+#pragma unroll
+	for (int i = 0; i < DN_UT_FRAMES; i++) {
+		u64 w[2] = {};
+		if (bpf_probe_read_user(w, 16, (void *)fp) < 0) {
+			r->t.n = i;
+			r->t.end = fp;
+			break;
+		}
+		r->t.fp[i] = fp;
+		r->t.next[i] = w[0];
+		r->t.ret[i] = w[1];
+		fp = w[0];
+	}
+	if (r->t.n > DN_UT_FRAMES) {
+		u64 w[2];
+		if (bpf_probe_read_user(w, 16, (void *)fp) < 0) {
+			r->t.n = DN_UT_FRAMES;
+			r->t.end = fp;
+		}
+	}
+	dn_ut_learn.ringbuf_submit(r, 0);
+	return id;
 }
 #endif
 
@@ -390,7 +522,11 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 				if (dn_current_kthread()) {
 					th->ustack = DN_STACK_NONE;
 				} else {
+#ifdef DN_USTACK_REUSE
+					th->ustack = dn_ustack_id(ctx, tgid);
+#else
 					th->ustack = dn_offcpu_stacks.get_stackid(ctx, BPF_F_USER_STACK);
+#endif
 					if (th->ustack < 0)
 						dn_offcpu_missed_inc(0, th->ustack);
 #ifdef DN_LEAF_UNWIND

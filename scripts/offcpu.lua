@@ -32,9 +32,9 @@ local SPEC = {
     { name = "stack_depth", type = "int", metavar = "N", help = "keep the N frames nearest the block of each stack" },
     { name = "stack_storage", long = "--stack-storage-size", type = "positive", metavar = "N",
       help = "stack trace map size (default 16384)" },
-    { name = "stack_reuse", metavar = "MODE", default = "on", help = "on: reuse a kernel stack when a thread "
-      .. "blocks where it blocked before (checked in the kernel); off: walk every stack; verify: reuse and "
-      .. "also walk, counting disagreements" },
+    { name = "stack_reuse", metavar = "MODE", default = "on", help = "on: reuse a kernel or user stack when a "
+      .. "thread blocks where it blocked before (checked in the kernel); off: walk every stack; verify: reuse "
+      .. "and also walk, counting disagreements" },
     { name = "folded", flag = "-f", metavar = "FILE", help = "folded stacks to FILE (flamegraph.pl, speedscope)" },
     { name = "svg", metavar = "FILE", help = "an SVG flame graph to FILE" },
     { name = "pprof", metavar = "FILE", help = "a pprof profile to FILE (gzipped protobuf: go tool pprof, "

@@ -74,6 +74,8 @@ M.PARTS = {
     options = {
       { flag = "-DDN_KSTACK_REUSE", also = { "-DDN_KSTACK_VERIFY" }, requires = { "task_pt_regs", "ringbuf" },
         note = "kernel stacks are walked at every switch (no stack reuse)" },
+      { flag = "-DDN_USTACK_REUSE", also = { "-DDN_USTACK_VERIFY" }, requires = { "task_pt_regs", "ringbuf" },
+        note = "user stacks are walked at every switch (no stack reuse)" },
       { flag = "-DDN_LEAF_UNWIND", requires = { "task_pt_regs", "ringbuf" },
         note = "callers of functions without frame pointers (libc's) are missing from user stacks" },
     },

@@ -263,6 +263,62 @@ function M.learn_leaf_rules(bpf)
   end, { type = "struct dn_leaf_ask_rec" })
 end
 
+---------------------------------------------------------------------------
+-- user stack reuse (bpf-src/offcpu.c, DN_USTACK_REUSE)
+
+local UT_FRAMES = 8
+
+ffi.cdef([[
+struct dn_ut_rec {
+  uint32_t tgid, pad;
+  uint64_t ip, sp, bp;
+  int32_t ustack;
+  uint32_t n;
+  uint64_t end;
+  uint64_t fp[8], next[8], ret[8];
+};
+]])
+
+--- Is what a walk read (rec) the stack the kernel stored (ips, leaf
+--- first)? The IP, then each frame's return address, and no more.
+function M.ut_consistent(rec, ips)
+  local n = rec.n
+  if n > UT_FRAMES or #ips ~= n + 1 or ips[1] ~= rec.ip then
+    return false
+  end
+  for i = 0, n - 1 do
+    if ips[i + 2] ~= rec.ret[i] then
+      return false
+    end
+  end
+  return true
+end
+
+--- Make user stack templates for a program built with -DDN_USTACK_REUSE
+--- (from the loop, as walks are reported); returns the ring buffer.
+function M.learn_ustacks(bpf)
+  local stacks = bpf:get_table("dn_offcpu_stacks")
+  local ut = bpf:get_table("dn_ut")
+  return bpf:get_table("dn_ut_learn"):open_ring_buffer(function(rec)
+    if not M.ut_consistent(rec, stacks:stack_walk(rec.ustack)) then
+      return
+    end
+    local v = ut.leaf.ct()
+    v.ustack, v.n, v["end"] = rec.ustack, rec.n, rec["end"]
+    for i = 0, rec.n - 1 do
+      v.fp[i], v.next[i], v.ret[i] = rec.fp[i], rec.next[i], rec.ret[i]
+    end
+    ut:set({ tgid = rec.tgid, ip = rec.ip, sp = rec.sp, bp = rec.bp }, v)
+  end, { type = "struct dn_ut_rec" })
+end
+
+--- Counters of user stack reuse: reused, walked, wrong (reuses a walk
+--- disagreed with; counted in verify mode only).
+function M.ut_stats(bpf)
+  local t = bpf:get_table("dn_ut_stats")
+  return { reused = tonumber(t:sum(0)), walked = tonumber(t:sum(1)), wrong = tonumber(t:sum(2)) }
+end
+
 -- the user stack id of a kernel thread, which has none (not a miss)
 M.STACK_NONE = -1000
 
@@ -326,6 +382,16 @@ function M.start(opts)
       cflags[#cflags + 1] = "-DDN_KSTACK_VERIFY"
     end
   end
+  if opts.stack_reuse ~= "off" and not opts.kernel_only then
+    cflags[#cflags + 1] = "-DDN_USTACK_REUSE"
+    local min_addr = tonumber((core.read_file("/proc/sys/vm/mmap_min_addr") or ""):match("%d+"))
+    if min_addr then
+      cflags[#cflags + 1] = string.format("-DDN_MMAP_MIN_ADDR=%dULL", min_addr)
+    end
+    if opts.stack_reuse == "verify" then
+      cflags[#cflags + 1] = "-DDN_USTACK_VERIFY"
+    end
+  end
   local self = setmetatable({ opts = opts, t0 = core.monotonic(), t0_ns = core.monotonic_ns(), captured = {} },
     Tracer)
   self.tree = tree_mod.for_targets{
@@ -352,6 +418,9 @@ function M.start(opts)
   end
   if self.tree.program:has_flag("-DDN_LEAF_UNWIND") then
     self.leaf_buf = M.learn_leaf_rules(self.bpf)
+  end
+  if self.tree.program:has_flag("-DDN_USTACK_REUSE") then
+    self.ut_buf = M.learn_ustacks(self.bpf)
   end
   self:mark_start()
   return self
@@ -621,6 +690,9 @@ function Tracer:report()
   }
   if self.kt_buf then
     report.kstack_reuse = M.kt_stats(self.bpf)
+  end
+  if self.ut_buf then
+    report.ustack_reuse = M.ut_stats(self.bpf)
   end
   report.sites = M.sites(stacks)
   report.verdict = M.verdict(report)

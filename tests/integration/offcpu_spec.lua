@@ -170,6 +170,35 @@ describe("denet script offcpu", function()
     end
     local r = offcpu({ "--stack-reuse", "off" }, { H.fixture("sleep_loop"), "3", "10" })
     assert.is_nil(r.kstack_reuse)
+    assert.is_nil(r.ustack_reuse)
+  end)
+
+  it("reuses user stacks only where they are right: one call, two callers with the same frame", function()
+    -- step() blocks with the same registers from outer_a() and outer_b()
+    -- in turn: only a word of the stack tells them apart
+    for _, mode in ipairs({ "on", "verify" }) do
+      local r = offcpu({ "--stack-reuse", mode }, { H.fixture("alt_callers"), "60" })
+      local t = thread(r, "alt_callers")
+      local a, b = 0, 0
+      for _, s in ipairs(r.stacks) do
+        if s.tid == t.tid and s.category == "sleep" then
+          local k = table.concat(s.frames, ";")
+          if k:find(";outer_a;", 1, true) then
+            a = a + s.count
+          elseif k:find(";outer_b;", 1, true) then
+            b = b + s.count
+          end
+        end
+      end
+      assert.equals(30, a, mode)
+      assert.equals(30, b, mode)
+      local uu = r.ustack_reuse
+      assert.equals(0, uu.wrong, mode)
+    end
+    -- a thread that blocks from one place reuses its stack
+    local r = offcpu({ "--stack-reuse", "verify" }, { H.fixture("sleep_loop"), "20", "2" })
+    assert.is_true(r.ustack_reuse.reused >= 15, cjson.encode(r.ustack_reuse))
+    assert.equals(0, r.ustack_reuse.wrong)
   end)
 
   it("an fsync-heavy writer waits for io; a busy loop is off-CPU < 5% of wall", function()
