@@ -135,11 +135,18 @@ struct dn_leaf_ask {
 BPF_HASH(dn_leaf_rules, struct dn_leaf_key, struct dn_leaf_rule, 16384);
 BPF_RINGBUF_OUTPUT(dn_leaf_ask, 8);
 
-static __always_inline void dn_leaf_unwind(u32 tgid, u64 *out)
+#define DN_LEAF_FINAL 0x100 /* in dn_leaf_unwind's result: no rule was missing */
+
+/* The frames the walk lost, into out; at: where each was read. Returns
+ * how many, | DN_LEAF_FINAL when the unwind ended by a rule (a function
+ * with a frame pointer, or DN_LEAF_FRAMES reached) rather than for want of
+ * one: only then is the result the same the next time the same words are
+ * there. */
+static __always_inline u32 dn_leaf_unwind(u32 tgid, u64 *out, u64 *at)
 {
 	u64 regs = dn_user_regs();
 	if (!regs)
-		return;
+		return 0;
 	u64 ip = 0, sp = 0;
 	bpf_probe_read_kernel(&ip, 8, (void *)(regs + DN_PT_REGS_IP));
 	bpf_probe_read_kernel(&sp, 8, (void *)(regs + DN_PT_REGS_SP));
@@ -160,17 +167,21 @@ static __always_inline void dn_leaf_unwind(u32 tgid, u64 *out)
 				a.tid = bpf_get_current_pid_tgid();
 				dn_leaf_ask.ringbuf_output(&a, sizeof(a), 0);
 			}
-			return;
+			return i;
 		}
+		if (r->pending)
+			return i;
 		if (!r->unwind)
-			return;
+			return i | DN_LEAF_FINAL;
 		u64 cfa = sp + (s64)r->cfa, ra = 0;
-		if (bpf_probe_read_user(&ra, 8, (void *)(cfa + (s64)r->ra)) < 0 || !ra)
-			return;
+		at[i] = cfa + (s64)r->ra;
+		if (bpf_probe_read_user(&ra, 8, (void *)at[i]) < 0 || !ra)
+			return i;
 		out[i] = ra;
 		sp = cfa;
 		ip = ra;
 	}
+	return DN_LEAF_FRAMES | DN_LEAF_FINAL;
 }
 #endif
 
@@ -205,6 +216,11 @@ struct dn_ut {
 	u64 fp[DN_UT_FRAMES];   /* frame addresses */
 	u64 next[DN_UT_FRAMES]; /* the next frame address each held */
 	u64 ret[DN_UT_FRAMES];  /* the return address each held */
+	/* the frames the walk lost (DN_LEAF_UNWIND), when known: where each
+	 * was read and what it was */
+	u32 nleaf, leaf_ok;
+	u64 leaf_at[DN_LEAF_FRAMES];
+	u64 leaf_val[DN_LEAF_FRAMES];
 };
 
 struct dn_ut_rec {
@@ -247,11 +263,50 @@ static __always_inline int dn_ut_match(struct dn_ut *t)
 }
 /* clang-format on */
 
+#ifdef DN_LEAF_UNWIND
+/* The frames the walk lost, for a reused stack: the template's, when the
+ * words they were read from are still the same, else unwound again (and
+ * kept with the template when final). */
+static __always_inline void dn_ut_leaf(struct dn_ut *t, u32 tgid, u64 *leaf)
+{
+	if (t->leaf_ok) {
+		u32 n = t->nleaf;
+		int same = 1;
+#pragma unroll
+		for (int i = 0; i < DN_LEAF_FRAMES; i++) {
+			u64 v = 0;
+			if (i < n && (bpf_probe_read_user(&v, 8, (void *)t->leaf_at[i]) < 0 || v != t->leaf_val[i]))
+				same = 0;
+		}
+		if (same) {
+#pragma unroll
+			for (int i = 0; i < DN_LEAF_FRAMES; i++)
+				leaf[i] = i < n ? t->leaf_val[i] : 0;
+			return;
+		}
+	}
+	u64 at[DN_LEAF_FRAMES] = {};
+	u32 res = dn_leaf_unwind(tgid, leaf, at);
+	if (res & DN_LEAF_FINAL) {
+		t->leaf_ok = 0;
+		t->nleaf = res & 0xff;
+#pragma unroll
+		for (int i = 0; i < DN_LEAF_FRAMES; i++) {
+			t->leaf_at[i] = at[i];
+			t->leaf_val[i] = leaf[i];
+		}
+		t->leaf_ok = 1;
+	}
+}
+#endif
+
 /* The user stack id of the current task, reusing a template when its
  * words are all still there, else walking (and sending what the walk
- * read, for a template). */
-static __always_inline s32 dn_ustack_id(void *ctx, u32 tgid)
+ * read, for a template). leaf: the frames the walk lost (DN_LEAF_UNWIND;
+ * zeros otherwise). */
+static __always_inline s32 dn_ustack_id(void *ctx, u32 tgid, u64 *leaf)
 {
+	__builtin_memset(leaf, 0, 8 * DN_LEAF_FRAMES);
 	u64 regs = dn_user_regs();
 	if (!regs)
 		return dn_offcpu_stacks.get_stackid(ctx, BPF_F_USER_STACK);
@@ -267,6 +322,9 @@ static __always_inline s32 dn_ustack_id(void *ctx, u32 tgid)
 		if (dn_offcpu_stacks.get_stackid(ctx, BPF_F_USER_STACK) != t->ustack)
 			dn_ut_count(2);
 #endif
+#ifdef DN_LEAF_UNWIND
+		dn_ut_leaf(t, tgid, leaf);
+#endif
 		return t->ustack;
 	}
 	s32 id = dn_offcpu_stacks.get_stackid(ctx, BPF_F_USER_STACK);
@@ -274,8 +332,13 @@ static __always_inline s32 dn_ustack_id(void *ctx, u32 tgid)
 	if (id < 0)
 		return id;
 	struct dn_ut_rec *r = dn_ut_learn.ringbuf_reserve(sizeof(struct dn_ut_rec));
-	if (!r)
+	if (!r) {
+#ifdef DN_LEAF_UNWIND
+		u64 at[DN_LEAF_FRAMES] = {};
+		dn_leaf_unwind(tgid, leaf, at);
+#endif
 		return id;
+	}
 	r->key = key;
 	r->t.ustack = id;
 	r->t.n = DN_UT_FRAMES + 1; /* too deep unless the walk below ends */
@@ -300,6 +363,16 @@ static __always_inline s32 dn_ustack_id(void *ctx, u32 tgid)
 			r->t.end = fp;
 		}
 	}
+	r->t.nleaf = 0;
+	r->t.leaf_ok = 0;
+#ifdef DN_LEAF_UNWIND
+	u32 res = dn_leaf_unwind(tgid, leaf, r->t.leaf_at);
+	r->t.nleaf = res & 0xff;
+	r->t.leaf_ok = (res & DN_LEAF_FINAL) != 0;
+#pragma unroll
+	for (int i = 0; i < DN_LEAF_FRAMES; i++)
+		r->t.leaf_val[i] = leaf[i];
+#endif
 	dn_ut_learn.ringbuf_submit(r, 0);
 	return id;
 }
@@ -523,17 +596,18 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 					th->ustack = DN_STACK_NONE;
 				} else {
 #ifdef DN_USTACK_REUSE
-					th->ustack = dn_ustack_id(ctx, tgid);
+					th->ustack = dn_ustack_id(ctx, tgid, th->leaf);
 #else
 					th->ustack = dn_offcpu_stacks.get_stackid(ctx, BPF_F_USER_STACK);
+#ifdef DN_LEAF_UNWIND
+					__builtin_memset(th->leaf, 0, sizeof(th->leaf));
+					u64 leaf_at[DN_LEAF_FRAMES] = {};
+					if (th->ustack >= 0)
+						dn_leaf_unwind(tgid, th->leaf, leaf_at);
+#endif
 #endif
 					if (th->ustack < 0)
 						dn_offcpu_missed_inc(0, th->ustack);
-#ifdef DN_LEAF_UNWIND
-					__builtin_memset(th->leaf, 0, sizeof(th->leaf));
-					if (th->ustack >= 0)
-						dn_leaf_unwind(tgid, th->leaf);
-#endif
 				}
 #endif
 #ifdef DN_NO_KSTACK

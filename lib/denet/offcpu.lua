@@ -276,6 +276,8 @@ struct dn_ut_rec {
   uint32_t n;
   uint64_t end;
   uint64_t fp[8], next[8], ret[8];
+  uint32_t nleaf, leaf_ok;
+  uint64_t leaf_at[3], leaf_val[3];
 };
 ]])
 
@@ -307,6 +309,11 @@ function M.learn_ustacks(bpf)
     v.ustack, v.n, v["end"] = rec.ustack, rec.n, rec["end"]
     for i = 0, rec.n - 1 do
       v.fp[i], v.next[i], v.ret[i] = rec.fp[i], rec.next[i], rec.ret[i]
+    end
+    -- the frames the walk lost, and where they were read (when final)
+    v.nleaf, v.leaf_ok = rec.nleaf, rec.leaf_ok
+    for i = 0, 2 do
+      v.leaf_at[i], v.leaf_val[i] = rec.leaf_at[i], rec.leaf_val[i]
     end
     ut:set({ tgid = rec.tgid, ip = rec.ip, sp = rec.sp, bp = rec.bp }, v)
   end, { type = "struct dn_ut_rec" })
