@@ -196,7 +196,8 @@ static __always_inline u32 dn_leaf_unwind(u32 tgid, u64 *out, u64 *at)
  * still cannot be read, the walk would give the same stack, and its id is
  * reused. Templates are made in user space from what a walk here read
  * (dn_ut_learn), once checked against the stack the kernel stored.
- * -DDN_USTACK_VERIFY walks on every reuse too and counts disagreements.
+ * -DDN_USTACK_VERIFY walks on every reuse too (and unwinds the lost frames
+ * again) and counts disagreements.
  * -DDN_MMAP_MIN_ADDR: vm.mmap_min_addr (nothing is ever mapped below it).
  */
 #define DN_UT_FRAMES 8
@@ -282,6 +283,14 @@ static __always_inline void dn_ut_leaf(struct dn_ut *t, u32 tgid, u64 *leaf)
 #pragma unroll
 			for (int i = 0; i < DN_LEAF_FRAMES; i++)
 				leaf[i] = i < n ? t->leaf_val[i] : 0;
+#ifdef DN_USTACK_VERIFY
+			/* unwind as well, and count a different answer as wrong */
+			u64 again[DN_LEAF_FRAMES] = {}, at[DN_LEAF_FRAMES] = {};
+			u32 res = dn_leaf_unwind(tgid, again, at);
+			if ((res & DN_LEAF_FINAL) &&
+			    (again[0] != leaf[0] || again[1] != leaf[1] || again[2] != leaf[2]))
+				dn_ut_count(2);
+#endif
 			return;
 		}
 	}

@@ -195,6 +195,20 @@ describe("denet script offcpu", function()
       local uu = r.ustack_reuse
       assert.equals(0, uu.wrong, mode)
     end
+    -- one call site of nanosleep and then another, in turn, in step(): the
+    -- frame recovered below step differs, and verify mode unwinds it again
+    -- at every reuse
+    local r2 = offcpu({ "--stack-reuse", "verify" }, { H.fixture("alt_callers"), "60", "sites" })
+    local t2 = thread(r2, "alt_callers")
+    local n = 0
+    for _, s in ipairs(r2.stacks) do
+      if s.tid == t2.tid and s.category == "sleep" and table.concat(s.frames, ";"):find(";outer_a;step;", 1, true) then
+        n = n + s.count
+      end
+    end
+    assert.is_true(n >= 58, "blocks with step: " .. n)
+    assert.is_true(r2.ustack_reuse.reused >= 30, cjson.encode(r2.ustack_reuse))
+    assert.equals(0, r2.ustack_reuse.wrong)
     -- a thread that blocks from one place reuses its stack
     local r = offcpu({ "--stack-reuse", "verify" }, { H.fixture("sleep_loop"), "20", "2" })
     assert.is_true(r.ustack_reuse.reused >= 15, cjson.encode(r.ustack_reuse))

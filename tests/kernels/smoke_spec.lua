@@ -83,6 +83,17 @@ describe("on this kernel", function()
     end
     assert.equals(0, r.lost_stacks_why.map_full + r.lost_stacks_why.collided)
     assert.equals(0, r.kstack_reuse.wrong)
+    -- user stacks reused too, rightly, and glibc's caller recovered from
+    -- its unwind rules (all but the first sleep, before they are learnt)
+    assert.is_true(r.ustack_reuse.reused >= 15, "ustack reuse " .. r.ustack_reuse.reused)
+    assert.equals(0, r.ustack_reuse.wrong)
+    local recovered = 0
+    for _, st in ipairs(r.stacks) do
+      if st.category == "sleep" and table.concat(st.frames, ";"):find(";nap;nap_syscall;", 1, true) then
+        recovered = recovered + st.count
+      end
+    end
+    assert.is_true(recovered >= 18, "sleeps with nap_syscall: " .. recovered)
   end)
 
   it("denet script syscalls -L: exact counts and the latency bucket", function()
