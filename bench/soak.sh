@@ -43,6 +43,19 @@ watch_proc() {
   done
 }
 
+# watched NAME EVERY CMD...: run CMD (denet) with stdout to $tmp/NAME.out
+# and stderr to $tmp/NAME.err, watching it every EVERY seconds into
+# $tmp/NAME.watch, until it ends
+watched() {
+  local name=$1 every=$2 dpid
+  shift 2
+  "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+  dpid=$!
+  watch_proc $dpid "$tmp/$name.watch" "$every" &
+  wait $dpid || true
+  wait
+}
+
 # growth FILE FROM TO: "rss_min rss_max rss_first rss_last fds_a fds_b"
 # between seconds FROM and TO (the load's steady part: not the start-up,
 # nor the report made once the load ended); fds_a and fds_b: the most open
@@ -66,14 +79,9 @@ growth() {
 
 # --- 1. syscalls ---------------------------------------------------------
 echo "soak 1/3: denet script syscalls, two getppid storms, ${s1}s" >&2
-"$denet" script syscalls -P --json -- sh -c "'$fx/storm' $s1 > '$tmp/a' & '$fx/storm' $s1 > '$tmp/b'; wait" \
-  >"$tmp/sys.json" 2>"$tmp/sys.err" &
-dpid=$!
-watch_proc $dpid "$tmp/sys.watch" &
-wait $dpid
-wait
+watched sys 1 "$denet" script syscalls -P --json -- sh -c "'$fx/storm' $s1 > '$tmp/a' & '$fx/storm' $s1 > '$tmp/b'; wait"
 read -r rmin rmax r0 r1 f0 f1 < <(growth "$tmp/sys.watch" 10 $((s1 - 1)))
-read -r ok1 line1 < <($py - "$tmp/sys.json" "$tmp/a" "$tmp/b" "$s1" "$rmin" "$rmax" "$f0" "$f1" <<'EOF'
+read -r ok1 line1 < <($py - "$tmp/sys.out" "$tmp/a" "$tmp/b" "$s1" "$rmin" "$rmax" "$f0" "$f1" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 want = {}
@@ -100,14 +108,9 @@ EOF
 
 # --- 2. offcpu -----------------------------------------------------------
 echo "soak 2/3: denet script offcpu, pinned pipe ping-pong, ${s1}s" >&2
-"$denet" script offcpu --json -- sh -c "taskset -c 0 '$fx/pingpong' $s1 > '$tmp/pp'" \
-  >"$tmp/off.json" 2>"$tmp/off.err" &
-dpid=$!
-watch_proc $dpid "$tmp/off.watch" &
-wait $dpid
-wait
+watched off 1 "$denet" script offcpu --json -- sh -c "taskset -c 0 '$fx/pingpong' $s1 > '$tmp/pp'"
 read -r omin omax o0 o1 of0 of1 < <(growth "$tmp/off.watch" 10 $((s1 - 1)))
-read -r ok2 line2 < <($py - "$tmp/off.json" "$tmp/pp" "$s1" "$omin" "$omax" <<'EOF'
+read -r ok2 line2 < <($py - "$tmp/off.out" "$tmp/pp" "$s1" "$omin" "$omax" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 parent, child, trips, psw, csw = map(int, open(sys.argv[2]).read().split())
@@ -117,10 +120,11 @@ for s in r["stacks"]:
     seen[s["tid"]] = seen.get(s["tid"], 0) + s["count"]
 switches = (psw + csw) / secs
 # every switch-out of each side, against the kernel's count (getrusage);
-# they may differ by the last switch of an exit (the parent's comes after
-# it took its count; the child's final one, as a dead task, is the
-# kernel's but not a block)
-exact = abs(seen.get(parent, 0) - psw) <= 1 and abs(seen.get(child, 0) - csw) <= 1
+# they may differ by the switches of an exit (the parent's come after it
+# took its count; the child's, once its exit is seen, are not blocks of a
+# watched thread: its final one as a dead task, and on a busy machine a
+# preemption or two while it closes its files)
+exact = abs(seen.get(parent, 0) - psw) <= 3 and abs(seen.get(child, 0) - csw) <= 3
 flat = int(sys.argv[5]) - int(sys.argv[4]) <= 2048
 ok = exact and switches >= 1e5 and flat
 print("ok" if ok else "FAIL",
@@ -135,15 +139,11 @@ EOF
 
 # --- 3. process churn ----------------------------------------------------
 echo "soak 3/3: denet run, 1000 processes/s, ${s3}s" >&2
-"$denet" run -q -o "$tmp/run.jsonl" --stats "$tmp/run.stats" -- \
-  /usr/bin/time -f "%U %S" -o "$tmp/time" "$fx/fork_rate" 1000 "$s3" 0.2 >"$tmp/started" 2>"$tmp/run.err" &
-dpid=$!
-watch_proc $dpid "$tmp/run.watch" 0.1 &
-wait $dpid
-wait
+watched run 0.1 "$denet" run -q -o "$tmp/run.jsonl" --stats "$tmp/run.stats" -- \
+  /usr/bin/time -f "%U %S" -o "$tmp/time" "$fx/fork_rate" 1000 "$s3" 0.2
 # (from 12 s: the sampling interval ramps to 1 s by 10 s)
 read -r pmin pmax p0 p1 pf0 pf1 < <(growth "$tmp/run.watch" 12 $((s3 - 1)))
-read -r ok3 line3 < <($py - "$tmp/run.stats" "$tmp/time" "$tmp/started" "$s3" "$p0" "$p1" "$pmin" "$pmax" "$pf0" \
+read -r ok3 line3 < <($py - "$tmp/run.stats" "$tmp/time" "$tmp/run.out" "$s3" "$p0" "$p1" "$pmin" "$pmax" "$pf0" \
   "$pf1" <<'EOF'
 import json, sys
 s = json.load(open(sys.argv[1]))

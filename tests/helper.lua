@@ -85,6 +85,16 @@ comm() {
 }
 ]]
 
+-- Every line of a JSONL file, decoded (an error if one is not whole JSON).
+function H.jsonl(path)
+  local cjson = require("cjson")
+  local out = {}
+  for line in io.lines(path) do
+    out[#out + 1] = cjson.decode(line)
+  end
+  return out
+end
+
 -- Run denet with the given argument list; returns code, stdout, stderr.
 function H.denet(args, prefix)
   local q = {}

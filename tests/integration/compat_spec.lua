@@ -5,13 +5,7 @@
 local _ -- results a test does not look at
 local cjson = require("cjson")
 
-local function records(path)
-  local out = {}
-  for line in io.lines(path) do
-    out[#out + 1] = cjson.decode(line)
-  end
-  return out
-end
+local records = H.jsonl
 
 local function is_int(v)
   return type(v) == "number" and v == math.floor(v)

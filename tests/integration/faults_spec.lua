@@ -3,14 +3,7 @@
 local cjson = require("cjson")
 local denet = require("denet")
 
--- every line of a JSONL file, decoded (an error if one is not whole JSON)
-local function records(path)
-  local out = {}
-  for line in io.lines(path) do
-    out[#out + 1] = cjson.decode(line)
-  end
-  return out
-end
+local records = H.jsonl
 
 local function count_kind(recs, kind)
   local n = 0

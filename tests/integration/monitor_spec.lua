@@ -3,13 +3,7 @@
 -- wrapping the command reports what its children used).
 local cjson = require("cjson")
 
-local function records(path)
-  local out = {}
-  for line in io.lines(path) do
-    out[#out + 1] = cjson.decode(line)
-  end
-  return out
-end
+local records = H.jsonl
 
 -- the summary is not in the JSONL (the original's readers take every line
 -- for a sample): tests ask for it with --stats and append it here
