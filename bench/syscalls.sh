@@ -7,12 +7,15 @@
 # sys_exit together) divided by the syscalls they saw, from
 # kernel.bpf_stats_enabled.
 #
-#   bench/syscalls.sh [BUILD_DIR] [CALLS] [ROUNDS]
+#   bench/syscalls.sh [BUILD_DIR] [CALLS] [ROUNDS] [pin]
+# With "pin", the load runs on CPU 0 only (taskset -c 0).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:-$here/../build}
 calls=${2:-2000000}
 rounds=${3:-3}
+pin=()
+[ "${4:-}" = pin ] && pin=(taskset -c 0)
 denet=$build/denet
 load=$build/fixtures/getppid_n
 out=$here/results
@@ -24,7 +27,7 @@ bpf_stats_on
 bench() {
   local t0 t1
   t0=$(date +%s.%N)
-  "$load" "$calls"
+  "${pin[@]}" "$load" "$calls"
   t1=$(date +%s.%N)
   awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
 }
@@ -52,7 +55,7 @@ done
 
 base=$(awk '$1 == "bare" {print $2}' "$tmp/res" | med)
 {
-  echo "# Syscall tracking: $calls getppid calls"
+  echo "# Syscall tracking: $calls getppid calls${pin:+, the load pinned to CPU 0}"
   echo
   echo "$(date -u +%Y-%m-%d), kernel $(uname -r), $(nproc) CPUs, medians of $rounds interleaved rounds."
   echo
@@ -67,4 +70,4 @@ base=$(awk '$1 == "bare" {print $2}' "$tmp/res" | med)
   echo
   echo "Machine-wide, each tracer with its defaults. denet: counts per syscall and errors per (syscall, errno); -L adds"
   echo "total, max and a log2 histogram per syscall. syscount: counts per syscall; -L adds total time."
-} | tee "$out/syscalls.md"
+} | tee "$out/syscalls${pin:+-pinned}.md"
