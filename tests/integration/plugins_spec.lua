@@ -30,13 +30,7 @@ return P
 ]], log, extra or ""))
 end
 
-local function read_log(log)
-  local list = {}
-  for line in io.lines(log) do
-    list[#list + 1] = cjson.decode(line)
-  end
-  return list
-end
+local read_log = H.jsonl
 
 local function hooks_of(list)
   local seq = {}
