@@ -68,6 +68,8 @@ BPF_STACK_TRACE(dn_offcpu_stacks, DN_STACK_STORAGE);
  * r 0 the stack's bucket held another stack (-EEXIST), 1 the stack map
  * was full (-ENOMEM), 2 the walk faulted (-EFAULT), 3 other. */
 BPF_ARRAY(dn_offcpu_missed, u64, 8);
+/* blocks that ended (whatever the length filters keep), for a live count */
+BPF_PERCPU_ARRAY(dn_offcpu_seen, u64, 1);
 
 /* the user stack id of a kernel thread: it has none (not a miss) */
 #define DN_STACK_NONE (-1000)
@@ -631,6 +633,10 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 		return;
 	u64 d = now - nt->start;
 	nt->start = 0;
+	int zero = 0;
+	u64 *seen = dn_offcpu_seen.lookup(&zero);
+	if (seen)
+		(*seen)++;
 	if (nt->state)
 		nt->offcpu_ns += d;
 	else

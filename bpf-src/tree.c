@@ -75,11 +75,14 @@ static __always_inline struct dn_task *dn_is_tracked(u32 tgid)
 }
 
 /* The threads a feature watches: the tracked tree, or with -DDN_WANT_ALL
- * every thread of the machine, or with -DDN_WANT_TID=n that one thread. */
+ * every thread of the machine (but denet's own, -DDN_SELF_TGID), or with
+ * -DDN_WANT_TID=n that one thread. */
 static __always_inline int dn_wanted(u32 tgid, u32 tid)
 {
 #ifdef DN_WANT_TID
 	return tid == DN_WANT_TID;
+#elif defined(DN_WANT_ALL) && defined(DN_SELF_TGID)
+	return tid != 0 && tgid != DN_SELF_TGID;
 #elif defined(DN_WANT_ALL)
 	return tid != 0;
 #else

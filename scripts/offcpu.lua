@@ -6,6 +6,7 @@
 --
 -- The work is in lib/denet/offcpu.lua and bpf-src/offcpu.c; this file is
 -- the command line. See docs/offcpu.md.
+local core = require("denet.core")
 local denet = require("denet")
 local errors = require("denet.errors")
 local offcpu = require("denet.offcpu")
@@ -93,10 +94,47 @@ local function main(o)
       metrics.add_offcpu(fams, offcpu.monitor_fields(t.bpf), ident)
       return fams
     end)
+  -- on a terminal: one line saying what is traced and how to stop, then a
+  -- live status line on stderr (nothing of it when stderr is not one)
+  local status
+  if core.isatty(2) then
+    local what = "of every process"
+    if o.cmd and #o.cmd > 0 then
+      what = "of " .. (o.cmd[1]:match("([^/]+)$") or o.cmd[1]) .. " and its descendants"
+    elseif o.tid then
+      what = "of thread " .. o.tid
+    elseif #roots > 0 then
+      what = "of PID " .. table.concat(roots, ", ") .. " and descendants"
+    end
+    io.stderr:write(string.format("Tracing off-CPU time %s%s... Hit Ctrl-C to end.\n", what,
+      o.duration and string.format(" for %g s", o.duration) or ""))
+    status = function(t, final)
+      if final then
+        io.stderr:write("\r\27[K")
+        return
+      end
+      local seen, lost = t:counts()
+      -- t.t0: when tracing began
+      io.stderr:write(string.format("\r\27[K%6.1f s  %d blocks seen  %d stacks lost", core.monotonic() - t.t0, seen,
+        lost))
+    end
+  end
+  local tick
+  if on_tick or status then
+    tick = function(t, final, root)
+      if status then
+        status(t, final)
+      end
+      if on_tick then
+        on_tick(t, final, root)
+      end
+    end
+  end
   local report, code = offcpu.run{
     cmd = o.cmd, roots = roots, tid = o.tid, duration = o.duration, host = host, min_us = o.min_us,
     max_us = o.max_us, states = states, user_only = o.user_only, kernel_only = o.kernel_only,
-    stack_depth = o.stack_depth, stack_storage = o.stack_storage, stack_reuse = o.stack_reuse, on_tick = on_tick,
+    stack_depth = o.stack_depth, stack_storage = o.stack_storage, stack_reuse = o.stack_reuse, on_tick = tick,
+    tick = status and 0.5 or nil,
   }
   if o.folded then
     write_file(o.folded, offcpu.folded(report))

@@ -510,6 +510,16 @@ local function kernel_frames(addrs, depth)
   return keep_last(out, depth)
 end
 
+--- Blocks that ended so far, and stacks that could not be read (for a
+--- live status; the report has the details).
+function Tracer:counts()
+  local missed, lost = self.bpf:get_table("dn_offcpu_missed"), 0
+  for i = 0, 7 do
+    lost = lost + tonumber(missed:get(i))
+  end
+  return tonumber(self.bpf:get_table("dn_offcpu_seen"):sum(0)), lost
+end
+
 --- Read the kernel maps into the report (the JSON contract of
 --- docs/offcpu.md). duration_us: how long tracing ran.
 function Tracer:report()

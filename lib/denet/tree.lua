@@ -278,7 +278,7 @@ end
 --- A BPF-tracked tree for a feature's targets: opts.roots (existing
 --- process trees, their descendants included), opts.proc (a held command,
 --- tracked before it runs), opts.tid (one thread), or none of them: every
---- thread of the machine (-DDN_WANT_ALL). Takes new()'s parts, text,
+--- thread of the machine but denet's own (-DDN_WANT_ALL). Takes new()'s parts, text,
 --- cflags, name and on_event. Plugins build their own BPF C on it: their
 --- probes filter with dn_wanted(tgid, tid), and exits leave the set.
 function M.for_targets(opts)
@@ -292,6 +292,8 @@ function M.for_targets(opts)
     cflags[#cflags + 1] = "-DDN_WANT_TID=" .. tonumber(opts.tid)
   elseif all then
     cflags[#cflags + 1] = "-DDN_WANT_ALL"
+    -- what denet itself does is not what the user asked about
+    cflags[#cflags + 1] = "-DDN_SELF_TGID=" .. core.ids().pid
   end
   local tree = M.new{ bpf = true, parts = opts.parts, text = opts.text, cflags = cflags, name = opts.name,
     on_event = opts.on_event }

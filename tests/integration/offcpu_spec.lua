@@ -208,7 +208,9 @@ describe("denet script offcpu", function()
         n = n + s.count
       end
     end
-    assert.is_true(n >= 58, "blocks with step: " .. n)
+    -- (blocks before the unwind rules are learnt go without step: one, or
+    -- a few on a loaded machine)
+    assert.is_true(n >= 54, "blocks with step: " .. n)
     assert.is_true(r2.ustack_reuse.reused >= 30, cjson.encode(r2.ustack_reuse))
     assert.equals(0, r2.ustack_reuse.wrong)
     -- a thread that blocks from one place reuses its stack
@@ -323,7 +325,7 @@ describe("denet script offcpu", function()
   it("follows an existing process with -p", function()
     local out = H.tmpfile(".json")
     local sh = string.format(
-      [[%s 30 100 & p=$!; comm $p sleep_loop; %s script offcpu --json -d 0.5 -p $p > %s; kill $p; wait $p]],
+      [[%s 600 100 & p=$!; comm $p sleep_loop; %s script offcpu --json -d 0.5 -p $p > %s; kill $p; wait $p]],
       H.quote(H.fixture("sleep_loop")), H.quote(H.bin), H.quote(out))
     H.sh("bash -c " .. H.quote(H.WAIT_SH .. sh))
     local r = cjson.decode(H.slurp(out))
@@ -335,7 +337,8 @@ describe("denet script offcpu", function()
     -- waits for a CPU (long on a loaded machine) and runs a little
     local sleep, traced = t.by_category.sleep or 0, r.duration_us
     local waited = sleep + (t.by_category.runqueue or 0)
-    assert.is_true(waited >= 0.9 * (traced - 100000) and sleep <= traced,
+    -- (a loaded machine also delays the end of the trace past -d)
+    assert.is_true(waited >= 0.75 * (traced - 100000) and sleep <= traced,
       string.format("sleep %d us, runqueue %d us, of %d traced", sleep, waited - sleep, traced))
     assert.is_true(has_frame(r, t.tid, "nap"))
   end)
@@ -369,6 +372,43 @@ describe("denet script offcpu", function()
       tops[t.comm] = true
     end
     assert.is_true(tops.waiter and tops.lock_wait)
+  end)
+
+  it("on a terminal says what it traces and how to stop, then keeps a status line; not otherwise", function()
+    local steps = {
+      { expect = [[Tracing off-CPU time of sleep_loop and its descendants for 2 s\.\.\. Hit Ctrl-C to end\.]] },
+      -- the status line, rewritten in place: elapsed time, blocks, lost
+      { expect = [[\r\x1b\[K +[0-9.]+ s  [1-9][0-9]* blocks seen  0 stacks lost]], timeout = 30 },
+      { expect = "Verdict: sleep_loop", timeout = 30 },
+    }
+    local argv = { "/usr/bin/python3", H.source .. "/tests/tools/pty_drive.py", cjson.encode(steps), "--", H.bin,
+      "script", "offcpu", "-d", "2", "--", H.fixture("sleep_loop"), "100", "100" }
+    local q = {}
+    for i, a in ipairs(argv) do
+      q[i] = H.quote(a)
+    end
+    local code, out, err = H.sh(table.concat(q, " "))
+    -- (-d ends the command with SIGTERM: its status is denet's)
+    assert.equals(143, code, err .. out)
+    -- the status line is cleared before the report
+    assert.matches("\r\27%[KOff%-CPU time over", out)
+    -- not on a terminal: the report alone
+    local c2, out2, err2 = H.denet({ "script", "offcpu", "--", H.fixture("sleep_loop"), "5", "100" })
+    assert.equals(0, c2, err2)
+    assert.equals("", err2)
+    assert.matches("^Off%-CPU time over", out2)
+  end)
+
+  it("machine-wide, leaves denet's own threads out", function()
+    local out = H.tmpfile(".json")
+    local p = require("denet").spawn({ H.bin, "script", "offcpu", "--json", "-d", "1" }, { stdout = out }):resume()
+    assert.equals(0, p:wait())
+    local r = cjson.decode(H.slurp(out))
+    assert.is_true(#r.threads > 0)
+    for _, t in ipairs(r.threads) do
+      assert.is_true(t.pid ~= p.pid, "denet's thread " .. t.tid .. " in the report")
+    end
+    assert.is_nil(r.verdict:find("(tid " .. p.pid .. ")", 1, true), r.verdict)
   end)
 
   it("rejects bad input with one line, exit 2", function()
