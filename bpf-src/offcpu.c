@@ -13,7 +13,8 @@
  * DN_NO_KSTACK, DN_STACK_STORAGE, DN_OFFCPU_KEYS, DN_TASK_FLAGS_OFF (the byte
  * offset of task_struct.flags in the running kernel, from its BTF),
  * DN_KSTACK_REUSE / DN_KSTACK_VERIFY, DN_USTACK_REUSE / DN_USTACK_VERIFY,
- * DN_LEAF_UNWIND (each below).
+ * DN_LEAF_UNWIND (each below), DN_THREADS_USER / DN_THREADS_KERNEL (only
+ * user threads, or only kernel threads).
  */
 #ifndef DN_OFFCPU_MIN_NS
 #define DN_OFFCPU_MIN_NS 0ULL
@@ -572,7 +573,18 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 	u64 now = bpf_ktime_get_ns();
 	u32 tgid = bpf_get_current_pid_tgid() >> 32; /* current is prev */
 
-	if (dn_wanted(tgid, prev)) {
+#if defined(DN_THREADS_USER) || defined(DN_THREADS_KERNEL)
+	/* only user threads, or only kernel threads */
+	int kthread = dn_current_kthread();
+#ifdef DN_THREADS_USER
+	int kept = !kthread;
+#else
+	int kept = kthread;
+#endif
+#else
+	int kept = 1;
+#endif
+	if (kept && dn_wanted(tgid, prev)) {
 		struct dn_offcpu_thread *th = dn_offcpu_threads.lookup(&prev);
 		if (!th) {
 			/* running since before tracing began */

@@ -42,6 +42,10 @@ local SPEC = {
       .. "speedscope, Pyroscope)" },
     { name = "html", metavar = "FILE", help = "an interactive report to FILE: flame graph (click to zoom, "
       .. "search), threads, call sites, verdict; one file, works offline" },
+    { name = "user_threads_only", type = "bool", help = "user threads only (no kernel threads)" },
+    { name = "kernel_threads_only", type = "bool", help = "kernel threads only" },
+    { name = "kernel_threads", type = "bool", help = "let the verdict name a kernel thread (by default it "
+      .. "is about user threads; the table shows both)" },
     { name = "json", type = "bool", help = "the report as JSON on stdout" },
   },
 }
@@ -69,6 +73,9 @@ local function main(o)
   end
   if o.user_only and o.kernel_only then
     fail("-U and -K exclude each other")
+  end
+  if o.user_threads_only and o.kernel_threads_only then
+    fail("--user-threads-only and --kernel-threads-only exclude each other")
   end
   local states
   if o.state then
@@ -134,6 +141,8 @@ local function main(o)
     cmd = o.cmd, roots = roots, tid = o.tid, duration = o.duration, host = host, min_us = o.min_us,
     max_us = o.max_us, states = states, user_only = o.user_only, kernel_only = o.kernel_only,
     stack_depth = o.stack_depth, stack_storage = o.stack_storage, stack_reuse = o.stack_reuse, on_tick = tick,
+    threads = o.user_threads_only and "user" or o.kernel_threads_only and "kernel" or nil,
+    kernel_threads = o.kernel_threads or o.kernel_threads_only,
     tick = status and 0.5 or nil,
   }
   if o.folded then

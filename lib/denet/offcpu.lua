@@ -344,7 +344,7 @@ local Tracer = {}
 Tracer.__index = Tracer
 
 local START_OPTS = { "roots", "tid", "min_us", "max_us", "states", "user_only", "kernel_only", "stack_storage",
-  "stack_reuse", "stack_depth", "proc", "on_process" }
+  "stack_reuse", "stack_depth", "proc", "on_process", "threads", "kernel_threads" }
 local RUN_OPTS = { "cmd", "duration", "host", "on_tick", "tick" }
 for _, k in ipairs(START_OPTS) do
   RUN_OPTS[#RUN_OPTS + 1] = k
@@ -375,6 +375,14 @@ function M.start(opts)
   end
   if opts.stack_storage then
     cflags[#cflags + 1] = "-DDN_STACK_STORAGE=" .. tonumber(opts.stack_storage)
+  end
+  -- threads = "user" or "kernel": only those (told apart in the kernel by
+  -- task_struct.flags, whose place comes from the kernel's BTF)
+  if opts.threads then
+    if not require("denet.features").has("btf") then
+      errors.raise("user and kernel threads cannot be told apart on this kernel (no BTF)")
+    end
+    cflags[#cflags + 1] = opts.threads == "user" and "-DDN_THREADS_USER" or "-DDN_THREADS_KERNEL"
   end
   if not opts.kernel_only then
     cflags[#cflags + 1] = "-DDN_LEAF_UNWIND"
@@ -627,6 +635,9 @@ function Tracer:report()
       t.offcpu_us = t.offcpu_us + us
     end
     t.by_category[cat] = (t.by_category[cat] or 0) + us
+    if k.ustack == M.STACK_NONE then
+      t.kernel = true -- a kernel thread (it has no user stack)
+    end
     local frames = {}
     for _, f in ipairs(uf) do
       frames[#frames + 1] = f
@@ -712,7 +723,7 @@ function Tracer:report()
     report.ustack_reuse = M.ut_stats(self.bpf)
   end
   report.sites = M.sites(stacks)
-  report.verdict = M.verdict(report)
+  report.verdict = M.verdict(report, self.opts.kernel_threads)
   return report
 end
 
@@ -757,8 +768,16 @@ function M.sites(stacks)
 end
 
 --- One plain sentence about the thread that waits the most.
-function M.verdict(report)
-  local t = report.threads[1]
+--- Kernel threads (their idle waits fill a machine) are left out unless
+--- kernel_threads.
+function M.verdict(report, kernel_threads)
+  local t
+  for _, th in ipairs(report.threads) do
+    if kernel_threads or not th.kernel then
+      t = th
+      break
+    end
+  end
   if not t or t.offcpu_us <= 0 then
     return "no thread was seen blocking"
   end

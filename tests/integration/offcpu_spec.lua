@@ -411,6 +411,43 @@ describe("denet script offcpu", function()
     assert.is_nil(r.verdict:find("(tid " .. p.pid .. ")", 1, true), r.verdict)
   end)
 
+  it("machine-wide: kernel threads are shown but not in the verdict, nor counted as missed stacks", function()
+    local function machine(extra)
+      local args = { "script", "offcpu", "--json", "-d", "1" }
+      for _, a in ipairs(extra or {}) do
+        args[#args + 1] = a
+      end
+      local code, out, err = H.denet(args)
+      assert.equals(0, code, err)
+      return cjson.decode(out)
+    end
+    local r = machine()
+    local kernel, by_tid = 0, {}
+    for _, t in ipairs(r.threads) do
+      by_tid[t.tid] = t
+      kernel = kernel + (t.kernel and 1 or 0)
+    end
+    assert.is_true(kernel > 0, "kernel threads seen")
+    local vt = tonumber(r.verdict:match("%(tid (%d+)%)"))
+    assert.is_true(vt == nil or not by_tid[vt].kernel, r.verdict)
+    -- a kernel thread has no user stack: that is no miss
+    for _, s in ipairs(r.stacks) do
+      if by_tid[s.tid] and by_tid[s.tid].kernel then
+        assert.is_nil(table.concat(s.frames, ";"):find("Missed User Stack", 1, true))
+      end
+    end
+    -- bcc's offcputime flags
+    r = machine({ "--kernel-threads-only" })
+    assert.is_true(#r.threads > 0)
+    for _, t in ipairs(r.threads) do
+      assert.is_true(t.kernel, t.comm)
+    end
+    r = machine({ "--user-threads-only" })
+    for _, t in ipairs(r.threads) do
+      assert.is_nil(t.kernel, t.comm)
+    end
+  end)
+
   it("rejects bad input with one line, exit 2", function()
     local code, _, err = H.denet({ "script", "offcpu", "-p", "999999" })
     assert.equals(2, code)
