@@ -7,7 +7,6 @@
 -- Every `tree`/`sample` record becomes one point of each metric
 -- (denet.metrics), labelled with the run's target and pid from its
 -- `metadata` record.
-local json = require("denet.json")
 local errors = require("denet.errors")
 local metrics = require("denet.metrics")
 local summary = require("denet.monitor.summary")
@@ -24,17 +23,7 @@ with the records' timestamps (stdout, or OUT), for
 --- The OpenMetrics text of the records in text (JSONL, or the original's
 --- JSON list), and how many points it holds.
 function M.convert(text)
-  local records = {}
-  if text:match("^%s*%[") then
-    records = json.try_decode(text) or {}
-  else
-    for line in text:gmatch("[^\n]+") do
-      local rec = line:find("%S") and json.try_decode(line)
-      if type(rec) == "table" then
-        records[#records + 1] = rec
-      end
-    end
-  end
+  local records = summary.records(text)
   local ident = { target = "", pid = "" }
   local series = metrics.series()
   local n = 0
@@ -85,13 +74,7 @@ function M.main(args)
   if not om then
     errors.raise("export: say the format: --openmetrics (the only one so far)")
   end
-  local f, err = io.open(path, "r")
-  if not f then
-    errors.raise(string.format("cannot read %s: %s", path, (err or "?"):gsub("^[^:]*: ", "")))
-  end
-  local text = f:read("*a")
-  f:close()
-  local body, n = M.convert(text)
+  local body, n = M.convert(summary.read(path))
   if n == 0 then
     errors.raise(string.format("export: %s holds no tree or sample records", path))
   end

@@ -153,11 +153,9 @@ function Summary:result(exit_code, final)
   }
 end
 
---- Read a recorded file (JSONL, tagged or the original's untagged lines,
---- or a JSON array): returns the summary accumulator, the number of
---- samples, and the count of lines that were not records. Raises a user
---- error when the file cannot be read.
-function M.from_file(path)
+--- The text of a recorded file; raises a user error when it cannot be
+--- read.
+function M.read(path)
   local errors = require("denet.errors")
   local f, err = io.open(path, "r")
   if not f then
@@ -165,34 +163,46 @@ function M.from_file(path)
   end
   local text = f:read("*a")
   f:close()
-  return M.from_text(text)
+  return text
 end
 
---- The summary of the records in text (JSONL, tagged or the original's
---- untagged lines, or the original's JSON list): summary, samples, lines
---- that are not records, the records.
-function M.from_text(text)
-  local s, bad = M.new(), 0
-  local records
+--- The records of a recorded file's text (JSONL, tagged or the original's
+--- untagged lines, or the original's JSON list), and how many lines were
+--- not records.
+function M.records(text)
   if text:match("^%s*%[") then
     local list = json.try_decode(text)
-    records = type(list) == "table" and list or {}
     if type(list) ~= "table" then
-      bad = 1
+      return {}, 1
     end
-  else
-    records = {}
-    for line in text:gmatch("[^\n]+") do
-      if line:find("%S") then
-        local rec = json.try_decode(line)
-        if type(rec) == "table" then
-          records[#records + 1] = rec
-        else
-          bad = bad + 1
-        end
+    return list, 0
+  end
+  local records, bad = {}, 0
+  for line in text:gmatch("[^\n]+") do
+    if line:find("%S") then
+      local rec = json.try_decode(line)
+      if type(rec) == "table" then
+        records[#records + 1] = rec
+      else
+        bad = bad + 1
       end
     end
   end
+  return records, bad
+end
+
+--- Read a recorded file: returns the summary accumulator, the number of
+--- samples, the count of lines that were not records, and the records.
+--- Raises a user error when the file cannot be read.
+function M.from_file(path)
+  return M.from_text(M.read(path))
+end
+
+--- The summary of the records in text (see records()): summary, samples,
+--- lines that are not records, the records.
+function M.from_text(text)
+  local s = M.new()
+  local records, bad = M.records(text)
   for _, rec in ipairs(records) do
     if not s:add(rec) then
       bad = bad + 1
