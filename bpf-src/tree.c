@@ -74,17 +74,24 @@ static __always_inline struct dn_task *dn_is_tracked(u32 tgid)
 	return dn_tracked.lookup(&tgid);
 }
 
+#ifdef DN_WANT_ALL
+/* denet's own process, written before any probe is attached (a map, not a
+ * -D, so the compiled program is the same from run to run) */
+BPF_ARRAY(dn_self_tgid, u32, 1);
+#endif
+
 /* The threads a feature watches: the tracked tree, or with -DDN_WANT_ALL
- * every thread of the machine (but denet's own, -DDN_SELF_TGID), or with
+ * every thread of the machine (but denet's own, dn_self_tgid), or with
  * -DDN_WANT_TID=n that one thread. */
 static __always_inline int dn_wanted(u32 tgid, u32 tid)
 {
 #ifdef DN_WANT_TID
 	return tid == DN_WANT_TID;
-#elif defined(DN_WANT_ALL) && defined(DN_SELF_TGID)
-	return tid != 0 && tgid != DN_SELF_TGID;
 #elif defined(DN_WANT_ALL)
-	return tid != 0;
+	u32 zero = 0;
+	u32 *self = dn_self_tgid.lookup(&zero);
+
+	return tid != 0 && !(self && *self == tgid);
 #else
 	return dn_is_tracked(tgid) != 0;
 #endif

@@ -149,6 +149,49 @@ void dn_procfs_parse_netdev(char *buf, unsigned long long *rx, unsigned long lon
 
 /* registration of each subsystem's Lua functions into `denet.core` */
 void dn_bcc_open(lua_State *L);
+
+/* dn_bpfcache.c ---------------------------------------------------------- */
+
+/* A compiled BPF program as the cache keeps it. In an image taken from a
+ * compile, a function's map references (BPF_PSEUDO_MAP_FD loads) hold the
+ * table's index; loading puts the table's descriptor there. */
+struct dn_bpf_table {
+	char *name;
+	int fd; /* -1 until created */
+	uint32_t type, key_size, leaf_size, max_entries, flags;
+	uint32_t btf_key, btf_value; /* BTF type ids, 0 without */
+	char *key_desc, *leaf_desc;  /* libbcc's JSON descriptions */
+	char **fields;               /* the record type's fields ("u32 pid") */
+	uint32_t nfields;
+};
+struct dn_bpf_func {
+	char *name;
+	unsigned char *code;
+	size_t len; /* bytes */
+};
+struct dn_bpf_image {
+	char *license;
+	uint32_t kern_version;
+	void *btf;
+	size_t btf_len;
+	struct dn_bpf_table *tabs;
+	uint32_t ntabs;
+	struct dn_bpf_func *fns;
+	uint32_t nfns;
+};
+enum { DN_CACHE_ABSENT = 1, DN_CACHE_DAMAGED, DN_CACHE_OTHER, DN_CACHE_REFUSED };
+/* FNV-1a over n bytes, continuing from h (0 starts). */
+uint64_t dn_fnv64(const void *p, size_t n, uint64_t h);
+/* Write the entry atomically (temporary file, rename); 0 or -1 with why. */
+int dn_bpfcache_write(const char *path, const char *key, const char *label, const struct dn_bpf_image *img, char *why,
+                      size_t n);
+/* Decode an entry held in memory: 0, or DN_CACHE_DAMAGED/OTHER with why.
+ * key NULL accepts any key; label (may be NULL) gets the entry's label. */
+int dn_bpfcache_parse(const void *buf, size_t len, const char *key, struct dn_bpf_image *img, char **label, char *why,
+                      size_t n);
+/* Read and decode the entry at path: 0 or a DN_CACHE_* reason. */
+int dn_bpfcache_read(const char *path, const char *key, struct dn_bpf_image *img, char **label, char *why, size_t n);
+void dn_bpf_image_free(struct dn_bpf_image *img);
 void dn_loop_open(lua_State *L);
 void dn_proc_open(lua_State *L);
 void dn_procfs_open(lua_State *L);

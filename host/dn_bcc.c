@@ -14,20 +14,139 @@
  * Map functions take buffers as cdata (their payload address is what
  * lua_topointer returns) or, read-only, as strings; the Lua side sizes them
  * from the table's key and leaf sizes.
+ *
+ * libbcc's compiler (libbcc.so, which maps clang and LLVM: ~66 MiB) is
+ * opened only when something is compiled; loading, attaching and maps use
+ * libbcc_bpf, which denet links. A module describes itself from an image
+ * (dn_bpfcache.c): taken from libbcc right after a compile, or read from
+ * the cache, in which case this file creates its maps and loads its
+ * functions itself, with no compiler in the process.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <zlib.h>
 
 #include <bcc/bcc_common.h>
 #include <bcc/libbpf.h>
+#include <bpf/bpf.h>
+#include <linux/bpf.h>
 #include <linux/perf_event.h>
 
 #include "dn.h"
+
+/* What is used of libbcc.so, resolved when it is first needed. */
+#define DN_BCC_FNS(X)                      \
+	X(bpf_module_create_c)             \
+	X(bpf_module_create_c_from_string) \
+	X(bpf_module_destroy)              \
+	X(bpf_num_functions)               \
+	X(bpf_function_name)               \
+	X(bpf_function_start)              \
+	X(bpf_function_size)               \
+	X(bpf_module_license)              \
+	X(bpf_module_kern_version)         \
+	X(bpf_num_tables)                  \
+	X(bpf_table_id)                    \
+	X(bpf_table_name)                  \
+	X(bpf_table_fd_id)                 \
+	X(bpf_table_type_id)               \
+	X(bpf_table_key_size_id)           \
+	X(bpf_table_leaf_size_id)          \
+	X(bpf_table_key_desc_id)           \
+	X(bpf_table_leaf_desc_id)          \
+	X(bpf_table_max_entries_id)        \
+	X(bpf_table_flags_id)              \
+	X(bpf_perf_event_fields)           \
+	X(bpf_perf_event_field)            \
+	X(bpf_table_key_snprintf)          \
+	X(bpf_table_leaf_snprintf)         \
+	X(bpf_table_key_sscanf)            \
+	X(bpf_table_leaf_sscanf)           \
+	X(bcc_func_load)
+
+/* Sanitizers cannot run a library opened with RTLD_DEEPBIND: their builds
+ * link libbcc.so itself (DN_BCC_LINKED) and take these from it. */
+#ifdef DN_BCC_LINKED
+#define DN_DLOPEN_DEEPBIND 0
+#else
+#define DN_DLOPEN_DEEPBIND RTLD_DEEPBIND
+#endif
+
+#define X(f) static __typeof__(&f) p_##f;
+DN_BCC_FNS(X)
+#undef X
+
+/* Open libbcc.so once; 0, or -1 with the reason pushed as a string. */
+static int bcc_compiler(lua_State *L)
+{
+	static int state; /* 0 not tried, 1 open, -1 failed */
+	static char err[DN_ERRBUF];
+	void *h;
+
+	if (state == 0) {
+		state = -1;
+		/* libbcc.so holds its own copy of libbcc_bpf's code and C++
+		 * statics: bound to itself (RTLD_DEEPBIND), each copy keeps its
+		 * own, and no static is destroyed twice at exit. */
+		h = dlopen("libbcc.so.0", RTLD_NOW | RTLD_LOCAL | DN_DLOPEN_DEEPBIND);
+		if (!h) {
+			snprintf(err, sizeof(err), "cannot open libbcc's compiler: %s", dlerror());
+			goto done;
+		}
+#define X(f)                                                             \
+	p_##f = (__typeof__(&f))dlsym(h, #f);                            \
+	if (!p_##f) {                                                    \
+		snprintf(err, sizeof(err), "libbcc.so.0 has no %s", #f); \
+		goto done;                                               \
+	}
+		DN_BCC_FNS(X)
+#undef X
+		state = 1;
+	}
+done:
+	if (state == 1)
+		return 0;
+	lua_pushstring(L, err);
+	return -1;
+}
+
+#define DN_BCC(f) (*p_##f)
+#define bpf_module_create_c DN_BCC(bpf_module_create_c)
+#define bpf_module_create_c_from_string DN_BCC(bpf_module_create_c_from_string)
+#define bpf_module_destroy DN_BCC(bpf_module_destroy)
+#define bpf_num_functions DN_BCC(bpf_num_functions)
+#define bpf_function_name DN_BCC(bpf_function_name)
+#define bpf_function_start DN_BCC(bpf_function_start)
+#define bpf_function_size DN_BCC(bpf_function_size)
+#define bpf_module_license DN_BCC(bpf_module_license)
+#define bpf_module_kern_version DN_BCC(bpf_module_kern_version)
+#define bpf_num_tables DN_BCC(bpf_num_tables)
+#define bpf_table_id DN_BCC(bpf_table_id)
+#define bpf_table_name DN_BCC(bpf_table_name)
+#define bpf_table_fd_id DN_BCC(bpf_table_fd_id)
+#define bpf_table_type_id DN_BCC(bpf_table_type_id)
+#define bpf_table_key_size_id DN_BCC(bpf_table_key_size_id)
+#define bpf_table_leaf_size_id DN_BCC(bpf_table_leaf_size_id)
+#define bpf_table_key_desc_id DN_BCC(bpf_table_key_desc_id)
+#define bpf_table_leaf_desc_id DN_BCC(bpf_table_leaf_desc_id)
+#define bpf_table_max_entries_id DN_BCC(bpf_table_max_entries_id)
+#define bpf_table_flags_id DN_BCC(bpf_table_flags_id)
+#define bpf_perf_event_fields DN_BCC(bpf_perf_event_fields)
+#define bpf_perf_event_field DN_BCC(bpf_perf_event_field)
+#define bpf_table_key_snprintf DN_BCC(bpf_table_key_snprintf)
+#define bpf_table_leaf_snprintf DN_BCC(bpf_table_leaf_snprintf)
+#define bpf_table_key_sscanf DN_BCC(bpf_table_key_sscanf)
+#define bpf_table_leaf_sscanf DN_BCC(bpf_table_leaf_sscanf)
+#define bcc_func_load DN_BCC(bcc_func_load)
 
 #define MODULE_MT "denet.bpf_module"
 /* LuaJIT's type tag for cdata; lua.h does not name it. */
@@ -48,7 +167,11 @@ struct dn_prog {
 };
 
 struct dn_bpf {
-	void *mod;
+	int open;
+	void *mod;               /* libbcc's module; NULL when loaded from the cache */
+	struct dn_bpf_image img; /* tables and functions (map references as indices) */
+	const char *uncacheable; /* why the image cannot be kept, or NULL */
+	int btf_fd;              /* cached: the program's BTF, -1 without */
 	struct dn_prog *progs;
 	int nprogs;
 	struct dn_att *atts;
@@ -133,17 +256,53 @@ static void detach_one(struct dn_att *a)
 	a->fd = -1;
 }
 
+/* Closing a tracepoint's perf event waits for the kernel's RCU grace
+ * periods (perf_trace_event_unreg -> tracepoint_synchronize_unregister):
+ * ~75 ms each here. Closed one after another, four tracepoints kept a
+ * run of `true` waiting 0.3 s at exit; closed from one thread each, the
+ * waits overlap and cost about one. */
+static void *close_fd_thread(void *arg)
+{
+	close((int)(intptr_t)arg);
+	return NULL;
+}
+
+static void detach_all(struct dn_bpf *m)
+{
+	pthread_t th[64];
+	int nth = 0, i;
+
+	for (i = m->natts - 1; i >= 0; i--) {
+		struct dn_att *a = &m->atts[i];
+
+		if (a->fd < 0)
+			continue;
+		if (a->kind == ATT_PERF_FD && nth < (int)(sizeof(th) / sizeof(th[0]))) {
+			/* stop the program at once, then close in parallel */
+			ioctl(a->fd, PERF_EVENT_IOC_DISABLE, 0);
+			if (pthread_create(&th[nth], NULL, close_fd_thread, (void *)(intptr_t)a->fd) == 0) {
+				nth++;
+				a->fd = -1;
+				continue;
+			}
+		}
+		detach_one(a);
+	}
+	for (i = 0; i < nth; i++)
+		pthread_join(th[i], NULL);
+}
+
 static void module_release(void *obj)
 {
 	struct dn_bpf *m = obj;
+	uint32_t t;
 	int i;
 
-	if (!m->mod)
+	if (!m->open)
 		return;
+	m->open = 0;
 	/* detach first, so no program runs while its maps go away */
-	for (i = m->natts - 1; i >= 0; i--)
-		if (m->atts[i].fd >= 0)
-			detach_one(&m->atts[i]);
+	detach_all(m);
 	for (i = 0; i < m->nprogs; i++) {
 		close(m->progs[i].fd);
 		free(m->progs[i].name);
@@ -153,15 +312,25 @@ static void module_release(void *obj)
 	m->progs = NULL;
 	m->atts = NULL;
 	m->nprogs = m->natts = m->catts = 0;
-	bpf_module_destroy(m->mod);
-	m->mod = NULL;
+	if (m->mod) {
+		bpf_module_destroy(m->mod);
+		m->mod = NULL;
+	} else {
+		/* from the cache: the maps and BTF are ours */
+		for (t = 0; t < m->img.ntabs; t++)
+			if (m->img.tabs[t].fd >= 0)
+				close(m->img.tabs[t].fd);
+		if (m->btf_fd >= 0)
+			close(m->btf_fd);
+	}
+	dn_bpf_image_free(&m->img);
 }
 
 static struct dn_bpf *check_module(lua_State *L, int idx)
 {
 	struct dn_bpf *m = luaL_checkudata(L, idx, MODULE_MT);
 
-	if (!m->mod)
+	if (!m->open)
 		luaL_error(L, "BPF module is closed");
 	return m;
 }
@@ -170,11 +339,142 @@ static int module_gc(lua_State *L)
 {
 	struct dn_bpf *m = luaL_checkudata(L, 1, MODULE_MT);
 
-	if (m->mod) {
+	if (m->open) {
 		dn_cleanup_remove(m);
 		module_release(m);
 	}
 	return 0;
+}
+
+static struct dn_bpf *new_module(lua_State *L)
+{
+	struct dn_bpf *m = lua_newuserdata(L, sizeof(*m));
+
+	memset(m, 0, sizeof(*m));
+	m->btf_fd = -1;
+	luaL_getmetatable(L, MODULE_MT);
+	lua_setmetatable(L, -2);
+	return m;
+}
+
+static char *dup_or_empty(const char *s)
+{
+	return strdup(s ? s : "");
+}
+
+#define IS_MAP_LOAD(i) ((i)->code == (BPF_LD | BPF_IMM | BPF_DW) && (i)->src_reg == BPF_PSEUDO_MAP_FD)
+
+/* Describe a freshly compiled module in m->img: its tables, and its
+ * functions with each map reference turned into the table's index. A
+ * reference to a map the module does not own (a table shared with another
+ * module) leaves the image uncacheable. Returns -1 when out of memory. */
+static int image_from_module(struct dn_bpf *m)
+{
+	struct dn_bpf_image *img = &m->img;
+	size_t nt = bpf_num_tables(m->mod), nf = bpf_num_functions(m->mod), i, j;
+
+	img->license = dup_or_empty(bpf_module_license(m->mod));
+	img->kern_version = bpf_module_kern_version(m->mod);
+	img->tabs = calloc(nt + 1, sizeof(*img->tabs));
+	img->fns = calloc(nf + 1, sizeof(*img->fns));
+	if (!img->license || !img->tabs || !img->fns)
+		return -1;
+	for (i = 0; i < nt; i++) {
+		struct dn_bpf_table *t = &img->tabs[i];
+		const char *name = bpf_table_name(m->mod, i);
+		size_t k;
+
+		img->ntabs++;
+		t->name = dup_or_empty(name);
+		t->fd = bpf_table_fd_id(m->mod, i);
+		t->type = (uint32_t)bpf_table_type_id(m->mod, i);
+		t->key_size = (uint32_t)bpf_table_key_size_id(m->mod, i);
+		t->leaf_size = (uint32_t)bpf_table_leaf_size_id(m->mod, i);
+		t->max_entries = (uint32_t)bpf_table_max_entries_id(m->mod, i);
+		t->flags = (uint32_t)bpf_table_flags_id(m->mod, i);
+		t->key_desc = dup_or_empty(bpf_table_key_desc_id(m->mod, i));
+		t->leaf_desc = dup_or_empty(bpf_table_leaf_desc_id(m->mod, i));
+		k = bpf_perf_event_fields(m->mod, name);
+		t->fields = calloc(k + 1, sizeof(*t->fields));
+		if (!t->name || !t->key_desc || !t->leaf_desc || !t->fields)
+			return -1;
+		for (j = 0; j < k; j++, t->nfields++)
+			if (!(t->fields[j] = dup_or_empty(bpf_perf_event_field(m->mod, name, j))))
+				return -1;
+		if (t->type == BPF_MAP_TYPE_ARRAY_OF_MAPS || t->type == BPF_MAP_TYPE_HASH_OF_MAPS)
+			m->uncacheable = "it has a map of maps";
+	}
+	for (i = 0; i < nf; i++) {
+		struct dn_bpf_func *f = &img->fns[i];
+		const char *name = bpf_function_name(m->mod, i);
+		struct bpf_insn *in;
+		size_t n;
+
+		img->nfns++;
+		f->name = dup_or_empty(name);
+		f->len = bpf_function_size(m->mod, name);
+		f->code = malloc(f->len ? f->len : 1);
+		if (!f->name || !f->code)
+			return -1;
+		memcpy(f->code, bpf_function_start(m->mod, name), f->len);
+		in = (struct bpf_insn *)f->code;
+		n = f->len / sizeof(*in);
+		for (j = 0; j + 1 < n; j++) {
+			uint32_t t;
+
+			if (!IS_MAP_LOAD(&in[j]))
+				continue;
+			for (t = 0; t < img->ntabs && img->tabs[t].fd != in[j].imm; t++)
+				;
+			if (t == img->ntabs)
+				m->uncacheable = "it uses a map of another program";
+			in[j].imm = (int32_t)t;
+			j++;
+		}
+	}
+	return 0;
+}
+
+/* Function `name` of the image, or NULL. */
+static struct dn_bpf_func *image_func(struct dn_bpf *m, const char *name)
+{
+	uint32_t i;
+
+	for (i = 0; i < m->img.nfns; i++)
+		if (strcmp(m->img.fns[i].name, name) == 0)
+			return &m->img.fns[i];
+	return NULL;
+}
+
+/* Table `name` of the image, or NULL. */
+static struct dn_bpf_table *image_table(struct dn_bpf *m, const char *name)
+{
+	uint32_t i;
+
+	for (i = 0; i < m->img.ntabs; i++)
+		if (strcmp(m->img.tabs[i].name, name) == 0)
+			return &m->img.tabs[i];
+	return NULL;
+}
+
+/* A copy of f's instructions with every map reference holding the map's
+ * descriptor (malloc'd), or NULL. */
+static struct bpf_insn *image_code(struct dn_bpf *m, const struct dn_bpf_func *f)
+{
+	struct bpf_insn *in = malloc(f->len ? f->len : 1);
+	size_t n = f->len / sizeof(*in), j;
+
+	if (!in)
+		return NULL;
+	memcpy(in, f->code, f->len);
+	for (j = 0; j + 1 < n; j++)
+		if (IS_MAP_LOAD(&in[j])) {
+			uint32_t t = (uint32_t)in[j].imm;
+
+			in[j].imm = t < m->img.ntabs ? m->img.tabs[t].fd : -1;
+			j++;
+		}
+	return in;
 }
 
 /* core.bpf_compile(text_or_path, is_file, cflags [, debug]) -> module | nil, diagnostics
@@ -196,23 +496,27 @@ static int l_bpf_compile(lua_State *L)
 	if (!lua_isnoneornil(L, 3)) {
 		luaL_checktype(L, 3, LUA_TTABLE);
 		ncflags = (int)lua_objlen(L, 3);
-		cflags = calloc((size_t)ncflags + 1, sizeof(*cflags));
-		if (!cflags)
-			return luaL_error(L, "out of memory");
 		for (i = 0; i < ncflags; i++) {
 			lua_rawgeti(L, 3, i + 1);
-			cflags[i] = lua_tostring(L, -1); /* kept alive by the table */
-			lua_pop(L, 1);
-			if (!cflags[i]) {
-				free(cflags);
+			if (!lua_isstring(L, -1))
 				return luaL_error(L, "cflags[%d] is not a string", i + 1);
-			}
+			lua_pop(L, 1);
 		}
 	}
-	m = lua_newuserdata(L, sizeof(*m));
-	memset(m, 0, sizeof(*m));
-	luaL_getmetatable(L, MODULE_MT);
-	lua_setmetatable(L, -2);
+	if (bcc_compiler(L) != 0) {
+		lua_pushnil(L);
+		lua_insert(L, -2);
+		return 2;
+	}
+	cflags = calloc((size_t)ncflags + 1, sizeof(*cflags));
+	if (!cflags)
+		return luaL_error(L, "out of memory");
+	for (i = 0; i < ncflags; i++) {
+		lua_rawgeti(L, 3, i + 1);
+		cflags[i] = lua_tostring(L, -1); /* kept alive by the table */
+		lua_pop(L, 1);
+	}
+	m = new_module(L);
 
 	capture_begin(&cap);
 	if (is_file)
@@ -228,15 +532,271 @@ static int l_bpf_compile(lua_State *L)
 		return 2;
 	}
 	m->mod = mod;
+	m->open = 1;
 	dn_cleanup_add(m, module_release);
+	if (image_from_module(m) != 0)
+		return luaL_error(L, "out of memory");
 	return 2;
+}
+
+/* The BTF of the program's maps, for the cache: each table's type ids and
+ * the BTF blob (the kernel hands back what libbcc loaded). */
+static int image_btf(struct dn_bpf *m, char *why, size_t n)
+{
+	uint32_t i, btf_id = 0;
+	struct bpf_btf_info bi;
+	__u32 len;
+	int bfd;
+
+	for (i = 0; i < m->img.ntabs; i++) {
+		struct dn_bpf_table *t = &m->img.tabs[i];
+		struct bpf_map_info mi;
+
+		memset(&mi, 0, sizeof(mi));
+		len = sizeof(mi);
+		if (bpf_obj_get_info_by_fd(t->fd, &mi, &len) != 0) {
+			snprintf(why, n, "cannot describe map %s: %s", t->name, strerror(errno));
+			return -1;
+		}
+		t->btf_key = mi.btf_key_type_id;
+		t->btf_value = mi.btf_value_type_id;
+		if (mi.btf_id)
+			btf_id = mi.btf_id;
+	}
+	if (!btf_id || m->img.btf)
+		return 0;
+	bfd = bpf_btf_get_fd_by_id(btf_id);
+	if (bfd < 0) {
+		snprintf(why, n, "cannot open the program's BTF: %s", strerror(errno));
+		return -1;
+	}
+	memset(&bi, 0, sizeof(bi));
+	len = sizeof(bi);
+	if (bpf_obj_get_info_by_fd(bfd, &bi, &len) == 0 && bi.btf_size > 0) {
+		uint32_t size = bi.btf_size;
+		void *blob = malloc(size);
+
+		memset(&bi, 0, sizeof(bi));
+		bi.btf = (__u64)(uintptr_t)blob;
+		bi.btf_size = size;
+		len = sizeof(bi);
+		if (blob && bpf_obj_get_info_by_fd(bfd, &bi, &len) == 0 && bi.btf_size == size) {
+			m->img.btf = blob;
+			m->img.btf_len = size;
+		} else {
+			free(blob);
+		}
+	}
+	close(bfd);
+	if (!m->img.btf) {
+		snprintf(why, n, "cannot read the program's BTF");
+		return -1;
+	}
+	return 0;
+}
+
+/* m:cache_save(path, key, label) -> true | nil, why
+ * Keep what was compiled; "why" also says when a program cannot be kept. */
+static int l_module_cache_save(lua_State *L)
+{
+	struct dn_bpf *m = check_module(L, 1);
+	const char *path = luaL_checkstring(L, 2), *key = luaL_checkstring(L, 3);
+	const char *label = luaL_optstring(L, 4, "");
+	char why[DN_ERRBUF] = "";
+
+	if (!m->mod)
+		return dn_vm_fail(L, EINVAL, "the program came from the cache");
+	if (m->uncacheable)
+		return dn_vm_fail(L, EINVAL, "the program cannot be cached: %s", m->uncacheable);
+	if (image_btf(m, why, sizeof(why)) != 0 || dn_bpfcache_write(path, key, label, &m->img, why, sizeof(why)) != 0)
+		return dn_vm_fail(L, EIO, "%s", why);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static const char *cache_reason(int rc)
+{
+	switch (rc) {
+	case DN_CACHE_ABSENT:
+		return "absent";
+	case DN_CACHE_DAMAGED:
+		return "damaged";
+	case DN_CACHE_OTHER:
+		return "other";
+	case DN_CACHE_REFUSED:
+		return "refused";
+	default:
+		return "load";
+	}
+}
+
+/* Create the maps of a module read from the cache; 0 or -1 with why. */
+static int image_create_maps(struct dn_bpf *m, char *why, size_t n)
+{
+	uint32_t i;
+
+	if (m->img.btf_len) {
+		m->btf_fd = bpf_btf_load(m->img.btf, m->img.btf_len, NULL);
+		if (m->btf_fd < 0) {
+			snprintf(why, n, "cannot load the program's BTF: %s", strerror(errno));
+			return -1;
+		}
+	}
+	for (i = 0; i < m->img.ntabs; i++) {
+		struct dn_bpf_table *t = &m->img.tabs[i];
+		struct bcc_create_map_attr attr;
+
+		memset(&attr, 0, sizeof(attr));
+		attr.name = t->name;
+		attr.map_type = (enum bpf_map_type)t->type;
+		attr.map_flags = t->flags;
+		attr.key_size = t->key_size;
+		attr.value_size = t->leaf_size;
+		attr.max_entries = t->max_entries;
+		if ((t->btf_key || t->btf_value) && m->btf_fd >= 0) {
+			attr.btf_fd = (__u32)m->btf_fd;
+			attr.btf_key_type_id = t->btf_key;
+			attr.btf_value_type_id = t->btf_value;
+		}
+		t->fd = bcc_create_map_xattr(&attr, false);
+		if (t->fd < 0) {
+			snprintf(why, n, "cannot create map %s: %s", t->name, strerror(errno));
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* core.bpf_cache_load(path, key) -> module | nil, why, reason
+ * A module from a cache entry: its maps created, its functions loaded on
+ * demand, no compiler opened. reason: "absent", "damaged" (short, wrong
+ * length or checksum), "other" (another key), "refused" (not a trusted
+ * file) or "load" (the kernel refused a map). */
+static int l_bpf_cache_load(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1), *key = luaL_checkstring(L, 2);
+	char why[DN_ERRBUF] = "";
+	struct dn_bpf *m = new_module(L);
+	int rc = dn_bpfcache_read(path, key, &m->img, NULL, why, sizeof(why));
+
+	if (rc == 0) {
+		m->open = 1;
+		dn_cleanup_add(m, module_release);
+		if (image_create_maps(m, why, sizeof(why)) == 0)
+			return 1;
+		dn_cleanup_remove(m);
+		module_release(m);
+		rc = -1;
+	} else {
+		dn_bpf_image_free(&m->img);
+	}
+	lua_pushnil(L);
+	lua_pushstring(L, why);
+	lua_pushstring(L, cache_reason(rc));
+	return 3;
+}
+
+/* core.bpf_cache_info(path) -> { key, label, size } | nil, why
+ * What `denet cache ls` shows of an entry; the checksum is checked. */
+static int l_bpf_cache_info(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	char why[DN_ERRBUF] = "", *buf = NULL, *label = NULL;
+	struct dn_bpf_image img;
+	size_t len = 0;
+	int rc = dn_trust_read(path, &buf, &len, why, sizeof(why));
+
+	if (rc < 0)
+		return dn_vm_fail(L, -rc, "%s", why[0] ? why : strerror(-rc));
+	rc = dn_bpfcache_parse(buf, len, NULL, &img, &label, why, sizeof(why));
+	free(buf);
+	if (rc != 0)
+		return dn_vm_fail(L, EINVAL, "%s", why);
+	lua_createtable(L, 0, 4);
+	lua_pushstring(L, label);
+	lua_setfield(L, -2, "label");
+	lua_pushinteger(L, (lua_Integer)len);
+	lua_setfield(L, -2, "size");
+	lua_pushinteger(L, img.nfns);
+	lua_setfield(L, -2, "functions");
+	lua_pushinteger(L, img.ntabs);
+	lua_setfield(L, -2, "tables");
+	free(label);
+	dn_bpf_image_free(&img);
+	return 1;
+}
+
+/* core.hash(text [, previous]) -> 16 hex digits: FNV-1a 64, continuing from
+ * a previous result when given */
+static int l_hash(lua_State *L)
+{
+	size_t n;
+	const char *s = luaL_checklstring(L, 1, &n);
+	const char *prev = luaL_optstring(L, 2, NULL);
+	uint64_t h = prev ? strtoull(prev, NULL, 16) : 0;
+	char out[17];
+
+	snprintf(out, sizeof(out), "%016llx", (unsigned long long)dn_fnv64(s, n, h));
+	lua_pushstring(L, out);
+	return 1;
+}
+
+/* core.file_identity(path) -> "size:mtime_ns:crc" | nil: what identifies
+ * a file's content for the cache key (links followed). The CRC-32 covers
+ * the content when it is at most `max` bytes (default 16 MiB), else 0. */
+static int l_file_identity(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	lua_Integer max = luaL_optinteger(L, 2, 16 << 20);
+	unsigned long crc = crc32(0L, Z_NULL, 0);
+	struct stat st;
+	char buf[65536];
+	ssize_t r;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0 || fstat(fd, &st) != 0) {
+		if (fd >= 0)
+			close(fd);
+		lua_pushnil(L);
+		return 1;
+	}
+	if (S_ISREG(st.st_mode) && st.st_size <= max)
+		while ((r = read(fd, buf, sizeof(buf))) > 0)
+			crc = crc32(crc, (const Bytef *)buf, (uInt)r);
+	else
+		crc = 0;
+	close(fd);
+	snprintf(buf, sizeof(buf), "%lld:%lld.%09ld:%08lx", (long long)st.st_size, (long long)st.st_mtim.tv_sec,
+	         st.st_mtim.tv_nsec, crc);
+	lua_pushstring(L, buf);
+	return 1;
+}
+
+/* core.libbcc_dir() -> the folder of the libbcc libraries in use (for the
+ * cache key: libbcc.so.0 beside libbcc_bpf), or nil */
+static int l_libbcc_dir(lua_State *L)
+{
+	Dl_info info;
+	char *slash;
+
+	if (!dladdr((void *)bcc_create_map_xattr, &info) || !info.dli_fname) {
+		lua_pushnil(L);
+		return 1;
+	}
+	slash = strrchr(info.dli_fname, '/');
+	if (!slash) {
+		lua_pushnil(L);
+		return 1;
+	}
+	lua_pushlstring(L, info.dli_fname, (size_t)(slash - info.dli_fname));
+	return 1;
 }
 
 static int l_module_close(lua_State *L)
 {
 	struct dn_bpf *m = luaL_checkudata(L, 1, MODULE_MT);
 
-	if (m->mod) {
+	if (m->open) {
 		dn_cleanup_remove(m);
 		module_release(m);
 	}
@@ -247,14 +807,48 @@ static int l_module_close(lua_State *L)
 static int l_module_functions(lua_State *L)
 {
 	struct dn_bpf *m = check_module(L, 1);
-	size_t n = bpf_num_functions(m->mod), i;
+	uint32_t i;
 
-	lua_createtable(L, (int)n, 0);
-	for (i = 0; i < n; i++) {
-		lua_pushstring(L, bpf_function_name(m->mod, i));
+	lua_createtable(L, (int)m->img.nfns, 0);
+	for (i = 0; i < m->img.nfns; i++) {
+		lua_pushstring(L, m->img.fns[i].name);
 		lua_rawseti(L, -2, (int)i + 1);
 	}
 	return 1;
+}
+
+/* m:cached() -> whether the module came from the cache */
+static int l_module_cached(lua_State *L)
+{
+	struct dn_bpf *m = check_module(L, 1);
+
+	lua_pushboolean(L, m->mod == NULL);
+	return 1;
+}
+
+/* Load a function of a cached module as libbcc would (its name, license
+ * and kernel version; libbcc prints the verifier's log on failure). */
+static int image_load(struct dn_bpf *m, const struct dn_bpf_func *f, int type, int attach_type)
+{
+	struct bpf_prog_load_opts opts;
+	struct bpf_insn *in = image_code(m, f);
+	int fd, err;
+
+	if (!in) {
+		errno = ENOMEM;
+		return -1;
+	}
+	memset(&opts, 0, sizeof(opts));
+	opts.sz = sizeof(opts);
+	if (attach_type != -1)
+		opts.expected_attach_type = (enum bpf_attach_type)attach_type;
+	opts.kern_version = m->img.kern_version;
+	fd = bcc_prog_load_xattr((enum bpf_prog_type)type, f->name, m->img.license, in, &opts, (int)f->len, NULL, 0,
+	                         false);
+	err = errno;
+	free(in);
+	errno = err;
+	return fd;
 }
 
 /* m:load(name, prog_type [, attach_type]) -> fd | nil, log, errno
@@ -266,9 +860,9 @@ static int l_module_load(lua_State *L)
 	const char *name = luaL_checkstring(L, 2);
 	int type = (int)luaL_checkinteger(L, 3);
 	int attach_type = (int)luaL_optinteger(L, 4, -1);
+	struct dn_bpf_func *f = image_func(m, name);
 	struct capture cap;
 	struct dn_prog *np;
-	void *start;
 	int fd, err, i;
 
 	for (i = 0; i < m->nprogs; i++)
@@ -279,12 +873,15 @@ static int l_module_load(lua_State *L)
 			lua_pushinteger(L, m->progs[i].fd);
 			return 1;
 		}
-	start = bpf_function_start(m->mod, name);
-	if (!start)
+	if (!f)
 		return dn_vm_fail(L, ENOENT, "no BPF function named '%s' in the program", name);
 	capture_begin(&cap);
-	fd = bcc_func_load(m->mod, type, name, start, (int)bpf_function_size(m->mod, name), bpf_module_license(m->mod),
-	                   bpf_module_kern_version(m->mod), 0, NULL, 0, NULL, attach_type);
+	if (m->mod)
+		fd = bcc_func_load(m->mod, type, name, bpf_function_start(m->mod, name),
+		                   (int)bpf_function_size(m->mod, name), bpf_module_license(m->mod),
+		                   bpf_module_kern_version(m->mod), 0, NULL, 0, NULL, attach_type);
+	else
+		fd = image_load(m, f, type, attach_type);
 	err = errno;
 	capture_end(L, &cap);
 	if (fd < 0) {
@@ -497,11 +1094,11 @@ static int l_module_attachments(lua_State *L)
 static int l_module_tables(lua_State *L)
 {
 	struct dn_bpf *m = check_module(L, 1);
-	size_t n = bpf_num_tables(m->mod), i;
+	uint32_t i;
 
-	lua_createtable(L, (int)n, 0);
-	for (i = 0; i < n; i++) {
-		lua_pushstring(L, bpf_table_name(m->mod, i));
+	lua_createtable(L, (int)m->img.ntabs, 0);
+	for (i = 0; i < m->img.ntabs; i++) {
+		lua_pushstring(L, m->img.tabs[i].name);
 		lua_rawseti(L, -2, (int)i + 1);
 	}
 	return 1;
@@ -512,35 +1109,34 @@ static int l_module_tables(lua_State *L)
 static int l_module_table_info(lua_State *L)
 {
 	struct dn_bpf *m = check_module(L, 1);
-	const char *name = luaL_checkstring(L, 2);
-	size_t id = bpf_table_id(m->mod, name), nf, i;
+	const struct dn_bpf_table *t = image_table(m, luaL_checkstring(L, 2));
+	uint32_t i;
 
-	if (id >= bpf_num_tables(m->mod)) {
+	if (!t) {
 		lua_pushnil(L);
 		return 1;
 	}
 	lua_createtable(L, 0, 10);
-	lua_pushinteger(L, bpf_table_fd_id(m->mod, id));
+	lua_pushinteger(L, t->fd);
 	lua_setfield(L, -2, "fd");
-	lua_pushinteger(L, bpf_table_type_id(m->mod, id));
+	lua_pushinteger(L, t->type);
 	lua_setfield(L, -2, "type");
-	lua_pushinteger(L, (lua_Integer)bpf_table_key_size_id(m->mod, id));
+	lua_pushinteger(L, (lua_Integer)t->key_size);
 	lua_setfield(L, -2, "key_size");
-	lua_pushinteger(L, (lua_Integer)bpf_table_leaf_size_id(m->mod, id));
+	lua_pushinteger(L, (lua_Integer)t->leaf_size);
 	lua_setfield(L, -2, "leaf_size");
-	lua_pushstring(L, bpf_table_key_desc_id(m->mod, id));
+	lua_pushstring(L, t->key_desc);
 	lua_setfield(L, -2, "key_desc");
-	lua_pushstring(L, bpf_table_leaf_desc_id(m->mod, id));
+	lua_pushstring(L, t->leaf_desc);
 	lua_setfield(L, -2, "leaf_desc");
-	lua_pushinteger(L, (lua_Integer)bpf_table_max_entries_id(m->mod, id));
+	lua_pushinteger(L, (lua_Integer)t->max_entries);
 	lua_setfield(L, -2, "max_entries");
-	lua_pushinteger(L, bpf_table_flags_id(m->mod, id));
+	lua_pushinteger(L, t->flags);
 	lua_setfield(L, -2, "flags");
 	/* the record type passed to perf_submit / ringbuf_output, if any */
-	nf = bpf_perf_event_fields(m->mod, name);
-	lua_createtable(L, (int)nf, 0);
-	for (i = 0; i < nf; i++) {
-		lua_pushstring(L, bpf_perf_event_field(m->mod, name, i));
+	lua_createtable(L, (int)t->nfields, 0);
+	for (i = 0; i < t->nfields; i++) {
+		lua_pushstring(L, t->fields[i]);
 		lua_rawseti(L, -2, (int)i + 1);
 	}
 	lua_setfield(L, -2, "fields");
@@ -571,21 +1167,30 @@ static int l_module_function_code(lua_State *L)
 {
 	struct dn_bpf *m = check_module(L, 1);
 	const char *name = luaL_checkstring(L, 2);
-	void *start = bpf_function_start(m->mod, name);
+	const struct dn_bpf_func *f = image_func(m, name);
+	struct bpf_insn *in;
 
-	if (!start)
+	if (!f)
 		return dn_vm_fail(L, ENOENT, "no BPF function named '%s' in the program", name);
-	lua_pushlstring(L, start, bpf_function_size(m->mod, name));
+	in = image_code(m, f);
+	if (!in)
+		return luaL_error(L, "out of memory");
+	lua_pushlstring(L, (const char *)in, f->len);
+	free(in);
 	return 1;
 }
 
-/* The table id of name, and whether `which` is "key" (else "leaf"). */
+/* The table id of name, and whether `which` is "key" (else "leaf"). Needs
+ * libbcc's module: a cached one cannot print or scan. */
 static size_t table_part(lua_State *L, struct dn_bpf *m, int *is_key)
 {
 	const char *name = luaL_checkstring(L, 2);
 	const char *which = luaL_checkstring(L, 3);
-	size_t id = bpf_table_id(m->mod, name);
+	size_t id;
 
+	if (!m->mod)
+		luaL_error(L, "a program from the cache cannot print or read table text (run with --no-cache)");
+	id = bpf_table_id(m->mod, name);
 	if (id >= bpf_num_tables(m->mod))
 		luaL_error(L, "no BPF table named '%s'", name);
 	*is_key = strcmp(which, "key") == 0;
@@ -890,6 +1495,8 @@ void dn_bcc_open(lua_State *L)
 		{ "tables", l_module_tables },
 		{ "table_info", l_module_table_info },
 		{ "function_code", l_module_function_code },
+		{ "cached", l_module_cached },
+		{ "cache_save", l_module_cache_save },
 		{ "table_print", l_module_table_print },
 		{ "table_scan", l_module_table_scan },
 		{ NULL, NULL },
@@ -898,6 +1505,11 @@ void dn_bcc_open(lua_State *L)
 	/* clang-format off */
 	static const luaL_Reg fns[] = {
 		{ "bpf_compile", l_bpf_compile },
+		{ "bpf_cache_load", l_bpf_cache_load },
+		{ "bpf_cache_info", l_bpf_cache_info },
+		{ "hash", l_hash },
+		{ "libbcc_dir", l_libbcc_dir },
+		{ "file_identity", l_file_identity },
 		{ "map_lookup", l_map_lookup },
 		{ "map_update", l_map_update },
 		{ "map_delete", l_map_delete },

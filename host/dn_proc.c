@@ -166,7 +166,7 @@ static int l_spawn(lua_State *L)
 	const char **argv;
 	struct redir rin, rout, rerr;
 	const char *cwd = NULL;
-	int go[2], ep[2], n, i, r, opts = 0;
+	int go[2], ep[2], rp[2], n, i, r, opts = 0;
 	struct dn_proc *p;
 	pid_t pid, parent;
 	sigset_t all, old;
@@ -210,6 +210,15 @@ static int l_spawn(lua_State *L)
 		close(go[1]);
 		return dn_vm_fail(L, errno, "pipe: %s", strerror(errno));
 	}
+	/* the child says when it is held: no syscall of its set-up may fall
+	 * in a tracer's window opened after spawn() returns */
+	if (pipe2(rp, O_CLOEXEC) < 0) {
+		close(go[0]);
+		close(go[1]);
+		close(ep[0]);
+		close(ep[1]);
+		return dn_vm_fail(L, errno, "pipe: %s", strerror(errno));
+	}
 	/* no signal handler of ours may run in the child before it resets them */
 	sigfillset(&all);
 	sigprocmask(SIG_BLOCK, &all, &old);
@@ -239,7 +248,10 @@ static int l_spawn(lua_State *L)
 				_exit(127);
 			_exit(127);
 		}
-		/* held: wait for resume() */
+		/* held: say so, and wait for resume() */
+		if (write(rp[1], "h", 1) != 1)
+			_exit(127);
+		close(rp[1]);
 		if (read(go[0], &c, 1) != 1)
 			_exit(127);
 		execv(path, (char *const *)argv);
@@ -251,12 +263,24 @@ static int l_spawn(lua_State *L)
 	sigprocmask(SIG_SETMASK, &old, NULL);
 	close(go[0]);
 	close(ep[1]);
+	close(rp[1]);
 	if (pid < 0) {
 		int err = errno;
 
 		close(go[1]);
 		close(ep[0]);
+		close(rp[0]);
 		return dn_vm_fail(L, err, "fork: %s", strerror(err));
+	}
+	{
+		char h;
+		ssize_t got;
+
+		/* a byte: held; EOF: its set-up failed (resume() reports why) */
+		do
+			got = read(rp[0], &h, 1);
+		while (got < 0 && errno == EINTR);
+		close(rp[0]);
 	}
 	p->pid = pid;
 	p->go_fd = go[1];

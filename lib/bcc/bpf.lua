@@ -157,7 +157,9 @@ function Bpf:initialize(args)
     text = args.usdt:_get_text() .. string.format('\n#line 1 "%s"\n', name or "bpf.c") .. text
   end
   log.info("\n%s\n", text)
-  self._d = try(dbpf.new, { text = text, name = name, cflags = cflags, debug = debug, autoattach = false })
+  -- not from the cache: bcc's key/leaf printing needs libbcc's module
+  self._d = try(dbpf.new, { text = text, name = name, cflags = cflags, debug = debug, autoattach = false,
+    cache = false })
   self.module = self._d.m
   -- functions bcc's Lua could never attach (no such call): as bcc's
   -- Python does, TRACEPOINT_PROBE / RAW_TRACEPOINT_PROBE attach now

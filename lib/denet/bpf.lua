@@ -12,6 +12,7 @@
 local ffi = require("ffi")
 local core = require("denet.core")
 local ctypes = require("denet.ctypes")
+local cache = require("denet.cache")
 local errors = require("denet.errors")
 local syms = require("denet.syms")
 local sys = require("denet.sys")
@@ -226,7 +227,8 @@ local function find_src_file(path, level)
   return path
 end
 
-local NEW_OPTS = { "text", "src_file", "cflags", "name", "autoattach", "warnings", "debug", "usdt" }
+local NEW_OPTS = { "text", "src_file", "cflags", "name", "autoattach", "warnings", "debug", "usdt", "cache",
+  "before_attach" }
 
 --- Compile BPF C through libbcc.
 --- opts.text: the C source, or opts.src_file: a path to it (relative:
@@ -238,7 +240,12 @@ local NEW_OPTS = { "text", "src_file", "cflags", "name", "autoattach", "warnings
 --- opts.debug: libbcc's debug flags (bcc_common.h; 0x4 prints the
 --- rewritten source);
 --- opts.usdt: a USDT context (BPF.usdt) or a list of them: their enabled
---- probes are attached once the program is loaded.
+--- probes are attached once the program is loaded;
+--- opts.before_attach(bpf): called once the maps exist, before any probe
+--- is attached (to fill tables the probes read);
+--- opts.cache: false to compile even when the cache holds the program
+--- (denet.cache: the same inputs load what was compiled before, without
+--- clang).
 --- Raises with clang's diagnostics (file:line) when the C does not compile.
 --- BPF.new{...} and BPF:new{...} are the same call.
 function BPF.new(opts, more)
@@ -290,34 +297,77 @@ function BPF.new(opts, more)
     cflags[#cflags + 1] = f
   end
   text = BPF._inline_includes(text, name, basedir, quote_dirs(cflags))
-  -- kernel structs as the running kernel lays them out (or one line)
-  text, cflags = require("denet.ktypes").apply(text, cflags, name)
-  local ringbufs
-  text, ringbufs = BPF._count_ringbuf_losses(text)
-  text = BPF._fix_lines(text, name)
   local t0 = core.monotonic()
-  local m, diag = core.bpf_compile(text, false, cflags, opts.debug)
-  local compile_s = core.monotonic() - t0
-  if not m then
-    local n = count_errors(diag)
-    errors.script(string.format("%s: failed to compile BPF module %s (%d error%s):\n%s", place, name, n,
-      n == 1 and "" or "s", tidy_diagnostics(diag, name)))
+  -- A program compiled before from the same text and flags loads from
+  -- the cache. The key is taken before the rewrites below: they depend
+  -- only on the text and on the kernel and headers, which the key covers.
+  local key = opts.cache ~= false and cache.program_key(text, cflags, opts.debug)
+  local cpath = key and cache.program_path(key)
+  local m
+  if cpath then
+    local why, reason
+    m, why, reason = core.bpf_cache_load(cpath, key)
+    if not m and reason ~= "absent" and reason ~= "other" then
+      cache.note(name, why)
+    end
   end
-  if opts.warnings and diag:find("warning:") then
-    io.stderr:write(tidy_diagnostics(diag, name), "\n")
+  local ringbufs = BPF._ringbuf_names(text)
+  local function compile()
+    -- kernel structs as the running kernel lays them out (or one line)
+    local ctext, cfl = require("denet.ktypes").apply(text, cflags, name)
+    ctext = BPF._fix_lines(BPF._count_ringbuf_losses(ctext), name)
+    local cm, diag = core.bpf_compile(ctext, false, cfl, opts.debug)
+    if not cm then
+      local n = count_errors(diag)
+      errors.script(string.format("%s: failed to compile BPF module %s (%d error%s):\n%s", place, name, n,
+        n == 1 and "" or "s", tidy_diagnostics(diag, name)))
+    end
+    if opts.warnings and diag:find("warning:") then
+      io.stderr:write(tidy_diagnostics(diag, name), "\n")
+    end
+    -- best effort: a read-only cache only costs the next run a compile
+    if cpath and cm:cache_save(cpath, key, name) then
+      cache.prune()
+    end
+    return cm
   end
+  m = m or compile()
   local self = setmetatable({
     m = m,
     name = name,
     place = place,
-    compile_time = compile_s,
+    from_cache = m:cached(),
+    -- the compile, or the load from the cache
+    compile_time = core.monotonic() - t0,
     tables = {},
     buffers = {},
     probes = {}, -- description -> handles
     ringbuf_index = ringbufs,
   }, BPF)
+  if opts.before_attach then
+    opts.before_attach(self)
+  end
   if opts.autoattach ~= false then
-    self:_autoattach()
+    local ok, err = true, nil
+    if self.from_cache then
+      ok, err = pcall(self._autoattach, self)
+    else
+      self:_autoattach()
+    end
+    if not ok then
+      -- the kernel refused what was kept: compile afresh
+      self.m:close()
+      self.probes = {}
+      cache.note(name, tostring(err):match("[^\n]*"))
+      local t1 = core.monotonic()
+      self.m, self.from_cache = compile(), false
+      self.compile_time = self.compile_time + core.monotonic() - t1
+      self.tables = {}
+      if opts.before_attach then
+        opts.before_attach(self)
+      end
+      self:_autoattach()
+    end
   end
   for _, u in ipairs(usdts or {}) do
     u:_attach(self)
@@ -346,13 +396,9 @@ function BPF.compose(parts)
   return table.concat(out, "\n")
 end
 
--- Ring buffers cannot tell user space what they dropped: a full buffer
--- makes ringbuf_output/ringbuf_reserve fail in the program. Rewrite those
--- calls so each failure also bumps a per-CPU counter per ring buffer
--- (__denet_rb_lost). The counter is declared on the line of the first
--- BPF_RINGBUF_OUTPUT and every rewrite stays on its line, so clang's line
--- numbers still match the user's text. Returns the text and name -> index.
-function BPF._count_ringbuf_losses(text)
+-- The ring buffers of a text: name -> index of its loss counter, and the
+-- names in order (nil when there is none).
+function BPF._ringbuf_names(text)
   local names, index = {}, {}
   for name in text:gmatch("BPF_RINGBUF_OUTPUT%s*%(%s*([%w_]+)") do
     if not index[name] then
@@ -361,6 +407,20 @@ function BPF._count_ringbuf_losses(text)
     end
   end
   if #names == 0 then
+    return nil
+  end
+  return index, names
+end
+
+-- Ring buffers cannot tell user space what they dropped: a full buffer
+-- makes ringbuf_output/ringbuf_reserve fail in the program. Rewrite those
+-- calls so each failure also bumps a per-CPU counter per ring buffer
+-- (__denet_rb_lost). The counter is declared on the line of the first
+-- BPF_RINGBUF_OUTPUT and every rewrite stays on its line, so clang's line
+-- numbers still match the user's text. Returns the text and name -> index.
+function BPF._count_ringbuf_losses(text)
+  local index, names = BPF._ringbuf_names(text)
+  if not index then
     return text, nil
   end
   for i, name in ipairs(names) do

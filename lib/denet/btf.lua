@@ -72,6 +72,33 @@ end
 
 local loaded
 --- The running kernel's BTF, parsed once; nil and why when it has none.
+--- The byte offset of member `path` of struct `sname` in the running
+--- kernel (Btf:offset), remembered in the cache per kernel so that later
+--- runs need not parse the BTF; nil when unknown.
+function M.offset_of(sname, path)
+  local cache = require("denet.cache")
+  local u = core.uname()
+  local id = core.file_identity(M.PATH, 0)
+  if not id then
+    return nil
+  end
+  local name = string.format("btf-offsets-%s-%s.txt", core.hash(u.release .. "\0" .. u.version .. "\0" .. id),
+    (u.release:gsub("[^%w%.%-]", "_")))
+  local file = cache.path(name)
+  local want = sname .. "." .. path
+  local known = file and core.read_file(file) or ""
+  local v = known:match("\n" .. want:gsub("%p", "%%%0") .. "=(%-?%d+)\n")
+  if v then
+    return tonumber(v) >= 0 and tonumber(v) or nil
+  end
+  local b = M.load()
+  local off = b and b:offset(sname, path)
+  if file then
+    cache.put(name, (known == "" and "\n" or known) .. want .. "=" .. (off or -1) .. "\n")
+  end
+  return off
+end
+
 function M.load()
   if loaded then
     return loaded

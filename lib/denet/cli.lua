@@ -17,9 +17,14 @@ M.COMMANDS = {
   { "info NAME", "what a script does, its arguments and an example" },
   { "repl [-p PID | -- CMD]", "an interactive Lua console with denet loaded" },
   { "doctor", "check whether BPF can work here, and how to fix what is missing" },
+  { "cache ls|clear", "the compiled BPF programs kept for a fast start" },
   { "version", "print versions of denet, LuaJIT and libbcc" },
   { "help", "this text" },
 }
+
+M.CACHE_NOTE = "Compiled BPF programs are kept in /var/cache/denet (root) or ~/.cache/denet and loaded "
+  .. "without the compiler when the program, its flags, the kernel and libbcc are the same; --no-cache "
+  .. "(anywhere before --) compiles afresh."
 
 M.SEARCH_NOTE = "Scripts named without a path are the built-ins (" .. core.root .. "/scripts), then those in "
   .. "$DENET_PATH and ~/.config/denet/scripts; the current folder is never searched (name a file there "
@@ -36,18 +41,20 @@ local function usage()
       out[#out + 1] = string.rep(" ", 31) .. c[2]
     end
   end
-  out[#out + 1] = ""
-  -- the note, wrapped at 78 columns
-  local line = ""
-  for word in M.SEARCH_NOTE:gmatch("%S+") do
-    if #line + #word + 1 > 78 then
-      out[#out + 1] = line
-      line = word
-    else
-      line = line == "" and word or (line .. " " .. word)
+  -- the notes, wrapped at 78 columns
+  for _, note in ipairs({ M.SEARCH_NOTE, M.CACHE_NOTE }) do
+    out[#out + 1] = ""
+    local line = ""
+    for word in note:gmatch("%S+") do
+      if #line + #word + 1 > 78 then
+        out[#out + 1] = line
+        line = word
+      else
+        line = line == "" and word or (line .. " " .. word)
+      end
     end
+    out[#out + 1] = line
   end
-  out[#out + 1] = line
   return table.concat(out, "\n") .. "\n"
 end
 local USAGE = usage()
@@ -314,6 +321,9 @@ local COMMANDS = {
   doctor = function(args)
     return require("denet.doctor").main(args)
   end,
+  cache = function(args)
+    return require("denet.cache").main(args)
+  end,
   version = version,
   -- the man page, from the declarations (the build writes denet.1)
   man = function()
@@ -353,8 +363,15 @@ COMMANDS["--help"] = COMMANDS.help
 
 function M.main(argv)
   local args = {}
+  -- --no-cache applies to every command; after "--" it is the command's
+  local sep = false
   for i = 1, #argv do
-    args[i] = argv[i]
+    sep = sep or argv[i] == "--"
+    if not sep and argv[i] == "--no-cache" then
+      require("denet.cache").disable()
+    else
+      args[#args + 1] = argv[i]
+    end
   end
   local cmd = args[1]
   if not cmd then

@@ -60,8 +60,7 @@ M.PARTS = {
       local flags = { "-DDN_HOOK_OFFCPU" }
       -- kernel threads are told apart by task_struct.flags, where this
       -- kernel's BTF puts it
-      local b = features.has("btf") and require("denet.btf").load()
-      local off = b and b:offset("task_struct", "flags")
+      local off = features.has("btf") and require("denet.btf").offset_of("task_struct", "flags")
       if off then
         flags[#flags + 1] = "-DDN_TASK_FLAGS_OFF=" .. off
       end
@@ -196,7 +195,8 @@ end
 --- Build one program. spec.parts: part names; spec.text: { name, text }
 --- items of a script's own BPF C (compiled after the parts it uses,
 --- before the shared sched_switch probe); spec.cflags: more flags;
---- spec.name: for diagnostics. Notes of fallbacks are written once to
+--- spec.name: for diagnostics; spec.before_attach(bpf): called once the
+--- program is loaded, before its probes are attached. Notes of fallbacks are written once to
 --- stderr. Returns the program: .bpf (a denet.bpf object), .parts (the
 --- set), :has_flag(f).
 function M.build(spec)
@@ -226,7 +226,8 @@ function M.build(spec)
   for _, f in ipairs(flags) do
     flag_set[f] = true
   end
-  local bpf = BPF.new{ text = BPF.compose(parts), cflags = flags, name = spec.name or "denet" }
+  local bpf = BPF.new{ text = BPF.compose(parts), cflags = flags, name = spec.name or "denet",
+    before_attach = spec.before_attach }
   return setmetatable({ bpf = bpf, parts = set, flags = flags, flag_set = flag_set, notes = notes }, Program)
 end
 

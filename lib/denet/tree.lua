@@ -44,7 +44,7 @@ local function bpf_usable()
 end
 M.bpf_usable = bpf_usable
 
-local NEW_OPTS = { "bpf", "parts", "text", "cflags", "name", "follow", "on_event" }
+local NEW_OPTS = { "bpf", "parts", "text", "cflags", "name", "follow", "on_event", "before_attach" }
 local TARGET_OPTS = { "roots", "proc", "tid", "parts", "text", "cflags", "name", "on_event" }
 local PLUGIN_OPTS = { "text", "cflags", "name" }
 
@@ -82,7 +82,7 @@ function M.new(opts)
       parts[#parts + 1] = p
     end
     self.program = require("denet.compose").build{ parts = parts, text = opts.text, cflags = opts.cflags,
-      name = opts.name or "tree" }
+      name = opts.name or "tree", before_attach = opts.before_attach }
     self.bpf = self.program.bpf
     self.tracked = self.bpf:get_table("dn_tracked")
     self.threads = self.bpf:get_table("dn_threads")
@@ -292,11 +292,15 @@ function M.for_targets(opts)
     cflags[#cflags + 1] = "-DDN_WANT_TID=" .. tonumber(opts.tid)
   elseif all then
     cflags[#cflags + 1] = "-DDN_WANT_ALL"
-    -- what denet itself does is not what the user asked about
-    cflags[#cflags + 1] = "-DDN_SELF_TGID=" .. core.ids().pid
+  end
+  local function before_attach(bpf)
+    if all and not opts.tid then
+      -- what denet itself does is not what the user asked about
+      bpf:get_table("dn_self_tgid"):set(0, core.ids().pid)
+    end
   end
   local tree = M.new{ bpf = true, parts = opts.parts, text = opts.text, cflags = cflags, name = opts.name,
-    on_event = opts.on_event }
+    on_event = opts.on_event, before_attach = before_attach }
   for _, pid in ipairs(opts.roots or {}) do
     tree:add(pid, core.read_stat(pid), { root = true, descendants = true })
   end
