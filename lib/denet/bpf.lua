@@ -311,13 +311,33 @@ function BPF.new(opts, more)
       cache.note(name, why)
     end
   end
+  -- what autoattach will load, loaded now: a kept program the kernel
+  -- refuses is compiled again (attach errors are the caller's, as usual)
+  if m and opts.autoattach ~= false then
+    for _, fn in ipairs(m:functions()) do
+      local ptype = BPF._auto_type(fn)
+      local fd, log = true, nil
+      if ptype then
+        fd, log = m:load(fn, ptype)
+      end
+      if not fd then
+        m:close()
+        m = nil
+        os.remove(cpath) -- not to be tried again, whatever the compile gives
+        cache.note(name, string.format("the kernel refused %s: %s", fn, tostring(log):match("[^\n]*")))
+        break
+      end
+    end
+  end
   local ringbufs = BPF._ringbuf_names(text)
-  local function compile()
+  local fresh = m == nil
+  if fresh then
     -- kernel structs as the running kernel lays them out (or one line)
     local ctext, cfl = require("denet.ktypes").apply(text, cflags, name)
     ctext = BPF._fix_lines(BPF._count_ringbuf_losses(ctext), name)
-    local cm, diag = core.bpf_compile(ctext, false, cfl, opts.debug)
-    if not cm then
+    local diag
+    m, diag = core.bpf_compile(ctext, false, cfl, opts.debug)
+    if not m then
       local n = count_errors(diag)
       errors.script(string.format("%s: failed to compile BPF module %s (%d error%s):\n%s", place, name, n,
         n == 1 and "" or "s", tidy_diagnostics(diag, name)))
@@ -325,18 +345,12 @@ function BPF.new(opts, more)
     if opts.warnings and diag:find("warning:") then
       io.stderr:write(tidy_diagnostics(diag, name), "\n")
     end
-    -- best effort: a read-only cache only costs the next run a compile
-    if cpath and cm:cache_save(cpath, key, name) then
-      cache.prune()
-    end
-    return cm
   end
-  m = m or compile()
   local self = setmetatable({
     m = m,
     name = name,
     place = place,
-    from_cache = m:cached(),
+    from_cache = not fresh,
     -- the compile, or the load from the cache
     compile_time = core.monotonic() - t0,
     tables = {},
@@ -348,26 +362,12 @@ function BPF.new(opts, more)
     opts.before_attach(self)
   end
   if opts.autoattach ~= false then
-    local ok, err = true, nil
-    if self.from_cache then
-      ok, err = pcall(self._autoattach, self)
-    else
-      self:_autoattach()
-    end
-    if not ok then
-      -- the kernel refused what was kept: compile afresh
-      self.m:close()
-      self.probes = {}
-      cache.note(name, tostring(err):match("[^\n]*"))
-      local t1 = core.monotonic()
-      self.m, self.from_cache = compile(), false
-      self.compile_time = self.compile_time + core.monotonic() - t1
-      self.tables = {}
-      if opts.before_attach then
-        opts.before_attach(self)
-      end
-      self:_autoattach()
-    end
+    self:_autoattach()
+  end
+  -- kept once it loaded and attached; best effort: a read-only cache only
+  -- costs the next run a compile
+  if fresh and cpath and m:cache_save(cpath, key, name) then
+    cache.prune()
   end
   for _, u in ipairs(usdts or {}) do
     u:_attach(self)
@@ -483,6 +483,17 @@ function BPF._fix_lines(text, name)
 end
 
 -- bcc's naming: functions named by their probe attach by themselves.
+-- The program type autoattach loads function `fn` as, or nil.
+function BPF._auto_type(fn)
+  if fn:match("^tracepoint__") then
+    return BPF.TRACEPOINT
+  elseif fn:match("^raw_tracepoint__") then
+    return BPF.RAW_TRACEPOINT
+  elseif fn:match("^kprobe__") or fn:match("^kretprobe__") then
+    return BPF.KPROBE
+  end
+end
+
 function BPF:_autoattach()
   for _, fn in ipairs(self.m:functions()) do
     local cat, ev = fn:match("^tracepoint__(.-)__(.+)$")

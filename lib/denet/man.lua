@@ -73,6 +73,8 @@ function M.page()
   end
   out[#out + 1] = ".PP"
   out[#out + 1] = esc(cli.SEARCH_NOTE)
+  out[#out + 1] = ".PP"
+  out[#out + 1] = esc(cli.CACHE_NOTE)
   local monitor = spec_of("monitor")
   out[#out + 1] = ".SH OPTIONS OF RUN, ATTACH AND STATS"
   option_items(out, monitor.args)

@@ -186,6 +186,14 @@ describe("the compile cache", function()
     assert.matches("cannot be used %(the entry is cut short%)", err)
     r = run(d, s, 500)
     assert.same({ count = 500, cached = true, llvm = false }, r)
+    -- an entry others could have written is not loaded (root's trust rule)
+    assert(os.execute("chmod 0666 " .. H.quote(e)))
+    r, err = run(d, s, 600)
+    assert.same({ count = 600, cached = false, llvm = true }, r)
+    assert.matches("^denet: the cached build of bpf%.c cannot be used %([^\n]*writable[^\n]*%); compiling it again\n$",
+      err)
+    -- replaced by a good one
+    assert.same({ count = 700, cached = true, llvm = false }, run(d, s, 700))
   end)
 
   it("compiles afresh, with one line, when the kernel refuses a program it kept", function()
