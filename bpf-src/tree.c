@@ -107,19 +107,23 @@ static __always_inline void dn_offcpu_thread_exit(u32 tid);
 static __always_inline void dn_insys_thread_exit(u32 tid);
 #endif
 
-TRACEPOINT_PROBE(task, task_newtask)
+/* The probes come in two kinds. As raw tracepoints (-DDN_TREE_RAW, when
+ * the kernel's BTF gives the offsets: DN_TASK_PID_OFF, DN_BPRM_FILENAME_OFF)
+ * they detach at once; as tracepoints (perf events) each takes the kernel
+ * RCU grace periods to detach. Their bodies are shared. */
+
+static __always_inline int dn_on_newtask(void *ctx, u32 child, u64 clone_flags)
 {
 	u64 cur = bpf_get_current_pid_tgid();
 	u32 parent = cur >> 32;
 #ifdef DN_HOOK_OFFCPU
 	if (dn_wanted(parent, (u32)cur))
-		dn_offcpu_thread_start(args->pid, (args->clone_flags & DN_CLONE_THREAD) ? parent : (u32)args->pid);
+		dn_offcpu_thread_start(child, (clone_flags & DN_CLONE_THREAD) ? parent : child);
 #endif
 	if (!dn_is_tracked(parent))
 		return 0;
-	u32 child = args->pid;
 	struct dn_thread th = {};
-	if (args->clone_flags & DN_CLONE_THREAD) {
+	if (clone_flags & DN_CLONE_THREAD) {
 		/* a thread of the same process */
 		th.tgid = parent;
 		dn_threads.update(&child, &th);
@@ -137,34 +141,35 @@ TRACEPOINT_PROBE(task, task_newtask)
 	e.pid = child;
 	e.ppid = parent;
 	e.ts_ns = bpf_ktime_get_ns();
-	bpf_probe_read_kernel(e.comm, sizeof(e.comm), args->comm);
-	dn_tree_send(args, &e);
+	/* the new task's name is its parent's until it execs */
+	bpf_get_current_comm(e.comm, sizeof(e.comm));
+	dn_tree_send(ctx, &e);
 	return 0;
 }
 
-TRACEPOINT_PROBE(sched, sched_process_exec)
+/* e->filename is filled by the caller */
+static __always_inline int dn_on_exec(void *ctx, u32 old_pid, u32 pid, struct dn_tree_event *e)
 {
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct dn_task *t = dn_is_tracked(tgid);
 	if (!t)
 		return 0;
-	if (args->old_pid != args->pid) {
+	if (old_pid != pid) {
 		/* a non-leader thread exec'd and took the leader's tid */
-		u32 old = args->old_pid;
-		dn_threads.delete(&old);
+		dn_threads.delete(&old_pid);
 	}
-	struct dn_tree_event e = {};
-	e.kind = DN_EV_EXEC;
-	e.pid = tgid;
-	e.ppid = t->ppid;
-	e.ts_ns = bpf_ktime_get_ns();
-	bpf_get_current_comm(e.comm, sizeof(e.comm));
-	TP_DATA_LOC_READ_STR(e.filename, filename, sizeof(e.filename));
-	dn_tree_send(args, &e);
+	e->kind = DN_EV_EXEC;
+	e->pid = tgid;
+	e->ppid = t->ppid;
+	e->ts_ns = bpf_ktime_get_ns();
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	dn_tree_send(ctx, e);
 	return 0;
 }
 
-TRACEPOINT_PROBE(sched, sched_process_exit)
+/* group_dead: 1 when the last thread of its process exits, 0 when not,
+ * -1 when the kernel does not say (then: the leader's exit) */
+static __always_inline int dn_on_exit(void *ctx, int group_dead)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32, tid = (u32)id;
@@ -186,13 +191,8 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 		dn_threads.delete(&tid);
 		dn_tidmask_add(tid, -1);
 	}
-#ifdef DN_HAVE_GROUP_DEAD
-	if (!args->group_dead)
+	if (group_dead == 0 || (group_dead < 0 && tid != tgid))
 		return 0; /* a thread, not the last one of its process */
-#else
-	if ((u32)id != tgid)
-		return 0;
-#endif
 	struct dn_task *t = dn_is_tracked(tgid);
 	if (!t)
 		return 0;
@@ -203,8 +203,60 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	e.ts_ns = bpf_ktime_get_ns();
 	e.nvcsw = t->nvcsw;
 	e.nivcsw = t->nivcsw;
-	bpf_probe_read_kernel(e.comm, sizeof(e.comm), args->comm);
-	dn_tree_send(args, &e);
+	bpf_get_current_comm(e.comm, sizeof(e.comm));
+	dn_tree_send(ctx, &e);
 	dn_tracked.delete(&tgid);
 	return 0;
 }
+
+#ifdef DN_TREE_RAW
+/* task_newtask(struct task_struct *task, unsigned long clone_flags) */
+RAW_TRACEPOINT_PROBE(task_newtask)
+{
+	u32 child = 0;
+	bpf_probe_read_kernel(&child, sizeof(child), (char *)ctx->args[0] + DN_TASK_PID_OFF);
+	return dn_on_newtask(ctx, child, ctx->args[1]);
+}
+
+/* sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm) */
+RAW_TRACEPOINT_PROBE(sched_process_exec)
+{
+	struct dn_tree_event e = {};
+	const char *filename = 0;
+	bpf_probe_read_kernel(&filename, sizeof(filename), (char *)ctx->args[2] + DN_BPRM_FILENAME_OFF);
+	if (filename)
+		bpf_probe_read_kernel_str(e.filename, sizeof(e.filename), filename);
+	return dn_on_exec(ctx, (u32)ctx->args[1], (u32)bpf_get_current_pid_tgid(), &e);
+}
+
+/* sched_process_exit(struct task_struct *p [, bool group_dead]) */
+RAW_TRACEPOINT_PROBE(sched_process_exit)
+{
+#ifdef DN_HAVE_GROUP_DEAD
+	return dn_on_exit(ctx, ctx->args[1] & 1);
+#else
+	return dn_on_exit(ctx, -1);
+#endif
+}
+#else
+TRACEPOINT_PROBE(task, task_newtask)
+{
+	return dn_on_newtask(args, args->pid, args->clone_flags);
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+	struct dn_tree_event e = {};
+	TP_DATA_LOC_READ_STR(e.filename, filename, sizeof(e.filename));
+	return dn_on_exec(args, args->old_pid, args->pid, &e);
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+#ifdef DN_HAVE_GROUP_DEAD
+	return dn_on_exit(args, args->group_dead);
+#else
+	return dn_on_exit(args, -1);
+#endif
+}
+#endif

@@ -65,14 +65,14 @@ end
 
 -- Shell functions for tests that start things in the background and must
 -- wait for a state, not sleep a guessed time (each gives up after 20 s):
---   attached PID    until PID holds a perf event (its BPF programs are
+--   attached PID    until PID holds a perf event or BPF link (its programs are
 --                   attached: tracing has begun)
 --   lines FILE N    until FILE has N lines
 --   state PID S     until /proc/PID/stat shows state S (e.g. S: asleep)
 --   comm PID NAME   until PID runs NAME (it has exec'd)
 H.WAIT_SH = [[
 attached() {
-  for _ in $(seq 1000); do ls -l /proc/$1/fd 2>/dev/null | grep -q 'perf_event' && return; sleep 0.02; done
+  for _ in $(seq 1000); do ls -l /proc/$1/fd 2>/dev/null | grep -qE 'perf_event|bpf_link' && return; sleep 0.02; done
 }
 lines() {
   for _ in $(seq 1000); do [ "$(cat "$1" 2>/dev/null | wc -l)" -ge "$2" ] && return; sleep 0.02; done

@@ -70,35 +70,63 @@ function M.parse(data)
   return self
 end
 
-local loaded
---- The running kernel's BTF, parsed once; nil and why when it has none.
---- The byte offset of member `path` of struct `sname` in the running
---- kernel (Btf:offset), remembered in the cache per kernel so that later
---- runs need not parse the BTF; nil when unknown.
-function M.offset_of(sname, path)
+-- Facts about the running kernel's types, remembered in the cache per
+-- kernel (a small text file of NAME=VALUE lines) so that later runs need
+-- not parse the BTF: compute() gives the number, or nil.
+local function remember(what, compute)
   local cache = require("denet.cache")
   local u = core.uname()
   local id = core.file_identity(M.PATH, 0)
   if not id then
     return nil
   end
-  local name = string.format("btf-offsets-%s-%s.txt", core.hash(u.release .. "\0" .. u.version .. "\0" .. id),
+  local name = string.format("btf-facts-%s-%s.txt", core.hash(u.release .. "\0" .. u.version .. "\0" .. id),
     (u.release:gsub("[^%w%.%-]", "_")))
   local file = cache.path(name)
-  local want = sname .. "." .. path
   local known = file and core.read_file(file) or ""
-  local v = known:match("\n" .. want:gsub("%p", "%%%0") .. "=(%-?%d+)\n")
+  local v = known:match("\n" .. what:gsub("%p", "%%%0") .. "=(%-?%d+)\n")
   if v then
     return tonumber(v) >= 0 and tonumber(v) or nil
   end
-  local b = M.load()
-  local off = b and b:offset(sname, path)
+  local n = compute()
   if file then
-    cache.put(name, (known == "" and "\n" or known) .. want .. "=" .. (off or -1) .. "\n")
+    cache.put(name, (known == "" and "\n" or known) .. what .. "=" .. (n or -1) .. "\n")
   end
-  return off
+  return n
 end
 
+--- The byte offset of member `path` of struct `sname` in the running
+--- kernel (Btf:offset), remembered per kernel; nil when unknown.
+function M.offset_of(sname, path)
+  return remember(sname .. "." .. path, function()
+    local b = M.load()
+    return b and b:offset(sname, path)
+  end)
+end
+
+--- How many arguments raw tracepoint `tp` passes its programs (from the
+--- kernel's btf_trace_TP prototype), remembered per kernel; nil when the
+--- BTF does not say.
+function M.raw_tp_nargs(tp)
+  return remember("raw_tp." .. tp, function()
+    local b = M.load()
+    local id = b and b:typedef_id("btf_trace_" .. tp)
+    if not id then
+      return nil
+    end
+    local _, _, ref = b:type(id)
+    local kind, _, proto = b:type(ref)
+    if kind ~= KIND.PTR then
+      return nil
+    end
+    local pkind, _, _, vlen = b:type(proto)
+    -- the first parameter is the probe's own data pointer
+    return pkind == KIND.FUNC_PROTO and vlen - 1 or nil
+  end)
+end
+
+local loaded
+--- The running kernel's BTF, parsed once; nil and why when it has none.
 function M.load()
   if loaded then
     return loaded
@@ -136,6 +164,20 @@ function Btf:resolve(id)
     end
   end
   return id
+end
+
+--- The id of typedef `name`, nil when there is none.
+function Btf:typedef_id(name)
+  if not self.typedefs then
+    self.typedefs = {}
+    for id = 1, self.n do
+      local t = ffi.cast(u32p, self.p + self.off[id])
+      if bit.band(bit.rshift(t[1], 24), 0x1f) == KIND.TYPEDEF and t[0] ~= 0 then
+        self.typedefs[self:str(t[0])] = id
+      end
+    end
+  end
+  return self.typedefs[name]
 end
 
 --- The id of struct (or union) `name`, nil when there is none.

@@ -22,11 +22,39 @@ local M = {}
 --- otherwise = { cflags, note } }: compiled instead when one is missing),
 --- options ({ flag, also, requires, note }: a flag callers may ask for,
 --- dropped with the note when a required feature is missing).
+-- What raw tracepoints need of kernel structs, from the BTF (remembered
+-- per kernel): nil without BTF or raw tracepoints (DENET_DISABLE can turn
+-- either off). Attached as raw tracepoints, probes detach at once; as perf
+-- events each tracepoint's detach waits for RCU grace periods (~50-75 ms).
+local function raw_facts()
+  if not features.has("raw_tracepoint") or not features.has("btf") then
+    return nil
+  end
+  local btf = require("denet.btf")
+  local f = { pid = btf.offset_of("task_struct", "pid"), filename = btf.offset_of("linux_binprm", "filename") }
+  if not f.pid then
+    return nil
+  end
+  for _, tp in ipairs({ "task_newtask", "sched_process_exec", "sched_process_exit", "sched_switch" }) do
+    f[tp] = btf.raw_tp_nargs(tp)
+  end
+  return f
+end
+
 M.PARTS = {
   tree = {
     file = "tree.c",
     order = 10,
     cflags = function()
+      local raw = raw_facts()
+      if raw and raw.filename and raw.task_newtask == 2 and raw.sched_process_exec == 3
+          and (raw.sched_process_exit or 0) >= 1 then
+        local out = { "-DDN_TREE_RAW", "-DDN_TASK_PID_OFF=" .. raw.pid, "-DDN_BPRM_FILENAME_OFF=" .. raw.filename }
+        if raw.sched_process_exit == 2 then
+          out[#out + 1] = "-DDN_HAVE_GROUP_DEAD"
+        end
+        return out
+      end
       local sys = require("denet.sys")
       local fmt = sys.tracefs() and core.read_file(sys.tracefs() .. "/events/sched/sched_process_exit/format")
       -- 5.16+ says whether the exiting thread was the last of its process
@@ -79,7 +107,20 @@ M.PARTS = {
         note = "callers of functions without frame pointers (libc's) are missing from user stacks" },
     },
   },
-  switch = { file = "switch.c", order = 90, needs = { "tree" } },
+  switch = {
+    file = "switch.c",
+    order = 90,
+    needs = { "tree" },
+    cflags = function(set)
+      -- the off-CPU hook reads the tracepoint record; 5.18+ passes the
+      -- raw tracepoint prev_state
+      local raw = not set.offcpu and raw_facts()
+      if raw and raw.sched_switch == 4 then
+        return { "-DDN_SWITCH_RAW", "-DDN_TASK_PID_OFF=" .. raw.pid }
+      end
+      return {}
+    end,
+  },
 }
 
 local TEXT_ORDER = 60
@@ -146,7 +187,7 @@ function M.plan(names, requested)
   local flags, notes, dropped = {}, {}, {}
   for _, n in ipairs(list) do
     local p = M.PARTS[n]
-    local cf = type(p.cflags) == "function" and p.cflags() or p.cflags or {}
+    local cf = type(p.cflags) == "function" and p.cflags(set) or p.cflags or {}
     for _, f in ipairs(cf) do
       flags[#flags + 1] = f
     end
