@@ -50,6 +50,10 @@ done
 # denet, installed as a user would, and what the tests need
 cmake --install "$build" --prefix "$stage/opt/denet" >/dev/null
 copy_libs "$stage/opt/denet/bin/denet"
+# libbcc's compiler, which denet opens (dlopen) only when it compiles
+bcc_bpf=$(ldd "$stage/opt/denet/bin/denet" | awk '/libbcc_bpf/ { print $3 }')
+copy "$(dirname "$bcc_bpf")/libbcc.so.0"
+copy_libs "$(realpath "$(dirname "$bcc_bpf")/libbcc.so.0")"
 mkdir -p "$stage/opt/denet-tests"
 cp -a "$build/fixtures" "$stage/opt/denet-tests/fixtures"
 cp -a "$src/tests/kernels" "$src/tests/helper.lua" "$stage/opt/denet-tests/"
