@@ -437,6 +437,10 @@ function M.start(opts)
   if self.tree.program:has_flag("-DDN_USTACK_REUSE") then
     self.ut_buf = M.learn_ustacks(self.bpf)
   end
+  -- the report will need the kernel's symbols: read them while tracing
+  if not opts.user_only then
+    require("denet.syms").preload_kernel()
+  end
   self:mark_start()
   return self
 end
@@ -1101,6 +1105,8 @@ function M.run(opts)
     t:close()
     error(err, 0)
   end
+  -- tracing is over: the probes detach while the report is made
+  t.bpf:stop()
   local report = t:report()
   t:close()
   host:call("on_offcpu", report)
