@@ -74,7 +74,8 @@
 	X(bcc_func_load)
 
 /* Sanitizers cannot run a library opened with RTLD_DEEPBIND: their builds
- * link libbcc.so itself (DN_BCC_LINKED) and take these from it. */
+ * link libbcc.so itself (DN_BCC_LINKED, no libbcc_bpf), so the dlopen
+ * below finds the library already loaded and binds nothing twice. */
 #ifdef DN_BCC_LINKED
 #define DN_DLOPEN_DEEPBIND 0
 #else

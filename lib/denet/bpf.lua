@@ -482,7 +482,6 @@ function BPF._fix_lines(text, name)
   return table.concat(out, "\n")
 end
 
--- bcc's naming: functions named by their probe attach by themselves.
 -- The program type autoattach loads function `fn` as, or nil.
 function BPF._auto_type(fn)
   if fn:match("^tracepoint__") then
@@ -494,6 +493,7 @@ function BPF._auto_type(fn)
   end
 end
 
+-- bcc's naming: functions named by their probe attach by themselves.
 function BPF:_autoattach()
   for _, fn in ipairs(self.m:functions()) do
     local cat, ev = fn:match("^tracepoint__(.-)__(.+)$")
@@ -754,8 +754,6 @@ function BPF:num_attached()
   return self.m:attachments()
 end
 
---- Detach everything, free the maps and buffers. Idempotent; also done at
---- exit and by the garbage collector.
 --- Detach every probe now; the tables stay readable until close(). Perf
 --- events finish detaching in the background (the kernel makes each wait
 --- for RCU grace periods), so work done meanwhile, such as a report,
@@ -764,6 +762,8 @@ function BPF:stop()
   self.m:detach_all()
 end
 
+--- Detach everything, free the maps and buffers. Idempotent; also done at
+--- exit and by the garbage collector.
 function BPF:close()
   for _, b in pairs(self.buffers) do
     b:close()

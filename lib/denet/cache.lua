@@ -123,6 +123,8 @@ local function env_key()
   return environment
 end
 
+M._environment = env_key
+
 -- Sources the cache leaves to the compiler: tables shared between
 -- programs live in libbcc, and programs attached through the kernel's BTF
 -- (fentry, LSM, iterators) need libbcc's loading.

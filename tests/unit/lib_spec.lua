@@ -89,3 +89,40 @@ describe("the man page", function()
     end
   end)
 end)
+
+describe("the compile cache's key", function()
+  local core = require("denet.core")
+  local cache = require("denet.cache")
+
+  it("covers the kernel, its BTF and headers, libbcc, the CPUs and denet's version", function()
+    local env = cache._environment()
+    local u = core.uname()
+    for _, part in ipairs({ u.release, u.version, core.version,
+      core.file_identity("/sys/kernel/btf/vmlinux"),
+      core.file_identity(core.libbcc_dir() .. "/libbcc.so.0", 0),
+      core.file_identity(core.libbcc_dir() .. "/libbcc_bpf.so.0", 0),
+      sys.kernel_headers(),
+      core.read_file("/sys/devices/system/cpu/possible") }) do
+      assert.truthy(env:find(part, 1, true), part)
+    end
+    -- the BTF's identity has its size and a CRC of its content
+    assert.matches("^%d+:[%d%.]+:%x+$", core.file_identity("/sys/kernel/btf/vmlinux"))
+  end)
+
+  it("changes with the text and the flags, and only with them", function()
+    local k = cache.program_key("int x;", { "-DX=1" })
+    assert.matches("^%x+$", k)
+    assert.equals(32, #k)
+    assert.equals(k, cache.program_key("int x;", { "-DX=1" }))
+    assert.not_equals(k, cache.program_key("int y;", { "-DX=1" }))
+    assert.not_equals(k, cache.program_key("int x;", { "-DX=2" }))
+    assert.not_equals(k, cache.program_key("int x;", { "-DX=1", "-DY" }))
+  end)
+
+  it("leaves out what only the compiler can do: debug output, shared tables, BTF-attached programs", function()
+    assert.is_nil(cache.program_key("int x;", {}, 4))
+    assert.is_nil(cache.program_key('BPF_TABLE("extern", u32, u64, t, 1);', {}))
+    assert.is_nil(cache.program_key("BPF_TABLE_SHARED(\"hash\", u32, u64, t, 1);", {}))
+    assert.is_nil(cache.program_key("KFUNC_PROBE(do_nanosleep) { return 0; }", {}))
+  end)
+end)
