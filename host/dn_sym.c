@@ -19,7 +19,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -322,74 +321,12 @@ static void ksyms_release(void *obj)
 	*ud = NULL;
 }
 
-/* Reading /proc/kallsyms takes ~50 ms here: core.ksyms_preload() does it
- * on a thread of its own (while tracing, say), and core.ksyms() takes the
- * result. libbcc reads the symbols on the first lookup. */
-static struct {
-	pthread_t thread;
-	int started;
-	void *cache;
-} ks_pre;
-
-static void *ks_preload_thread(void *arg)
-{
-	struct bcc_symbol sym;
-	void *c = bcc_symcache_new(-1, NULL);
-
-	(void)arg;
-	if (c)
-		bcc_symcache_resolve_no_demangle(c, 0, &sym);
-	ks_pre.cache = c;
-	return NULL;
-}
-
-/* The preloaded cache (waiting for it), or NULL. */
-static void *ks_preload_take(void)
-{
-	void *c;
-
-	if (!ks_pre.started)
-		return NULL;
-	pthread_join(ks_pre.thread, NULL);
-	ks_pre.started = 0;
-	c = ks_pre.cache;
-	ks_pre.cache = NULL;
-	return c;
-}
-
-static void ks_preload_release(void *obj)
-{
-	void *c = ks_preload_take();
-
-	(void)obj;
-	if (c)
-		bcc_free_symcache(c, -1);
-}
-
-/* core.ksyms_preload() -> nothing: start reading the kernel's symbols */
-static int l_ksyms_preload(lua_State *L)
-{
-	(void)L;
-	if (!ks_pre.started && pthread_create(&ks_pre.thread, NULL, ks_preload_thread, NULL) == 0) {
-		ks_pre.started = 1;
-		dn_cleanup_add(&ks_pre, ks_preload_release);
-	}
-	return 0;
-}
-
 /* core.ksyms() -> kernel symbol cache */
 static int l_ksyms(lua_State *L)
 {
 	void **ud = lua_newuserdata(L, sizeof(void *));
 
-	if (ks_pre.started) {
-		dn_cleanup_remove(&ks_pre);
-		*ud = ks_preload_take();
-	} else {
-		*ud = NULL;
-	}
-	if (!*ud)
-		*ud = bcc_symcache_new(-1, NULL);
+	*ud = bcc_symcache_new(-1, NULL);
 	if (!*ud)
 		return dn_vm_fail(L, errno, "cannot read kernel symbols (/proc/kallsyms): %s", strerror(errno));
 	luaL_getmetatable(L, KSYMS_MT);
@@ -798,7 +735,6 @@ void dn_sym_open(lua_State *L)
 	/* clang-format off */
 	static const luaL_Reg fns[] = {
 		{ "ksyms", l_ksyms },
-		{ "ksyms_preload", l_ksyms_preload },
 		{ "usyms", l_usyms },
 		{ "usyms_parse", l_usyms_parse },
 		{ "resolve_symname", l_resolve_symname },

@@ -437,10 +437,6 @@ function M.start(opts)
   if self.tree.program:has_flag("-DDN_USTACK_REUSE") then
     self.ut_buf = M.learn_ustacks(self.bpf)
   end
-  -- the report will need the kernel's symbols: read them while tracing
-  if not opts.user_only then
-    require("denet.syms").preload_kernel()
-  end
   self:mark_start()
   return self
 end

@@ -19,14 +19,6 @@ local function kernel()
   return kcache
 end
 
---- Start reading the kernel's symbols in the background (they are taken
---- by the first kernel lookup); for tools that will need them at the end.
-function M.preload_kernel()
-  if not kcache then
-    core.ksyms_preload()
-  end
-end
-
 local function hex(n)
   return string.format("0x%x", tonumber(n))
 end
