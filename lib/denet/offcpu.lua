@@ -1101,8 +1101,6 @@ function M.run(opts)
     t:close()
     error(err, 0)
   end
-  -- tracing is over: the probes detach while the report is made
-  t.bpf:stop()
   local report = t:report()
   t:close()
   host:call("on_offcpu", report)
