@@ -1097,6 +1097,31 @@ static int l_module_detach_all(lua_State *L)
 	return 0;
 }
 
+/* m:misses(name) -> how many times the kernel skipped loaded function
+ * `name` (bpf_prog_info.recursion_misses: another BPF program, or a map
+ * operation from user space, held the CPU), or nil when the kernel does
+ * not say or the function is not loaded */
+static int l_module_misses(lua_State *L)
+{
+	struct dn_bpf *m = check_module(L, 1);
+	const char *name = luaL_checkstring(L, 2);
+	struct bpf_prog_info info;
+	__u32 len = sizeof(info);
+	int i;
+
+	for (i = 0; i < m->nprogs; i++)
+		if (strcmp(m->progs[i].name, name) == 0) {
+			memset(&info, 0, sizeof(info));
+			if (bpf_obj_get_info_by_fd(m->progs[i].fd, &info, &len) != 0 ||
+			    len < offsetof(struct bpf_prog_info, recursion_misses) + sizeof(info.recursion_misses))
+				break;
+			lua_pushnumber(L, (lua_Number)info.recursion_misses);
+			return 1;
+		}
+	lua_pushnil(L);
+	return 1;
+}
+
 /* m:attachments() -> number still attached */
 static int l_module_attachments(lua_State *L)
 {
@@ -1512,6 +1537,7 @@ void dn_bcc_open(lua_State *L)
 		{ "detach", l_module_detach },
 		{ "attachments", l_module_attachments },
 		{ "detach_all", l_module_detach_all },
+		{ "misses", l_module_misses },
 		{ "tables", l_module_tables },
 		{ "table_info", l_module_table_info },
 		{ "function_code", l_module_function_code },

@@ -715,6 +715,9 @@ function Tracer:report()
     syscalls = sys,
     lost_stacks = lost,
     lost_stacks_why = why,
+    -- switches the kernel did not run the program for (another BPF
+    -- program or a map operation held that CPU): their blocks are missing
+    missed_switches = self.bpf.m:misses("tracepoint__sched__sched_switch") or 0,
   }
   if self.kt_buf then
     report.kstack_reuse = M.kt_stats(self.bpf)
@@ -966,6 +969,11 @@ function M.text(report, top)
     w("")
     w("%d stacks could not be read (shown as [Missed ... Stack]): %s", report.lost_stacks,
       table.concat(parts, ", "))
+  end
+  if (report.missed_switches or 0) > 0 then
+    w("")
+    w("%d context switches were not seen (the kernel skipped the program while another BPF program or a map "
+      .. "operation held that CPU): blocks around them are missing", report.missed_switches)
   end
   w("")
   w("Verdict: %s", report.verdict)
