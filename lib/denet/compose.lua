@@ -16,12 +16,6 @@ local features = require("denet.features")
 
 local M = {}
 
---- The parts. Fields: file (in bpf-src/), order (smaller first; scripts'
---- text goes at 60), needs (parts pulled in with it), cflags (always, when
---- present; a function(spec) may add more), variants ({ requires = {features},
---- otherwise = { cflags, note } }: compiled instead when one is missing),
---- options ({ flag, also, requires, note }: a flag callers may ask for,
---- dropped with the note when a required feature is missing).
 -- What raw tracepoints need of kernel structs, from the BTF (remembered
 -- per kernel): nil without BTF or raw tracepoints (DENET_DISABLE can turn
 -- either off). Attached as raw tracepoints, probes detach at once; as perf
@@ -41,6 +35,13 @@ local function raw_facts()
   return f
 end
 
+--- The parts. Fields: file (in bpf-src/), order (smaller first; scripts'
+--- text goes at 60), needs (parts pulled in with it), cflags (always, when
+--- present; a function(set) may add more, set: the parts composed),
+--- variants ({ requires = {features},
+--- otherwise = { cflags, note } }: compiled instead when one is missing),
+--- options ({ flag, also, requires, note }: a flag callers may ask for,
+--- dropped with the note when a required feature is missing).
 M.PARTS = {
   tree = {
     file = "tree.c",
