@@ -780,6 +780,18 @@ static int l_file_identity(lua_State *L)
 	return 1;
 }
 
+/* core.compiler_linked() -> whether libbcc's compiler is linked in (the
+ * sanitizer builds) rather than opened only to compile */
+static int l_compiler_linked(lua_State *L)
+{
+#ifdef DN_BCC_LINKED
+	lua_pushboolean(L, 1);
+#else
+	lua_pushboolean(L, 0);
+#endif
+	return 1;
+}
+
 /* core.libbcc_dir() -> the folder of the libbcc libraries in use (for the
  * cache key: libbcc.so.0 beside libbcc_bpf), or nil */
 static int l_libbcc_dir(lua_State *L)
@@ -1555,6 +1567,7 @@ void dn_bcc_open(lua_State *L)
 		{ "bpf_cache_info", l_bpf_cache_info },
 		{ "hash", l_hash },
 		{ "libbcc_dir", l_libbcc_dir },
+		{ "compiler_linked", l_compiler_linked },
 		{ "file_identity", l_file_identity },
 		{ "map_lookup", l_map_lookup },
 		{ "map_update", l_map_update },

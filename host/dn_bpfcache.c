@@ -56,7 +56,7 @@ struct wbuf {
 
 static void put(struct wbuf *b, const void *data, size_t n)
 {
-	if (b->oom)
+	if (b->oom || n == 0)
 		return;
 	if (b->len + n > b->cap) {
 		size_t nc = b->cap ? b->cap : 4096;

@@ -60,8 +60,10 @@ end }
 p:resume()
 p:wait()
 local maps = io.open("/proc/self/maps"):read("*a")
+-- a sanitizer build links libbcc's compiler: LLVM is always mapped there
+local linked = require("denet.core").compiler_linked()
 print(cjson.encode({ count = tonumber(b:get_table("counts"):get(tonumber(flag)) or 0), cached = b.from_cache,
-  llvm = maps:find("libLLVM", 1, true) ~= nil }))
+  llvm = maps:find("libLLVM", 1, true) ~= nil and not (linked and b.from_cache) }))
 ]], H.fixture("getppid_n"), comment, NR_GETPPID))
 end
 
