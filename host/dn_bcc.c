@@ -1098,17 +1098,6 @@ static int l_module_detach(lua_State *L)
 	return 0;
 }
 
-/* m:detach_all() -> nothing: every probe of the module starts detaching;
- * perf events finish in the background (their close waits for the kernel)
- * while the maps stay readable; closing the module waits for them. */
-static int l_module_detach_all(lua_State *L)
-{
-	struct dn_bpf *m = check_module(L, 1);
-
-	detach_start(m);
-	return 0;
-}
-
 /* m:misses(name) -> how many times the kernel skipped loaded function
  * `name` (bpf_prog_info.recursion_misses: another BPF program, or a map
  * operation from user space, held the CPU), or nil when the kernel does
@@ -1548,7 +1537,6 @@ void dn_bcc_open(lua_State *L)
 		{ "attach_kfunc", l_attach_kfunc },
 		{ "detach", l_module_detach },
 		{ "attachments", l_module_attachments },
-		{ "detach_all", l_module_detach_all },
 		{ "misses", l_module_misses },
 		{ "tables", l_module_tables },
 		{ "table_info", l_module_table_info },

@@ -134,5 +134,14 @@ function H.nr(name)
   return tonumber(s:match("#define __NR_" .. name .. "%s+(%d+)"))
 end
 
+-- An off-CPU report's sleep total for a fixture: within 5% of `want` (us),
+-- less one block of `block_us` for each switch the kernel says it skipped
+-- the program for (report.missed_switches: then that block is missing,
+-- and the report says so).
+function H.sleeps_within(report, sleep, want, block_us)
+  local missed = report.missed_switches or 0
+  return sleep <= want * 1.05 and sleep >= want * 0.95 - missed * block_us
+end
+
 _G.H = H
 return H

@@ -754,14 +754,6 @@ function BPF:num_attached()
   return self.m:attachments()
 end
 
---- Detach every probe now; the tables stay readable until close(). Perf
---- events finish detaching in the background (the kernel makes each wait
---- for RCU grace periods), so work done meanwhile, such as a report,
---- overlaps that wait.
-function BPF:stop()
-  self.m:detach_all()
-end
-
 --- Detach everything, free the maps and buffers. Idempotent; also done at
 --- exit and by the garbage collector.
 function BPF:close()

@@ -46,15 +46,6 @@ local function within(x, want, frac)
   return math.abs(x - want) <= want * frac
 end
 
--- A fixture's sleep total: within 5% of `want`, less one block of
--- `block_us` for each switch the kernel says it skipped the program for
--- (report.missed_switches: then the block around it is missing, and the
--- report says so)
-local function sleeps_within(r, sleep, want, block_us)
-  local missed = r.missed_switches or 0
-  return sleep <= want * 1.05 and sleep >= want * 0.95 - missed * block_us
-end
-
 describe("denet script offcpu", function()
   it("a thread sleeping 10 x 50 ms: sleep ~500 ms, its function in the stack", function()
     local r = offcpu({}, { H.fixture("sleep_loop"), "10", "50" })
@@ -63,7 +54,7 @@ describe("denet script offcpu", function()
     -- what the kernel skipped is reported, as a count
     assert.is_number(r.missed_switches)
     assert.is_true(r.missed_switches >= 0)
-    assert.is_true(sleeps_within(r, sleep, 500000, 50000), "sleep " .. sleep .. ", missed switches "
+    assert.is_true(H.sleeps_within(r, sleep, 500000, 50000), "sleep " .. sleep .. ", missed switches "
       .. tostring(r.missed_switches))
     assert.is_true(has_frame(r, t.tid, "nap"))
     -- kernel and user frames in one stack, user root first, "-" between
@@ -257,7 +248,7 @@ describe("denet script offcpu", function()
     assert.is_nil(t and t.by_category.sleep)
     r = offcpu({ "-m", "40000" }, { H.fixture("sleep_loop"), "5", "50" })
     local sleep = thread(r, "sleep_loop").by_category.sleep
-    assert.is_true(sleeps_within(r, sleep, 250000, 50000), "sleep " .. sleep .. ", missed switches "
+    assert.is_true(H.sleeps_within(r, sleep, 250000, 50000), "sleep " .. sleep .. ", missed switches "
       .. tostring(r.missed_switches))
     r = offcpu({ "-M", "10000" }, { H.fixture("sleep_loop"), "5", "50" })
     t = thread(r, "sleep_loop")

@@ -17,15 +17,6 @@ local function row(list, name)
 end
 
 
--- A fixture's sleep total: within 5% of `want`, less one block of
--- `block_us` for each switch the kernel says it skipped the program for
--- (report.missed_switches: then the block around it is missing, and the
--- report says so)
-local function sleeps_within(r, sleep, want, block_us)
-  local missed = r.missed_switches or 0
-  return sleep <= want * 1.05 and sleep >= want * 0.95 - missed * block_us
-end
-
 local function json_of(args, env)
   local code, out, err = H.denet(args, env)
   assert.equals(0, code, err)
@@ -56,7 +47,7 @@ local function assert_sleeps(r)
     end
   end
   assert.is_not_nil(t)
-  assert.is_true(sleeps_within(r, t.by_category.sleep or 0, 500000, 50000), "sleep "
+  assert.is_true(H.sleeps_within(r, t.by_category.sleep or 0, 500000, 50000), "sleep "
     .. tostring(t.by_category.sleep) .. ", missed switches " .. tostring(r.missed_switches))
   assert.equals(10, row(r.syscalls, "clock_nanosleep").blocks)
   local s = r.stacks[1]
