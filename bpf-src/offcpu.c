@@ -60,6 +60,10 @@ struct dn_offcpu_thread {
 	u32 state;   /* prev_state & DN_TASK_STATE_MASK; 0: preempted */
 	s32 syscall; /* -1: not in a syscall */
 	u64 leaf[DN_LEAF_FRAMES];
+	/* how long the current block had lasted when tracing began (user
+	 * space writes it for threads blocked then; 0 for blocks seen) */
+	u64 before;
+	u64 runtime; /* its CPU time (se.sum_exec_runtime) at its last switch-out */
 };
 
 BPF_HASH(dn_offcpu, struct dn_offcpu_key, struct dn_offcpu_val, DN_OFFCPU_KEYS);
@@ -595,10 +599,16 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 		}
 		if (th) {
 			bpf_get_current_comm(th->comm, sizeof(th->comm));
+#ifdef DN_TASK_RUNTIME_OFF
+			/* exact here: the scheduler has just accounted it */
+			bpf_probe_read_kernel(&th->runtime, sizeof(th->runtime),
+			                      (char *)bpf_get_current_task() + DN_TASK_RUNTIME_OFF);
+#endif
 			u32 st = prev_state & DN_TASK_STATE_MASK;
 			u64 bitpos = st ? (u64)st << 1 : 1;
 			if (DN_OFFCPU_STATES & bitpos) {
 				th->start = now;
+				th->before = 0;
 				th->state = st;
 #ifdef DN_NO_KSTACK
 				th->kstack = -1;
@@ -644,6 +654,8 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 	if (!nt || !nt->start)
 		return;
 	u64 d = now - nt->start;
+	/* the whole block's length, from before tracing began */
+	u64 whole = d + nt->before;
 	nt->start = 0;
 	int zero = 0;
 	u64 *seen = dn_offcpu_seen.lookup(&zero);
@@ -653,7 +665,7 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 		nt->offcpu_ns += d;
 	else
 		nt->runq_ns += d;
-	if (d >= DN_OFFCPU_MIN_NS && d <= DN_OFFCPU_MAX_NS) {
+	if (whole >= DN_OFFCPU_MIN_NS && whole <= DN_OFFCPU_MAX_NS) {
 		struct dn_offcpu_key k = {};
 		k.tgid = nt->tgid;
 		k.tid = next;
@@ -668,10 +680,10 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 		if (v) {
 			__sync_fetch_and_add(&v->total_ns, d);
 			__sync_fetch_and_add(&v->count, 1);
-			if (d > v->max_ns)
-				v->max_ns = d;
-			if (!v->min_ns || d < v->min_ns)
-				v->min_ns = d;
+			if (whole > v->max_ns)
+				v->max_ns = whole;
+			if (!v->min_ns || whole < v->min_ns)
+				v->min_ns = whole;
 		}
 	}
 }

@@ -734,6 +734,45 @@ static int l_bpf_cache_info(lua_State *L)
 	return 1;
 }
 
+/* core.iter_read(progfd) -> bytes | nil, msg, errno
+ * Run a BPF iterator program once: attach it, open an instance and read
+ * all it writes. */
+static int l_iter_read(lua_State *L)
+{
+	int progfd = (int)luaL_checkinteger(L, 1);
+	int link, fd, err = 0;
+	luaL_Buffer b;
+	char buf[8192];
+	ssize_t n;
+
+	link = bcc_iter_attach(progfd, NULL, 0);
+	if (link < 0)
+		return dn_vm_fail(L, errno, "cannot attach the iterator: %s", strerror(errno));
+	fd = bcc_iter_create(link);
+	if (fd < 0) {
+		err = errno;
+		close(link);
+		return dn_vm_fail(L, err, "cannot open the iterator: %s", strerror(err));
+	}
+	luaL_buffinit(L, &b);
+	for (;;) {
+		n = read(fd, buf, sizeof(buf));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			err = n < 0 ? errno : 0;
+			break;
+		}
+		luaL_addlstring(&b, buf, (size_t)n);
+	}
+	close(fd);
+	close(link);
+	luaL_pushresult(&b);
+	if (err)
+		return dn_vm_fail(L, err, "cannot read the iterator: %s", strerror(err));
+	return 1;
+}
+
 /* core.hash(text [, previous]) -> 16 hex digits: FNV-1a 64, continuing from
  * a previous result when given */
 static int l_hash(lua_State *L)
@@ -1557,6 +1596,7 @@ void dn_bcc_open(lua_State *L)
 		{ "libbcc_dir", l_libbcc_dir },
 		{ "compiler_linked", l_compiler_linked },
 		{ "file_identity", l_file_identity },
+		{ "iter_read", l_iter_read },
 		{ "map_lookup", l_map_lookup },
 		{ "map_update", l_map_update },
 		{ "map_delete", l_map_delete },

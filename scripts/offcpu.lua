@@ -46,6 +46,8 @@ local SPEC = {
     { name = "kernel_threads_only", type = "bool", help = "kernel threads only" },
     { name = "kernel_threads", type = "bool", help = "let the verdict name a kernel thread (by default it "
       .. "is about user threads; the table shows both)" },
+    { name = "now", type = "bool", help = "where each thread is blocked right now and for how long, with its "
+      .. "stacks, category and a verdict: a snapshot, nothing traced or stopped (with -p, -t or machine-wide)" },
     { name = "json", type = "bool", help = "the report as JSON on stdout" },
   },
 }
@@ -84,6 +86,29 @@ local function main(o)
     if not states then
       fail(err)
     end
+  end
+  if o.now then
+    if o.cmd and #o.cmd > 0 then
+      fail("--now looks at processes that exist: give -p PID or -t TID (or nothing: every process), not a command")
+    end
+    for _, k in ipairs({ "duration", "min_us", "max_us", "folded", "svg", "pprof", "html", "prometheus", "plugin",
+      "user_only", "kernel_only" }) do
+      if o[k] and not (type(o[k]) == "table" and #o[k] == 0) then
+        fail(string.format("--now takes no --%s: it is one snapshot, not a trace", k:gsub("_", "-")))
+      end
+    end
+    local report = offcpu.now{ roots = roots, tid = o.tid, stack_depth = o.stack_depth, states = states,
+      threads = o.user_threads_only and "user" or o.kernel_threads_only and "kernel" or nil,
+      kernel_threads = o.kernel_threads or o.kernel_threads_only }
+    if o.json then
+      for _, t in ipairs(report.threads) do
+        t.user, t.user_mods = nil, nil
+      end
+      io.stdout:write(json.encode(report), "\n")
+    else
+      io.stdout:write(offcpu.now_text(report))
+    end
+    return 0
   end
   -- outputs first: a bad path runs nothing
   for _, path in ipairs({ o.folded, o.svg, o.pprof, o.html }) do

@@ -129,7 +129,7 @@ M._environment = env_key
 -- programs live in libbcc, and programs attached through the kernel's BTF
 -- (fentry, LSM, iterators) need libbcc's loading.
 local UNCACHEABLE = { '"extern"', '"shared"', '"public"', "_SHARED%(", "_PUBLIC%(", "_PINNED%(", "KFUNC_PROBE",
-  "KRETFUNC_PROBE", "KMOD_RET", "LSM_PROBE", "BPF_ITER" }
+  "KRETFUNC_PROBE", "KMOD_RET", "LSM_PROBE" }
 
 --- The key of a program (32 hex digits), or nil when the program is not
 --- one the cache keeps.

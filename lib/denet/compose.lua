@@ -89,9 +89,15 @@ M.PARTS = {
       local flags = { "-DDN_HOOK_OFFCPU" }
       -- kernel threads are told apart by task_struct.flags, where this
       -- kernel's BTF puts it
-      local off = features.has("btf") and require("denet.btf").offset_of("task_struct", "flags")
+      local btf = features.has("btf") and require("denet.btf")
+      local off = btf and btf.offset_of("task_struct", "flags")
       if off then
         flags[#flags + 1] = "-DDN_TASK_FLAGS_OFF=" .. off
+      end
+      -- on-CPU time is the kernel's own count of each thread's CPU time
+      local runtime = btf and btf.offset_of("task_struct", "se.sum_exec_runtime")
+      if runtime then
+        flags[#flags + 1] = "-DDN_TASK_RUNTIME_OFF=" .. runtime
       end
       return flags
     end,

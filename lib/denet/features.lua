@@ -43,6 +43,10 @@ M.LIST = {
     probe = function()
       return M.has("btf") and core.feature_probe("current_task_btf") and core.feature_probe("task_pt_regs")
     end },
+  { name = "task_iter", since = "5.15", what = "task iterators with task stacks and saved user registers",
+    probe = function()
+      return M.has("task_pt_regs") and M.has("get_task_stack")
+    end },
   { name = "btf_types", since = "5.4", what = "kernel struct layouts from BTF, for scripts that read kernel structs",
     probe = function()
       return M.has("btf")

@@ -328,6 +328,9 @@ end
 
 -- the user stack id of a kernel thread, which has none (not a miss)
 M.STACK_NONE = -1000
+-- the stack id of a block that began before tracing: its stacks were read
+-- by denet.snapshot when tracing began
+M.STACK_SNAPSHOT = -2000
 
 -- why stacks were not read, in the order the report names them
 M.LOST_WHY = {
@@ -438,7 +441,80 @@ function M.start(opts)
     self.ut_buf = M.learn_ustacks(self.bpf)
   end
   self:mark_start()
+  -- threads blocked since before now are accounted from now on (a held
+  -- command has none)
+  if not opts.proc then
+    self:seed_blocked()
+  end
   return self
+end
+
+local BPF_NOEXIST = 1
+
+--- Threads of the targets that are blocked as tracing begins never switch
+--- out inside the window: enter each into the program's thread table as
+--- blocked since now (how long before is kept too), with its stacks read
+--- now (denet.snapshot). Their CPU time so far is the base of their
+--- on-CPU time.
+function Tracer:seed_blocked()
+  local snapshot = require("denet.snapshot")
+  local opts, pids = self.opts, nil
+  if opts.tid then
+    local status = core.read_file(string.format("/proc/%d/status", opts.tid)) or ""
+    pids = { tonumber(status:match("Tgid:%s*(%d+)")) }
+  elseif opts.roots and #opts.roots > 0 then
+    pids = {}
+    for pid in pairs(self.tree.live) do
+      pids[#pids + 1] = pid
+    end
+  end
+  if pids and #pids == 0 then
+    return
+  end
+  local self_pid = core.ids().pid
+  local list = snapshot.take(pids, self_pid)
+  local tab = self.bpf:get_table("dn_offcpu_threads")
+  local t0 = self.t0_ns
+  self.runtime0, self.preblocked = {}, {}
+  for _, t in ipairs(list) do
+    local kept = (not opts.tid or t.tid == opts.tid) and t.pid ~= self_pid
+      and not (opts.threads == "user" and t.kernel) and not (opts.threads == "kernel" and not t.kernel)
+    if kept then
+      self.runtime0[t.tid] = { pid = t.pid, comm = t.comm, ns = t.runtime_ns, kernel = t.kernel }
+      local st = snapshot.trace_state(t.state_word)
+      local bitpos = st ~= 0 and bit.lshift(st, 1) or 1
+      if t.state ~= "R" and st ~= 0 and t.since_ns and (not opts.states or bit.band(opts.states, bitpos) ~= 0) then
+        local v = tab.leaf.ct()
+        v.tgid, v.start, v.before, v.state, v.syscall = t.pid, t0, math.max(0, t0 - t.since_ns), st, t.syscall
+        v.kstack = M.STACK_SNAPSHOT
+        v.ustack = t.kernel and M.STACK_NONE or M.STACK_SNAPSHOT
+        ffi.copy(v.comm, t.comm, math.min(#t.comm, 15))
+        -- a thread the program already saw switch out is its own
+        if pcall(tab.set, tab, t.tid, v, BPF_NOEXIST) then
+          self.preblocked[t.tid] = t
+        end
+      end
+    end
+  end
+  if next(self.preblocked) == nil then
+    return
+  end
+  -- a thread that woke between the snapshot and the table entry is not
+  -- blocked since then: look again, and take back those entries
+  local now = {}
+  for _, t in ipairs(snapshot.take(pids, self_pid, { stacks = false })) do
+    now[t.tid] = t
+  end
+  for tid, t in pairs(self.preblocked) do
+    local again = now[tid]
+    if not again or again.state == "R" or again.exec_start ~= t.exec_start then
+      local v = tab:get(tid)
+      if v and v.kstack == M.STACK_SNAPSHOT and tonumber(v.start) == t0 then
+        tab:delete(tid)
+      end
+      self.preblocked[tid] = nil
+    end
+  end
 end
 
 --- Tracing starts now (wall times of threads already running count from
@@ -538,7 +614,9 @@ function Tracer:report()
   local comms = {}
 
   local now_ns = core.monotonic_ns()
+  local bpf_threads = {}
   for tid, v in self.bpf:get_table("dn_offcpu_threads"):items() do
+    bpf_threads[tid] = v
     comms[tid] = ffi.string(v.comm)
     -- wall: from its start (or when tracing began) to its end (or now)
     local born = math.max(tonumber(v.born), self.t0_ns)
@@ -548,12 +626,38 @@ function Tracer:report()
       wall_us = math.max(0, died - born) / 1000, offcpu_us = 0, by_category = {},
     }
   end
+  -- threads that neither blocked nor were preempted (on a CPU all along)
+  for tid, base in pairs(self.runtime0 or {}) do
+    local runtime = not threads[tid] and base.ns
+      and tonumber((core.read_file(string.format("/proc/%d/task/%d/schedstat", base.pid, tid)) or ""):match("^(%d+)"))
+    if runtime and runtime > base.ns then
+      threads[tid] = { pid = base.pid, tid = tid, comm = base.comm, wall_us = (now_ns - self.t0_ns) / 1000,
+        offcpu_us = 0, by_category = {}, kernel = base.kernel or nil }
+    end
+  end
   -- names from /proc for threads still alive (a thread renamed after its
-  -- last switch shows its newer name)
+  -- last switch shows its newer name); on-CPU time is the kernel's count
+  -- of the thread's CPU time (now, or at its last switch once it exited)
+  -- less what it was when tracing began
   for tid, t in pairs(threads) do
-    local c = core.read_file(string.format("/proc/%d/task/%d/comm", t.pid, tid))
+    local dir = string.format("/proc/%d/task/%d/", t.pid, tid)
+    local c = core.read_file(dir .. "comm")
     if c and c ~= "" then
       t.comm = c:gsub("\n$", "")
+    end
+    local v = bpf_threads[tid]
+    local alive = not v or tonumber(v.died) == 0
+    local runtime = alive and tonumber((core.read_file(dir .. "schedstat") or ""):match("^(%d+)"))
+    if not runtime and v and tonumber(v.runtime) > 0 then
+      runtime = tonumber(v.runtime)
+    end
+    -- the base: when tracing began, or 0 for a thread born since
+    local base = self.runtime0 and self.runtime0[tid] and self.runtime0[tid].ns
+    if not base and (self.opts.proc or (v and tonumber(v.born) > 0)) then
+      base = 0
+    end
+    if runtime and base then
+      t.measured_oncpu_us = math.max(0, runtime - base) / 1000
     end
   end
 
@@ -585,15 +689,17 @@ function Tracer:report()
   for tid, st in self.bpf:get_table("dn_offcpu_threads"):items() do
     local start = tonumber(st.start)
     local d = now_ns - start
-    if start > 0 and tonumber(st.died) == 0 and d >= min_ns and d <= max_ns then
+    -- a block that began before tracing: its whole length for the filters
+    local whole = d + tonumber(st.before)
+    if start > 0 and tonumber(st.died) == 0 and whole >= min_ns and whole <= max_ns then
       local k = { tgid = st.tgid, tid = tid, ustack = st.ustack, kstack = st.kstack, state = st.state,
         syscall = st.syscall, leaf = leaf_of(st) }
       local e = by_key[ekey(k)]
       if e then
         -- the same place as blocks that ended: one stack
-        e.total_ns, e.count, e.max_ns = e.total_ns + d, e.count + 1, math.max(e.max_ns, d)
+        e.total_ns, e.count, e.max_ns = e.total_ns + d, e.count + 1, math.max(e.max_ns, whole)
       else
-        entries[#entries + 1] = { k = k, total_ns = d, count = 1, max_ns = d }
+        entries[#entries + 1] = { k = k, total_ns = d, count = 1, max_ns = whole }
       end
     end
   end
@@ -601,9 +707,17 @@ function Tracer:report()
     local k, v = e.k, e
     local tgid, tid = k.tgid, k.tid
     local ukey, kkey = tgid .. ":" .. k.ustack .. ":" .. table.concat(k.leaf, ","), k.kstack
+    local snap = (k.ustack == M.STACK_SNAPSHOT or k.kstack == M.STACK_SNAPSHOT) and self.preblocked
+      and self.preblocked[tid]
+    if snap then
+      -- blocked since before tracing began: the stacks read then
+      ukey, kkey = "snapshot:" .. tid, "snapshot:" .. tid
+    end
     local uf = ucache[ukey]
     if not uf then
-      if k.ustack >= 0 then
+      if snap and k.ustack == M.STACK_SNAPSHOT and not self.opts.kernel_only then
+        uf, umods[ukey] = user_frames(tgid, snap.uaddrs or {}, depth, snap.uleaf)
+      elseif k.ustack >= 0 then
         uf, umods[ukey] = user_frames(tgid, stacks_t:stack_walk(k.ustack), depth, k.leaf)
       elseif self.opts.kernel_only or k.ustack == M.STACK_NONE then
         uf = {}
@@ -614,7 +728,15 @@ function Tracer:report()
     end
     local kf = kcache[kkey]
     if not kf then
-      if k.kstack >= 0 then
+      if snap and snap.kaddrs and not self.opts.user_only then
+        kf = kernel_frames(snap.kaddrs, depth)
+      elseif snap and snap.knames and not self.opts.user_only then
+        kf = {}
+        for i = #snap.knames, 1, -1 do
+          kf[#kf + 1] = snap.knames[i]
+        end
+        kf = keep_last(kf, depth)
+      elseif k.kstack >= 0 then
         kf = kernel_frames(stacks_t:stack_walk(k.kstack), depth)
       elseif self.opts.user_only then
         kf = {}
@@ -677,9 +799,17 @@ function Tracer:report()
   local duration_us = (core.monotonic() - self.t0) * 1e6
   local tlist = {}
   for _, t in pairs(threads) do
-    -- on-CPU: the wall time it was neither blocked nor waiting for a CPU
     t.wall_us = math.max(t.wall_us, t.offcpu_us + (t.by_category.runqueue or 0))
-    t.oncpu_us = math.max(0, t.wall_us - t.offcpu_us - (t.by_category.runqueue or 0))
+    if t.measured_oncpu_us then
+      t.oncpu_us = math.min(t.measured_oncpu_us, t.wall_us)
+      t.oncpu_measured = true
+    else
+      -- without the kernel's count: the wall time it was neither blocked
+      -- nor waiting for a CPU
+      t.oncpu_us = math.max(0, t.wall_us - t.offcpu_us - (t.by_category.runqueue or 0))
+      t.oncpu_measured = false
+    end
+    t.measured_oncpu_us = nil
     t.share = t.wall_us > 0 and t.offcpu_us / t.wall_us or 0
     if t.wall_us > 0 then
       tlist[#tlist + 1] = t
@@ -799,6 +929,156 @@ function M.verdict(report, kernel_threads)
   end
   return string.format("%s (tid %d) spends %d%% of its wall time %s%s", t.comm, t.tid,
     math.floor(100 * best / t.wall_us + 0.5), DESCRIBE[cat] or cat, where)
+end
+
+---------------------------------------------------------------------------
+-- blocked now (--now)
+
+local NOW_OPTS = { "roots", "tid", "threads", "kernel_threads", "stack_depth", "states" }
+
+--- Where every thread of the targets is blocked right now and for how
+--- long, read without stopping anything (denet.snapshot). opts: roots
+--- ({pid,...}, their trees; none: every process but denet), tid, threads
+--- ("user" or "kernel": only those), kernel_threads (a kernel thread may
+--- be the verdict's), stack_depth, states (a state_mask). Returns the
+--- report (docs/offcpu.md, "Blocked now").
+function M.now(opts)
+  errors.check_opts("offcpu.now", opts, NOW_OPTS)
+  local snapshot = require("denet.snapshot")
+  local pids
+  if opts.tid then
+    local status = core.read_file(string.format("/proc/%d/status", opts.tid))
+    if not status then
+      errors.raise(string.format("no thread %d", opts.tid))
+    end
+    pids = { tonumber(status:match("Tgid:%s*(%d+)")) }
+  elseif opts.roots and #opts.roots > 0 then
+    pids = {}
+    for _, root in ipairs(opts.roots) do
+      if not core.read_file(string.format("/proc/%d/stat", root)) then
+        errors.raise(string.format("no process %d", root))
+      end
+      pids[#pids + 1] = root
+      for _, d in ipairs(require("denet.procfs").descendants(root)) do
+        pids[#pids + 1] = d
+      end
+    end
+  end
+  local self_pid = core.ids().pid
+  local taken_ns = core.monotonic_ns()
+  local list = snapshot.take(pids, self_pid)
+  local threads = {}
+  for _, t in ipairs(list) do
+    local st = snapshot.trace_state(t.state_word)
+    local bitpos = st ~= 0 and bit.lshift(st, 1) or 1
+    local kept = (not opts.tid or t.tid == opts.tid) and not (opts.threads == "user" and t.kernel)
+      and not (opts.threads == "kernel" and not t.kernel) and (not opts.states or bit.band(opts.states, bitpos) ~= 0)
+    if kept then
+      local r = { pid = t.pid, tid = t.tid, comm = t.comm, state = t.state, kernel = t.kernel or nil,
+        cpu_time_us = t.runtime_ns and t.runtime_ns / 1000 }
+      if t.state ~= "R" then
+        local uf, mods = {}, nil
+        if t.uaddrs and #t.uaddrs > 0 then
+          uf, mods = user_frames(t.pid, t.uaddrs, opts.stack_depth, t.uleaf)
+        end
+        local kf = {}
+        if t.kaddrs then
+          kf = kernel_frames(t.kaddrs, opts.stack_depth)
+        elseif t.knames then
+          for i = #t.knames, 1, -1 do
+            kf[#kf + 1] = t.knames[i]
+          end
+          kf = keep_last(kf, opts.stack_depth)
+        end
+        local sysname = t.syscall >= 0 and sysnames.name(t.syscall) or nil
+        r.syscall = sysname or ""
+        r.category = M.category(st, sysname, kf)
+        r.blocked_for_us = t.since_ns and math.max(0, taken_ns - t.since_ns) / 1000
+        r.user, r.user_mods, r.kernel_frames = uf, mods, kf
+        local frames = {}
+        for _, f in ipairs(uf) do
+          frames[#frames + 1] = f
+        end
+        if #uf > 0 and #kf > 0 then
+          frames[#frames + 1] = "-"
+        end
+        for _, f in ipairs(kf) do
+          frames[#frames + 1] = f
+        end
+        r.frames = frames
+        r.site = M.site(r) or (sysname and sysname .. "()") or (kf[#kf] and kf[#kf] .. "()") or nil
+      end
+      threads[#threads + 1] = r
+    end
+  end
+  -- blocked threads first, the longest blocked first
+  table.sort(threads, function(a, b)
+    local x, y = a.blocked_for_us or -1, b.blocked_for_us or -1
+    if x ~= y then
+      return x > y
+    end
+    return a.tid < b.tid
+  end)
+  local report = { kind = "offcpu_now", threads = threads }
+  local worst
+  for _, t in ipairs(threads) do
+    if t.blocked_for_us and (opts.kernel_threads or not t.kernel) then
+      worst = t
+      break
+    end
+  end
+  if worst then
+    report.verdict = string.format("%s (tid %d) has been %s for %s%s", worst.comm, worst.tid,
+      DESCRIBE[worst.category] or worst.category, M.duration_text(worst.blocked_for_us),
+      worst.site and (" in " .. worst.site) or "")
+  else
+    report.verdict = "no thread is blocked"
+  end
+  return report
+end
+
+--- "850 ms", "12.3 s", "2 h 05 min": a length of time for people.
+function M.duration_text(us)
+  if us < 1e6 then
+    return string.format("%.0f ms", us / 1000)
+  elseif us < 600e6 then
+    return string.format("%.1f s", us / 1e6)
+  elseif us < 7200e6 then
+    return string.format("%.0f min", us / 60e6)
+  end
+  return string.format("%d h %02d min", math.floor(us / 3600e6), math.floor(us / 60e6) % 60)
+end
+
+--- The text of a --now report: a table of the threads, the verdict, then
+--- each blocked thread's stack (kernel frames first, as the leaf).
+function M.now_text(report)
+  local out = {}
+  local function w(fmt, ...)
+    out[#out + 1] = string.format(fmt, ...)
+  end
+  w("%-8s %-8s %-16s %5s %12s  %-9s %-16s %s", "PID", "TID", "COMM", "STATE", "BLOCKED FOR", "CATEGORY", "SYSCALL",
+    "WHERE")
+  for _, t in ipairs(report.threads) do
+    if t.blocked_for_us then
+      w("%-8d %-8d %-16s %5s %12s  %-9s %-16s %s", t.pid, t.tid, t.comm, t.state, M.duration_text(t.blocked_for_us),
+        t.category, t.syscall ~= "" and t.syscall or "-", t.site or "?")
+    else
+      w("%-8d %-8d %-16s %5s %12s  %-9s %-16s %s", t.pid, t.tid, t.comm, t.state, "running", "-", "-", "-")
+    end
+  end
+  w("")
+  w("Verdict: %s", report.verdict)
+  for _, t in ipairs(report.threads) do
+    if t.blocked_for_us and #t.frames > 0 then
+      w("")
+      w("Thread %d (%s) of %d, %s for %s, %s%s:", t.tid, t.comm, t.pid, t.state, M.duration_text(t.blocked_for_us),
+        t.category, t.syscall ~= "" and (" in " .. t.syscall) or "")
+      for j = #t.frames, 1, -1 do
+        w("    %s", t.frames[j])
+      end
+    end
+  end
+  return table.concat(out, "\n") .. "\n"
 end
 
 ---------------------------------------------------------------------------

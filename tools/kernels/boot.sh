@@ -93,7 +93,7 @@ enc=$(printf '%s' "$cmd" | base64 -w0)
 set +e
 timeout "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m "$mem" -nographic -no-reboot \
 	-kernel "$vmlinuz" -initrd "$work.cpio.gz" \
-	-append "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init denet.cmd=$enc" \
+	-append "console=ttyS0 panic=-1 softlockup_panic=1 softlockup_all_cpu_backtrace=1 hung_task_panic=1 quiet loglevel=5 rdinit=/init denet.cmd=$enc" \
 	-drive "file=$root,format=raw,if=virtio,readonly=on" </dev/null 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
