@@ -811,7 +811,11 @@ function Tracer:report()
     end
     t.measured_oncpu_us = nil
     t.share = t.wall_us > 0 and t.offcpu_us / t.wall_us or 0
-    if t.wall_us > 0 then
+    -- a thread with no block to tell it by (one born while tracing) is
+    -- shown only where its kind is known to be asked for
+    local wrong_kind = (self.opts.threads == "kernel" and not t.kernel)
+      or (self.opts.threads == "user" and t.kernel)
+    if t.wall_us > 0 and not wrong_kind then
       tlist[#tlist + 1] = t
     end
   end

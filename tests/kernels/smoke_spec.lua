@@ -96,6 +96,41 @@ describe("on this kernel", function()
     assert.is_true(recovered >= 18, "sleeps with nap_syscall: " .. recovered)
   end)
 
+  it("denet script offcpu: threads blocked before tracing, and --now", function()
+    local out = H.tmpfile(".out")
+    local p = denet.spawn({ H.fixture("blocked_now"), "300" }, { stdout = out }):resume()
+    H.sh("bash -c " .. H.quote(H.WAIT_SH .. "lines " .. H.quote(out) .. " 3"))
+    local tid, since = H.slurp(out):match("blocked locker (%d+) (%S+)")
+    H.sh("bash -c " .. H.quote(H.WAIT_SH .. string.format("state %d/task/%s S", p.pid, tid)))
+    local core = require("denet.core")
+    local before = core.monotonic()
+    local r = json_of({ "script", "offcpu", "--now", "--json", "-p", tostring(p.pid) })
+    local after = core.monotonic()
+    local t
+    for _, th in ipairs(r.threads) do
+      if th.tid == tonumber(tid) then
+        t = th
+      end
+    end
+    assert.is_not_nil(t)
+    assert.equals("lock", t.category)
+    assert.matches("wait_lock%(%)", t.site)
+    local lo, hi = (before - tonumber(since)) * 1e6, (after - tonumber(since)) * 1e6
+    assert.is_true(t.blocked_for_us >= 0.9 * lo and t.blocked_for_us <= 1.1 * hi,
+      string.format("blocked for %d us, truth %d..%d", t.blocked_for_us, lo, hi))
+    r = json_of({ "script", "offcpu", "--json", "-d", "1", "-p", tostring(p.pid) })
+    t = nil
+    for _, th in ipairs(r.threads) do
+      if th.tid == tonumber(tid) then
+        t = th
+      end
+    end
+    assert.is_not_nil(t)
+    assert.is_true((t.by_category.lock or 0) >= 0.99 * t.wall_us, "lock " .. tostring(t.by_category.lock))
+    p:kill()
+    p:wait()
+  end)
+
   it("denet script syscalls -L: exact counts and the latency bucket", function()
     local r = json_of({ "script", "syscalls", "--json", "-L", "-T", "50", "--", H.fixture("syscall_mix") })
     assert.equals(102500, row(r.syscalls, "getppid").count)
