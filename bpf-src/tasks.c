@@ -36,10 +36,10 @@ struct dn_snap_rec {
 	u32 tgid, tid;
 	u32 state, flags;
 	s32 cpu;
-	s32 kbytes; /* bytes of kstack, or bpf_get_task_stack's error */
-	u64 exec_start;  /* se.exec_start: the run queue's task clock when it last ran */
-	u64 runtime;     /* se.sum_exec_runtime */
-	u64 ip, sp, bp;  /* the user registers saved at kernel entry */
+	s32 kbytes;     /* bytes of kstack, or bpf_get_task_stack's error */
+	u64 exec_start; /* se.exec_start: the run queue's task clock when it last ran */
+	u64 runtime;    /* se.sum_exec_runtime */
+	u64 ip, sp, bp; /* the user registers saved at kernel entry */
 	u64 cx, r11, eflags, orig_ax;
 	char comm[16];
 	u64 kstack[DN_SNAP_KFRAMES];

@@ -126,8 +126,9 @@ end
 M._environment = env_key
 
 -- Sources the cache leaves to the compiler: tables shared between
--- programs live in libbcc, and programs attached through the kernel's BTF
--- (fentry, LSM, iterators) need libbcc's loading.
+-- programs live in libbcc, and fentry and LSM programs need libbcc's
+-- loading. (Task iterators load from the cache: libbcc_bpf's loader finds
+-- their BTF target by name.)
 local UNCACHEABLE = { '"extern"', '"shared"', '"public"', "_SHARED%(", "_PUBLIC%(", "_PINNED%(", "KFUNC_PROBE",
   "KRETFUNC_PROBE", "KMOD_RET", "LSM_PROBE" }
 

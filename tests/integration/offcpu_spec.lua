@@ -569,15 +569,16 @@ describe("denet script offcpu", function()
     assert.equals(0, d:wait())
     r = cjson.decode(H.slurp(snap))
     local seen = false
-    for _, t in ipairs(r.threads) do
-      assert.is_true(t.pid ~= d.pid, "denet's own thread in the snapshot")
-      seen = seen or t.tid == got.napper.tid
+    for _, th in ipairs(r.threads) do
+      assert.is_true(th.pid ~= d.pid, "denet's own thread in the snapshot")
+      seen = seen or th.tid == got.napper.tid
     end
     assert.is_true(seen)
     assert.is_nil(r.verdict:find("(tid " .. d.pid .. ")", 1, true), r.verdict)
     p:kill()
     p:wait()
     -- what --now does not take
+    local _
     code, _, err = H.denet({ "script", "offcpu", "--now", "-d", "1" })
     assert.equals(2, code)
     assert.matches("%-%-now takes no %-%-duration", err)
