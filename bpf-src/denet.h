@@ -25,6 +25,17 @@
 		__dn_v;                                                                 \
 	})
 
+/* The user registers a task saved at kernel entry (struct pt_regs, the
+ * ptrace layout fixed by the x86-64 ABI): offsets of those read. */
+#define DN_PT_REGS_SIZE 168
+#define DN_PT_REGS_BP 32
+#define DN_PT_REGS_R11 48
+#define DN_PT_REGS_CX 88
+#define DN_PT_REGS_ORIG_AX 120
+#define DN_PT_REGS_IP 128
+#define DN_PT_REGS_FLAGS 144
+#define DN_PT_REGS_SP 152
+
 /* One tracked process (thread group), keyed by tgid. */
 struct dn_task {
 	u32 ppid;    /* the process that forked it (0: a root) */

@@ -16,14 +16,6 @@
  * analysis alone): no program at all, the syscall is read from the user
  * registers when a thread blocks (below).
  */
-#define DN_PT_REGS_SIZE 168 /* struct pt_regs, fixed by the x86-64 ABI */
-#define DN_PT_REGS_BP 32
-#define DN_PT_REGS_R11 48
-#define DN_PT_REGS_CX 88
-#define DN_PT_REGS_ORIG_AX 120
-#define DN_PT_REGS_IP 128
-#define DN_PT_REGS_FLAGS 144
-#define DN_PT_REGS_SP 152
 
 #if defined(DN_KSTACK_REUSE) || defined(DN_LEAF_UNWIND) || defined(DN_INSYS_REGS) || defined(DN_USTACK_REUSE)
 struct dn_regs_scratch {

@@ -73,8 +73,9 @@ BPF_STACK_TRACE(dn_offcpu_stacks, DN_STACK_STORAGE);
  * r 0 the stack's bucket held another stack (-EEXIST), 1 the stack map
  * was full (-ENOMEM), 2 the walk faulted (-EFAULT), 3 other. */
 BPF_ARRAY(dn_offcpu_missed, u64, 8);
-/* blocks that ended (whatever the length filters keep), for a live count */
-BPF_PERCPU_ARRAY(dn_offcpu_seen, u64, 1);
+/* [0] blocks that ended (whatever the length filters keep), for a live
+ * count; [1] blocks kept by the filters whose entry could not be stored */
+BPF_PERCPU_ARRAY(dn_offcpu_seen, u64, 2);
 
 /* the user stack id of a kernel thread: it has none (not a miss) */
 #define DN_STACK_NONE (-1000)
@@ -568,8 +569,14 @@ static __always_inline void dn_offcpu_thread_start(u32 tid, u32 tgid)
 static __always_inline void dn_offcpu_thread_exit(u32 tid)
 {
 	struct dn_offcpu_thread *th = dn_offcpu_threads.lookup(&tid);
-	if (th)
-		th->died = bpf_ktime_get_ns();
+	if (!th)
+		return;
+	th->died = bpf_ktime_get_ns();
+#ifdef DN_TASK_RUNTIME_OFF
+	/* its CPU time: up to date at its last tick or switch (its final
+	 * switch is not seen: the thread has left the watched set by then) */
+	bpf_probe_read_kernel(&th->runtime, sizeof(th->runtime), (char *)bpf_get_current_task() + DN_TASK_RUNTIME_OFF);
+#endif
 }
 
 static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_state, u32 next)
@@ -684,6 +691,11 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 				v->max_ns = whole;
 			if (!v->min_ns || whole < v->min_ns)
 				v->min_ns = whole;
+		} else {
+			int one = 1;
+			u64 *lost = dn_offcpu_seen.lookup(&one);
+			if (lost)
+				(*lost)++;
 		}
 	}
 }

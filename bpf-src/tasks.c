@@ -11,14 +11,6 @@
  */
 #include "denet.h"
 
-#define DN_PT_REGS_BP 32
-#define DN_PT_REGS_R11 48
-#define DN_PT_REGS_CX 88
-#define DN_PT_REGS_ORIG_AX 120
-#define DN_PT_REGS_IP 128
-#define DN_PT_REGS_FLAGS 144
-#define DN_PT_REGS_SP 152
-
 #define DN_SNAP_KFRAMES 32
 
 struct bpf_iter_meta {

@@ -62,6 +62,19 @@ local function fail(msg)
   errors.raise(msg .. " (see denet script offcpu --help)")
 end
 
+-- The report on stdout: JSON (without the per-frame module flags of
+-- list's items) or text.
+local function print_report(o, report, list, text)
+  if o.json then
+    for _, s in ipairs(list) do
+      s.user, s.user_mods = nil, nil
+    end
+    io.stdout:write(json.encode(report), "\n")
+  else
+    io.stdout:write(text(report))
+  end
+end
+
 local function write_file(path, text)
   local f = denet.open_output(path)
   f:write(text)
@@ -100,14 +113,7 @@ local function main(o)
     local report = offcpu.now{ roots = roots, tid = o.tid, stack_depth = o.stack_depth, states = states,
       threads = o.user_threads_only and "user" or o.kernel_threads_only and "kernel" or nil,
       kernel_threads = o.kernel_threads or o.kernel_threads_only }
-    if o.json then
-      for _, t in ipairs(report.threads) do
-        t.user, t.user_mods = nil, nil
-      end
-      io.stdout:write(json.encode(report), "\n")
-    else
-      io.stdout:write(offcpu.now_text(report))
-    end
+    print_report(o, report, report.threads, offcpu.now_text)
     return 0
   end
   -- outputs first: a bad path runs nothing
@@ -182,14 +188,7 @@ local function main(o)
   if o.html then
     write_file(o.html, require("denet.export.html").offcpu(report))
   end
-  if o.json then
-    for _, s in ipairs(report.stacks) do
-      s.user, s.user_mods = nil, nil
-    end
-    io.stdout:write(json.encode(report), "\n")
-  else
-    io.stdout:write(offcpu.text(report))
-  end
+  print_report(o, report, report.stacks, offcpu.text)
   -- the report is out before lingering for the last scrape
   io.stdout:flush()
   finish()

@@ -143,5 +143,14 @@ function H.sleeps_within(report, sleep, want, block_us)
   return sleep <= want * 1.05 and sleep >= want * 0.95 - missed * block_us
 end
 
+-- The items of a report's list by thread id (their tid field).
+function H.by_tid(list)
+  local out = {}
+  for _, t in ipairs(list) do
+    out[t.tid] = t
+  end
+  return out
+end
+
 _G.H = H
 return H

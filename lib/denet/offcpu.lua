@@ -452,12 +452,67 @@ end
 local BPF_NOEXIST = 1
 
 --- Threads of the targets that are blocked as tracing begins never switch
---- out inside the window: enter each into the program's thread table as
---- blocked since now (how long before is kept too), with its stacks read
---- now (denet.snapshot). Their CPU time so far is the base of their
---- on-CPU time.
-function Tracer:seed_blocked()
+--- out inside the window: enter each into the program's thread table
+--- (bpf: a program with offcpu.c) as blocked since t0_ns (how long before
+--- is kept too), with its stacks read now (denet.snapshot). pids: the
+--- tracked processes (nil: every one but denet); opts: tid, threads,
+--- states as for start(). Returns preblocked (tid -> the snapshot's
+--- thread) and runtime0 (tid -> { pid, comm, ns: its CPU time now,
+--- kernel }), the base of on-CPU times.
+function M.seed_blocked(bpf, pids, opts, t0_ns)
   local snapshot = require("denet.snapshot")
+  local preblocked, runtime0 = {}, {}
+  if pids and #pids == 0 then
+    return preblocked, runtime0
+  end
+  local self_pid = core.ids().pid
+  local list = snapshot.take(pids, self_pid)
+  local tab = bpf:get_table("dn_offcpu_threads")
+  for _, t in ipairs(list) do
+    local kept = (not opts.tid or t.tid == opts.tid) and t.pid ~= self_pid
+      and not (opts.threads == "user" and t.kernel) and not (opts.threads == "kernel" and not t.kernel)
+    if kept then
+      runtime0[t.tid] = { pid = t.pid, comm = t.comm, ns = t.runtime_ns, kernel = t.kernel }
+      local st = snapshot.trace_state(t.state_word)
+      local bitpos = st ~= 0 and bit.lshift(st, 1) or 1
+      if t.state ~= "R" and st ~= 0 and t.since_ns and (not opts.states or bit.band(opts.states, bitpos) ~= 0) then
+        local v = tab.leaf.ct()
+        v.tgid, v.start, v.before, v.state, v.syscall = t.pid, t0_ns, math.max(0, t0_ns - t.since_ns), st, t.syscall
+        v.kstack = M.STACK_SNAPSHOT
+        v.ustack = t.kernel and M.STACK_NONE or M.STACK_SNAPSHOT
+        ffi.copy(v.comm, t.comm, math.min(#t.comm, 15))
+        -- a thread the program already saw switch out is its own
+        if pcall(tab.set, tab, t.tid, v, BPF_NOEXIST) then
+          preblocked[t.tid] = t
+        end
+      end
+    end
+  end
+  if next(preblocked) == nil then
+    return preblocked, runtime0
+  end
+  -- a thread that woke between the snapshot and the table entry is not
+  -- blocked since then: look again, and take back those entries
+  local now = {}
+  for _, t in ipairs(snapshot.take(pids, self_pid, { stacks = false })) do
+    now[t.tid] = t
+  end
+  for tid, t in pairs(preblocked) do
+    local again = now[tid]
+    if not again or again.state == "R" or again.exec_start ~= t.exec_start then
+      local v = tab:get(tid)
+      if v and v.kstack == M.STACK_SNAPSHOT and tonumber(v.start) == t0_ns then
+        tab:delete(tid)
+      end
+      preblocked[tid] = nil
+    end
+  end
+  return preblocked, runtime0
+end
+
+--- Account the threads blocked as tracing begins (M.seed_blocked) for
+--- this tracer's targets.
+function Tracer:seed_blocked()
   local opts, pids = self.opts, nil
   if opts.tid then
     local status = core.read_file(string.format("/proc/%d/status", opts.tid)) or ""
@@ -468,53 +523,7 @@ function Tracer:seed_blocked()
       pids[#pids + 1] = pid
     end
   end
-  if pids and #pids == 0 then
-    return
-  end
-  local self_pid = core.ids().pid
-  local list = snapshot.take(pids, self_pid)
-  local tab = self.bpf:get_table("dn_offcpu_threads")
-  local t0 = self.t0_ns
-  self.runtime0, self.preblocked = {}, {}
-  for _, t in ipairs(list) do
-    local kept = (not opts.tid or t.tid == opts.tid) and t.pid ~= self_pid
-      and not (opts.threads == "user" and t.kernel) and not (opts.threads == "kernel" and not t.kernel)
-    if kept then
-      self.runtime0[t.tid] = { pid = t.pid, comm = t.comm, ns = t.runtime_ns, kernel = t.kernel }
-      local st = snapshot.trace_state(t.state_word)
-      local bitpos = st ~= 0 and bit.lshift(st, 1) or 1
-      if t.state ~= "R" and st ~= 0 and t.since_ns and (not opts.states or bit.band(opts.states, bitpos) ~= 0) then
-        local v = tab.leaf.ct()
-        v.tgid, v.start, v.before, v.state, v.syscall = t.pid, t0, math.max(0, t0 - t.since_ns), st, t.syscall
-        v.kstack = M.STACK_SNAPSHOT
-        v.ustack = t.kernel and M.STACK_NONE or M.STACK_SNAPSHOT
-        ffi.copy(v.comm, t.comm, math.min(#t.comm, 15))
-        -- a thread the program already saw switch out is its own
-        if pcall(tab.set, tab, t.tid, v, BPF_NOEXIST) then
-          self.preblocked[t.tid] = t
-        end
-      end
-    end
-  end
-  if next(self.preblocked) == nil then
-    return
-  end
-  -- a thread that woke between the snapshot and the table entry is not
-  -- blocked since then: look again, and take back those entries
-  local now = {}
-  for _, t in ipairs(snapshot.take(pids, self_pid, { stacks = false })) do
-    now[t.tid] = t
-  end
-  for tid, t in pairs(self.preblocked) do
-    local again = now[tid]
-    if not again or again.state == "R" or again.exec_start ~= t.exec_start then
-      local v = tab:get(tid)
-      if v and v.kstack == M.STACK_SNAPSHOT and tonumber(v.start) == t0 then
-        tab:delete(tid)
-      end
-      self.preblocked[tid] = nil
-    end
-  end
+  self.preblocked, self.runtime0 = M.seed_blocked(self.bpf, pids, opts, self.t0_ns)
 end
 
 --- Tracing starts now (wall times of threads already running count from
@@ -592,6 +601,34 @@ local function kernel_frames(addrs, depth)
     out[#out + 1] = names[i]
   end
   return keep_last(out, depth)
+end
+
+-- The kernel frames denet.snapshot read of a thread, root first: from
+-- addresses, or /proc's names.
+local function snapshot_kernel_frames(t, depth)
+  if t.kaddrs then
+    return kernel_frames(t.kaddrs, depth)
+  end
+  local out = {}
+  for i = #(t.knames or {}), 1, -1 do
+    out[#out + 1] = t.knames[i]
+  end
+  return keep_last(out, depth)
+end
+
+-- One stack: user frames root first, "-", kernel frames to the leaf.
+local function join_frames(uf, kf)
+  local frames = {}
+  for _, f in ipairs(uf) do
+    frames[#frames + 1] = f
+  end
+  if #uf > 0 and #kf > 0 then
+    frames[#frames + 1] = "-"
+  end
+  for _, f in ipairs(kf) do
+    frames[#frames + 1] = f
+  end
+  return frames
 end
 
 --- Blocks that ended so far, and stacks that could not be read (for a
@@ -728,14 +765,8 @@ function Tracer:report()
     end
     local kf = kcache[kkey]
     if not kf then
-      if snap and snap.kaddrs and not self.opts.user_only then
-        kf = kernel_frames(snap.kaddrs, depth)
-      elseif snap and snap.knames and not self.opts.user_only then
-        kf = {}
-        for i = #snap.knames, 1, -1 do
-          kf[#kf + 1] = snap.knames[i]
-        end
-        kf = keep_last(kf, depth)
+      if snap and not self.opts.user_only then
+        kf = snapshot_kernel_frames(snap, depth)
       elseif k.kstack >= 0 then
         kf = kernel_frames(stacks_t:stack_walk(k.kstack), depth)
       elseif self.opts.user_only then
@@ -760,16 +791,7 @@ function Tracer:report()
     if k.ustack == M.STACK_NONE then
       t.kernel = true -- a kernel thread (it has no user stack)
     end
-    local frames = {}
-    for _, f in ipairs(uf) do
-      frames[#frames + 1] = f
-    end
-    if #uf > 0 and #kf > 0 then
-      frames[#frames + 1] = "-"
-    end
-    for _, f in ipairs(kf) do
-      frames[#frames + 1] = f
-    end
+    local frames = join_frames(uf, kf)
     -- two kernel stack ids can name the same frames (one taken while
     -- another tracer's frame sat at the leaf): one entry
     local mkey = table.concat({ tid, cat, sysname or "", table.concat(frames, ";") }, "\0")
@@ -852,6 +874,10 @@ function Tracer:report()
     -- switches the kernel did not run the program for (another BPF
     -- program or a map operation held that CPU): their blocks are missing
     missed_switches = self.bpf.m:misses("tracepoint__sched__sched_switch") or 0,
+    -- blocks that ended while tracing, and those of them whose entry could
+    -- not be stored (the map full or busy): missing from the totals
+    blocks_seen = tonumber(self.bpf:get_table("dn_offcpu_seen"):sum(0)),
+    lost_blocks = tonumber(self.bpf:get_table("dn_offcpu_seen"):sum(1)),
   }
   if self.kt_buf then
     report.kstack_reuse = M.kt_stats(self.bpf)
@@ -985,31 +1011,13 @@ function M.now(opts)
         if t.uaddrs and #t.uaddrs > 0 then
           uf, mods = user_frames(t.pid, t.uaddrs, opts.stack_depth, t.uleaf)
         end
-        local kf = {}
-        if t.kaddrs then
-          kf = kernel_frames(t.kaddrs, opts.stack_depth)
-        elseif t.knames then
-          for i = #t.knames, 1, -1 do
-            kf[#kf + 1] = t.knames[i]
-          end
-          kf = keep_last(kf, opts.stack_depth)
-        end
+        local kf = snapshot_kernel_frames(t, opts.stack_depth)
         local sysname = t.syscall >= 0 and sysnames.name(t.syscall) or nil
         r.syscall = sysname or ""
         r.category = M.category(st, sysname, kf)
         r.blocked_for_us = t.since_ns and math.max(0, taken_ns - t.since_ns) / 1000
         r.user, r.user_mods, r.kernel_frames = uf, mods, kf
-        local frames = {}
-        for _, f in ipairs(uf) do
-          frames[#frames + 1] = f
-        end
-        if #uf > 0 and #kf > 0 then
-          frames[#frames + 1] = "-"
-        end
-        for _, f in ipairs(kf) do
-          frames[#frames + 1] = f
-        end
-        r.frames = frames
+        r.frames = join_frames(uf, kf)
         r.site = M.site(r) or (sysname and sysname .. "()") or (kf[#kf] and kf[#kf] .. "()") or nil
       end
       threads[#threads + 1] = r
@@ -1259,6 +1267,11 @@ function M.text(report, top)
     w("%d context switches were not seen (the kernel skipped the program while another BPF program or a map "
       .. "operation held that CPU): blocks around them are missing", report.missed_switches)
   end
+  if (report.lost_blocks or 0) > 0 then
+    w("")
+    w("%d blocks could not be stored (the map of blocks was full or busy; raise its size): they are missing "
+      .. "from the totals", report.lost_blocks)
+  end
   w("")
   w("Verdict: %s", report.verdict)
   return table.concat(out, "\n") .. "\n"
@@ -1270,17 +1283,34 @@ end
 
 --- Off-CPU totals of a tracked tree so far (bpf: the program with
 --- offcpu.c), in the original denet's shape, for the monitor's
---- aggregated.ebpf.offcpu: blocked time (run-queue waits apart), blocks,
---- their mean, longest and shortest, per thread, and the threads that
---- blocked the most.
+--- aggregated.ebpf.offcpu: blocked time (run-queue waits apart; blocks
+--- in progress count up to now), blocks that ended, their mean, longest
+--- and shortest, per thread, and the threads that blocked the most.
 function M.monitor_fields(bpf)
-  local threads = {}
-  for tid, v in bpf:get_table("dn_offcpu_threads"):items() do
-    threads[tid] = { pid = v.tgid, tid = tid, comm = ffi.string(v.comm), time_ns = 0, events = 0, by_category = {} }
-  end
+  local threads, now = {}, core.monotonic_ns()
   local total, events, maxns, minns = 0, 0, 0, nil
+  local ended = 0 -- the time of the blocks that ended (events)
   local runq = 0
   local by_cat = {}
+  for tid, v in bpf:get_table("dn_offcpu_threads"):items() do
+    local t = { pid = v.tgid, tid = tid, comm = ffi.string(v.comm), time_ns = 0, events = 0, by_category = {} }
+    threads[tid] = t
+    -- a block in progress counts up to now (its events when it ends)
+    local start = tonumber(v.start)
+    if start > 0 and tonumber(v.died) == 0 and now > start then
+      local ns = now - start
+      local cat = M.category(v.state, v.syscall >= 0 and sysnames.name(v.syscall) or nil, {})
+      by_cat[cat] = (by_cat[cat] or 0) + ns
+      if cat == "runqueue" then
+        runq = runq + ns
+      else
+        total = total + ns
+        maxns = math.max(maxns, ns + tonumber(v.before))
+        t.time_ns = t.time_ns + ns
+        t.by_category[cat] = (t.by_category[cat] or 0) + ns
+      end
+    end
+  end
   for k, v in bpf:get_table("dn_offcpu"):items() do
     local ns, n = tonumber(v.total_ns), tonumber(v.count)
     local cat = M.category(k.state, k.syscall >= 0 and sysnames.name(k.syscall) or nil, {})
@@ -1288,7 +1318,7 @@ function M.monitor_fields(bpf)
     if cat == "runqueue" then
       runq = runq + ns
     else
-      total, events = total + ns, events + n
+      total, events, ended = total + ns, events + n, ended + ns
       maxns = math.max(maxns, tonumber(v.max_ns))
       minns = math.min(minns or math.huge, tonumber(v.min_ns))
       local t = threads[k.tid]
@@ -1300,7 +1330,7 @@ function M.monitor_fields(bpf)
   end
   local stats, top = {}, {}
   for tid, t in pairs(threads) do
-    if t.events > 0 then
+    if t.time_ns > 0 then
       stats[t.pid .. ":" .. tid] = { comm = t.comm, time_ns = t.time_ns, events = t.events,
         by_category = t.by_category }
       top[#top + 1] = t
@@ -1320,7 +1350,7 @@ function M.monitor_fields(bpf)
       percentage = round(total > 0 and 100 * t.time_ns / total or 0, 2) }
   end
   return {
-    total_time_ns = total, total_events = events, avg_time_ns = events > 0 and math.floor(total / events) or 0,
+    total_time_ns = total, total_events = events, avg_time_ns = events > 0 and math.floor(ended / events) or 0,
     max_time_ns = maxns, min_time_ns = minns or 0, runqueue_time_ns = runq, by_category_ns = by_cat,
     thread_stats = stats,
     top_blocking_threads = require("denet.json").array(tops),

@@ -487,10 +487,7 @@ describe("denet script offcpu", function()
     .. "machine-wide)", function()
     local p, got = start_blocked(60)
     local function check(r, how)
-      local by_tid = {}
-      for _, t in ipairs(r.threads) do
-        by_tid[t.tid] = t
-      end
+      local by_tid = H.by_tid(r.threads)
       for name, b in pairs(got) do
         local t = by_tid[b.tid]
         assert.is_not_nil(t, how .. ": " .. name .. " not in the report")
@@ -503,12 +500,30 @@ describe("denet script offcpu", function()
         assert.is_true(stack_of(r, b.tid).max_us > t.wall_us, how .. ": " .. name .. "'s block length")
       end
     end
+    local _
     local code, out, err = H.denet({ "script", "offcpu", "--json", "-d", "1", "-p", tostring(p.pid) })
     assert.equals(0, code, err)
     check(cjson.decode(out), "-p")
     code, out, err = H.denet({ "script", "offcpu", "--json", "-d", "1" })
     assert.equals(0, code, err)
     check(cjson.decode(out), "machine-wide")
+    -- the monitor attached with --offcpu: blocked all along, at every sample
+    local jsonl = H.tmpfile(".jsonl")
+    code, _, err = H.denet({ "attach", "-q", "--offcpu", "-d", "1", "-o", jsonl, tostring(p.pid) })
+    assert.equals(0, code, err)
+    local recs = {}
+    for _, rec in ipairs(H.jsonl(jsonl)) do
+      if rec.kind == "tree" then
+        recs[#recs + 1] = rec
+      end
+    end
+    assert.is_true(#recs >= 2)
+    local first, last = recs[1], recs[#recs]
+    local locker = last.aggregated.ebpf.offcpu.thread_stats[p.pid .. ":" .. got.locker.tid]
+    assert.is_not_nil(locker)
+    local span_ns = (last.ts_ms - first.ts_ms) * 1e6
+    assert.is_true(locker.by_category.lock >= 0.98 * span_ns, string.format("lock %d ns over samples %d ns apart",
+      locker.by_category.lock, span_ns))
     p:kill()
     p:wait()
   end)
@@ -524,10 +539,7 @@ describe("denet script offcpu", function()
     assert.equals(0, code, err)
     local r = cjson.decode(out)
     assert.equals("offcpu_now", r.kind)
-    local by_tid = {}
-    for _, t in ipairs(r.threads) do
-      by_tid[t.tid] = t
-    end
+    local by_tid = H.by_tid(r.threads)
     for name, b in pairs(got) do
       local t = by_tid[b.tid]
       assert.is_not_nil(t, name)
@@ -597,12 +609,7 @@ describe("denet script offcpu", function()
     local r = cjson.decode(H.slurp(json):match("{[^\n]+"))
     local tid, ns = H.slurp(json):match("spun (%d+) (%d+)")
     assert.is_not_nil(tid, "the spinner's line")
-    local t
-    for _, th in ipairs(r.threads) do
-      if th.tid == tonumber(tid) then
-        t = th
-      end
-    end
+    local t = H.by_tid(r.threads)[tonumber(tid)]
     assert.is_not_nil(t)
     assert.is_true(t.oncpu_measured)
     local want = tonumber(ns) / 1000

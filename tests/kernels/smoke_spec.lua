@@ -108,12 +108,7 @@ describe("on this kernel", function()
     local before = core.monotonic()
     local r = json_of({ "script", "offcpu", "--now", "--json", "-p", tostring(p.pid) })
     local after = core.monotonic()
-    local t
-    for _, th in ipairs(r.threads) do
-      if th.tid == tonumber(tid) then
-        t = th
-      end
-    end
+    local t = H.by_tid(r.threads)[tonumber(tid)]
     assert.is_not_nil(t)
     assert.equals("lock", t.category)
     assert.matches("wait_lock%(%)", t.site)
@@ -121,12 +116,7 @@ describe("on this kernel", function()
     assert.is_true(t.blocked_for_us >= 0.9 * lo and t.blocked_for_us <= 1.1 * hi,
       string.format("blocked for %d us, truth %d..%d", t.blocked_for_us, lo, hi))
     r = json_of({ "script", "offcpu", "--json", "-d", "1", "-p", tostring(p.pid) })
-    t = nil
-    for _, th in ipairs(r.threads) do
-      if th.tid == tonumber(tid) then
-        t = th
-      end
-    end
+    t = H.by_tid(r.threads)[tonumber(tid)]
     assert.is_not_nil(t)
     assert.is_true((t.by_category.lock or 0) >= 0.99 * t.wall_us, "lock " .. tostring(t.by_category.lock))
     p:kill()

@@ -215,6 +215,14 @@ function Monitor:start(opts)
       errors.raise(string.format("cannot read process %d: it exited or may not be read", self.root))
     end
   end
+  if self.opts.offcpu and self.proc == nil and self.tree.bpf then
+    -- threads of an attached process blocked since before: from now on
+    local pids = {}
+    for pid in pairs(self.tree.live) do
+      pids[#pids + 1] = pid
+    end
+    require("denet.offcpu").seed_blocked(self.tree.bpf, pids, {}, core.monotonic_ns())
+  end
   local root = self.procs[self.root]
   if self.proc == nil and not root.io_ok then
     errors.raise(string.format("cannot read process %d's I/O counters (/proc/%d/io): permission denied; "
