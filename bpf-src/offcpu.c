@@ -74,8 +74,11 @@ BPF_STACK_TRACE(dn_offcpu_stacks, DN_STACK_STORAGE);
  * was full (-ENOMEM), 2 the walk faulted (-EFAULT), 3 other. */
 BPF_ARRAY(dn_offcpu_missed, u64, 8);
 /* [0] blocks that ended (whatever the length filters keep), for a live
- * count; [1] blocks kept by the filters whose entry could not be stored */
-BPF_PERCPU_ARRAY(dn_offcpu_seen, u64, 2);
+ * count; [1] blocks kept by the filters whose entry could not be stored;
+ * blocks whose ending switch was not seen (the thread switched out
+ * again): [3] those whose end was found from the thread's CPU time
+ * (counted in [0] too), [2] the others (missing) */
+BPF_PERCPU_ARRAY(dn_offcpu_seen, u64, 4);
 
 /* the user stack id of a kernel thread: it has none (not a miss) */
 #define DN_STACK_NONE (-1000)
@@ -579,6 +582,48 @@ static __always_inline void dn_offcpu_thread_exit(u32 tid)
 #endif
 }
 
+/* A block of thread tid (its entry th) ended after d ns: count it. */
+static __always_inline void dn_offcpu_end_block(struct dn_offcpu_thread *th, u32 tid, u64 d)
+{
+	/* the whole block's length, from before tracing began */
+	u64 whole = d + th->before;
+	th->start = 0;
+	int zero = 0;
+	u64 *seen = dn_offcpu_seen.lookup(&zero);
+	if (seen)
+		(*seen)++;
+	if (th->state)
+		th->offcpu_ns += d;
+	else
+		th->runq_ns += d;
+	if (whole >= DN_OFFCPU_MIN_NS && whole <= DN_OFFCPU_MAX_NS) {
+		struct dn_offcpu_key k = {};
+		k.tgid = th->tgid;
+		k.tid = tid;
+		k.ustack = th->ustack;
+		k.kstack = th->kstack;
+		k.state = th->state;
+		k.syscall = th->syscall;
+#pragma unroll
+		for (int i = 0; i < DN_LEAF_FRAMES; i++)
+			k.leaf[i] = th->leaf[i];
+		struct dn_offcpu_val zero = {}, *v = dn_offcpu.lookup_or_try_init(&k, &zero);
+		if (v) {
+			__sync_fetch_and_add(&v->total_ns, d);
+			__sync_fetch_and_add(&v->count, 1);
+			if (whole > v->max_ns)
+				v->max_ns = whole;
+			if (!v->min_ns || whole < v->min_ns)
+				v->min_ns = whole;
+		} else {
+			int one = 1;
+			u64 *lost = dn_offcpu_seen.lookup(&one);
+			if (lost)
+				(*lost)++;
+		}
+	}
+}
+
 static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_state, u32 next)
 {
 	u64 now = bpf_ktime_get_ns();
@@ -606,13 +651,32 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 		}
 		if (th) {
 			bpf_get_current_comm(th->comm, sizeof(th->comm));
+			u64 runtime = 0;
 #ifdef DN_TASK_RUNTIME_OFF
 			/* exact here: the scheduler has just accounted it */
-			bpf_probe_read_kernel(&th->runtime, sizeof(th->runtime),
+			bpf_probe_read_kernel(&runtime, sizeof(runtime),
 			                      (char *)bpf_get_current_task() + DN_TASK_RUNTIME_OFF);
 #endif
+			if (th->start) {
+				/* switched out again with its last block open: the
+				 * kernel did not run the program for the switch that
+				 * ended it. It has run since, without a switch: its
+				 * CPU time since the switch-out that began the block
+				 * says when it came back. */
+				u64 ran = runtime - th->runtime;
+				int why = 2;
+				if (runtime && th->runtime && runtime >= th->runtime && now - ran > th->start) {
+					dn_offcpu_end_block(th, prev, now - ran - th->start);
+					why = 3;
+				}
+				u64 *n = dn_offcpu_seen.lookup(&why);
+				if (n)
+					(*n)++;
+			}
+			th->runtime = runtime;
 			u32 st = prev_state & DN_TASK_STATE_MASK;
 			u64 bitpos = st ? (u64)st << 1 : 1;
+			th->start = 0;
 			if (DN_OFFCPU_STATES & bitpos) {
 				th->start = now;
 				th->before = 0;
@@ -660,42 +724,5 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 	struct dn_offcpu_thread *nt = dn_offcpu_threads.lookup(&next);
 	if (!nt || !nt->start)
 		return;
-	u64 d = now - nt->start;
-	/* the whole block's length, from before tracing began */
-	u64 whole = d + nt->before;
-	nt->start = 0;
-	int zero = 0;
-	u64 *seen = dn_offcpu_seen.lookup(&zero);
-	if (seen)
-		(*seen)++;
-	if (nt->state)
-		nt->offcpu_ns += d;
-	else
-		nt->runq_ns += d;
-	if (whole >= DN_OFFCPU_MIN_NS && whole <= DN_OFFCPU_MAX_NS) {
-		struct dn_offcpu_key k = {};
-		k.tgid = nt->tgid;
-		k.tid = next;
-		k.ustack = nt->ustack;
-		k.kstack = nt->kstack;
-		k.state = nt->state;
-		k.syscall = nt->syscall;
-#pragma unroll
-		for (int i = 0; i < DN_LEAF_FRAMES; i++)
-			k.leaf[i] = nt->leaf[i];
-		struct dn_offcpu_val zero = {}, *v = dn_offcpu.lookup_or_try_init(&k, &zero);
-		if (v) {
-			__sync_fetch_and_add(&v->total_ns, d);
-			__sync_fetch_and_add(&v->count, 1);
-			if (whole > v->max_ns)
-				v->max_ns = whole;
-			if (!v->min_ns || whole < v->min_ns)
-				v->min_ns = whole;
-		} else {
-			int one = 1;
-			u64 *lost = dn_offcpu_seen.lookup(&one);
-			if (lost)
-				(*lost)++;
-		}
-	}
+	dn_offcpu_end_block(nt, next, now - nt->start);
 }

@@ -135,12 +135,18 @@ function H.nr(name)
 end
 
 -- An off-CPU report's sleep total for a fixture: within 5% of `want` (us),
--- less one block of `block_us` for each switch the kernel says it skipped
--- the program for (report.missed_switches: then that block is missing,
--- and the report says so).
+-- less one block of `block_us` for each block the report says is missing
+-- (missed_switches: the kernel skipped the program; lost_blocks: their
+-- entry could not be stored; unended_blocks: their end was not seen).
+-- Returns ok and what it saw.
 function H.sleeps_within(report, sleep, want, block_us)
-  local missed = report.missed_switches or 0
-  return sleep <= want * 1.05 and sleep >= want * 0.95 - missed * block_us
+  -- blocks the report says it missed (switches the kernel skipped, entries
+  -- it could not store) may be missing
+  local missed = (report.missed_switches or 0) + (report.lost_blocks or 0) + (report.unended_blocks or 0)
+  local ok = sleep <= want * 1.05 and sleep >= want * 0.95 - missed * block_us
+  return ok, string.format("sleep %d us of %d; blocks seen %s, lost %s, unended %s; missed switches %s", sleep,
+    want, tostring(report.blocks_seen), tostring(report.lost_blocks), tostring(report.unended_blocks),
+    tostring(report.missed_switches))
 end
 
 -- The items of a report's list by thread id (their tid field).

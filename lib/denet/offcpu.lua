@@ -478,6 +478,9 @@ function M.seed_blocked(bpf, pids, opts, t0_ns)
       if t.state ~= "R" and st ~= 0 and t.since_ns and (not opts.states or bit.band(opts.states, bitpos) ~= 0) then
         local v = tab.leaf.ct()
         v.tgid, v.start, v.before, v.state, v.syscall = t.pid, t0_ns, math.max(0, t0_ns - t.since_ns), st, t.syscall
+        -- its CPU time at the block's start, should the switch that ends
+        -- it not be seen
+        v.runtime = t.runtime_ns or 0
         v.kstack = M.STACK_SNAPSHOT
         v.ustack = t.kernel and M.STACK_NONE or M.STACK_SNAPSHOT
         ffi.copy(v.comm, t.comm, math.min(#t.comm, 15))
@@ -878,6 +881,10 @@ function Tracer:report()
     -- not be stored (the map full or busy): missing from the totals
     blocks_seen = tonumber(self.bpf:get_table("dn_offcpu_seen"):sum(0)),
     lost_blocks = tonumber(self.bpf:get_table("dn_offcpu_seen"):sum(1)),
+    -- blocks whose ending switch was not seen: their end found from the
+    -- thread's CPU time (counted), or not (missing)
+    recovered_blocks = tonumber(self.bpf:get_table("dn_offcpu_seen"):sum(3)),
+    unended_blocks = tonumber(self.bpf:get_table("dn_offcpu_seen"):sum(2)),
   }
   if self.kt_buf then
     report.kstack_reuse = M.kt_stats(self.bpf)
@@ -1266,6 +1273,10 @@ function M.text(report, top)
     w("")
     w("%d context switches were not seen (the kernel skipped the program while another BPF program or a map "
       .. "operation held that CPU): blocks around them are missing", report.missed_switches)
+  end
+  if (report.unended_blocks or 0) > 0 then
+    w("")
+    w("%d blocks are missing: the switch that ended them was not seen", report.unended_blocks)
   end
   if (report.lost_blocks or 0) > 0 then
     w("")

@@ -54,8 +54,8 @@ describe("denet script offcpu", function()
     -- what the kernel skipped is reported, as a count
     assert.is_number(r.missed_switches)
     assert.is_true(r.missed_switches >= 0)
-    assert.is_true(H.sleeps_within(r, sleep, 500000, 50000), "sleep " .. sleep .. ", missed switches "
-      .. tostring(r.missed_switches))
+    assert.is_true(r.blocks_seen >= 10, "blocks seen " .. tostring(r.blocks_seen))
+    assert.is_true(H.sleeps_within(r, sleep, 500000, 50000))
     assert.is_true(has_frame(r, t.tid, "nap"))
     -- kernel and user frames in one stack, user root first, "-" between
     local s = r.stacks[1]
@@ -248,8 +248,7 @@ describe("denet script offcpu", function()
     assert.is_nil(t and t.by_category.sleep)
     r = offcpu({ "-m", "40000" }, { H.fixture("sleep_loop"), "5", "50" })
     local sleep = thread(r, "sleep_loop").by_category.sleep
-    assert.is_true(H.sleeps_within(r, sleep, 250000, 50000), "sleep " .. sleep .. ", missed switches "
-      .. tostring(r.missed_switches))
+    assert.is_true(H.sleeps_within(r, sleep, 250000, 50000))
     r = offcpu({ "-M", "10000" }, { H.fixture("sleep_loop"), "5", "50" })
     t = thread(r, "sleep_loop")
     assert.is_nil(t and t.by_category.sleep)
