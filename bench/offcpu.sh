@@ -43,7 +43,8 @@ for p in json.load(sys.stdin):
     n = p.get("name", "")
     if p.get("type") in ("tracepoint", "raw_tracepoint", "tracing"):
         t += p.get("run_time_ns", 0)
-        if "sched_switch" in n:
+        # (a program loaded from the compile cache has its 15-byte kernel name)
+        if "sched_switch" in n or n.endswith("sched_sw"):
             c += p.get("run_cnt", 0)
 print(t, c)'
 }
