@@ -38,6 +38,7 @@
 #include <bcc/bcc_common.h>
 #include <bcc/libbpf.h>
 #include <bpf/bpf.h>
+#include <bpf/btf.h>
 #include <linux/bpf.h>
 #include <linux/perf_event.h>
 
@@ -902,8 +903,33 @@ static int image_load(struct dn_bpf *m, const struct dn_bpf_func *f, int type, i
 	if (attach_type != -1)
 		opts.expected_attach_type = (enum bpf_attach_type)attach_type;
 	opts.kern_version = m->img.kern_version;
+	/* the function's BTF, as libbcc gives it: the kernel then knows the
+	 * program by its whole name (bpftool), not the 15 bytes of a name */
+	struct bpf_func_info fi = { 0, 0 };
+	if (m->btf_fd >= 0 && m->img.btf) {
+		struct btf *b = btf__new(m->img.btf, m->img.btf_len);
+		int id = b ? btf__find_by_name_kind(b, f->name, BTF_KIND_FUNC) : -1;
+
+		if (id > 0) {
+			fi.type_id = (__u32)id;
+			opts.prog_btf_fd = (__u32)m->btf_fd;
+			opts.func_info = &fi;
+			opts.func_info_rec_size = sizeof(fi);
+			opts.func_info_cnt = 1;
+		}
+		btf__free(b);
+	}
 	fd = bcc_prog_load_xattr((enum bpf_prog_type)type, f->name, m->img.license, in, &opts, (int)f->len, NULL, 0,
 	                         false);
+	if (fd < 0 && opts.func_info) {
+		/* (a program with functions of its own needs them all named) */
+		opts.prog_btf_fd = 0;
+		opts.func_info = NULL;
+		opts.func_info_rec_size = 0;
+		opts.func_info_cnt = 0;
+		fd = bcc_prog_load_xattr((enum bpf_prog_type)type, f->name, m->img.license, in, &opts, (int)f->len,
+		                         NULL, 0, false);
+	}
 	err = errno;
 	free(in);
 	errno = err;

@@ -62,8 +62,12 @@ p:wait()
 local maps = io.open("/proc/self/maps"):read("*a")
 -- a sanitizer build links libbcc's compiler: LLVM is always mapped there
 local linked = require("denet.core").compiler_linked()
+-- the name the kernel shows for the program (bpftool): whole, not cut to 15 bytes
+local fd = b:load_func("tracepoint__raw_syscalls__sys_enter", BPF.TRACEPOINT)
+local id = io.open("/proc/self/fdinfo/" .. fd):read("*a"):match("prog_id:%%s*(%%d+)")
+local show = io.popen("bpftool prog show id " .. id .. " -j"):read("*a")
 print(cjson.encode({ count = tonumber(b:get_table("counts"):get(tonumber(flag)) or 0), cached = b.from_cache,
-  llvm = maps:find("libLLVM", 1, true) ~= nil and not (linked and b.from_cache) }))
+  llvm = maps:find("libLLVM", 1, true) ~= nil and not (linked and b.from_cache), name = cjson.decode(show).name }))
 ]], H.fixture("getppid_n"), comment, NR_GETPPID))
 end
 
@@ -80,7 +84,10 @@ local function run(d, script, n, flag, extra)
   end
   local code, out, err = H.denet(args, env(d))
   assert.equals(0, code, err)
-  return cjson.decode(out:match("([^\n]+)\n?$")), err
+  local r = cjson.decode(out:match("([^\n]+)\n?$"))
+  local name = r.name
+  r.name = nil
+  return r, err, name
 end
 
 local function flip_byte(path, at)
@@ -140,11 +147,14 @@ describe("the compile cache", function()
   it("loads the second run's program without the compiler, and it counts exactly", function()
     local d = cache_dir()
     local s = counter("first")
-    local r1 = run(d, s, 30000)
+    local r1, _, name1 = run(d, s, 30000)
     assert.same({ count = 30000, cached = false, llvm = true }, r1)
     assert.equals(1, #entries(d))
-    local r2 = run(d, s, 12345)
+    local r2, _, name2 = run(d, s, 12345)
     assert.same({ count = 12345, cached = true, llvm = false }, r2)
+    -- the kernel knows a cached program by its whole name, as a compiled one
+    assert.equals("tracepoint__raw_syscalls__sys_enter", name1)
+    assert.equals(name1, name2)
     assert.equals(1, #entries(d))
   end)
 
@@ -262,7 +272,9 @@ describe("the compile cache", function()
     assert.same({ count = 20, cached = false, llvm = true }, run(d, s, 20, 0, "--no-cache"))
     local code, out, err = H.denet({ "script", s, "30", "0" }, env(d) .. "DENET_NO_CACHE=1 ")
     assert.equals(0, code, err)
-    assert.same({ count = 30, cached = false, llvm = true }, cjson.decode(out:match("([^\n]+)\n?$")))
+    local r = cjson.decode(out:match("([^\n]+)\n?$"))
+    r.name = nil
+    assert.same({ count = 30, cached = false, llvm = true }, r)
     -- and writes nothing
     local d2 = cache_dir()
     run(d2, s, 40, 0, "--no-cache")
