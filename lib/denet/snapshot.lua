@@ -193,7 +193,7 @@ end
 ---------------------------------------------------------------------------
 -- reading threads
 
-local prog, progfd
+local prog, progfd, iterator_failed
 
 -- The iterator program, built once per run (kept by the compile cache).
 local function iterator()
@@ -352,9 +352,15 @@ end
 --- threads not running). opts.stacks = false skips the user stacks.
 function M.take(pids, exclude, opts)
   local list
-  if features.has("task_iter") then
-    local ok, res = pcall(from_iterator, pids, exclude)
+  if features.has("task_iter") and not iterator_failed then
+    local ok, res, err = pcall(from_iterator, pids, exclude)
     list = ok and res or nil
+    if not list then
+      -- said once; /proc serves from then on
+      iterator_failed = true
+      io.stderr:write(string.format("denet: the task iterator cannot run (%s): threads are read from /proc, "
+        .. "without user stacks above the leaf\n", tostring(ok and err or res):gsub("\n.*", "")))
+    end
   end
   list = list or from_proc(pids, exclude)
   local cpus = {}
