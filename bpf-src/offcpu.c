@@ -94,6 +94,22 @@ static __always_inline void dn_offcpu_missed_inc(int which, s32 err)
 /* Is the current task a kernel thread (PF_KTHREAD)? The offset of
  * task_struct.flags comes from the running kernel's BTF
  * (-DDN_TASK_FLAGS_OFF); without it every thread is walked as a user one. */
+/* The current task's CPU time (se.sum_exec_runtime; 0 when the kernel's
+ * BTF does not place it): a plain load where the task pointer is typed
+ * by BTF (the verifier checks the field), else a probe read. */
+static __always_inline u64 dn_current_runtime(void)
+{
+#if defined(DN_TASK_RUNTIME_OFF) && defined(DN_TASK_BTF_LOAD)
+	return *(volatile u64 *)((char *)bpf_get_current_task_btf() + DN_TASK_RUNTIME_OFF);
+#elif defined(DN_TASK_RUNTIME_OFF)
+	u64 runtime = 0;
+	bpf_probe_read_kernel(&runtime, sizeof(runtime), (char *)bpf_get_current_task() + DN_TASK_RUNTIME_OFF);
+	return runtime;
+#else
+	return 0;
+#endif
+}
+
 static __always_inline int dn_current_kthread(void)
 {
 #ifdef DN_TASK_FLAGS_OFF
@@ -575,11 +591,9 @@ static __always_inline void dn_offcpu_thread_exit(u32 tid)
 	if (!th)
 		return;
 	th->died = bpf_ktime_get_ns();
-#ifdef DN_TASK_RUNTIME_OFF
 	/* its CPU time: up to date at its last tick or switch (its final
 	 * switch is not seen: the thread has left the watched set by then) */
-	bpf_probe_read_kernel(&th->runtime, sizeof(th->runtime), (char *)bpf_get_current_task() + DN_TASK_RUNTIME_OFF);
-#endif
+	th->runtime = dn_current_runtime();
 }
 
 /* A block of thread tid (its entry th) ended after d ns: count it. */
@@ -651,12 +665,8 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 		}
 		if (th) {
 			bpf_get_current_comm(th->comm, sizeof(th->comm));
-			u64 runtime = 0;
-#ifdef DN_TASK_RUNTIME_OFF
 			/* exact here: the scheduler has just accounted it */
-			bpf_probe_read_kernel(&runtime, sizeof(runtime),
-			                      (char *)bpf_get_current_task() + DN_TASK_RUNTIME_OFF);
-#endif
+			u64 runtime = dn_current_runtime();
 			if (th->start) {
 				/* switched out again with its last block open: the
 				 * kernel did not run the program for the switch that

@@ -98,6 +98,10 @@ M.PARTS = {
       local runtime = btf and btf.offset_of("task_struct", "se.sum_exec_runtime")
       if runtime then
         flags[#flags + 1] = "-DDN_TASK_RUNTIME_OFF=" .. runtime
+        if features.has("task_pt_regs") then
+          -- (bpf_get_current_task_btf: the field is read with a plain load)
+          flags[#flags + 1] = "-DDN_TASK_BTF_LOAD"
+        end
       end
       return flags
     end,
