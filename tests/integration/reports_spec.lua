@@ -56,9 +56,20 @@ describe("denet script offcpu --pprof", function()
       have[s] = true
     end
     for _, s in ipairs({ "offcpu", "nanoseconds", "blocks", "count", "thread", "category", "syscall", "pid", "tid",
-      "[kernel.kallsyms]", "wait_for_lock", "lock", "futex" }) do
+      "[kernel.kallsyms]", "lock", "futex" }) do
       assert.is_true(have[s] == true, "string table lacks " .. s)
     end
+    -- every frame of the report's stacks, the fixture's function among them
+    local fixture_fn = false
+    for _, st in ipairs(report.stacks) do
+      for _, f in ipairs(st.frames) do
+        if f ~= "-" then
+          assert.is_true(have[f] == true, "string table lacks " .. f)
+          fixture_fn = fixture_fn or f == "wait_for_lock" or f == "take_lock"
+        end
+      end
+    end
+    assert.is_true(fixture_fn, "the fixture's functions in the report")
     local dst = tonumber(text:match("\ndefault_sample_type: (%d+)"))
     assert.equals("offcpu", strings[dst + 1])
   end)

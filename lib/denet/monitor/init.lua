@@ -199,8 +199,15 @@ function Monitor:_tree_event(ev)
   end
 end
 
-local function sample_counters(s)
-  return account.counters(s, TCK, IO)
+-- The counters of one reading. With exclude_children the root's CPU time
+-- is its own: the children it reaps are not monitored, and the kernel adds
+-- their CPU time to the root's when it reaps them.
+function Monitor:_counters(s)
+  local c = account.counters(s, TCK, IO)
+  if self.exclude_children then
+    c.cpu = c.own_cpu
+  end
+  return c
 end
 
 --- Begin: track the root (and, when attaching, its existing descendants),
@@ -239,7 +246,7 @@ function Monitor:start(opts)
     local s = buf[i]
     local st = self.procs[s.pid]
     if st and band(s.flags, GONE) == 0 then
-      local c = sample_counters(s)
+      local c = self:_counters(s)
       st.prev_t = self.t0_boot
       -- without BPF the context switch counts are /proc's, since the
       -- process started
@@ -358,7 +365,7 @@ function Monitor:sample(opts)
         skipped[s.pid] = true
         self:_depart(st, nil)
       elseif s.state == ZOMBIE and s.ppid == self.mypid and band(s.flags, SKIPPED) == 0 then
-        st.last = sample_counters(s)
+        st.last = self:_counters(s)
         local code, ru = core.reap(s.pid)
         if code then
           skipped[s.pid] = true
@@ -397,7 +404,7 @@ function Monitor:sample(opts)
       if idle then
         c, snap = st.last, st.snap
       else
-        c = sample_counters(s)
+        c = self:_counters(s)
         snap = {
           state = s.state, starttime = tonumber(s.starttime), rss_pages = tonumber(s.rss_pages),
           vsize = tonumber(s.vsize), threads = tonumber(s.threads), processor = tonumber(s.processor),
@@ -685,7 +692,7 @@ function Monitor:collect_root()
     for i = 0, n - 1 do
       local s = buf[i]
       if s.pid == self.root and band(s.flags, GONE) == 0 then
-        st.last = sample_counters(s)
+        st.last = self:_counters(s)
       end
     end
   end
