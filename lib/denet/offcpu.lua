@@ -456,7 +456,8 @@ local BPF_NOEXIST = 1
 --- (bpf: a program with offcpu.c) as blocked since t0_ns (how long before
 --- is kept too), with its stacks read now (denet.snapshot). pids: the
 --- tracked processes (nil: every one but denet); opts: tid, threads,
---- states as for start(). Returns preblocked (tid -> the snapshot's
+--- states as for start(), and stacks = false when no report will show
+--- the stacks (they are not read then). Returns preblocked (tid -> the snapshot's
 --- thread) and runtime0 (tid -> { pid, comm, ns: its CPU time now,
 --- kernel }), the base of on-CPU times.
 function M.seed_blocked(bpf, pids, opts, t0_ns)
@@ -466,7 +467,7 @@ function M.seed_blocked(bpf, pids, opts, t0_ns)
     return preblocked, runtime0
   end
   local self_pid = core.ids().pid
-  local list = snapshot.take(pids, self_pid)
+  local list = snapshot.take(pids, self_pid, { stacks = opts.stacks })
   local tab = bpf:get_table("dn_offcpu_threads")
   for _, t in ipairs(list) do
     local kept = (not opts.tid or t.tid == opts.tid) and t.pid ~= self_pid
@@ -1280,8 +1281,8 @@ function M.text(report, top)
   end
   if (report.lost_blocks or 0) > 0 then
     w("")
-    w("%d blocks could not be stored (the map of blocks was full or busy; raise its size): they are missing "
-      .. "from the totals", report.lost_blocks)
+    w("%d blocks could not be stored (the kernel's map of blocks was full or busy): they are missing from the "
+      .. "totals", report.lost_blocks)
   end
   w("")
   w("Verdict: %s", report.verdict)

@@ -228,7 +228,8 @@ function Monitor:start(opts)
     for pid in pairs(self.tree.live) do
       pids[#pids + 1] = pid
     end
-    require("denet.offcpu").seed_blocked(self.tree.bpf, pids, {}, core.monotonic_ns())
+    -- (the monitor's records hold no stacks)
+    require("denet.offcpu").seed_blocked(self.tree.bpf, pids, { stacks = false }, core.monotonic_ns())
   end
   local root = self.procs[self.root]
   if self.proc == nil and not root.io_ok then
