@@ -1163,6 +1163,18 @@ static int l_module_detach(lua_State *L)
 	return 0;
 }
 
+/* m:detach_all(): detach every attachment, the perf events closed in
+ * parallel (detach_start); the programs and maps stay. On return no
+ * program of the module runs any more, so its maps hold still. */
+static int l_module_detach_all(lua_State *L)
+{
+	struct dn_bpf *m = check_module(L, 1);
+
+	detach_start(m);
+	detach_finish(m);
+	return 0;
+}
+
 /* m:misses(name) -> how many times the kernel skipped loaded function
  * `name` (bpf_prog_info.recursion_misses: another BPF program, or a map
  * operation from user space, held the CPU), or nil when the kernel does
@@ -1601,6 +1613,7 @@ void dn_bcc_open(lua_State *L)
 		{ "attach_perf_event", l_attach_perf_event },
 		{ "attach_kfunc", l_attach_kfunc },
 		{ "detach", l_module_detach },
+		{ "detach_all", l_module_detach_all },
 		{ "attachments", l_module_attachments },
 		{ "misses", l_module_misses },
 		{ "tables", l_module_tables },

@@ -749,6 +749,13 @@ function BPF:detach(h)
   end
 end
 
+--- Detach every probe (perf events closed in parallel); the programs
+--- and tables stay. On return no program runs any more: the tables hold
+--- still for a final read.
+function BPF:detach_all()
+  self.m:detach_all()
+end
+
 --- How many probes are attached now.
 function BPF:num_attached()
   return self.m:attachments()

@@ -410,6 +410,9 @@ function M.start(opts)
       cflags[#cflags + 1] = "-DDN_USTACK_VERIFY"
     end
   end
+  if not opts.proc then
+    require("denet.snapshot").prepare()
+  end
   local self = setmetatable({ opts = opts, t0 = core.monotonic(), t0_ns = core.monotonic_ns(), captured = {} },
     Tracer)
   self.tree = tree_mod.for_targets{
@@ -503,7 +506,9 @@ function M.seed_blocked(bpf, pids, opts, t0_ns)
   end
   for tid, t in pairs(preblocked) do
     local again = now[tid]
-    if not again or again.state == "R" or again.exec_start ~= t.exec_start then
+    -- (one woken but not yet on a CPU has the same exec_start: its block
+    -- goes on until the program sees it switch in)
+    if not again or again.exec_start ~= t.exec_start then
       local v = tab:get(tid)
       if v and v.kstack == M.STACK_SNAPSHOT and tonumber(v.start) == t0_ns then
         tab:delete(tid)
@@ -654,7 +659,10 @@ function Tracer:report()
   local stacks, threads, by_sys, merged = {}, {}, {}, {}
   local comms = {}
 
-  local now_ns = core.monotonic_ns()
+  -- once stopped (Tracer:stop), the maps hold still: everything counts
+  -- up to then. Live, a block that ends between the reads of the two
+  -- maps below is in neither.
+  local now_ns = self.stopped_ns or core.monotonic_ns()
   local bpf_threads = {}
   for tid, v in self.bpf:get_table("dn_offcpu_threads"):items() do
     bpf_threads[tid] = v
@@ -822,7 +830,7 @@ function Tracer:report()
     end
   end
 
-  local duration_us = (core.monotonic() - self.t0) * 1e6
+  local duration_us = (now_ns - self.t0_ns) / 1000
   local tlist = {}
   for _, t in pairs(threads) do
     t.wall_us = math.max(t.wall_us, t.offcpu_us + (t.by_category.runqueue or 0))
@@ -1289,6 +1297,16 @@ function M.text(report, top)
   return table.concat(out, "\n") .. "\n"
 end
 
+--- Stop tracing for a final report: every probe is detached (the maps
+--- stay), and report() counts up to this moment, blocks in progress
+--- included, from maps that no program changes any more.
+function Tracer:stop()
+  if not self.stopped_ns then
+    self.bpf:detach_all()
+    self.stopped_ns = core.monotonic_ns()
+  end
+end
+
 function Tracer:close()
   self.tree:close()
 end
@@ -1425,6 +1443,10 @@ function M.run(opts)
   end)
   cap:close()
   host:stop_intervals()
+  if ok then
+    -- the last export and the report read the same still maps
+    t:stop()
+  end
   if tick then
     tick:close()
     if ok then

@@ -216,6 +216,16 @@ local function iterator()
   return prog, progfd
 end
 
+--- Load the task iterator now (when the kernel has it), so that a later
+--- take() reads the threads at once: a tracer calls this before its
+--- probes go live, to make the gap between the start of its window and
+--- the snapshot small.
+function M.prepare()
+  if features.has("task_iter") and not iterator_failed then
+    pcall(iterator)
+  end
+end
+
 -- A thread's syscall from its saved registers: a SYSCALL instruction
 -- leaves cx == ip and r11 == flags; -1 when it is in none.
 local function regs_syscall(r)
