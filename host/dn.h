@@ -224,4 +224,16 @@ void dn_sym_maps_free(struct dn_sym_maps *m);
  * symbol tables are shared and cached for the life of the process). */
 int dn_sym_maps_resolve(struct dn_sym_maps *m, uint64_t addr, struct dn_sym_result *out);
 
+/* The kernel's function symbols from a kallsyms file (/proc/kallsyms),
+ * kept compact: one sorted array of addresses and one block of names.
+ * NULL with errno set when the file cannot be read. A file whose
+ * addresses are all hidden (kptr_restrict) gives an empty table. */
+struct dn_ksyms;
+struct dn_ksyms *dn_ksyms_load(const char *path);
+size_t dn_ksyms_count(const struct dn_ksyms *k);
+/* The symbol at or below addr: 0 and out filled (module "kernel" or the
+ * module's name), -1 when addr is below every symbol. */
+int dn_ksyms_resolve(const struct dn_ksyms *k, uint64_t addr, struct dn_sym_result *out);
+void dn_ksyms_free(struct dn_ksyms *k);
+
 #endif

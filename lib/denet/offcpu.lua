@@ -1429,6 +1429,9 @@ function M.run(opts)
   local tick = opts.on_tick and denet.every(opts.tick or 1, function()
     opts.on_tick(t, false, root)
   end)
+  -- the report names kernel frames: read the kernel's symbols while
+  -- tracing, once the start's burst of stacks to learn is through
+  local warm = not opts.user_only and denet.after(0.2, syms.load_kernel)
   local code
   local ok, err = pcall(function()
     if proc then
@@ -1442,6 +1445,9 @@ function M.run(opts)
     end
   end)
   cap:close()
+  if warm then
+    warm:close()
+  end
   host:stop_intervals()
   if ok then
     -- the last export and the report read the same still maps

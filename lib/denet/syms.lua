@@ -19,6 +19,12 @@ local function kernel()
   return kcache
 end
 
+--- Read the kernel's symbols now, if not yet (a tracer does it while it
+--- waits, so that its report does not).
+function M.load_kernel()
+  kernel()
+end
+
 local function hex(n)
   return string.format("0x%x", tonumber(n))
 end

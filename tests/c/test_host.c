@@ -1,12 +1,15 @@
 /*
  * test_host.c - C unit tests of the host: the user symbol resolver on a
  * fixture binary (names, offsets, shared tables, unmapped addresses,
- * paths with spaces) and the cleanup registry's order.
+ * paths with spaces), the kernel symbol table on a made-up kallsyms and on
+ * the running kernel's, and the cleanup registry's order.
  */
+#include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "dn.h"
 
@@ -116,6 +119,77 @@ static void test_cleanup(void)
 	CHECK(norder == 2 && order[0] == 'c' && order[1] == 'a', "order %.*s", norder, order);
 }
 
+/* The kernel symbol table on a made-up kallsyms: function symbols only,
+ * aliases, a module's symbols out of order, hidden addresses, and on the
+ * running kernel's: every function symbol resolves to itself. */
+static void test_ksyms(void)
+{
+	char path[] = "/tmp/denet-kallsyms-XXXXXX";
+	int fd = mkstemp(path);
+	FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+	struct dn_sym_result r;
+	struct dn_ksyms *k;
+
+	CHECK(f != NULL, "mkstemp");
+	if (!f)
+		return;
+	fputs("0000000000000000 A fixed_percpu_data\n"
+	      "ffffffff81000000 T _stext\n"
+	      "ffffffff81000000 T startup_64\n"
+	      "ffffffff81000100 t helper\n"
+	      "ffffffff81000200 D some_data\n"
+	      "ffffffff81000300 W weak_fn\n"
+	      "ffffffffc0002000 t mod_b\t[ext4]\n"
+	      "ffffffffc0001000 T mod_a\t[ext4]\n"
+	      "ffffffffc0003000 t other\t[xfs]\n",
+	      f);
+	fclose(f);
+	k = dn_ksyms_load(path);
+	unlink(path);
+	CHECK(k != NULL, "load");
+	if (!k)
+		return;
+	CHECK(dn_ksyms_count(k) == 7, "count %zu", dn_ksyms_count(k));
+	CHECK(dn_ksyms_resolve(k, 0xffffffff80ffffffULL, &r) == -1, "below every symbol");
+	CHECK(dn_ksyms_resolve(k, 0xffffffff81000010ULL, &r) == 0 && strcmp(r.name, "_stext") == 0 &&
+	              r.offset == 0x10 && strcmp(r.module, "kernel") == 0,
+	      "alias: %s+%" PRIu64, r.name, r.offset);
+	/* data symbols are not functions: the function below covers it */
+	CHECK(dn_ksyms_resolve(k, 0xffffffff81000208ULL, &r) == 0 && strcmp(r.name, "helper") == 0 && r.offset == 0x108,
+	      "data: %s+%" PRIu64, r.name, r.offset);
+	CHECK(dn_ksyms_resolve(k, 0xffffffff81000300ULL, &r) == 0 && strcmp(r.name, "weak_fn") == 0, "weak %s", r.name);
+	CHECK(dn_ksyms_resolve(k, 0xffffffffc0001004ULL, &r) == 0 && strcmp(r.name, "mod_a") == 0 && r.offset == 4 &&
+	              strcmp(r.module, "ext4") == 0,
+	      "module: %s+%" PRIu64 " [%s]", r.name, r.offset, r.module);
+	CHECK(dn_ksyms_resolve(k, 0xffffffffc0002fffULL, &r) == 0 && strcmp(r.name, "mod_b") == 0, "mod_b %s", r.name);
+	CHECK(dn_ksyms_resolve(k, 0xffffffffc0003001ULL, &r) == 0 && strcmp(r.module, "xfs") == 0, "xfs %s", r.module);
+	dn_ksyms_free(k);
+
+	/* the running kernel (root reads the addresses) */
+	k = dn_ksyms_load("/proc/kallsyms");
+	CHECK(k != NULL, "load /proc/kallsyms");
+	if (!k)
+		return;
+	f = fopen("/proc/kallsyms", "r");
+	char line[512];
+	unsigned long n = 0, bad = 0;
+	while (f && fgets(line, sizeof(line), f)) {
+		unsigned long long a;
+		char type, name[256];
+
+		if (sscanf(line, "%llx %c %255s", &a, &type, name) != 3 || !a || !strchr("tTwW", type))
+			continue;
+		n++;
+		if (dn_ksyms_resolve(k, a, &r) != 0 || r.offset != 0)
+			bad++;
+	}
+	if (f)
+		fclose(f);
+	CHECK(n > 1000 && n == dn_ksyms_count(k), "%lu function symbols, %zu kept", n, dn_ksyms_count(k));
+	CHECK(bad == 0, "%lu of %lu symbols did not resolve to themselves", bad, n);
+	dn_ksyms_free(k);
+}
+
 int main(void)
 {
 	const char *fixtures = getenv("DENET_FIXTURES");
@@ -125,6 +199,7 @@ int main(void)
 		return 2;
 	}
 	test_resolver(fixtures);
+	test_ksyms();
 	test_cleanup();
 	if (failures) {
 		fprintf(stderr, "%d check(s) failed\n", failures);
