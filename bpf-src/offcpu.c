@@ -414,6 +414,14 @@ static __always_inline s32 dn_ustack_id(void *ctx, u32 tgid, u64 *leaf)
 }
 #endif
 
+/* A raw tracepoint's kernel stack walk begins in this program itself:
+ * that frame is left out. */
+#ifdef DN_SWITCH_RAW
+#define DN_KSTACK_FLAGS 1
+#else
+#define DN_KSTACK_FLAGS 0
+#endif
+
 #ifdef DN_KSTACK_REUSE
 /*
  * Kernel stack reuse. Walking the kernel stack (the ORC unwinder) is most
@@ -429,7 +437,9 @@ static __always_inline s32 dn_ustack_id(void *ctx, u32 tgid, u64 *leaf)
  * bpf_task_pt_regs, no struct layout needed); the others move with the
  * random offset the kernel puts on the stack at each syscall, and are kept
  * relative to the stack pointer the tracepoint saved in its registers
- * (whose pointer is the first word of the tracepoint's record).
+ * (whose pointer is the first word of the tracepoint's record) or, as a
+ * raw tracepoint (-DDN_SWITCH_RAW), to its arguments, an array on the
+ * stack of the kernel function that runs the program.
  * Templates are learnt in user space from a copy of the stack memory sent
  * with each walked stack, and used only after one walk confirmed them.
  * -DDN_KSTACK_VERIFY walks on every reuse too and counts reuses the walk
@@ -510,12 +520,28 @@ static __always_inline s32 dn_kstack_id(void *ctx, s32 syscall, u32 state)
 	 * there */
 	u64 uregs = dn_user_regs();
 	if (!uregs)
-		return dn_offcpu_stacks.get_stackid(ctx, 0);
+		return dn_offcpu_stacks.get_stackid(ctx, DN_KSTACK_FLAGS);
 	u64 top = uregs + DN_PT_REGS_SIZE;
+	u64 sp = 0, uip = 0;
+#ifdef DN_SWITCH_RAW
+	/* the raw tracepoint's arguments: an array on the stack of the
+	 * kernel function that called this program (the program's own frame
+	 * may be on a stack of its own), made a number through a map (the
+	 * verifier allows no arithmetic on it) */
+	{
+		int zero = 0;
+		struct dn_regs_scratch *sc = dn_regs_scratch.lookup(&zero);
+		if (sc) {
+			*(void *volatile *)&sc->ptr = ctx;
+			sp = *(volatile u64 *)&sc->ptr;
+		}
+	}
+#else
 	/* the tracepoint's saved registers */
-	u64 regs = 0, sp = 0, uip = 0;
+	u64 regs = 0;
 	bpf_probe_read_kernel(&regs, 8, ctx);
 	bpf_probe_read_kernel(&sp, 8, (void *)(regs + DN_PT_REGS_SP));
+#endif
 	bpf_probe_read_kernel(&uip, 8, (void *)(top - DN_PT_REGS_SIZE + DN_PT_REGS_IP));
 
 	/* two templates (ways) per key: a call that blocks in two places in
@@ -538,14 +564,14 @@ static __always_inline s32 dn_kstack_id(void *ctx, s32 syscall, u32 state)
 		if (t->confirmed) {
 			dn_kt_count(0);
 #ifdef DN_KSTACK_VERIFY
-			s32 walked = dn_offcpu_stacks.get_stackid(ctx, 0);
+			s32 walked = dn_offcpu_stacks.get_stackid(ctx, DN_KSTACK_FLAGS);
 			if (walked != t->kstack)
 				dn_kt_count(2);
 #endif
 			return t->kstack;
 		}
 		/* first use: walk once to confirm the template */
-		s32 walked = dn_offcpu_stacks.get_stackid(ctx, 0);
+		s32 walked = dn_offcpu_stacks.get_stackid(ctx, DN_KSTACK_FLAGS);
 		dn_kt_count(1);
 		if (walked == t->kstack) {
 			t->confirmed = 1;
@@ -555,7 +581,7 @@ static __always_inline s32 dn_kstack_id(void *ctx, s32 syscall, u32 state)
 		}
 		return walked;
 	}
-	s32 id = dn_offcpu_stacks.get_stackid(ctx, 0);
+	s32 id = dn_offcpu_stacks.get_stackid(ctx, DN_KSTACK_FLAGS);
 	dn_kt_count(1);
 	if (id < 0 || !sp || sp >= top)
 		return id;
@@ -698,7 +724,7 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 #ifdef DN_KSTACK_REUSE
 				th->kstack = dn_kstack_id(ctx, th->syscall, st);
 #else
-				th->kstack = dn_offcpu_stacks.get_stackid(ctx, 0);
+				th->kstack = dn_offcpu_stacks.get_stackid(ctx, DN_KSTACK_FLAGS);
 #endif
 				if (th->kstack < 0)
 					dn_offcpu_missed_inc(1, th->kstack);

@@ -122,10 +122,9 @@ M.PARTS = {
     file = "switch.c",
     order = 90,
     needs = { "tree" },
-    cflags = function(set)
-      -- the off-CPU hook reads the tracepoint record; 5.18+ passes the
-      -- raw tracepoint prev_state
-      local raw = not set.offcpu and raw_facts()
+    cflags = function()
+      -- 5.18+ passes the raw tracepoint prev_state
+      local raw = raw_facts()
       if raw and raw.sched_switch == 4 then
         return { "-DDN_SWITCH_RAW", "-DDN_TASK_PID_OFF=" .. raw.pid }
       end

@@ -124,9 +124,12 @@ struct dn_kt_rec {
 --- them) was found in rec's copies of the stack, each above the one
 --- before. Slots in the top part (the syscall entry's frames) are words
 --- from top - KT_OUTER_WORDS * 8, the others words from the tracepoint's
---- sp. nil when a frame is not in the copies or there are too many.
-function M.kt_template(rec, ips)
-  local n = #ips
+--- sp. The first `skip` addresses are not looked for: the frames of the
+--- machinery that ran the program, below the anchor, the same at every
+--- run. nil when a frame is not in the copies or there are too many.
+function M.kt_template(rec, ips, skip)
+  skip = skip or 0
+  local n = #ips - skip
   if rec.ok == 0 or n < 1 or n > KT_SLOTS then
     return nil
   end
@@ -134,7 +137,7 @@ function M.kt_template(rec, ips)
   local t = { kstack = rec.kstack, n = n, outer = 0, word = {}, val = {} }
   local at = sp -- search from here up
   for i = 1, n do
-    local want, found = ips[i], nil
+    local want, found = ips[i + skip], nil
     local j = tonumber(at - sp) / 8
     while j < KT_INNER_WORDS and sp + j * 8 < outer0 do
       if rec.inner[j] == want then
@@ -166,11 +169,23 @@ function M.kt_template(rec, ips)
 end
 
 -- Learn templates from the walks the program reports.
-local function kt_learner(bpf)
+local function kt_learner(bpf, raw)
   local stacks = bpf:get_table("dn_offcpu_stacks")
   local kt = bpf:get_table("dn_kt")
   return function(rec)
-    local t = M.kt_template(rec, stacks:stack_walk(rec.kstack))
+    local ips = stacks:stack_walk(rec.kstack)
+    -- a raw tracepoint's walk begins below its anchor, in the functions
+    -- that run the program (bpf_trace_run4, ...): their return addresses
+    -- are not in the copy above it. The fewest such frames that leave a
+    -- template (no symbol names needed: reading them would hold up the
+    -- learning at the start)
+    local t
+    for skip = 0, raw and 3 or 0 do
+      t = M.kt_template(rec, ips, skip)
+      if t then
+        break
+      end
+    end
     if not t then
       return
     end
@@ -186,8 +201,8 @@ end
 --- Learn kernel stack templates for a program built with
 --- -DDN_KSTACK_REUSE (from the loop, as walks are reported); returns the
 --- ring buffer.
-function M.learn_kstacks(bpf)
-  return bpf:get_table("dn_kt_learn"):open_ring_buffer(kt_learner(bpf), { type = "struct dn_kt_rec" })
+function M.learn_kstacks(bpf, raw)
+  return bpf:get_table("dn_kt_learn"):open_ring_buffer(kt_learner(bpf, raw), { type = "struct dn_kt_rec" })
 end
 
 --- Counters of kernel stack reuse: reused, walked, wrong (reuses a walk
@@ -435,7 +450,7 @@ function M.start(opts)
   -- the kernel may lack what stack reuse needs (the composer said so)
   self.reuse = self.tree.program:has_flag("-DDN_KSTACK_REUSE")
   if self.reuse then
-    self.kt_buf = M.learn_kstacks(self.bpf)
+    self.kt_buf = M.learn_kstacks(self.bpf, self.tree.program:has_flag("-DDN_SWITCH_RAW"))
   end
   if self.tree.program:has_flag("-DDN_LEAF_UNWIND") then
     self.leaf_buf = M.learn_leaf_rules(self.bpf)
@@ -885,7 +900,8 @@ function Tracer:report()
     lost_stacks_why = why,
     -- switches the kernel did not run the program for (another BPF
     -- program or a map operation held that CPU): their blocks are missing
-    missed_switches = self.bpf.m:misses("tracepoint__sched__sched_switch") or 0,
+    missed_switches = self.bpf.m:misses(self.tree.program:has_flag("-DDN_SWITCH_RAW")
+      and "raw_tracepoint__sched_switch" or "tracepoint__sched__sched_switch") or 0,
     -- blocks that ended while tracing, and those of them whose entry could
     -- not be stored (the map full or busy): missing from the totals
     blocks_seen = tonumber(self.bpf:get_table("dn_offcpu_seen"):sum(0)),

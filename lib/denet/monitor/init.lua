@@ -150,7 +150,7 @@ function M.new(opts)
     end,
   }
   if opts.offcpu and self.tree.program and self.tree.program:has_flag("-DDN_KSTACK_REUSE") then
-    require("denet.offcpu").learn_kstacks(self.tree.bpf)
+    require("denet.offcpu").learn_kstacks(self.tree.bpf, self.tree.program:has_flag("-DDN_SWITCH_RAW"))
   end
   self.sc_t0 = core.monotonic()
   self.ptab = procfs.new()
