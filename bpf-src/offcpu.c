@@ -460,7 +460,9 @@ struct dn_kt {
 	s32 kstack;
 	u16 n; /* slots in use */
 	u16 confirmed;
-	u32 outer;             /* bit i: slot i is in the top part */
+	u32 outer; /* bit i: slot i is in the top part */
+	u16 span;  /* words from sp up that hold the other slots */
+	u16 pad[3];
 	u16 word[DN_KT_SLOTS]; /* outer: words from top - DN_KT_OUTER; else: from sp */
 	u64 val[DN_KT_SLOTS];
 };
@@ -487,24 +489,44 @@ static __always_inline void dn_kt_count(int i)
 		(*c)++;
 }
 
+/* The stack words a template is checked against: read in two copies
+ * (the part from sp up to its last slot there, and the top part), not
+ * one read per slot. */
+struct dn_kt_copy {
+	u64 inner[DN_KT_INNER / 8];
+	u64 outer[DN_KT_OUTER / 8];
+};
+BPF_PERCPU_ARRAY(dn_kt_copy, struct dn_kt_copy, 1);
+
 /* Do the template's slots hold its values now? Written out slot by slot:
  * each access is at a constant offset into the template. A loop lets
  * clang walk the arrays with moving pointers that 6.1's verifier cannot
  * bound by the loop counter (it then rejects the program), and clang does
  * not always honour "#pragma unroll" here. */
-#define DN_KT_SLOT(i)                                                                                       \
-	if ((i) < n) {                                                                                      \
-		u64 at = (t->outer & (1U << (i))) ? top - DN_KT_OUTER : sp;                                 \
-		u64 v = 0;                                                                                  \
-		if (bpf_probe_read_kernel(&v, 8, (void *)(at + 8 * (u64)t->word[i])) < 0 || v != t->val[i]) \
-			return 0;                                                                           \
+#define DN_KT_SLOT(i)                                                                            \
+	if ((i) < n) {                                                                           \
+		u64 v = (t->outer & (1U << (i))) ? c->outer[t->word[i] & (DN_KT_OUTER / 8 - 1)]  \
+		                                 : c->inner[t->word[i] & (DN_KT_INNER / 8 - 1)]; \
+		if (v != t->val[i])                                                              \
+			return 0;                                                                \
 	}
 #define DN_KT_SLOT4(i) DN_KT_SLOT(i) DN_KT_SLOT(i + 1) DN_KT_SLOT(i + 2) DN_KT_SLOT(i + 3)
 
 /* clang-format off */
 static __always_inline int dn_kt_match(struct dn_kt *t, u64 sp, u64 top)
 {
+	int zero = 0;
+	struct dn_kt_copy *c = dn_kt_copy.lookup(&zero);
+	if (!c)
+		return 0;
 	u32 n = t->n;
+	u32 bytes = 8 * (u32)t->span;
+	if (bytes > DN_KT_INNER)
+		return 0;
+	if (bytes && bpf_probe_read_kernel(c->inner, bytes, (void *)sp) < 0)
+		return 0;
+	if (t->outer && bpf_probe_read_kernel(c->outer, DN_KT_OUTER, (void *)(top - DN_KT_OUTER)) < 0)
+		return 0;
 	DN_KT_SLOT4(0) DN_KT_SLOT4(4) DN_KT_SLOT4(8) DN_KT_SLOT4(12)
 	DN_KT_SLOT4(16) DN_KT_SLOT4(20) DN_KT_SLOT4(24) DN_KT_SLOT4(28)
 	return 1;

@@ -134,7 +134,7 @@ function M.kt_template(rec, ips, skip)
     return nil
   end
   local sp, outer0 = rec.sp, rec.top - KT_OUTER_WORDS * 8
-  local t = { kstack = rec.kstack, n = n, outer = 0, word = {}, val = {} }
+  local t = { kstack = rec.kstack, n = n, outer = 0, span = 0, word = {}, val = {} }
   local at = sp -- search from here up
   for i = 1, n do
     local want, found = ips[i + skip], nil
@@ -148,6 +148,7 @@ function M.kt_template(rec, ips, skip)
     end
     if found then
       at = sp + found * 8 + 8
+      t.span = found + 1
     else
       j = at > outer0 and tonumber(at - outer0) / 8 or 0
       while j < KT_OUTER_WORDS do
@@ -190,7 +191,7 @@ local function kt_learner(bpf, raw)
       return
     end
     local v = kt.leaf.ct()
-    v.kstack, v.n, v.confirmed, v.outer = t.kstack, t.n, 0, t.outer
+    v.kstack, v.n, v.confirmed, v.outer, v.span = t.kstack, t.n, 0, t.outer, t.span
     for i = 0, t.n - 1 do
       v.word[i], v.val[i] = t.word[i], t.val[i]
     end
