@@ -26,6 +26,21 @@ describe("kernel stack templates", function()
     assert.same({ [0] = 3, 7, 12, 10 }, t.word)
     assert.equals(8, t.outer) -- bit 3: D is kept from the top
     assert.is_true(t.val[1] == B and t.val[3] == D)
+    -- the program copies words 0..12 from sp to check the inner slots
+    assert.equals(13, t.span)
+  end)
+
+  it("leaves out the frames below the anchor (a raw tracepoint's machinery) when asked", function()
+    local X = 0xffffffff81009999ULL -- a return address below the anchor
+    local r = rec()
+    r.inner[2] = A
+    r.inner[6] = B
+    assert.is_nil(offcpu.kt_template(r, { X, A, B }))
+    local t = offcpu.kt_template(r, { X, A, B }, 1)
+    assert.equals(2, t.n)
+    assert.same({ [0] = 2, 6 }, t.word)
+    assert.is_true(t.val[0] == A and t.val[1] == B)
+    assert.equals(7, t.span)
   end)
 
   it("a slot in the top part is kept from the top even when sp is near it", function()
@@ -37,6 +52,7 @@ describe("kernel stack templates", function()
     local t = offcpu.kt_template(r, { A, B })
     assert.same({ [0] = 2, 4 }, t.word)
     assert.equals(2, t.outer)
+    assert.equals(3, t.span) -- only A is read from sp
   end)
 
   it("no template when a frame is missing, the copy failed or the stack is too deep", function()
