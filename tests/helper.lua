@@ -149,6 +149,14 @@ function H.sleeps_within(report, sleep, want, block_us)
     tostring(report.missed_switches))
 end
 
+-- An off-CPU report's count of blocks (got) is want, or short of it by no
+-- more than the blocks the report says it missed (as sleeps_within).
+function H.blocks_within(report, got, want)
+  local missed = (report.missed_switches or 0) + (report.lost_blocks or 0) + (report.unended_blocks or 0)
+  return got <= want and got >= want - missed, string.format("%d blocks of %d; lost %s, unended %s; missed switches %s",
+    got, want, tostring(report.lost_blocks), tostring(report.unended_blocks), tostring(report.missed_switches))
+end
+
 -- The items of a report's list by thread id (their tid field).
 function H.by_tid(list)
   local out = {}
