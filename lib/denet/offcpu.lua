@@ -175,13 +175,14 @@ local function kt_learner(bpf, raw)
   local kt = bpf:get_table("dn_kt")
   return function(rec)
     local ips = stacks:stack_walk(rec.kstack)
-    -- a raw tracepoint's walk begins below its anchor, in the functions
-    -- that run the program (bpf_trace_run4, ...): their return addresses
-    -- are not in the copy above it. The fewest such frames that leave a
-    -- template (no symbol names needed: reading them would hold up the
-    -- learning at the start)
+    -- a raw tracepoint's walk begins below its anchor: the program is
+    -- called from bpf_trace_runN, whose frame holds the argument array,
+    -- so at least the return address into it is below (a stale copy of
+    -- it above must not become a slot). The fewest such frames from one
+    -- that leave a template (no symbol names needed: reading them would
+    -- hold up the learning at the start)
     local t
-    for skip = 0, raw and 3 or 0 do
+    for skip = raw and 1 or 0, raw and 3 or 0 do
       t = M.kt_template(rec, ips, skip)
       if t then
         break
