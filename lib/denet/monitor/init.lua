@@ -299,7 +299,8 @@ local function tally(agg, m, pss_kb)
 end
 
 --- Take one sample now. Returns the record ("tree", or "sample" with
---- exclude_children) after calling on_sample with it; with opts.quiet
+--- exclude_children; nil then when the root has just left) after calling
+--- on_sample with it; with opts.quiet
 --- (the final accounting after the root left) no record is handed on and
 --- the tree's totals are returned instead.
 function Monitor:sample(opts)
@@ -516,11 +517,16 @@ function Monitor:sample(opts)
   agg.uptime_secs = parent and parent.uptime_secs or math.max(0, math.floor(now - self.t0_boot))
 
   self.prev_t = now
+  if self.exclude_children and not parent then
+    -- the root left (or is a zombie) since the last look: there is no
+    -- sample of it to give
+    return nil
+  end
   self.samples = self.samples + 1
   local rec
   if self.exclude_children then
     rec = {}
-    for k, v in pairs(parent or {}) do
+    for k, v in pairs(parent) do
       rec[k] = v
     end
     rec.kind = "sample"
