@@ -633,17 +633,6 @@ static __always_inline void dn_offcpu_thread_start(u32 tid, u32 tgid)
 	dn_offcpu_threads.update(&tid, &z);
 }
 
-static __always_inline void dn_offcpu_thread_exit(u32 tid)
-{
-	struct dn_offcpu_thread *th = dn_offcpu_threads.lookup(&tid);
-	if (!th)
-		return;
-	th->died = bpf_ktime_get_ns();
-	/* its CPU time: up to date at its last tick or switch (its final
-	 * switch is not seen: the thread has left the watched set by then) */
-	th->runtime = dn_current_runtime();
-}
-
 /* A block of thread tid (its entry th) ended after d ns: count it. */
 static __always_inline void dn_offcpu_end_block(struct dn_offcpu_thread *th, u32 tid, u64 d)
 {
@@ -686,6 +675,40 @@ static __always_inline void dn_offcpu_end_block(struct dn_offcpu_thread *th, u32
 	}
 }
 
+/* The current thread (tid, its entry th) is running with its last block
+ * open: the kernel did not run the program for the switch that ended it.
+ * It has run since, without a switch: its CPU time now (runtime) less at
+ * the switch-out that began the block says when it came back. */
+static __always_inline void dn_offcpu_recover(struct dn_offcpu_thread *th, u32 tid, u64 now, u64 runtime)
+{
+	u64 ran = runtime - th->runtime;
+	int why = 2;
+	if (runtime && th->runtime && runtime >= th->runtime && now - ran > th->start) {
+		dn_offcpu_end_block(th, tid, now - ran - th->start);
+		why = 3;
+	}
+	th->start = 0;
+	u64 *n = dn_offcpu_seen.lookup(&why);
+	if (n)
+		(*n)++;
+}
+
+static __always_inline void dn_offcpu_thread_exit(u32 tid)
+{
+	struct dn_offcpu_thread *th = dn_offcpu_threads.lookup(&tid);
+	if (!th)
+		return;
+	u64 now = bpf_ktime_get_ns();
+	th->died = now;
+	/* its CPU time: up to date at its last tick or switch (its final
+	 * switch is not seen: the thread has left the watched set by then) */
+	u64 runtime = dn_current_runtime();
+	/* exiting, so running: a block still open ended unseen */
+	if (th->start)
+		dn_offcpu_recover(th, tid, now, runtime);
+	th->runtime = runtime;
+}
+
 static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_state, u32 next)
 {
 	u64 now = bpf_ktime_get_ns();
@@ -715,22 +738,9 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 			bpf_get_current_comm(th->comm, sizeof(th->comm));
 			/* exact here: the scheduler has just accounted it */
 			u64 runtime = dn_current_runtime();
-			if (th->start) {
-				/* switched out again with its last block open: the
-				 * kernel did not run the program for the switch that
-				 * ended it. It has run since, without a switch: its
-				 * CPU time since the switch-out that began the block
-				 * says when it came back. */
-				u64 ran = runtime - th->runtime;
-				int why = 2;
-				if (runtime && th->runtime && runtime >= th->runtime && now - ran > th->start) {
-					dn_offcpu_end_block(th, prev, now - ran - th->start);
-					why = 3;
-				}
-				u64 *n = dn_offcpu_seen.lookup(&why);
-				if (n)
-					(*n)++;
-			}
+			/* switched out again with its last block open */
+			if (th->start)
+				dn_offcpu_recover(th, prev, now, runtime);
 			th->runtime = runtime;
 			u32 st = prev_state & DN_TASK_STATE_MASK;
 			u64 bitpos = st ? (u64)st << 1 : 1;
