@@ -367,7 +367,7 @@ static int ksyms_line(struct dn_ksyms *k, char *line, uint32_t *last_mod)
 	uint64_t addr = strtoull(line, &end, 16);
 	size_t nlen;
 
-	if (end == line || end[0] != ' ' || !strchr("tTwW", end[1]) || end[1] == '\0' || end[2] != ' ' || !addr)
+	if (end == line || end[0] != ' ' || end[1] == '\0' || !strchr("tTwW", end[1]) || end[2] != ' ' || !addr)
 		return 1;
 	name = end + 3;
 	nlen = strcspn(name, "\t\n ");
