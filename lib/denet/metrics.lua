@@ -55,6 +55,30 @@ local function add(f, suffix, ident, extra, value)
   f.samples[#f.samples + 1] = { suffix = suffix, labels = labels(ident, extra), value = value }
 end
 
+-- A recorded file's field as a table (anything else: an empty one), and
+-- its keys in a stable order, whatever JSON gave them.
+local function tbl(v)
+  return type(v) == "table" and v or {}
+end
+
+local function sorted_keys(t)
+  local ks = {}
+  for k in pairs(t) do
+    ks[#ks + 1] = tostring(k)
+  end
+  table.sort(ks)
+  return ks
+end
+
+-- t[k] for a key that sorted_keys turned into a string
+local function at(t, k)
+  local v = t[k]
+  if v == nil then
+    v = t[tonumber(k)]
+  end
+  return tonumber(v)
+end
+
 --- An empty set of families.
 function M.new()
   return { by_name = {} }
@@ -117,8 +141,10 @@ function M.from_record(rec, ident, fams)
       -- a record holds the top syscalls only (a live run adds the full
       -- report instead, with add_syscalls)
       local f = family(fams, "denet_syscalls", "counter", nil, "syscalls made by the tree")
-      for _, s in ipairs(ebpf.syscalls.top_syscalls or {}) do
-        add(f, "_total", ident, { { "syscall", s.name } }, s.count)
+      for _, s in ipairs(tbl(ebpf.syscalls.top_syscalls)) do
+        if type(s) == "table" and type(s.name) == "string" then
+          add(f, "_total", ident, { { "syscall", s.name } }, s.count)
+        end
       end
     end
   end
@@ -163,24 +189,24 @@ end
 --- Off-CPU families from the monitor's off-CPU fields (denet.offcpu
 --- monitor_fields: by_category_ns, thread_stats): seconds per category,
 --- and per thread (the top N, the rest as comm="other") and category.
+--- Fields of the wrong type (a recorded file is input) add nothing.
 function M.add_offcpu(fams, oc, ident)
   local cat = family(fams, "denet_offcpu_seconds", "counter", "seconds",
     "time the tree's threads spent off CPU, by why")
-  local names = {}
-  for c in pairs(oc.by_category_ns or {}) do
-    names[#names + 1] = c
-  end
-  table.sort(names)
-  for _, c in ipairs(names) do
-    add(cat, "_total", ident, { { "category", c } }, oc.by_category_ns[c] / 1e9)
+  local by_cat = tbl(oc.by_category_ns)
+  for _, c in ipairs(sorted_keys(by_cat)) do
+    local ns = at(by_cat, c)
+    add(cat, "_total", ident, { { "category", c } }, ns and ns / 1e9)
   end
   local list = {}
-  for key, t in pairs(oc.thread_stats or {}) do
-    list[#list + 1] = { key = key, t = t }
+  for key, t in pairs(tbl(oc.thread_stats)) do
+    if type(t) == "table" then
+      list[#list + 1] = { key = tostring(key), t = t, ns = tonumber(t.time_ns) or 0 }
+    end
   end
   table.sort(list, function(x, y)
-    if x.t.time_ns ~= y.t.time_ns then
-      return x.t.time_ns > y.t.time_ns
+    if x.ns ~= y.ns then
+      return x.ns > y.ns
     end
     return x.key < y.key
   end)
@@ -188,29 +214,21 @@ function M.add_offcpu(fams, oc, ident)
     "off-CPU time of the top threads (the rest: comm=\"other\"), by why")
   local other = {}
   for i, e in ipairs(list) do
-    local by = e.t.by_category or {}
+    local by = tbl(e.t.by_category)
     if i <= M.TOP_THREADS then
       local tid = e.key:match(":(%d+)$") or e.key
-      local cs = {}
-      for c in pairs(by) do
-        cs[#cs + 1] = c
-      end
-      table.sort(cs)
-      for _, c in ipairs(cs) do
-        add(th, "_total", ident, { { "comm", e.t.comm or "?" }, { "tid", tid }, { "category", c } }, by[c] / 1e9)
+      local comm = type(e.t.comm) == "string" and e.t.comm or "?"
+      for _, c in ipairs(sorted_keys(by)) do
+        local ns = at(by, c)
+        add(th, "_total", ident, { { "comm", comm }, { "tid", tid }, { "category", c } }, ns and ns / 1e9)
       end
     else
-      for c, ns in pairs(by) do
-        other[c] = (other[c] or 0) + ns
+      for _, c in ipairs(sorted_keys(by)) do
+        other[c] = (other[c] or 0) + (at(by, c) or 0)
       end
     end
   end
-  local cs = {}
-  for c in pairs(other) do
-    cs[#cs + 1] = c
-  end
-  table.sort(cs)
-  for _, c in ipairs(cs) do
+  for _, c in ipairs(sorted_keys(other)) do
     add(th, "_total", ident, { { "comm", "other" }, { "tid", "" }, { "category", c } }, other[c] / 1e9)
   end
 end
