@@ -447,8 +447,20 @@ function M.start(opts)
         opts.on_process(ev)
       end
     end,
+    -- the window begins as the probes go live: no block the program
+    -- records starts before it (a preemption of denet between here and
+    -- the end of start() cannot stretch a block past the window)
+    before_attach = function()
+      self:mark_start()
+    end,
   }
   self.bpf = self.tree.bpf
+  -- threads blocked since before the window are accounted from its start
+  -- (a held command has none), read as soon as the targets are known, so
+  -- few wake unseen in between
+  if not opts.proc then
+    self:seed_blocked()
+  end
   -- the kernel may lack what stack reuse needs (the composer said so)
   self.reuse = self.tree.program:has_flag("-DDN_KSTACK_REUSE")
   if self.reuse then
@@ -460,12 +472,6 @@ function M.start(opts)
   if self.tree.program:has_flag("-DDN_USTACK_REUSE") then
     self.ut_buf = M.learn_ustacks(self.bpf)
   end
-  self:mark_start()
-  -- threads blocked since before now are accounted from now on (a held
-  -- command has none)
-  if not opts.proc then
-    self:seed_blocked()
-  end
   return self
 end
 
@@ -473,8 +479,8 @@ local BPF_NOEXIST = 1
 
 --- Threads of the targets that are blocked as tracing begins never switch
 --- out inside the window: enter each into the program's thread table
---- (bpf: a program with offcpu.c) as blocked since t0_ns (how long before
---- is kept too), with its stacks read now (denet.snapshot). pids: the
+--- (bpf: a program with offcpu.c) as blocked since t0_ns, when the window
+--- began (how long before is kept too), with its stacks read now (denet.snapshot). pids: the
 --- tracked processes (nil: every one but denet); opts: tid, threads,
 --- states as for start(), and stacks = false when no report will show
 --- the stacks (they are not read then). Returns preblocked (tid -> the snapshot's
@@ -498,7 +504,11 @@ function M.seed_blocked(bpf, pids, opts, t0_ns)
       local bitpos = st ~= 0 and bit.lshift(st, 1) or 1
       if t.state ~= "R" and st ~= 0 and t.since_ns and (not opts.states or bit.band(opts.states, bitpos) ~= 0) then
         local v = tab.leaf.ct()
-        v.tgid, v.start, v.before, v.state, v.syscall = t.pid, t0_ns, math.max(0, t0_ns - t.since_ns), st, t.syscall
+        -- (one that blocked after t0_ns, before the program watched it,
+        -- counts from when it blocked)
+        t.seeded_ns = math.floor(math.max(t0_ns, t.since_ns))
+        v.tgid, v.start, v.before, v.state, v.syscall = t.pid, t.seeded_ns, math.max(0, t0_ns - t.since_ns), st,
+          t.syscall
         -- its CPU time at the block's start, should the switch that ends
         -- it not be seen
         v.runtime = t.runtime_ns or 0
@@ -527,7 +537,7 @@ function M.seed_blocked(bpf, pids, opts, t0_ns)
     -- goes on until the program sees it switch in)
     if not again or again.exec_start ~= t.exec_start then
       local v = tab:get(tid)
-      if v and v.kstack == M.STACK_SNAPSHOT and tonumber(v.start) == t0_ns then
+      if v and v.kstack == M.STACK_SNAPSHOT and tonumber(v.start) == t.seeded_ns then
         tab:delete(tid)
       end
       preblocked[tid] = nil

@@ -45,7 +45,7 @@ end
 M.bpf_usable = bpf_usable
 
 local NEW_OPTS = { "bpf", "parts", "text", "cflags", "name", "follow", "on_event", "before_attach" }
-local TARGET_OPTS = { "roots", "proc", "tid", "parts", "text", "cflags", "name", "on_event" }
+local TARGET_OPTS = { "roots", "proc", "tid", "parts", "text", "cflags", "name", "on_event", "before_attach" }
 local PLUGIN_OPTS = { "text", "cflags", "name" }
 
 --- Create the tree model.
@@ -297,6 +297,9 @@ function M.for_targets(opts)
     if all and not opts.tid then
       -- what denet itself does is not what the user asked about
       bpf:get_table("dn_self_tgid"):set(0, core.ids().pid)
+    end
+    if opts.before_attach then
+      opts.before_attach(bpf)
     end
   end
   local tree = M.new{ bpf = true, parts = opts.parts, text = opts.text, cflags = cflags, name = opts.name,
