@@ -19,23 +19,12 @@ static __always_inline long dn_switch_report_state(u64 preempt, u32 raw)
 	if (raw & 0x80) /* TASK_DEAD */
 		return 0x10;
 	raw &= 0x7f;
-	/* the highest bit, as the kernel's fls() picks */
-	long bit = 0;
-	if (raw & 0x40)
-		bit = 0x40;
-	else if (raw & 0x20)
-		bit = 0x20;
-	else if (raw & 0x10)
-		bit = 0x10;
-	else if (raw & 0x8)
-		bit = 0x8;
-	else if (raw & 0x4)
-		bit = 0x4;
-	else if (raw & 0x2)
-		bit = 0x2;
-	else if (raw & 0x1)
-		bit = 0x1;
-	return bit;
+	/* the highest bit, as the kernel's fls() picks: copy it into every
+	 * bit below, then keep the top one */
+	raw |= raw >> 1;
+	raw |= raw >> 2;
+	raw |= raw >> 4;
+	return raw ^ (raw >> 1);
 }
 
 /* As a raw tracepoint (it detaches at once, and the kernel runs it even

@@ -79,21 +79,35 @@ struct dn_sym_maps {
 	size_t n;
 };
 
+/* Room for need elements of elem bytes in p (of capacity *cap; the
+ * first allocation holds first, and each doubles): the array, moved
+ * perhaps, with *cap updated, or NULL (p is left as it was). */
+static void *grow(void *p, size_t *cap, size_t need, size_t elem, size_t first)
+{
+	size_t nc = *cap ? *cap : first;
+	void *np;
+
+	if (need <= *cap)
+		return p;
+	while (nc < need)
+		nc *= 2;
+	np = realloc(p, nc * elem);
+	if (np)
+		*cap = nc;
+	return np;
+}
+
 static int sym_cb(const char *name, uint64_t start, uint64_t size, void *payload)
 {
 	struct elf_tab *t = payload;
 
 	if (!name || !*name || start == 0)
 		return 0;
-	if (t->nsyms == t->csyms) {
-		size_t nc = t->csyms ? t->csyms * 2 : 1024;
-		struct esym *n = realloc(t->syms, nc * sizeof(*n));
+	struct esym *n = grow(t->syms, &t->csyms, t->nsyms + 1, sizeof(*n), 1024);
 
-		if (!n)
-			return -1;
-		t->syms = n;
-		t->csyms = nc;
-	}
+	if (!n)
+		return -1;
+	t->syms = n;
 	t->syms[t->nsyms].start = start;
 	t->syms[t->nsyms].size = size;
 	t->syms[t->nsyms].name = strdup(name);
@@ -198,15 +212,11 @@ struct dn_sym_maps *dn_sym_maps_parse(const char *text)
 			snprintf(path, sizeof(path), "%s", buf + pos);
 		if (path[0] != '/' && strcmp(path, "[vdso]") != 0)
 			continue; /* anonymous code (JIT) has no symbols here */
-		if (m->n == cap) {
-			size_t nc = cap ? cap * 2 : 32;
-			struct mapping *nm = realloc(m->maps, nc * sizeof(*nm));
+		struct mapping *nm = grow(m->maps, &cap, m->n + 1, sizeof(*nm), 32);
 
-			if (!nm)
-				break;
-			m->maps = nm;
-			cap = nc;
-		}
+		if (!nm)
+			break;
+		m->maps = nm;
 		m->maps[m->n].start = start;
 		m->maps[m->n].end = end;
 		m->maps[m->n].pgoff = pgoff;
@@ -330,20 +340,14 @@ struct dn_ksyms {
 /* Append s (n bytes) and a NUL to k's names; its offset, or UINT32_MAX. */
 static uint32_t ksyms_name(struct dn_ksyms *k, const char *s, size_t n)
 {
-	if (k->len + n + 1 > k->room) {
-		size_t room = k->room ? k->room * 2 : 1 << 20;
-		char *p;
+	char *p;
 
-		while (room < k->len + n + 1)
-			room *= 2;
-		if (room > UINT32_MAX)
-			return UINT32_MAX;
-		p = realloc(k->names, room);
-		if (!p)
-			return UINT32_MAX;
-		k->names = p;
-		k->room = room;
-	}
+	if (k->len + n + 1 > UINT32_MAX)
+		return UINT32_MAX;
+	p = grow(k->names, &k->room, k->len + n + 1, 1, 1 << 20);
+	if (!p)
+		return UINT32_MAX;
+	k->names = p;
 	memcpy(k->names + k->len, s, n);
 	k->names[k->len + n] = '\0';
 	k->len += n + 1;
@@ -373,15 +377,11 @@ static int ksyms_line(struct dn_ksyms *k, char *line, uint32_t *last_mod)
 	nlen = strcspn(name, "\t\n ");
 	if (!nlen)
 		return 1;
-	if (k->n == k->cap) {
-		size_t cap = k->cap ? k->cap * 2 : 65536;
-		struct ksym *p = realloc(k->syms, cap * sizeof(*p));
+	struct ksym *p = grow(k->syms, &k->cap, k->n + 1, sizeof(*p), 65536);
 
-		if (!p)
-			return -1;
-		k->syms = p;
-		k->cap = cap;
-	}
+	if (!p)
+		return -1;
+	k->syms = p;
 	struct ksym *s = &k->syms[k->n];
 	s->name = ksyms_name(k, name, nlen);
 	s->module = 0; /* "kernel" */
