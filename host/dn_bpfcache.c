@@ -345,6 +345,7 @@ int dn_bpfcache_parse(const void *buf, size_t len, const char *key, struct dn_bp
 {
 	struct rbuf r = { buf, len, 0, 0 };
 	char *k = NULL, *lab = NULL;
+	size_t klen = 0;
 	uint64_t plen;
 	uint32_t crc;
 	int rc = DN_CACHE_DAMAGED;
@@ -357,7 +358,7 @@ int dn_bpfcache_parse(const void *buf, size_t len, const char *key, struct dn_bp
 		return DN_CACHE_DAMAGED;
 	}
 	r.off = strlen(MAGIC);
-	k = get_bytes(&r, NULL);
+	k = get_bytes(&r, &klen);
 	lab = get_bytes(&r, NULL);
 	plen = get_u64(&r);
 	crc = get_u32(&r);
@@ -365,7 +366,8 @@ int dn_bpfcache_parse(const void *buf, size_t len, const char *key, struct dn_bp
 		snprintf(why, n, "the entry is cut short");
 		goto out;
 	}
-	if (key && strcmp(k, key) != 0) {
+	/* the whole key: one with a NUL inside is not equal to its first part */
+	if (key && (klen != strlen(key) || memcmp(k, key, klen) != 0)) {
 		snprintf(why, n, "the entry is for other inputs");
 		rc = DN_CACHE_OTHER;
 		goto out;

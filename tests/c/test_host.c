@@ -2,7 +2,8 @@
  * test_host.c - C unit tests of the host: the user symbol resolver on a
  * fixture binary (names, offsets, shared tables, unmapped addresses,
  * paths with spaces), the kernel symbol table on a made-up kallsyms and on
- * the running kernel's, and the cleanup registry's order.
+ * the running kernel's, the cleanup registry's order, and compile cache
+ * entries (a round trip, the key compared whole, a damaged payload).
  */
 #include <inttypes.h>
 #include <stdint.h>
@@ -190,6 +191,85 @@ static void test_ksyms(void)
 	dn_ksyms_free(k);
 }
 
+/* read a whole file into memory */
+static char *slurp(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf = NULL;
+	long n;
+
+	*len = 0;
+	if (!f)
+		return NULL;
+	if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) > 0 && fseek(f, 0, SEEK_SET) == 0) {
+		buf = malloc((size_t)n);
+		if (buf && fread(buf, 1, (size_t)n, f) == (size_t)n)
+			*len = (size_t)n;
+	}
+	fclose(f);
+	return buf;
+}
+
+/* A compile cache entry: written, read back whole; only its own key,
+ * compared whole (a key with a NUL inside is not its first part); a
+ * flipped payload byte fails the checksum. */
+static void test_bpfcache(void)
+{
+	char dir[] = "/tmp/denet-test-cache-XXXXXX", path[128], why[DN_ERRBUF], *label = NULL, *buf, *at;
+	char *fields[] = { "u32 pid", "u64 ns" };
+	unsigned char code[16] = { 0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95 };
+	struct dn_bpf_table tab = { "counts", -1, 1, 4, 8, 64, 0, 0, 0, "\"int\"", "\"unsigned long long\"", fields, 2 };
+	struct dn_bpf_func fn = { "on_switch", code, sizeof(code) };
+	struct dn_bpf_image img = { "GPL", 0, NULL, 0, &tab, 1, &fn, 1 }, back;
+	size_t len;
+	int rc;
+
+	if (!mkdtemp(dir)) {
+		CHECK(0, "mkdtemp failed");
+		return;
+	}
+	snprintf(path, sizeof(path), "%s/entry", dir);
+	CHECK(dn_bpfcache_write(path, "keyXtail", "a label", &img, why, sizeof(why)) == 0, "write: %s", why);
+	buf = slurp(path, &len);
+	CHECK(buf && len > 0, "nothing written");
+	if (!buf)
+		goto out;
+	rc = dn_bpfcache_parse(buf, len, "keyXtail", &back, &label, why, sizeof(why));
+	CHECK(rc == 0, "own key refused: %s", why);
+	if (rc == 0) {
+		CHECK(label && strcmp(label, "a label") == 0, "label %s", label ? label : "(none)");
+		CHECK(strcmp(back.license, "GPL") == 0 && back.ntabs == 1 && back.nfns == 1, "%u tables, %u functions",
+		      back.ntabs, back.nfns);
+		CHECK(back.ntabs == 1 && strcmp(back.tabs[0].name, "counts") == 0 && back.tabs[0].leaf_size == 8 &&
+		              back.tabs[0].max_entries == 64 && back.tabs[0].nfields == 2 &&
+		              strcmp(back.tabs[0].fields[1], "u64 ns") == 0 && back.tabs[0].fd == -1,
+		      "table not read back whole");
+		CHECK(back.nfns == 1 && back.fns[0].len == sizeof(code) && memcmp(back.fns[0].code, code, sizeof(code)) == 0,
+		      "code not read back whole");
+		dn_bpf_image_free(&back);
+	}
+	free(label);
+	rc = dn_bpfcache_parse(buf, len, "keyXtai", &back, NULL, why, sizeof(why));
+	CHECK(rc == DN_CACHE_OTHER, "a shorter key: %d", rc);
+	rc = dn_bpfcache_parse(buf, len, "keyXtail2", &back, NULL, why, sizeof(why));
+	CHECK(rc == DN_CACHE_OTHER, "a longer key: %d", rc);
+	/* the stored key becomes "key\0tail": not the key "key" */
+	at = memmem(buf, len, "keyXtail", 8);
+	CHECK(at != NULL, "key not found in the entry");
+	if (at) {
+		at[3] = 0;
+		rc = dn_bpfcache_parse(buf, len, "key", &back, NULL, why, sizeof(why));
+		CHECK(rc == DN_CACHE_OTHER, "a key with a NUL inside taken for its first part: %d", rc);
+	}
+	buf[len - 1] ^= 1;
+	rc = dn_bpfcache_parse(buf, len, NULL, &back, NULL, why, sizeof(why));
+	CHECK(rc == DN_CACHE_DAMAGED && strstr(why, "checksum"), "a flipped byte: %d (%s)", rc, why);
+	free(buf);
+out:
+	unlink(path);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	const char *fixtures = getenv("DENET_FIXTURES");
@@ -201,6 +281,7 @@ int main(void)
 	test_resolver(fixtures);
 	test_ksyms();
 	test_cleanup();
+	test_bpfcache();
 	if (failures) {
 		fprintf(stderr, "%d check(s) failed\n", failures);
 		return 1;

@@ -8,6 +8,7 @@ set -euo pipefail
 build=$(realpath "$1")
 seconds=${2:-60}
 src=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$src/../.." && pwd)
 work=$build/fuzz-work
 # the suite's leak suppressions, with names for the frames they match
 export LSAN_OPTIONS="suppressions=$src/../lsan.supp:print_suppressions=0"
@@ -23,7 +24,10 @@ for exe in "$build"/tests/fuzz_${3:-*}; do
   if ! "$exe" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
       -artifact_prefix="$work/artifacts/$name-" "$corpus" >"$work/$name.log" 2>&1; then
     status=1
-    grep -E 'ERROR|SUMMARY|crash-|fuzz_lua|invariant' "$work/$name.log" | head -20 >&2
+    # what failed, and the project's own frames of the crash
+    awk -v here="$root/" '/ERROR|SUMMARY|crash-|fuzz_lua|invariant/ ||
+      index($0, here "host/") || index($0, here "tests/")' \
+      "$work/$name.log" | head -30 >&2
     printf 'fuzz %s: FAILED; the input is in %s/artifacts (keep it in tests/fuzz/seeds/%s/)\n' \
       "$name" "$work" "$name" >&2
   else
