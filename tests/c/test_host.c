@@ -218,7 +218,9 @@ static void test_bpfcache(void)
 	char dir[] = "/tmp/denet-test-cache-XXXXXX", path[128], why[DN_ERRBUF], *label = NULL, *buf, *at;
 	char *fields[] = { "u32 pid", "u64 ns" };
 	unsigned char code[16] = { 0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95 };
-	struct dn_bpf_table tab = { "counts", -1, 1, 4, 8, 64, 0, 0, 0, "\"int\"", "\"unsigned long long\"", fields, 2 };
+	struct dn_bpf_table tab = {
+		"counts", -1, 1, 4, 8, 64, 0, 0, 0, "\"int\"", "\"unsigned long long\"", fields, 2
+	};
 	struct dn_bpf_func fn = { "on_switch", code, sizeof(code) };
 	struct dn_bpf_image img = { "GPL", 0, NULL, 0, &tab, 1, &fn, 1 }, back;
 	size_t len;
@@ -244,7 +246,8 @@ static void test_bpfcache(void)
 		              back.tabs[0].max_entries == 64 && back.tabs[0].nfields == 2 &&
 		              strcmp(back.tabs[0].fields[1], "u64 ns") == 0 && back.tabs[0].fd == -1,
 		      "table not read back whole");
-		CHECK(back.nfns == 1 && back.fns[0].len == sizeof(code) && memcmp(back.fns[0].code, code, sizeof(code)) == 0,
+		CHECK(back.nfns == 1 && back.fns[0].len == sizeof(code) &&
+		              memcmp(back.fns[0].code, code, sizeof(code)) == 0,
 		      "code not read back whole");
 		dn_bpf_image_free(&back);
 	}

@@ -32,8 +32,10 @@ end
 local function run(m, src, open, opts)
   local argv = { H.fixture("getppid_n"), tostring(m) }
   if opts and opts.pause_then then
-    -- perf buffers report a loss only when they next write a record
-    argv[3], argv[4] = "400", tostring(opts.pause_then)
+    -- a perf buffer reports a loss only when it next writes a record, and
+    -- its buffers are per CPU: the calls after the burst must be made on
+    -- the CPU whose buffer overflowed
+    argv = { "taskset", "-c", "0", argv[1], argv[2], "stop", tostring(opts.pause_then) }
   end
   local p = denet.spawn(argv)
   local b = BPF.new{ text = src, cflags = { "-DTARGET=" .. p.pid, "-DNR=" .. NR_GETPPID } }
@@ -48,13 +50,18 @@ local function run(m, src, open, opts)
   end)
   p:resume()
   if opts and opts.pause_then then
-    -- let the burst overflow the buffer (nothing is read meanwhile): wait
-    -- until the fixture sleeps in its pause, then drain
+    -- let the burst overflow the buffer (nothing is read meanwhile): the
+    -- fixture stops itself after it; drain the buffer, then let it make
+    -- the calls that write the loss record
     local core = require("denet.core")
     local deadline = denet.clock() + 20
-    while select(4, core.read_stat(p.pid)) ~= string.byte("S") and denet.clock() < deadline do
+    while select(4, core.read_stat(p.pid)) ~= string.byte("T") and denet.clock() < deadline do
       os.execute("sleep 0.01")
     end
+    assert.equals(string.byte("T"), select(4, core.read_stat(p.pid)), "the fixture stops after its burst")
+    while denet.poll(0.05) > 0 do
+    end
+    p:kill(18) -- SIGCONT
   elseif opts and opts.no_poll then
     -- let the child finish without draining, so small buffers overflow
     while not p:try_wait() do
