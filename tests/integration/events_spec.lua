@@ -34,8 +34,12 @@ local function run(m, src, open, opts)
   if opts and opts.pause_then then
     -- a perf buffer reports a loss only when it next writes a record, and
     -- its buffers are per CPU: the calls after the burst must be made on
-    -- the CPU whose buffer overflowed
-    argv = { "taskset", "-c", "0", argv[1], argv[2], "stop", tostring(opts.pause_then) }
+    -- the CPU whose buffer overflowed: pinned to the first CPU this
+    -- process may run on
+    local f = assert(io.open("/proc/self/status"))
+    local cpu = assert(f:read("*a"):match("\nCpus_allowed_list:%s*(%d+)"))
+    f:close()
+    argv = { "taskset", "-c", cpu, argv[1], argv[2], "stop", tostring(opts.pause_then) }
   end
   local p = denet.spawn(argv)
   local b = BPF.new{ text = src, cflags = { "-DTARGET=" .. p.pid, "-DNR=" .. NR_GETPPID } }
