@@ -480,12 +480,12 @@ local BPF_NOEXIST = 1
 --- Threads of the targets that are blocked as tracing begins never switch
 --- out inside the window: enter each into the program's thread table
 --- (bpf: a program with offcpu.c) as blocked since t0_ns, when the window
---- began (how long before is kept too), with its stacks read now (denet.snapshot). pids: the
---- tracked processes (nil: every one but denet); opts: tid, threads,
---- states as for start(), and stacks = false when no report will show
---- the stacks (they are not read then). Returns preblocked (tid -> the snapshot's
---- thread) and runtime0 (tid -> { pid, comm, ns: its CPU time now,
---- kernel }), the base of on-CPU times.
+--- began (how long before is kept too), with its stacks read now
+--- (denet.snapshot). pids: the tracked processes (nil: every one but
+--- denet); opts: tid, threads, states as for start(), and stacks = false
+--- when no report will show the stacks (they are not read then). Returns
+--- preblocked (tid -> the snapshot's thread) and runtime0 (tid -> { pid,
+--- comm, ns: its CPU time now, kernel }), the base of on-CPU times.
 function M.seed_blocked(bpf, pids, opts, t0_ns)
   local snapshot = require("denet.snapshot")
   local preblocked, runtime0 = {}, {}

@@ -62,7 +62,11 @@ local function run(m, src, open, opts)
     while select(4, core.read_stat(p.pid)) ~= string.byte("T") and denet.clock() < deadline do
       os.execute("sleep 0.01")
     end
-    assert.equals(string.byte("T"), select(4, core.read_stat(p.pid)), "the fixture stops after its burst")
+    local state = select(4, core.read_stat(p.pid))
+    if state ~= string.byte("T") then
+      p:kill(denet.SIGKILL) -- leave no fixture behind
+    end
+    assert.equals(string.byte("T"), state, "the fixture stops after its burst")
     while denet.poll(0.05) > 0 do
     end
     p:kill(18) -- SIGCONT
