@@ -86,6 +86,10 @@ void dn_trust_install(lua_State *L);
 
 /* dn_loop.c -------------------------------------------------------------- */
 
+/* How deep loop_poll may nest (a callback that waits runs the loop inside
+ * the loop): the outer run, and three waiting callbacks inside it. */
+#define DN_LOOP_MAX_DEPTH 4
+
 /* The signal received and not yet handled, 0 when none. */
 extern volatile sig_atomic_t dn_loop_signal_pending;
 /* si_code of that signal (SI_KERNEL when the terminal sent it). */

@@ -8,6 +8,18 @@
  * libbcc as FFI callbacks. A callback's error stops the dispatch and is
  * raised again from core.loop_poll() once C is out of libbcc.
  *
+ * Re-entry contract: a callback may wait (denet.sleep runs loop_poll
+ * again, inside the first). While a source's callback runs, the source is
+ * held: its fds leave the epoll set (EPOLL_CTL_MOD to no events), so a
+ * nested poll never dispatches it again (a ring buffer is never consumed
+ * from inside its own consumer). What arrives for it meanwhile waits in
+ * the kernel's buffer, the timerfd or the fd, and is delivered once the
+ * callback returns; a buffer that fills up meanwhile counts its losses
+ * (perf: the kernel's lost records; ring: the program's failed outputs).
+ * Polls nest at most DN_LOOP_MAX_DEPTH deep. A source closed while any
+ * poll runs is only marked dead (no more callbacks) and freed when the
+ * outermost poll ends, so no frame of the loop holds freed memory.
+ *
  * Signals: the handler records the signal and wakes epoll through an
  * eventfd. When no poll is in progress (Lua code is running) it also sets
  * a Lua hook that raises an interrupt error at the next instruction, so a
@@ -32,6 +44,8 @@
 
 volatile sig_atomic_t dn_loop_signal_pending;
 volatile sig_atomic_t dn_loop_signal_code;
+/* polls in progress: > 0 while loop_poll waits or runs callbacks (nested
+ * when a callback waits) */
 static volatile sig_atomic_t in_poll;
 /* > 0 while Lua code loops around loop_poll and takes signals from it */
 static volatile sig_atomic_t defer_depth;
@@ -159,7 +173,8 @@ struct source {
 	struct watch *watches;
 	int nwatches;
 	int timerfd;
-	int dead; /* closed during a poll: freed when the poll ends */
+	int held; /* its callback is running (frames of the loop hold it) */
+	int dead; /* closed while a poll ran: freed when the outermost ends */
 };
 
 static struct source **sources;
@@ -217,14 +232,15 @@ static void src_free(struct source *s)
 	free(s);
 }
 
-/* Close a source. During a poll its memory stays until the poll ends,
- * since the current batch of events may still point at it. */
+/* Close a source. While any poll runs its memory stays until the
+ * outermost poll ends, since a batch of events (or a callback of it, up
+ * the C stack) may still point at it. */
 static void src_close(struct source *s)
 {
 	int i;
 
 	dn_cleanup_remove(s);
-	if (!in_poll) {
+	if (!in_poll && !s->held) {
 		src_free(s);
 		return;
 	}
@@ -298,6 +314,8 @@ static int ringbuf_sample(void *ctx, void *data, size_t size)
 {
 	struct source *s = ctx;
 
+	if (s->dead)
+		return -1; /* closed by a callback: stop consuming it */
 	lua_pushlightuserdata(cb_L, data);
 	lua_pushinteger(cb_L, (lua_Integer)size);
 	return call_lua(cb_L, s->cb_ref, 2);
@@ -308,6 +326,8 @@ static void perf_sample(void *ctx, void *data, int size)
 {
 	struct watch *w = ctx;
 
+	if (w->src->dead)
+		return; /* closed by a callback: what is left is not delivered */
 	lua_pushlightuserdata(cb_L, data);
 	lua_pushinteger(cb_L, size);
 	lua_pushinteger(cb_L, w->cpu);
@@ -320,7 +340,7 @@ static void perf_lost(void *ctx, uint64_t lost)
 	struct source *s = w->src;
 
 	s->lost += lost;
-	if (s->lost_ref != LUA_NOREF) {
+	if (s->lost_ref != LUA_NOREF && !s->dead) {
 		lua_pushnumber(cb_L, (lua_Number)lost);
 		lua_pushinteger(cb_L, w->cpu);
 		call_lua(cb_L, s->lost_ref, 2);
@@ -508,11 +528,27 @@ static int l_loop_lost(lua_State *L)
 	return 1;
 }
 
+/* Take a source's fds out of the epoll set while its callback runs (on),
+ * and put them back after (off): a nested poll does not see it. */
+static void src_hold(struct source *s, int on)
+{
+	int i;
+
+	for (i = 0; i < s->nwatches; i++)
+		if (s->watches[i].fd >= 0) {
+			struct epoll_event ev = { .events = on ? 0 : EPOLLIN, .data.ptr = &s->watches[i] };
+
+			epoll_ctl(epfd, EPOLL_CTL_MOD, s->watches[i].fd, &ev);
+		}
+}
+
 static void dispatch(struct watch *w)
 {
 	struct source *s = w->src;
 	uint64_t exp;
 
+	if (s->held++ == 0)
+		src_hold(s, 1);
 	switch (s->kind) {
 	case SRC_RINGBUF:
 		bpf_consume_ringbuf(s->rb);
@@ -530,31 +566,54 @@ static void dispatch(struct watch *w)
 		call_lua(cb_L, s->cb_ref, 0);
 		break;
 	}
+	if (--s->held == 0 && !s->dead)
+		src_hold(s, 0);
 }
 
-/* core.loop_poll(timeout_s) -> events, signal
+/* Free the sources closed while polls ran, once none runs. */
+static void free_dead(void)
+{
+	int i;
+
+	if (in_poll)
+		return;
+	for (i = 0; i < nsources; i++)
+		if (sources[i] && sources[i]->dead && !sources[i]->held)
+			src_free(sources[i]);
+}
+
+/* core.loop_poll(timeout_s) -> events, signal, si_code
  * Wait up to timeout_s (negative: forever) for any source, run the
  * callbacks of those ready, and return how many fired and the signal that
- * arrived meanwhile (0 for none; it counts as handled once returned). */
+ * arrived meanwhile (0 for none; it counts as handled once returned).
+ * From a callback it runs nested, without the sources whose callbacks are
+ * running; past DN_LOOP_MAX_DEPTH it returns nil, "nested", depth. */
 static int l_loop_poll(lua_State *L)
 {
 	double timeout = luaL_optnumber(L, 1, -1);
 	struct epoll_event evs[64];
 	int n, i, ms, sig, fired = 0;
 
+	if (in_poll >= DN_LOOP_MAX_DEPTH) {
+		lua_pushnil(L);
+		lua_pushliteral(L, "nested");
+		lua_pushinteger(L, in_poll);
+		return 3;
+	}
 	if (timeout < 0)
 		ms = -1;
 	else
 		ms = (int)(timeout * 1000.0 + 0.999);
 	cb_L = L;
-	in_poll = 1;
+	in_poll++;
 	if (dn_loop_signal_pending)
 		ms = 0;
 	n = epoll_wait(epfd, evs, 64, ms);
 	if (n < 0 && errno != EINTR) {
 		int err = errno;
 
-		in_poll = 0;
+		in_poll--;
+		free_dead();
 		return luaL_error(L, "epoll_wait: %s", strerror(err));
 	}
 	for (i = 0; i < n; i++) {
@@ -566,18 +625,18 @@ static int l_loop_poll(lua_State *L)
 				break;
 			continue;
 		}
-		/* a callback may have closed a source of this batch */
-		if (!w->src->dead) {
+		/* a callback may have closed a source of this batch, or an
+		 * outer frame may be running it (its event comes again once
+		 * it is put back: the fds are level-triggered) */
+		if (!w->src->dead && !w->src->held) {
 			dispatch(w);
 			fired++;
 		}
 		if (err_ref != LUA_NOREF)
 			break;
 	}
-	in_poll = 0;
-	for (i = 0; i < nsources; i++)
-		if (sources[i] && sources[i]->dead)
-			src_free(sources[i]);
+	in_poll--;
+	free_dead();
 	sig = dn_loop_signal_pending;
 	dn_loop_signal_pending = 0;
 	if (err_ref != LUA_NOREF) {
@@ -590,6 +649,13 @@ static int l_loop_poll(lua_State *L)
 	lua_pushinteger(L, sig);
 	lua_pushinteger(L, dn_loop_signal_code);
 	return 3;
+}
+
+/* core.loop_depth() -> polls in progress (0 outside the loop) */
+static int l_loop_depth(lua_State *L)
+{
+	lua_pushinteger(L, in_poll);
+	return 1;
 }
 
 /* core.signal_take() -> signal, si_code: the pending signal, now handled */
@@ -620,7 +686,6 @@ static int l_raise_interrupt(lua_State *L)
 	int sig = (int)luaL_checkinteger(L, 1);
 
 	dn_loop_signal_pending = 0;
-	in_poll = 0;
 	interrupting = sig;
 	push_interrupt(L, sig);
 	return lua_error(L);
@@ -702,6 +767,7 @@ void dn_loop_open(lua_State *L)
 		{ "loop_close", l_loop_close },
 		{ "loop_lost", l_loop_lost },
 		{ "loop_poll", l_loop_poll },
+		{ "loop_depth", l_loop_depth },
 		{ "signal_take", l_signal_take },
 		{ "raise_interrupt", l_raise_interrupt },
 		{ "defer_signals", l_defer_signals },
@@ -712,4 +778,6 @@ void dn_loop_open(lua_State *L)
 	};
 	/* clang-format on */
 	dn_vm_setfuncs(L, fns);
+	lua_pushinteger(L, DN_LOOP_MAX_DEPTH);
+	lua_setfield(L, -2, "LOOP_MAX_DEPTH");
 }

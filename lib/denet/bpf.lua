@@ -1155,7 +1155,8 @@ end
 --- `while true do b:perf_buffer_poll(1000) end` loop), unless signals are
 --- deferred (denet.with_signals_deferred), when it is returned second.
 function BPF:perf_buffer_poll(timeout_ms)
-  local n, sig = core.loop_poll(timeout_ms and timeout_ms >= 0 and timeout_ms / 1000 or -1)
+  local n, sig = require("denet")._poll(timeout_ms and timeout_ms >= 0 and timeout_ms / 1000 or -1,
+    "perf_buffer_poll")
   if sig ~= 0 and not core.signals_deferred() then
     core.raise_interrupt(sig)
   end

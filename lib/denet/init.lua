@@ -105,11 +105,43 @@ end
 
 local stop_requested = false
 
+-- The hooks running now, innermost last ("plugin x's on_process"): set by
+-- the plugin host, named when a wait inside one nests the loop too deep.
+local running_hooks = {}
+
+--- (for denet.plugins) A hook starts (name) or ends (nil) running.
+function M._hook(name)
+  if name then
+    running_hooks[#running_hooks + 1] = name
+  else
+    running_hooks[#running_hooks] = nil
+  end
+end
+
+--- The deepest the loop nests: a callback that waits (denet.sleep,
+--- denet.wait, p:wait()) runs the loop inside the loop; its own source is
+--- held meanwhile (not dispatched again), and what arrives for it waits.
+M.LOOP_MAX_DEPTH = core.LOOP_MAX_DEPTH
+
+--- One round of the loop for `what` (the waiting call, for the error):
+--- what core.loop_poll returns; past LOOP_MAX_DEPTH a user error naming
+--- the hook that waited.
+function M._poll(timeout, what)
+  local n, sig, code = core.loop_poll(timeout)
+  if n == nil then
+    errors.raise(string.format("%s in %s: callbacks already wait %d deep inside the event loop (at most %d); "
+      .. "wait less deep, or not in this hook", what or "denet.poll", running_hooks[#running_hooks] or "a callback",
+      code, M.LOOP_MAX_DEPTH))
+  end
+  return n, sig, code
+end
+local poll = M._poll
+
 --- Wait up to `timeout` seconds (nil: until something happens) and run the
 --- callbacks of what is ready. Returns the number of callbacks run and the
 --- signal that arrived meanwhile (0 if none) with its si_code.
 function M.poll(timeout)
-  return core.loop_poll(timeout or -1)
+  return poll(timeout or -1, "denet.poll")
 end
 
 --- Make denet.run() return after the current callback.
@@ -136,7 +168,7 @@ function M.run(opts)
           return "timeout"
         end
       end
-      local _, sig = core.loop_poll(timeout)
+      local _, sig = poll(timeout, "denet.run")
       if sig ~= 0 then
         return "signal", sig
       end
@@ -163,19 +195,36 @@ end
 
 --- Sleep `seconds`, running loop callbacks meanwhile (buffers keep being
 --- drained). A SIGINT/SIGTERM raises the interrupt error, as Ctrl-C does
---- in any running code.
+--- in any running code. From a callback (a plugin's hook) the loop runs
+--- nested, without that callback's own source (see LOOP_MAX_DEPTH).
 function M.sleep(seconds)
-  local deadline = core.monotonic() + seconds
-  while true do
-    local left = deadline - core.monotonic()
-    if left <= 0 then
-      return
+  M.wait(nil, seconds, "denet.sleep")
+end
+
+--- Wait until cond() is true (checked after each round of the loop) or
+--- `timeout` seconds have passed (nil: no limit), running loop callbacks
+--- meanwhile, as denet.sleep does. Returns true when cond() held, false
+--- at the timeout. what: the caller's name for errors (default
+--- "denet.wait").
+function M.wait(cond, timeout, what)
+  if cond ~= nil and type(cond) ~= "function" then
+    error("denet.wait: cond must be a function (or nil: wait the whole timeout)", 2)
+  end
+  local deadline = timeout and (core.monotonic() + timeout)
+  while not (cond and cond()) do
+    local left = -1
+    if deadline then
+      left = deadline - core.monotonic()
+      if left <= 0 then
+        return false
+      end
     end
-    local _, sig = core.loop_poll(left)
+    local _, sig = poll(left, what or "denet.wait")
     if sig ~= 0 then
       interrupt(sig)
     end
   end
+  return true
 end
 
 ---------------------------------------------------------------------------
@@ -278,7 +327,7 @@ function Proc:wait(opts)
           return
         end
       end
-      local _, s, si_code = core.loop_poll(timeout)
+      local _, s, si_code = poll(timeout, "wait")
       if s ~= 0 then
         signals = signals + 1
         local from_terminal = s == M.SIGINT and si_code == SI_KERNEL

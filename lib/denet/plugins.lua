@@ -331,9 +331,9 @@ function M.host(list, out, limits)
   local h = { plugins = list or {}, out = out or io.stderr, timers = {}, budget = limits.budget or M.BUDGET_S,
     memory = limits.memory or M.MEMORY_MIB }
 
-  -- Call a plugin's hook f (named hook) with the budgets checked; returns
+  -- Call plugin p's hook f (named hook) with the budgets checked; returns
   -- what pcall does.
-  function h:run(hook, f, ...)
+  function h:run(p, hook, f, ...)
     local limit = self.budget
     if limit > 0 and (hook == "on_init" or hook == "on_start") then
       limit = math.max(limit, M.SETUP_BUDGET_S)
@@ -375,7 +375,10 @@ function M.host(list, out, limits)
       end
     end
     debug.sethook(check, "", CHECK_EVERY)
+    local denet = require("denet")
+    denet._hook(string.format("%s (plugin %s)", hook, p.name))
     local res = { pcall(f, ...) }
+    denet._hook(nil)
     if stop then
       res = { false, stop }
     end
@@ -419,7 +422,7 @@ function M.host(list, out, limits)
     for _, p in ipairs(self.plugins) do
       local f = not p.disabled and p.t[hook]
       if type(f) == "function" then
-        local ok, r = self:run(hook, f, ...)
+        local ok, r = self:run(p, hook, f, ...)
         if ok then
           results[p.name] = r
         else
@@ -445,7 +448,7 @@ function M.host(list, out, limits)
     for _, p in ipairs(self.plugins) do
       local f = p.t.on_init
       if type(f) == "function" and not p.disabled then
-        local ok, r = self:run("on_init", f, p.args)
+        local ok, r = self:run(p, "on_init", f, p.args)
         if not ok then
           self:failed(p, r)
         end
@@ -465,7 +468,7 @@ function M.host(list, out, limits)
           if p.disabled then
             return
           end
-          local ok, r = self:run("on_interval", p.t.on_interval, core.monotonic() - t0)
+          local ok, r = self:run(p, "on_interval", p.t.on_interval, core.monotonic() - t0)
           if not ok then
             self:failed(p, r)
           elseif r == false and stop then

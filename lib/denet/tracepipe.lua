@@ -96,7 +96,7 @@ function TP:readline(timeout)
       end
       -- the watch must not outlive the wait: unread data would wake
       -- every later poll
-      local ok, _, sig = pcall(core.loop_poll, left)
+      local ok, _, sig = pcall(require("denet")._poll, left, "trace_pipe read")
       if not ok then
         w:close()
         error(_, 0)

@@ -624,9 +624,13 @@ function Monitor:run(opts)
     end
     self:sample()
     self:_check_root_gone()
-    repeat
+    self.deadline = self.deadline + M.interval_at(self.deadline - self.t0_mono, self.base, self.max)
+    -- deadlines already past when this sample was taken (the loop was
+    -- held up: a slow callback, a busy machine) are skipped, and counted
+    while self.deadline <= now do
+      self.late = (self.late or 0) + 1
       self.deadline = self.deadline + M.interval_at(self.deadline - self.t0_mono, self.base, self.max)
-    until self.deadline > now
+    end
     if stop_at and now >= stop_at - 1e-4 then
       reason = "duration"
       return
@@ -716,6 +720,10 @@ end
 --- bytes, faults, context switches).
 function Monitor:finish()
   local totals = self:sample({ quiet = true })
+  -- what was not seen: process events the kernel's buffer dropped, and
+  -- samples the schedule skipped because the loop was held up
+  totals.lost_events = self.tree:lost()
+  totals.samples_late = self.late or 0
   self.tree:close()
   return totals
 end

@@ -147,6 +147,11 @@ function Summary:result(exit_code, final)
       or nil,
     peak_page_faults_disk = (self.pf_disk or f.page_faults_disk) and top(self.pf_disk, f.page_faults_disk) or nil,
     processes_started = f.processes_started,
+    -- what the run could not see: process events the kernel dropped, and
+    -- samples skipped because the loop was held up (a slow hook, a busy
+    -- machine)
+    lost_events = f.lost_events,
+    samples_late = f.samples_late,
     -- off-CPU and syscall figures of the whole run (--offcpu, --syscalls)
     ebpf = f.ebpf,
     exit_code = ec == nil and json.null or ec,
