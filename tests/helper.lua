@@ -157,6 +157,21 @@ function H.blocks_within(report, got, want)
     got, want, tostring(report.lost_blocks), tostring(report.unended_blocks), tostring(report.missed_switches))
 end
 
+-- The monitor's sample deadlines (ms after t0) up to total_ms, on the
+-- adaptive schedule of base and max (ms): what a run of that length is
+-- due to sample.
+function H.deadlines(total_ms, base_ms, max_ms)
+  local monitor = require("denet.monitor")
+  local out, d = {}, 0
+  while true do
+    d = d + monitor.interval_at(d / 1000, base_ms / 1000, max_ms / 1000) * 1000
+    if d > total_ms then
+      return out
+    end
+    out[#out + 1] = d
+  end
+end
+
 -- The items of a report's list by thread id (their tid field).
 function H.by_tid(list)
   local out = {}

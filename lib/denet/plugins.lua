@@ -374,11 +374,13 @@ function M.host(list, out, limits)
         error(stop, 0)
       end
     end
-    debug.sethook(check, "", CHECK_EVERY)
+    -- (named for a wait that nests the loop too deep; set before the
+    -- budget hook, taken back after it: once over a budget, no function
+    -- but this one may run)
     local denet = require("denet")
     denet._hook(string.format("%s (plugin %s)", hook, p.name))
+    debug.sethook(check, "", CHECK_EVERY)
     local res = { pcall(f, ...) }
-    denet._hook(nil)
     if stop then
       res = { false, stop }
     end
@@ -387,6 +389,7 @@ function M.host(list, out, limits)
     else
       debug.sethook()
     end
+    denet._hook(nil)
     return unpack(res, 1, table.maxn(res))
   end
 
