@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the benchmarks that time a load under tracers (sourced).
 # The sourcing script defines bench (prints the load's time) and
 # prog_stats (prints "run_time_ns events" of the programs it measures);
@@ -14,7 +15,9 @@ bpf_stats_on() {
 }
 
 bench_cleanup() {
-  [ -n "$bg" ] && kill -INT "$bg" 2>/dev/null && wait "$bg" 2>/dev/null || true
+  if [ -n "$bg" ] && kill -INT "$bg" 2>/dev/null; then
+    wait "$bg" 2>/dev/null || true
+  fi
   echo "$old_stats" >/proc/sys/kernel/bpf_stats_enabled
   rm -rf "$tmp"
 }

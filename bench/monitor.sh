@@ -66,8 +66,8 @@ script -qfc "$denet attach -n -i 100 -m 100 $tree" /dev/null >"$tmp/denet-n.txt"
 spid=$!
 while ! grep -q "CPU" "$tmp/denet-n.txt" 2>/dev/null; do sleep 0.01; done
 dnpid=$(pgrep -n -x denet)
-bare_line=$(measure denet-bare $dnpid "$tmp/denet-n.txt" "CPU ")
-kill -INT $dnpid
+bare_line=$(measure denet-bare "$dnpid" "$tmp/denet-n.txt" "CPU ")
+kill -INT "$dnpid"
 wait $spid 2>/dev/null || true
 
 # pidstat: whole seconds only, so 1 sample/s; one report line per process

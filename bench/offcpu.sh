@@ -20,6 +20,7 @@ rounds=${3:-3}
 denet=$build/denet
 out=$here/results
 mkdir -p "$out"
+# shellcheck source=bench/lib.sh
 . "$here/lib.sh"
 bpf_stats_on
 
@@ -51,12 +52,14 @@ print(t, c)'
 
 sleep 600 &
 idle=$!
-for r in $(seq "$rounds"); do
-  echo "bare $(bench) 0" >>"$tmp/res"
-  echo "denet $(run_under denet "$denet" script offcpu -d 120)" >>"$tmp/res"
-  echo "denet-walk $(run_under walk "$denet" script offcpu -d 120 --stack-reuse off)" >>"$tmp/res"
-  echo "bpftrace $(run_under bpftrace bpftrace -e "$BT")" >>"$tmp/res"
-  echo "denet-target $(run_under target "$denet" script offcpu -d 120 -p $idle)" >>"$tmp/res"
+for _ in $(seq "$rounds"); do
+  {
+    echo "bare $(bench) 0"
+    echo "denet $(run_under denet "$denet" script offcpu -d 120)"
+    echo "denet-walk $(run_under walk "$denet" script offcpu -d 120 --stack-reuse off)"
+    echo "bpftrace $(run_under bpftrace bpftrace -e "$BT")"
+    echo "denet-target $(run_under target "$denet" script offcpu -d 120 -p $idle)"
+  } >>"$tmp/res"
 done
 kill $idle
 

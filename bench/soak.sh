@@ -37,7 +37,7 @@ watch_proc() {
   while [ -d "/proc/$pid" ]; do
     local rss fds
     rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
-    fds=$(ls "/proc/$pid/fd" 2>/dev/null | wc -l)
+    fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
     [ -n "$rss" ] && echo "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') $rss $fds" >>"$file"
     sleep "$every"
   done
@@ -80,7 +80,7 @@ growth() {
 # --- 1. syscalls ---------------------------------------------------------
 echo "soak 1/3: denet script syscalls, two getppid storms, ${s1}s" >&2
 watched sys 1 "$denet" script syscalls -P --json -- sh -c "'$fx/storm' $s1 > '$tmp/a' & '$fx/storm' $s1 > '$tmp/b'; wait"
-read -r rmin rmax r0 r1 f0 f1 < <(growth "$tmp/sys.watch" 10 $((s1 - 1)))
+read -r rmin rmax _ _ f0 f1 < <(growth "$tmp/sys.watch" 10 $((s1 - 1)))
 read -r ok1 line1 < <($py - "$tmp/sys.out" "$tmp/a" "$tmp/b" "$s1" "$rmin" "$rmax" "$f0" "$f1" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -109,7 +109,7 @@ EOF
 # --- 2. offcpu -----------------------------------------------------------
 echo "soak 2/3: denet script offcpu, pinned pipe ping-pong, ${s1}s" >&2
 watched off 1 "$denet" script offcpu --json -- sh -c "taskset -c 0 '$fx/pingpong' $s1 > '$tmp/pp'"
-read -r omin omax o0 o1 of0 of1 < <(growth "$tmp/off.watch" 10 $((s1 - 1)))
+read -r omin omax _ _ _ _ < <(growth "$tmp/off.watch" 10 $((s1 - 1)))
 read -r ok2 line2 < <($py - "$tmp/off.out" "$tmp/pp" "$s1" "$omin" "$omax" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))

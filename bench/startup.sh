@@ -27,7 +27,7 @@ run() { # name, command...
     cat "$tmp/err" >&2
     exit 1
   }
-  echo "$(cat "$tmp/t")" >>"$tmp/$name"
+  cat "$tmp/t" >>"$tmp/$name"
   grep -o 'compile_s=[0-9.]*' "$tmp/err" | cut -d= -f2 >>"$tmp/$name.compile" || true
 }
 

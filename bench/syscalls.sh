@@ -20,6 +20,7 @@ denet=$build/denet
 load=$build/fixtures/getppid_n
 out=$here/results
 mkdir -p "$out"
+# shellcheck source=bench/lib.sh
 . "$here/lib.sh"
 bpf_stats_on
 
@@ -45,12 +46,14 @@ print(t, c)'
 }
 
 
-for r in $(seq "$rounds"); do
-  echo "bare $(bench) 0" >>"$tmp/res"
-  echo "denet $(run_under denet "$denet" script syscalls -d 300)" >>"$tmp/res"
-  echo "syscount $(run_under syscount syscount-bpfcc -d 300)" >>"$tmp/res"
-  echo "denet-L $(run_under denetL "$denet" script syscalls -L -d 300)" >>"$tmp/res"
-  echo "syscount-L $(run_under syscountL syscount-bpfcc -L -d 300)" >>"$tmp/res"
+for _ in $(seq "$rounds"); do
+  {
+    echo "bare $(bench) 0"
+    echo "denet $(run_under denet "$denet" script syscalls -d 300)"
+    echo "syscount $(run_under syscount syscount-bpfcc -d 300)"
+    echo "denet-L $(run_under denetL "$denet" script syscalls -L -d 300)"
+    echo "syscount-L $(run_under syscountL syscount-bpfcc -L -d 300)"
+  } >>"$tmp/res"
 done
 
 base=$(awk '$1 == "bare" {print $2}' "$tmp/res" | med)

@@ -85,6 +85,32 @@ comm() {
 }
 ]]
 
+-- How many BPF programs process pid holds, and whether it holds an
+-- attachment (a perf event or BPF link fd): its own programs, not the
+-- machine's (another tracer may run beside the suite).
+function H.bpf_of(pid)
+  local progs, attached = 0, false
+  local p = io.popen("ls -l /proc/" .. tonumber(pid) .. "/fd 2>/dev/null")
+  for line in p:lines() do
+    if line:find("perf_event") or line:find("bpf_link") then
+      attached = true
+    end
+    progs = progs + (line:find("anon_inode:bpf%-prog") and 1 or 0)
+  end
+  p:close()
+  return progs, attached
+end
+
+-- Wait (10 s at most, polling) until process pid has attached programs
+-- and holds at least min_progs of them; returns whether it did.
+function H.wait_attached(pid, min_progs)
+  local denet = require("denet")
+  return denet.wait(function()
+    local progs, att = H.bpf_of(pid)
+    return att and progs >= (min_progs or 1)
+  end, 10)
+end
+
 -- Every line of a JSONL file, decoded (an error if one is not whole JSON).
 function H.jsonl(path)
   local cjson = require("cjson")

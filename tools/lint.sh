@@ -2,10 +2,12 @@
 # lint.sh: the project's style, as CI checks it (ctest's `lint` test).
 #   luacheck .                     Lua (.luacheckrc: zero warnings)
 #   clang-format --dry-run         C in host/, bpf-src/, tests/ (.clang-format)
+#   every tracked shell script     checked by shellcheck -x
+#   every tracked Python file      checked by pyflakes3
 #   .editorconfig basics           final newline, no trailing blanks, LF
 # Exit 0 when clean; otherwise each finding on stderr, exit 1.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 bad=0
 say() { printf 'lint: %s\n' "$*" >&2; bad=1; }
 
@@ -19,6 +21,20 @@ mapfile -t cfiles < <(git ls-files 'host/*.c' 'host/*.h' 'bpf-src/*.c' 'bpf-src/
 if ! clang-format --dry-run --Werror "${cfiles[@]}" 2>/tmp/lint.$$; then
   grep 'warning:' /tmp/lint.$$ | head -20 >&2
   say "clang-format: run clang-format -i on the files above"
+fi
+rm -f /tmp/lint.$$
+
+mapfile -t shfiles < <(git ls-files '*.sh')
+if ! shellcheck -x "${shfiles[@]}" >/tmp/lint.$$ 2>&1; then
+  head -60 /tmp/lint.$$ >&2
+  say "shellcheck found problems"
+fi
+rm -f /tmp/lint.$$
+
+mapfile -t pyfiles < <(git ls-files '*.py')
+if ! pyflakes3 "${pyfiles[@]}" >/tmp/lint.$$ 2>&1; then
+  cat /tmp/lint.$$ >&2
+  say "pyflakes found problems"
 fi
 rm -f /tmp/lint.$$
 

@@ -18,7 +18,7 @@ PACKAGES=(
   # tests
   lua-busted bpftool libclang-rt-14-dev python3-pytest systemtap-sdt-dev
   # lint (tools/lint.sh) and the fuzz targets (make fuzz)
-  lua-check clang-format clang git
+  lua-check clang-format clang git shellcheck pyflakes3
   # export tests: a real Prometheus, protoc to decode pprof, a browser for the reports
   prometheus protobuf-compiler chromium nodejs curl
   # kernel headers for libbcc (see DEVELOPERS notes in docs/troubleshooting.md)
@@ -86,9 +86,9 @@ link_kernel_headers() {
   local amd64 common
   # the generic flavour (not -cloud-amd64 or -rt-amd64, which the kernel
   # matrix installs for its guests)
-  amd64=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | grep -v -e '-cloud-amd64$' -e '-rt-amd64$' |
-    sort -V | tail -n 1)
-  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)
+  amd64=$(printf '%s\n' /usr/src/linux-headers-*-amd64 | grep -v -e '-cloud-amd64$' -e '-rt-amd64$' \
+    -e '\*' | sort -V | tail -n 1)
+  common=$(printf '%s\n' /usr/src/linux-headers-*-common | grep -v '\*' | sort -V | tail -n 1)
   if [ -z "$amd64" ] || [ -z "$common" ]; then
     log "no Debian kernel headers under /usr/src; install linux-headers-amd64"
     exit 2

@@ -249,7 +249,6 @@ describe("denet run", function()
   it("samples on the adaptive schedule without drift", function()
     local code, recs = run({ "-i", "50", "-m", "200" }, { H.fixture("sleeper"), "2.5" })
     assert.equals(0, code)
-    local monitor = require("denet.monitor")
     local t0 = recs[1].t0_ms
     local t = trees(recs)
     -- every sample on its scheduled deadline: 50 ms for the first second,

@@ -213,19 +213,13 @@ print(tonumber(n:get(0)), tonumber(n:get(1)), good, bad, vm_ok)
   end)
 end)
 
--- Start a tracer in the background and wait until its programs are in
--- the kernel; returns a function that stops it.
-local function beside(cmdline, prog_name)
-  local before = H.sh("bpftool prog show | grep -c " .. H.quote(prog_name))
+-- Start a tracer in the background and wait until its programs are
+-- attached; returns a function that stops it.
+local function beside(cmdline)
   local pidfile = H.tmpfile(".pid")
-  os.execute(string.format("(%s >/dev/null 2>&1 & echo $! > %s)", cmdline, pidfile))
-  local t0 = core.monotonic()
-  repeat
-    denet.sleep(0.1)
-    local _, out = H.sh("bpftool prog show | grep -c " .. H.quote(prog_name))
-    local n = tonumber(out) or 0
-  until n > (tonumber(before) or 0) or core.monotonic() - t0 > 30
+  os.execute(string.format("(exec %s >/dev/null 2>&1) & echo $! > %s", cmdline, pidfile))
   local pid = tonumber(H.slurp(pidfile))
+  assert.is_true(H.wait_attached(pid), cmdline)
   return function()
     os.execute("kill -INT " .. pid .. " 2>/dev/null")
     local t1 = core.monotonic()
@@ -246,8 +240,8 @@ describe("beside other tracers", function()
   end)
 
   it("the same counts and stacks while a second denet and bpftrace trace the same events", function()
-    local stop1 = beside(H.quote(H.bin) .. " script offcpu -d 120", "tracepoint__sch")
-    local stop2 = beside("bpftrace -e 'tracepoint:raw_syscalls:sys_enter { @[comm] = count(); }'", "sys_enter")
+    local stop1 = beside(H.quote(H.bin) .. " script offcpu -d 120")
+    local stop2 = beside("bpftrace -e 'tracepoint:raw_syscalls:sys_enter { @[comm] = count(); }'")
     local ok, err = pcall(function()
       assert_mix((json_of({ "script", "syscalls", "--json", "-T", "50", "--", H.fixture("syscall_mix") })))
       assert_sleeps((json_of({ "script", "offcpu", "--json", "--", H.fixture("sleep_loop"), "10", "50" })))
@@ -301,15 +295,11 @@ TRACEPOINT_PROBE(raw_syscalls, sys_enter) {
       local state = child and select(4, core.read_stat(child))
     until (child and state == string.byte("T")) or core.monotonic() - t1 > 10
     assert.is_not_nil(child)
-    local _, base = H.sh("bpftool prog show | grep -c tracepoint__sys")
     local out = H.tmpfile(".out")
-    local bg = io.popen(string.format("%s script io-by-file -p %d > %s 2>&1; echo done", H.quote(H.bin), ppid, out))
-    -- its ten syscall programs in the kernel: then let the child go
-    t1 = core.monotonic()
-    repeat
-      denet.sleep(0.1)
-      local _, n = H.sh("bpftool prog show | grep -c tracepoint__sys")
-    until (tonumber(n) or 0) >= (tonumber(base) or 0) + 10 or core.monotonic() - t1 > 30
+    local bg = io.popen(string.format("(exec %s script io-by-file -p %d > %s 2>&1) & echo $!; wait; echo done",
+      H.quote(H.bin), ppid, out))
+    -- its ten syscall programs attached: then let the child go
+    assert.is_true(H.wait_attached(tonumber(bg:read("*l")), 10))
     os.execute("kill -CONT " .. child)
     assert.equals("done", bg:read("*l"))
     bg:close()

@@ -43,7 +43,6 @@ def main():
 
     ok = True
     for i, st in enumerate(steps):
-        mark = len(out)
         if "send" in st:
             os.write(fd, st["send"].encode())
         if "sleep" in st:

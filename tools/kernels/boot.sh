@@ -19,7 +19,8 @@ cmd=${4:-/opt/denet-tests/kernels/guest.sh}
 timeout_s=${DENET_QEMU_TIMEOUT:-1500}
 mem=${DENET_QEMU_MEM:-3G}
 
-rel=$(basename "$(ls -d "$kdir"/lib/modules/*/ | head -n 1)")
+mods=("$kdir"/lib/modules/*/)
+rel=$(basename "${mods[0]}")
 vmlinuz=$kdir/boot/vmlinuz-$rel
 [ -f "$vmlinuz" ] || { echo "boot.sh: no kernel at $vmlinuz" >&2; exit 2; }
 moddir=$kdir/lib/modules/$rel

@@ -63,10 +63,10 @@ done
 
 # Lua modules (busted and its helpers, cjson, lfs) and their libraries
 copy /usr/share/lua/5.1
-for so in $(find /usr/lib/x86_64-linux-gnu/lua/5.1 -name '*.so'); do
+while IFS= read -r so; do
 	copy "$so"
 	copy_libs "$(realpath "$so")"
-done
+done < <(find /usr/lib/x86_64-linux-gnu/lua/5.1 -name '*.so')
 copy /usr/share/luajit-2.1.0-beta3
 
 # names of syscalls and errnos, kernel headers of every flavour
