@@ -1,6 +1,6 @@
 /*
- * denet.h - types shared by denet's BPF programs and their Lua readers
- * (lib/denet/tree.lua declares the same layouts for the FFI).
+ * denet.h - what denet's BPF programs share: constants, helpers, and the
+ * records user space reads (dn_records.h, declared once for every side).
  *
  * Only tracepoint arguments and helpers are used: no kernel struct layout
  * from headers, which may not match the running kernel.
@@ -36,15 +36,6 @@
 #define DN_PT_REGS_FLAGS 144
 #define DN_PT_REGS_SP 152
 
-/* One tracked process (thread group), keyed by tgid. */
-struct dn_task {
-	u32 ppid;    /* the process that forked it (0: a root) */
-	u32 running; /* its threads on a CPU right now */
-	u64 nvcsw;   /* voluntary context switches of all its threads */
-	u64 nivcsw;  /* involuntary ones (preempted while runnable) */
-	u64 ins;     /* times one of its threads was switched in */
-};
-
 /* One thread of a tracked process, keyed by tid. */
 struct dn_thread {
 	u32 tgid;
@@ -53,17 +44,9 @@ struct dn_thread {
 
 enum dn_tree_kind { DN_EV_FORK = 1, DN_EV_EXEC = 2, DN_EV_EXIT = 3 };
 
-/* fork/exec/exit of a tracked process, for user space */
-struct dn_tree_event {
-	u32 kind;
-	u32 pid;
-	u32 ppid;
-	u32 pad;
-	u64 ts_ns; /* bpf_ktime_get_ns() */
-	u64 nvcsw; /* at exit: final context switch counts */
-	u64 nivcsw;
-	char comm[16];
-	char filename[128]; /* at exec */
-};
+/* the records user space reads too (dn_task, dn_tree_event, ...): declared
+ * once, for BPF C, the host and Lua */
+#define DN_RECORD(name, ...) struct name __VA_ARGS__;
+#include "dn_records.h"
 
 #endif

@@ -7,32 +7,24 @@
  * tree.c and insys.c before it and switch.c (-DDN_HOOK_OFFCPU) after it;
  * the threads watched are tree.c's dn_wanted().
  *
- * Options (-D): DN_OFFCPU_MIN_NS / DN_OFFCPU_MAX_NS
- * (block length filter), DN_OFFCPU_STATES (bit mask of task states kept:
- * bit 0 = preempted while runnable, bit N+1 = state bit N), DN_NO_USTACK /
- * DN_NO_KSTACK, DN_STACK_STORAGE, DN_OFFCPU_KEYS, DN_TASK_FLAGS_OFF (the byte
- * offset of task_struct.flags in the running kernel, from its BTF),
+ * The filters a run asks for are in dn_offcpu_cfg, written before the
+ * probes are attached (one compiled program serves every value): the
+ * block length (min_ns, max_ns), the task states kept (a bit mask: bit 0
+ * preempted while runnable, bit N+1 state bit N; 0: all), and user or
+ * kernel threads only.
+ *
+ * Options (-D), which change what is compiled: DN_NO_USTACK /
+ * DN_NO_KSTACK, DN_STACK_STORAGE, DN_OFFCPU_KEYS, DN_TASK_FLAGS_OFF (the
+ * byte offset of task_struct.flags in the running kernel, from its BTF),
  * DN_KSTACK_REUSE / DN_KSTACK_VERIFY, DN_USTACK_REUSE / DN_USTACK_VERIFY,
- * DN_LEAF_UNWIND (each below), DN_THREADS_USER / DN_THREADS_KERNEL (only
- * user threads, or only kernel threads).
+ * DN_LEAF_UNWIND (each below).
  */
-#ifndef DN_OFFCPU_MIN_NS
-#define DN_OFFCPU_MIN_NS 0ULL
-#endif
-#ifndef DN_OFFCPU_MAX_NS
-#define DN_OFFCPU_MAX_NS 0xffffffffffffffffULL
-#endif
-#ifndef DN_OFFCPU_STATES
-#define DN_OFFCPU_STATES 0xffffffffULL
-#endif
 #ifndef DN_STACK_STORAGE
 #define DN_STACK_STORAGE 16384
 #endif
 #ifndef DN_OFFCPU_KEYS
 #define DN_OFFCPU_KEYS 40960
 #endif
-
-#define DN_LEAF_FRAMES 3
 
 struct dn_offcpu_key {
 	u32 tgid, tid;
@@ -65,6 +57,16 @@ struct dn_offcpu_thread {
 	u64 before;
 	u64 runtime; /* its CPU time (se.sum_exec_runtime) at its last switch-out */
 };
+
+enum dn_offcpu_threads { DN_OFFCPU_ALL_THREADS = 0, DN_OFFCPU_USER_THREADS = 1, DN_OFFCPU_KERNEL_THREADS = 2 };
+struct dn_offcpu_cfg {
+	u64 min_ns;  /* blocks at least this long */
+	u64 max_ns;  /* and at most this long (0: no limit) */
+	u64 states;  /* task states kept (see above; 0: all) */
+	u32 threads; /* enum dn_offcpu_threads */
+	u32 pad;
+};
+BPF_ARRAY(dn_offcpu_cfg, struct dn_offcpu_cfg, 1);
 
 BPF_HASH(dn_offcpu, struct dn_offcpu_key, struct dn_offcpu_val, DN_OFFCPU_KEYS);
 BPF_HASH(dn_offcpu_threads, u32, struct dn_offcpu_thread, 65536);
@@ -141,24 +143,12 @@ static __always_inline int dn_current_kthread(void)
  * also learns the rules of the frames above it from the blocked thread's
  * stack; blocks before the rules arrive go without the frames.
  */
-struct dn_leaf_key {
-	u32 tgid;
-	u32 is_return; /* ip is a return address (the call is before it) */
-	u64 ip;
-};
 struct dn_leaf_rule {
 	s32 cfa, ra;
 	u32 unwind;  /* 0: stop here */
 	u32 pending; /* asked, no rule yet */
 };
-/* a request: the IP, and the thread and stack pointer it was met with
- * (user space reads on from there while the thread is still blocked, and
- * learns the rules of the frames above too) */
-struct dn_leaf_ask {
-	struct dn_leaf_key key;
-	u64 sp;
-	u32 tid, pad;
-};
+/* requests (struct dn_leaf_ask, dn_records.h) */
 BPF_HASH(dn_leaf_rules, struct dn_leaf_key, struct dn_leaf_rule, 16384);
 BPF_RINGBUF_OUTPUT(dn_leaf_ask, 8);
 
@@ -227,35 +217,12 @@ static __always_inline u32 dn_leaf_unwind(u32 tgid, u64 *out, u64 *at)
  * again) and counts disagreements.
  * -DDN_MMAP_MIN_ADDR: vm.mmap_min_addr (nothing is ever mapped below it).
  */
-#define DN_UT_FRAMES 8
 #ifndef DN_MMAP_MIN_ADDR
 #define DN_MMAP_MIN_ADDR 0ULL
 #endif
 
-struct dn_ut_key {
-	u32 tgid, pad;
-	u64 ip, sp, bp;
-};
-
-struct dn_ut {
-	s32 ustack;
-	u32 n;                  /* frames read */
-	u64 end;                /* the frame address the walk could not read */
-	u64 fp[DN_UT_FRAMES];   /* frame addresses */
-	u64 next[DN_UT_FRAMES]; /* the next frame address each held */
-	u64 ret[DN_UT_FRAMES];  /* the return address each held */
-	/* the frames the walk lost (DN_LEAF_UNWIND), when known: where each
-	 * was read and what it was */
-	u32 nleaf, leaf_ok;
-	u64 leaf_at[DN_LEAF_FRAMES];
-	u64 leaf_val[DN_LEAF_FRAMES];
-};
-
-struct dn_ut_rec {
-	struct dn_ut_key key;
-	struct dn_ut t;
-};
-
+/* templates: struct dn_ut_key -> struct dn_ut; walks sent as struct
+ * dn_ut_rec (dn_records.h) */
 BPF_HASH(dn_ut, struct dn_ut_key, struct dn_ut, 8192);
 BPF_RINGBUF_OUTPUT(dn_ut_learn, 32);
 /* [0] reuses, [1] walks, [2] reuses a walk disagreed with (verify mode) */
@@ -445,16 +412,9 @@ static __always_inline s32 dn_ustack_id(void *ctx, u32 tgid, u64 *leaf)
  * -DDN_KSTACK_VERIFY walks on every reuse too and counts reuses the walk
  * disagrees with (for the benchmark).
  */
-#define DN_KT_SLOTS 32
-#define DN_KT_INNER 2048 /* bytes sent from the tracepoint's sp up */
-#define DN_KT_OUTER 256  /* the top part: the entry's frames, fixed places */
-
-struct dn_kt_key {
-	s32 syscall;
-	u16 state;
-	u16 way;
-	u64 uip; /* user IP at kernel entry */
-};
+/* DN_KT_SLOTS, DN_KT_INNER (bytes sent from the tracepoint's sp up) and
+ * DN_KT_OUTER (the top part: the entry's frames, fixed places) are in
+ * dn_records.h, with struct dn_kt_key and the walks sent, dn_kt_rec */
 
 struct dn_kt {
 	s32 kstack;
@@ -465,15 +425,6 @@ struct dn_kt {
 	u16 pad[3];
 	u16 word[DN_KT_SLOTS]; /* outer: words from top - DN_KT_OUTER; else: from sp */
 	u64 val[DN_KT_SLOTS];
-};
-
-struct dn_kt_rec {
-	struct dn_kt_key key;
-	s32 kstack;
-	u32 ok; /* the copies were read */
-	u64 sp, top;
-	u64 inner[DN_KT_INNER / 8]; /* from sp up (zeros past the top) */
-	u64 outer[DN_KT_OUTER / 8]; /* the top part */
 };
 
 BPF_HASH(dn_kt, struct dn_kt_key, struct dn_kt, 4096);
@@ -647,7 +598,9 @@ static __always_inline void dn_offcpu_end_block(struct dn_offcpu_thread *th, u32
 		th->offcpu_ns += d;
 	else
 		th->runq_ns += d;
-	if (whole >= DN_OFFCPU_MIN_NS && whole <= DN_OFFCPU_MAX_NS) {
+	u32 zero_key = 0;
+	struct dn_offcpu_cfg *cfg = dn_offcpu_cfg.lookup(&zero_key);
+	if (cfg && whole >= cfg->min_ns && (!cfg->max_ns || whole <= cfg->max_ns)) {
 		struct dn_offcpu_key k = {};
 		k.tgid = th->tgid;
 		k.tid = tid;
@@ -714,17 +667,13 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 	u64 now = bpf_ktime_get_ns();
 	u32 tgid = bpf_get_current_pid_tgid() >> 32; /* current is prev */
 
-#if defined(DN_THREADS_USER) || defined(DN_THREADS_KERNEL)
+	u32 zero = 0;
+	struct dn_offcpu_cfg *cfg = dn_offcpu_cfg.lookup(&zero);
+	if (!cfg)
+		return;
 	/* only user threads, or only kernel threads */
-	int kthread = dn_current_kthread();
-#ifdef DN_THREADS_USER
-	int kept = !kthread;
-#else
-	int kept = kthread;
-#endif
-#else
-	int kept = 1;
-#endif
+	int kept = cfg->threads == DN_OFFCPU_ALL_THREADS ||
+	           (cfg->threads == DN_OFFCPU_USER_THREADS) == !dn_current_kthread();
 	if (kept && dn_wanted(tgid, prev)) {
 		struct dn_offcpu_thread *th = dn_offcpu_threads.lookup(&prev);
 		if (!th) {
@@ -745,7 +694,7 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 			u32 st = prev_state & DN_TASK_STATE_MASK;
 			u64 bitpos = st ? (u64)st << 1 : 1;
 			th->start = 0;
-			if (DN_OFFCPU_STATES & bitpos) {
+			if (!cfg->states || (cfg->states & bitpos)) {
 				th->start = now;
 				th->before = 0;
 				th->state = st;

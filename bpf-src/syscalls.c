@@ -6,11 +6,14 @@
  * syscall. Everything is summed in per-CPU maps in the kernel; user space
  * reads them at intervals and at the end.
  *
- * Options (-D): DN_SC_BY_NR (totals per syscall only, in an array),
- * DN_SC_LATENCY (total, max and a log2 histogram of the
- * latency in ns; needs DN_INSYS_TS), DN_SC_PER_THREAD, DN_SC_FAILED (only
- * failed calls), DN_SC_ERRNO=n (only calls failing with errno n),
- * DN_SC_FILTER (only syscalls marked in dn_sc_filter), DN_SC_KEYS.
+ * The filters a run asks for are in dn_sc_cfg, written before the probes
+ * are attached (one compiled program serves every value): failed calls
+ * only, calls failing with one errno only, and only the syscalls marked
+ * in dn_sc_filter.
+ *
+ * Options (-D), which change the maps: DN_SC_BY_NR (totals per syscall
+ * only, in an array), DN_SC_LATENCY (total, max and a log2 histogram of
+ * the latency in ns; needs DN_INSYS_TS), DN_SC_PER_THREAD, DN_SC_KEYS.
  */
 #ifndef DN_SC_KEYS
 #define DN_SC_KEYS 16384
@@ -53,9 +56,16 @@ BPF_PERCPU_HASH(dn_sc, struct dn_sc_key, struct dn_sc_val, DN_SC_KEYS);
 BPF_PERCPU_HASH(dn_sc_errs, struct dn_sc_err_key, u64, DN_SC_KEYS);
 /* [0] calls not counted because dn_sc or dn_sc_errs was full */
 BPF_PERCPU_ARRAY(dn_sc_dropped, u64, 1);
-#ifdef DN_SC_FILTER
+/* the syscalls counted when dn_sc_cfg.filter is set */
 BPF_ARRAY(dn_sc_filter, u8, DN_SC_NRS);
-#endif
+
+struct dn_sc_cfg {
+	u32 failed; /* failed calls only */
+	s32 err;    /* only calls failing with this errno (0: any) */
+	u32 filter; /* only the syscalls marked in dn_sc_filter */
+	u32 pad;
+};
+BPF_ARRAY(dn_sc_cfg, struct dn_sc_cfg, 1);
 
 static __always_inline void dn_sc_drop(void)
 {
@@ -69,20 +79,16 @@ static __always_inline void dn_syscalls_on_exit(u32 tgid, u32 tid, s32 nr, long 
 {
 	/* -4095..-1: an error (the kernel's MAX_ERRNO) */
 	int failed = ret < 0 && ret >= -4095;
-#ifdef DN_SC_FAILED
-	if (!failed)
+	u32 zero = 0;
+	struct dn_sc_cfg *cfg = dn_sc_cfg.lookup(&zero);
+	if (!cfg || (cfg->failed && !failed) || (cfg->err && ret != -(long)cfg->err))
 		return;
-#endif
-#ifdef DN_SC_ERRNO
-	if (ret != -(DN_SC_ERRNO))
-		return;
-#endif
-#ifdef DN_SC_FILTER
-	u32 i = nr;
-	u8 *want = dn_sc_filter.lookup(&i);
-	if (!want || !*want)
-		return;
-#endif
+	if (cfg->filter) {
+		u32 i = nr;
+		u8 *want = dn_sc_filter.lookup(&i);
+		if (!want || !*want)
+			return;
+	}
 	struct dn_sc_key k = {};
 #ifdef DN_SC_BY_NR
 	u32 idx = nr;

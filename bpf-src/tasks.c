@@ -11,8 +11,6 @@
  */
 #include "denet.h"
 
-#define DN_SNAP_KFRAMES 32
-
 struct bpf_iter_meta {
 	struct seq_file *seq;
 	u64 session_id;
@@ -24,19 +22,7 @@ struct bpf_iter__task {
 	struct task_struct *task;
 };
 
-struct dn_snap_rec {
-	u32 tgid, tid;
-	u32 state, flags;
-	s32 cpu;
-	s32 kbytes;     /* bytes of kstack, or bpf_get_task_stack's error */
-	u64 exec_start; /* se.exec_start: the run queue's task clock when it last ran */
-	u64 runtime;    /* se.sum_exec_runtime */
-	u64 ip, sp, bp; /* the user registers saved at kernel entry */
-	u64 cx, r11, eflags, orig_ax;
-	char comm[16];
-	u64 kstack[DN_SNAP_KFRAMES];
-};
-
+/* each thread: a struct dn_snap_rec (dn_records.h) */
 /* which processes: [0] = 1 for every one; else those in dn_snap_pids */
 BPF_ARRAY(dn_snap_all, u32, 1);
 BPF_HASH(dn_snap_pids, u32, u32, 8192);

@@ -12,7 +12,11 @@
  * dn_threads maps the tid of every thread of a tracked process to its
  * tgid (sched_switch names the next task only by tid).
  *
- * Other features filter with dn_is_tracked(tgid).
+ * Other features filter with dn_wanted(tgid, tid), which follows the run's
+ * target as user space wrote it in dn_tree_cfg before the probes were
+ * attached: the tracked tree, every thread of the machine (but denet's
+ * own), or one thread. A map, not -D flags: the program is the same for
+ * every target, and the compile cache serves them all.
  */
 #include "denet.h"
 
@@ -33,15 +37,34 @@ BPF_HASH(dn_threads, u32, struct dn_thread, DN_MAX_THREADS);
  * thread on the machine leave after it without a hash lookup. */
 BPF_ARRAY(dn_tidmask, u32, 65536);
 
+enum dn_tree_mode {
+	DN_TREE_MODE_TREE = 0, /* the tracked tree (dn_tracked) */
+	DN_TREE_MODE_ALL = 1,  /* every thread of the machine but self_tgid's */
+	DN_TREE_MODE_TID = 2,  /* the one thread tid */
+};
+/* the run's target, written before any probe is attached */
+struct dn_tree_cfg {
+	u32 mode; /* enum dn_tree_mode */
+	u32 tid;
+	u32 self_tgid; /* denet itself: left out of DN_TREE_MODE_ALL */
+	u32 pad;
+};
+BPF_ARRAY(dn_tree_cfg, struct dn_tree_cfg, 1);
+
+static __always_inline struct dn_tree_cfg *dn_tree_config(void)
+{
+	u32 zero = 0;
+	return dn_tree_cfg.lookup(&zero);
+}
+
 static __always_inline int dn_maybe_watched(u32 tid)
 {
-#ifdef DN_WANT_ALL
-	return tid != 0;
-#else
+	struct dn_tree_cfg *cfg = dn_tree_config();
+	if (cfg && cfg->mode == DN_TREE_MODE_ALL)
+		return tid != 0;
 	u32 slot = tid & 0xffff;
 	u32 *c = dn_tidmask.lookup(&slot);
 	return c && *c;
-#endif
 }
 
 static __always_inline void dn_tidmask_add(u32 tid, int delta)
@@ -74,27 +97,16 @@ static __always_inline struct dn_task *dn_is_tracked(u32 tgid)
 	return dn_tracked.lookup(&tgid);
 }
 
-#ifdef DN_WANT_ALL
-/* denet's own process, written before any probe is attached (a map, not a
- * -D, so the compiled program is the same from run to run) */
-BPF_ARRAY(dn_self_tgid, u32, 1);
-#endif
-
-/* The threads a feature watches: the tracked tree, or with -DDN_WANT_ALL
- * every thread of the machine (but denet's own, dn_self_tgid), or with
- * -DDN_WANT_TID=n that one thread. */
+/* The threads a feature watches: the tracked tree, every thread of the
+ * machine but denet's own, or one thread (dn_tree_cfg). */
 static __always_inline int dn_wanted(u32 tgid, u32 tid)
 {
-#ifdef DN_WANT_TID
-	return tid == DN_WANT_TID;
-#elif defined(DN_WANT_ALL)
-	u32 zero = 0;
-	u32 *self = dn_self_tgid.lookup(&zero);
-
-	return tid != 0 && !(self && *self == tgid);
-#else
+	struct dn_tree_cfg *cfg = dn_tree_config();
+	if (cfg && cfg->mode == DN_TREE_MODE_TID)
+		return tid == cfg->tid;
+	if (cfg && cfg->mode == DN_TREE_MODE_ALL)
+		return tid != 0 && tgid != cfg->self_tgid;
 	return dn_is_tracked(tgid) != 0;
-#endif
 }
 
 #ifdef DN_HOOK_OFFCPU

@@ -112,25 +112,16 @@ void dn_cleanup_run(void);
 /* dn_procfs.c: one process's figures, and the parsers of its /proc files
  * (exposed for the fuzz targets in tests/fuzz) ------------------------------ */
 
-/* keep in sync with lib/denet/procfs.lua */
-struct dn_psample {
-	int32_t pid, ppid;
-	int32_t state; /* the stat state letter */
-	int32_t threads;
-	int32_t processor;
-	int32_t fd_count; /* -1 when unreadable */
-	uint32_t flags;
-	int32_t pad_;
-	uint64_t utime, stime, cutime, cstime; /* clock ticks */
-	uint64_t minflt, cminflt, majflt, cmajflt;
-	uint64_t starttime; /* clock ticks after boot */
-	uint64_t vsize;     /* bytes */
-	uint64_t rss_pages;
-	uint64_t rchar, wchar, read_bytes, write_bytes, cancelled_write_bytes;
-	uint64_t pss_kb;
-	uint64_t nvcsw, nivcsw; /* from status, when asked */
-	char comm[16];
-};
+/* The records whose bytes C and Lua both read (struct dn_psample among
+ * them), declared once in bpf-src/dn_records.h with the kernel's integer
+ * names; dn_records.c hands the same declarations to Lua's FFI. */
+typedef uint16_t u16;
+typedef uint32_t u32;
+typedef uint64_t u64;
+typedef int32_t s32;
+#define DN_RECORD(name, ...) struct name __VA_ARGS__;
+#include "../bpf-src/dn_records.h"
+#undef DN_RECORD
 
 enum {
 	DN_PS_GONE = 1,     /* the process no longer exists */
@@ -208,6 +199,7 @@ void dn_json_open(lua_State *L);
 void dn_usdt_open(lua_State *L);
 void dn_http_open(lua_State *L);
 void dn_pprof_open(lua_State *L);
+void dn_records_open(lua_State *L);
 
 /* dn_sym.c: the user-space resolver, also used by C unit tests ----------- */
 

@@ -13,7 +13,7 @@
  *
  * Results are written into a caller-supplied array of struct dn_psample
  * (the Lua side views it through the FFI with the same declaration; see
- * lib/denet/procfs.lua, checked against dn_psample_size()).
+ * lib/denet/procfs.lua; declared once in bpf-src/dn_records.h).
  *
  * Depends only on libc and procfs.
  */
@@ -383,13 +383,6 @@ static int l_ptab_gc(lua_State *L)
 	return 0;
 }
 
-/* core.psample_size() -> sizeof(struct dn_psample), to check the FFI view */
-static int l_psample_size(lua_State *L)
-{
-	lua_pushinteger(L, (lua_Integer)sizeof(struct dn_psample));
-	return 1;
-}
-
 /* core.read_stat(pid) -> ppid, starttime, comm | nil: one-off read of
  * /proc/PID/stat (discovering processes, checking pid reuse). */
 static int l_read_stat(lua_State *L)
@@ -570,7 +563,6 @@ void dn_procfs_open(lua_State *L)
 	/* clang-format off */
 	static const luaL_Reg fns[] = {
 		{ "ptab_new", l_ptab_new },
-		{ "psample_size", l_psample_size },
 		{ "read_stat", l_read_stat },
 		{ "list_pids", l_list_pids },
 		{ "clk_tck", l_clk_tck },

@@ -171,6 +171,7 @@ static int core_open(lua_State *L)
 	dn_usdt_open(L);
 	dn_http_open(L);
 	dn_pprof_open(L);
+	dn_records_open(L);
 	lua_pushcfunction(L, l_user_error);
 	lua_setfield(L, -2, "user_error");
 	lua_pushstring(L, dn_vm_root());

@@ -7,8 +7,9 @@
 --   denet stats FILE [--json]
 --
 -- `denet run`, `denet attach` and `denet stats` run this script. The run
--- itself is denet.monitor.run (shared with plugins and Python); this file
--- is the command line, the output streams and the display.
+-- itself is denet.runner's (shared with the other built-ins, plugins and
+-- Python), with the monitor feature; this file is the command line, the
+-- output streams and the display.
 local ffi = require("ffi")
 local denet = require("denet")
 local core = require("denet.core")
@@ -16,7 +17,6 @@ local errors = require("denet.errors")
 local json = require("denet.json")
 local plugins = require("denet.plugins")
 local args_mod = require("denet.args")
-local run_mod = require("denet.monitor.run")
 local summary_mod = require("denet.monitor.summary")
 
 -- The options, declared (denet.args): the usage text and the parser's
@@ -36,8 +36,6 @@ local ARGS = {
     help = "I/O counted from each process's start, not from when monitoring began" },
   { name = "write_env", type = "bool", help = "an `env` record first (host, kernel, CPU model and cores)" },
   { name = "stats", metavar = "FILE", help = "write the summary record to FILE (the JSONL holds samples only)" },
-  { name = "offcpu", type = "bool", help = "also off-CPU time of the tree per sample (aggregated.ebpf.offcpu)" },
-  { name = "syscalls", type = "bool", help = "also syscall counts of the tree per sample (aggregated.ebpf.syscalls)" },
   { name = "plugin", metavar = "NAME[:K=V,...]", help = "run a plugin on the samples (repeatable; see denet list)" },
   { name = "allow_untrusted", type = "bool", help = "load files that fail the ownership check (docs/security.md)" },
   { name = "plugin_budget", metavar = "S", help = "a plugin's hook call may run S seconds (default 2; 0: no limit)" },
@@ -56,6 +54,10 @@ local ARGS = {
   { name = "version", flag = "-V", type = "bool", help = "print the version and exit" },
   { name = "enable_ebpf", type = "bool", help = "accepted for compatibility (BPF is used whenever it can be)" },
 }
+-- the features the monitor can add (--offcpu, --syscalls), from the registry
+for i, a in ipairs(require("denet.features").monitor_args()) do
+  table.insert(ARGS, 12 + i - 1, a)
+end
 
 local USAGE = [[
 usage: denet [options] run [options] -- CMD [ARGS...]
@@ -384,44 +386,41 @@ local function main(args, host)
   end
 
   -- plugins are loaded (and their arguments checked) before anything runs
-  local session = run_mod.session{
-    cmd = o.sub == "run" and o.cmd or nil,
-    pid = pid,
-    interval = interval / 1000,
-    max_interval = max_interval / 1000,
+  local run
+  run = require("denet.runner").new{
+    target = o.sub == "run" and { cmd = o.cmd } or { pids = { pid } },
+    features = require("denet.features").for_monitor({ interval = interval / 1000,
+      max_interval = max_interval / 1000, exclude_children = o.exclude_children,
+      since_process_start = o.since_process_start, no_polling = o.no_polling, write_env = o.write_env }, o,
+      { prometheus = o.prometheus }),
     duration = duration > 0 and duration or nil,
-    exclude_children = o.exclude_children,
-    since_process_start = o.since_process_start,
     bpf = o.no_bpf and false or nil,
-    offcpu = o.offcpu,
-    syscalls = o.syscalls,
-    no_polling = o.no_polling,
     debug = o.debug,
     prometheus = o.prometheus,
     prometheus_linger = linger,
-    write_env = o.write_env,
     stdout = o.json and 2 or nil,
+    name = "monitor",
     host = host or plugins.load_all(o.plugins, { allow_untrusted = o.allow_untrusted,
       budget = number_opt(o, "plugin_budget", "--plugin-budget", 0, "seconds"),
       memory = number_opt(o, "plugin_memory", "--plugin-memory", 1, "MiB") }),
     on_record = function(rec)
+      if display and rec.kind == "metadata" then
+        -- rates of the first sample are from the baseline
+        display.t0 = run.t0
+        display.last = { ts_ms = rec.t0_ms, r = 0, w = 0 }
+      end
       out:write(rec)
       if display and (rec.kind == "tree" or rec.kind == "sample") then
         display:show(rec)
       end
     end,
   }
-  session:start()
   out.encode = function(rec)
-    return session.m:encode(rec)
+    return run:encode(rec)
   end
-  if display then
-    -- rates of the first sample are from the baseline
-    display.t0 = session.t0_mono
-    display.last = { ts_ms = session.m.t0_ms, r = 0, w = 0 }
-  end
-  local signal_code = session:run_to_end()
-  local s, exit_code = session:finish()
+  run:start()
+  local signal_code = run:run_to_end()
+  local s, exit_code = run:finish()
   if display then
     display:done()
   end
@@ -432,12 +431,12 @@ local function main(args, host)
   out:close()
   if not o.quiet and not o.json then
     print_summary(s, io.stderr)
-  elseif s.signal and not session.sent_signal then
+  elseif s.signal and not run.sent_signal then
     -- a crash is said even when the summary is not shown
     io.stderr:write(string.format("denet: the command was killed by %s%s\n", s.signal,
       s.core_dumped and " (core dumped)" or ""))
   end
-  if session.proc then
+  if run.proc then
     return exit_code or signal_code
   end
   return 0

@@ -81,8 +81,48 @@ local function write_file(path, text)
   f:close()
 end
 
-local function main(o)
-  local roots = o.pids or {}
+-- The options a tracer takes, from the command line's.
+local function tracer_opts(o, states)
+  return { min_us = o.min_us, max_us = o.max_us, states = states, user_only = o.user_only,
+    kernel_only = o.kernel_only, stack_depth = o.stack_depth, stack_storage = o.stack_storage,
+    stack_reuse = o.stack_reuse,
+    threads = o.user_threads_only and "user" or o.kernel_threads_only and "kernel" or nil,
+    kernel_threads = o.kernel_threads or o.kernel_threads_only }
+end
+
+-- What is traced, for the line on a terminal.
+local function what_traced(o, roots)
+  if o.cmd and #o.cmd > 0 then
+    return "of " .. require("denet.util").basename(o.cmd[1]) .. " and its descendants"
+  elseif o.tid then
+    return "of thread " .. o.tid
+  elseif #roots > 0 then
+    return "of PID " .. table.concat(roots, ", ") .. " and descendants"
+  end
+  return "of every process"
+end
+
+-- On a terminal: one line saying what is traced and how to stop, then a
+-- live status line on stderr (nothing of it when stderr is not one).
+local function status_line(o, roots)
+  if not core.isatty(2) then
+    return nil
+  end
+  io.stderr:write(string.format("Tracing off-CPU time %s%s... Hit Ctrl-C to end.\n", what_traced(o, roots),
+    o.duration and string.format(" for %g s", o.duration) or ""))
+  return function(run, final)
+    if final then
+      io.stderr:write("\r\27[K")
+      return
+    end
+    local seen, lost = run.states.offcpu:counts()
+    io.stderr:write(string.format("\r\27[K%6.1f s  %d blocks seen  %d stacks lost", core.monotonic() - run.t0, seen,
+      lost))
+  end
+end
+
+-- Check what the command line asks for; returns the state mask.
+local function check(o)
   if o.stack_reuse and not ({ on = true, off = true, verify = true })[o.stack_reuse] then
     fail(string.format("--stack-reuse takes on, off or verify, not '%s'", o.stack_reuse))
   end
@@ -92,90 +132,35 @@ local function main(o)
   if o.user_threads_only and o.kernel_threads_only then
     fail("--user-threads-only and --kernel-threads-only exclude each other")
   end
-  local states
   if o.state then
-    local err
-    states, err = offcpu.state_mask(o.state)
+    local states, err = offcpu.state_mask(o.state)
     if not states then
       fail(err)
     end
+    return states
   end
-  if o.now then
-    if o.cmd and #o.cmd > 0 then
-      fail("--now looks at processes that exist: give -p PID or -t TID (or nothing: every process), not a command")
-    end
-    for _, k in ipairs({ "duration", "min_us", "max_us", "folded", "svg", "pprof", "html", "prometheus", "plugin",
-      "user_only", "kernel_only" }) do
-      if o[k] and not (type(o[k]) == "table" and #o[k] == 0) then
-        fail(string.format("--now takes no --%s: it is one snapshot, not a trace", k:gsub("_", "-")))
-      end
-    end
-    local report = offcpu.now{ roots = roots, tid = o.tid, stack_depth = o.stack_depth, states = states,
-      threads = o.user_threads_only and "user" or o.kernel_threads_only and "kernel" or nil,
-      kernel_threads = o.kernel_threads or o.kernel_threads_only }
-    print_report(o, report, report.threads, offcpu.now_text)
-    return 0
+end
+
+-- --now: one snapshot, nothing traced.
+local function now(o, roots, states)
+  if o.cmd and #o.cmd > 0 then
+    fail("--now looks at processes that exist: give -p PID or -t TID (or nothing: every process), not a command")
   end
-  -- outputs first: a bad path runs nothing
-  for _, path in ipairs({ o.folded, o.svg, o.pprof, o.html }) do
-    if path then
-      write_file(path, "")
+  for _, k in ipairs({ "duration", "min_us", "max_us", "folded", "svg", "pprof", "html", "prometheus", "plugin",
+    "user_only", "kernel_only" }) do
+    if o[k] and not (type(o[k]) == "table" and #o[k] == 0) then
+      fail(string.format("--now takes no --%s: it is one snapshot, not a trace", k:gsub("_", "-")))
     end
   end
-  local host = plugins.load_all(o.plugin, { allow_untrusted = o.allow_untrusted, budget = o.plugin_budget,
-      memory = o.plugin_memory })
-  -- --prometheus: off-CPU seconds by category, and of the top threads
-  local metrics = require("denet.metrics")
-  local on_tick, finish = require("denet.export.prometheus").for_script(o.prometheus, o.prometheus_linger, o.cmd,
-    roots, function(t, ident)
-      local fams = metrics.new()
-      metrics.add_offcpu(fams, offcpu.monitor_fields(t.bpf), ident)
-      return fams
-    end)
-  -- on a terminal: one line saying what is traced and how to stop, then a
-  -- live status line on stderr (nothing of it when stderr is not one)
-  local status
-  if core.isatty(2) then
-    local what = "of every process"
-    if o.cmd and #o.cmd > 0 then
-      what = "of " .. (o.cmd[1]:match("([^/]+)$") or o.cmd[1]) .. " and its descendants"
-    elseif o.tid then
-      what = "of thread " .. o.tid
-    elseif #roots > 0 then
-      what = "of PID " .. table.concat(roots, ", ") .. " and descendants"
-    end
-    io.stderr:write(string.format("Tracing off-CPU time %s%s... Hit Ctrl-C to end.\n", what,
-      o.duration and string.format(" for %g s", o.duration) or ""))
-    status = function(t, final)
-      if final then
-        io.stderr:write("\r\27[K")
-        return
-      end
-      local seen, lost = t:counts()
-      -- t.t0: when tracing began
-      io.stderr:write(string.format("\r\27[K%6.1f s  %d blocks seen  %d stacks lost", core.monotonic() - t.t0, seen,
-        lost))
-    end
-  end
-  local tick
-  if on_tick or status then
-    tick = function(t, final, root)
-      if status then
-        status(t, final)
-      end
-      if on_tick then
-        on_tick(t, final, root)
-      end
-    end
-  end
-  local report, code = offcpu.run{
-    cmd = o.cmd, roots = roots, tid = o.tid, duration = o.duration, host = host, min_us = o.min_us,
-    max_us = o.max_us, states = states, user_only = o.user_only, kernel_only = o.kernel_only,
-    stack_depth = o.stack_depth, stack_storage = o.stack_storage, stack_reuse = o.stack_reuse, on_tick = tick,
+  local report = offcpu.now{ roots = roots, tid = o.tid, stack_depth = o.stack_depth, states = states,
     threads = o.user_threads_only and "user" or o.kernel_threads_only and "kernel" or nil,
-    kernel_threads = o.kernel_threads or o.kernel_threads_only,
-    tick = status and 0.5 or nil,
-  }
+    kernel_threads = o.kernel_threads or o.kernel_threads_only }
+  print_report(o, report, report.threads, offcpu.now_text)
+  return 0
+end
+
+-- The report to the files asked for, then on stdout.
+local function write_outputs(o, report)
   if o.folded then
     write_file(o.folded, offcpu.folded(report))
   end
@@ -189,9 +174,36 @@ local function main(o)
     write_file(o.html, require("denet.export.html").offcpu(report))
   end
   print_report(o, report, report.stacks, offcpu.text)
-  -- the report is out before lingering for the last scrape
   io.stdout:flush()
-  finish()
+end
+
+local function main(o)
+  local roots = o.pids or {}
+  local states = check(o)
+  if o.now then
+    return now(o, roots, states)
+  end
+  -- outputs first: a bad path runs nothing
+  for _, path in ipairs({ o.folded, o.svg, o.pprof, o.html }) do
+    if path then
+      write_file(path, "")
+    end
+  end
+  local status = status_line(o, roots)
+  local run = require("denet.runner").new{
+    target = { cmd = o.cmd and #o.cmd > 0 and o.cmd or nil, pids = roots, tid = o.tid },
+    features = { offcpu = tracer_opts(o, states) }, reports = { "offcpu" }, duration = o.duration,
+    host = plugins.load_all(o.plugin, { allow_untrusted = o.allow_untrusted, budget = o.plugin_budget,
+      memory = o.plugin_memory }),
+    prometheus = o.prometheus, prometheus_linger = o.prometheus_linger, on_tick = status, tick = 0.5,
+    -- the report is out before lingering for the last scrape
+    on_end = function(_, _, reports)
+      write_outputs(o, reports.offcpu)
+    end,
+  }
+  run:start()
+  run:run_to_end()
+  local _, code = run:finish()
   return code or 0
 end
 

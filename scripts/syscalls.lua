@@ -75,23 +75,26 @@ local function main(o)
     end
     io.stdout:flush()
   end
-  -- --prometheus: the counts, errors and latency histogram of every syscall
-  local metrics = require("denet.metrics")
-  local on_tick, finish = require("denet.export.prometheus").for_script(o.prometheus, o.prometheus_linger, o.cmd,
-    roots, function(t, ident)
-      local fams = metrics.new()
-      metrics.add_syscalls(fams, t:report(), ident)
-      return fams
-    end)
-  local report, code = syscalls.run{
-    cmd = o.cmd, roots = roots, duration = o.duration, interval = o.interval, on_interval = emit,
+  local run = require("denet.runner").new{
+    target = { cmd = o.cmd and #o.cmd > 0 and o.cmd or nil, pids = roots }, duration = o.duration,
+    features = { syscalls = { latency = o.latency or o.prometheus ~= nil, per_thread = o.per_thread,
+      per_process = o.per_process, failed = o.failed, errno = errno, syscalls = names, top = o.top,
+      interval = o.interval } },
+    reports = { "syscalls" },
     host = plugins.load_all(o.plugin, { allow_untrusted = o.allow_untrusted, budget = o.plugin_budget,
       memory = o.plugin_memory }),
-    latency = o.latency or o.prometheus ~= nil, per_thread = o.per_thread, per_process = o.per_process,
-    failed = o.failed, errno = errno, syscalls = names, top = o.top, on_tick = on_tick,
+    -- --prometheus: the counts, errors and latency histogram of every syscall
+    prometheus = o.prometheus, prometheus_linger = o.prometheus_linger,
+    on_interval = function(_, report)
+      emit(report)
+    end,
+    on_end = function(_, _, reports)
+      emit(reports.syscalls)
+    end,
   }
-  emit(report)
-  finish()
+  run:start()
+  run:run_to_end()
+  local _, code = run:finish()
   return code or 0
 end
 

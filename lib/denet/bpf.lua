@@ -22,7 +22,7 @@ BPF.__index = BPF
 
 -- DENET_DISABLE=batch: read maps key by key, as kernels before 5.6 must
 -- (the host falls back by itself where the kernel refuses batches)
-if require("denet.features").disabled().batch then
+if require("denet.kernel").disabled().batch then
   core.map_batch(false)
 end
 

@@ -83,7 +83,7 @@ local function standalone_args(declared)
 end
 
 local function script_name(path)
-  return (path:match("([^/]+)$") or path):gsub("%.lua$", "")
+  return require("denet.util").basename(path, ".lua")
 end
 
 -- A plugin run as `denet script NAME [args] [-- CMD | -p PID]`: it rides
@@ -108,31 +108,33 @@ local function run_plugin(t, path, args)
     mine[a.name] = o[a.name]
   end
   local host = plugins.host({ plugins.from_table(t, path, mine) })
-  -- it rides on a quiet monitor: the same run as `denet run` (denet.monitor.run)
+  -- it rides on a quiet monitor: the same run as `denet run` (denet.runner);
+  -- a feature whose hook it has runs too (on_offcpu: off-CPU analysis)
   local json = require("denet.json")
   local files = {}
-  local session
   if o.out then
     files[1] = require("denet").open_output(o.out)
   end
-  session = require("denet.monitor.run").session{
-    cmd = (#o.cmd > 0) and o.cmd or nil,
-    pid = o.pid,
-    interval = (o.interval or 100) / 1000,
+  local flags = {}
+  for _, d in ipairs(require("denet.features").list("monitor")) do
+    flags[d.monitor.flag] = d.hook and type(t[d.hook]) == "function"
+  end
+  local run
+  run = require("denet.runner").new{
+    target = (#o.cmd > 0) and { cmd = o.cmd } or { pids = { o.pid } },
+    features = require("denet.features").for_monitor({ interval = (o.interval or 100) / 1000 }, flags),
     duration = o.duration,
     host = host,
-    syscalls = type(t.on_syscalls) == "function",
-    offcpu = type(t.on_offcpu) == "function",
     on_record = function(rec)
       for _, f in ipairs(files) do
-        f:write(session.m and rec.kind == "tree" and session.m:encode(rec) or json.encode(rec), "\n")
+        f:write(run:encode(rec), "\n")
       end
     end,
   }
   local stats = o.stats and require("denet").open_output(o.stats)
-  session:start()
-  local signal_code = session:run_to_end()
-  local summary, code = session:finish()
+  run:start()
+  local signal_code = run:run_to_end()
+  local summary, code = run:finish()
   for _, f in ipairs(files) do
     f:close()
   end
@@ -140,7 +142,7 @@ local function run_plugin(t, path, args)
     stats:write(json.encode(summary), "\n")
     stats:close()
   end
-  if session.proc then
+  if run.proc then
     return code or signal_code or 0
   end
   return 0

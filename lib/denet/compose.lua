@@ -1,161 +1,55 @@
--- denet.compose: one program set from declared BPF parts.
+-- denet.compose: one program set from feature descriptors (the only place
+-- that knows how BPF parts combine).
 --
--- Each feature declares its BPF C once, here: the file in bpf-src/, the
--- parts it needs, where it goes in the program (order), the flags it
--- brings, and, for what the running kernel may lack, the feature it
--- requires and the variant to compile instead. build() takes the parts a
--- caller wants (and scripts' own text), closes over what they need, orders
--- them, picks every variant from denet.features, and compiles one program.
--- Nothing else in denet knows how parts combine.
+-- Each feature declares its BPF part once, in its descriptor
+-- (lib/denet/features/<name>.lua): the file in bpf-src/, the parts it
+-- needs, its place in the program (order), the flags it brings, for what
+-- the running kernel may lack the feature it requires and the variant to
+-- compile instead, and the config map its run-time values go into.
+-- build() takes the features a caller wants (with their options) and
+-- scripts' own text, closes over what they need, orders them, picks every
+-- variant from denet.kernel, compiles one program, and writes each
+-- feature's config map before the probes are attached.
 --
 -- Why one program: libbcc allows one TRACEPOINT_PROBE per tracepoint in a
 -- program, so shared probes (sched_switch, raw_syscalls) are parts that
 -- call the hooks of the features composed before them (-DDN_HOOK_*).
-local core = require("denet.core")
+local errors = require("denet.errors")
 local features = require("denet.features")
+local kernel = require("denet.kernel")
 
 local M = {}
 
--- What raw tracepoints need of kernel structs, from the BTF (remembered
--- per kernel): nil without BTF or raw tracepoints (DENET_DISABLE can turn
--- either off). Attached as raw tracepoints, probes detach at once; as perf
--- events each tracepoint's detach waits for RCU grace periods (~50-75 ms).
-local function raw_facts()
-  if not features.has("raw_tracepoint") or not features.has("btf") then
-    return nil
+-- The BPF part of feature `name` (its descriptor's bpf).
+local function part_of(name, level)
+  if not features.known(name) then
+    error(string.format("compose: no BPF part named '%s'", tostring(name)), level or 3)
   end
-  local btf = require("denet.btf")
-  local f = { pid = btf.offset_of("task_struct", "pid"), filename = btf.offset_of("linux_binprm", "filename") }
-  if not f.pid then
-    return nil
+  local p = features.get(name).bpf
+  if not p then
+    error(string.format("compose: feature '%s' has no BPF part", name), level or 3)
   end
-  for _, tp in ipairs({ "task_newtask", "sched_process_exec", "sched_process_exit", "sched_switch" }) do
-    f[tp] = btf.raw_tp_nargs(tp)
-  end
-  return f
+  return p
 end
-
---- The parts. Fields: file (in bpf-src/), order (smaller first; scripts'
---- text goes at 60), needs (parts pulled in with it), cflags (always, when
---- present; a function(set) may add more, set: the parts composed),
---- variants ({ requires = {features},
---- otherwise = { cflags, note } }: compiled instead when one is missing),
---- options ({ flag, also, requires, note }: a flag callers may ask for,
---- dropped with the note when a required feature is missing).
-M.PARTS = {
-  tree = {
-    file = "tree.c",
-    order = 10,
-    cflags = function()
-      local raw = raw_facts()
-      if raw and raw.filename and raw.task_newtask == 2 and raw.sched_process_exec == 3
-          and (raw.sched_process_exit or 0) >= 1 then
-        local out = { "-DDN_TREE_RAW", "-DDN_TASK_PID_OFF=" .. raw.pid, "-DDN_BPRM_FILENAME_OFF=" .. raw.filename }
-        if raw.sched_process_exit == 2 then
-          out[#out + 1] = "-DDN_HAVE_GROUP_DEAD"
-        end
-        return out
-      end
-      local sys = require("denet.sys")
-      local fmt = sys.tracefs() and core.read_file(sys.tracefs() .. "/events/sched/sched_process_exit/format")
-      -- 5.16+ says whether the exiting thread was the last of its process
-      return fmt and fmt:find("group_dead") and { "-DDN_HAVE_GROUP_DEAD" } or {}
-    end,
-    variants = {
-      { requires = { "ringbuf" }, otherwise = { cflags = { "-DDN_TREE_PERF" },
-        note = "process events come through a perf buffer" } },
-    },
-  },
-  ctxsw = { file = "ctxsw.c", order = 20, needs = { "tree", "switch" }, cflags = { "-DDN_HOOK_CTXSW" } },
-  syscalls = { file = "syscalls.c", order = 30, needs = { "tree", "insys" }, cflags = { "-DDN_HOOK_SYSCALLS" } },
-  insys = {
-    file = "insys.c",
-    order = 40,
-    needs = { "tree" },
-    variants = {
-      { requires = { "task_storage" }, otherwise = { cflags = { "-DDN_INSYS_HASH" },
-        note = "the syscall each thread is in is kept in a hash by thread id" } },
-    },
-    options = {
-      { flag = "-DDN_INSYS_REGS", requires = { "task_pt_regs" },
-        note = "the syscall each thread is in is tracked by a program on every syscall" },
-    },
-  },
-  offcpu = {
-    file = "offcpu.c",
-    order = 50,
-    needs = { "tree", "insys", "switch" },
-    cflags = function()
-      local flags = { "-DDN_HOOK_OFFCPU" }
-      -- kernel threads are told apart by task_struct.flags, where this
-      -- kernel's BTF puts it
-      local btf = features.has("btf") and require("denet.btf")
-      local off = btf and btf.offset_of("task_struct", "flags")
-      if off then
-        flags[#flags + 1] = "-DDN_TASK_FLAGS_OFF=" .. off
-      end
-      -- on-CPU time is the kernel's own count of each thread's CPU time
-      local runtime = btf and btf.offset_of("task_struct", "se.sum_exec_runtime")
-      if runtime then
-        flags[#flags + 1] = "-DDN_TASK_RUNTIME_OFF=" .. runtime
-        if features.has("task_pt_regs") then
-          -- (bpf_get_current_task_btf: the field is read with a plain load)
-          flags[#flags + 1] = "-DDN_TASK_BTF_LOAD"
-        end
-      end
-      return flags
-    end,
-    variants = {
-      { requires = { "btf" }, otherwise = { note = "kernel threads cannot be told apart: their missing user "
-        .. "stacks count as unread" } },
-    },
-    options = {
-      { flag = "-DDN_KSTACK_REUSE", also = { "-DDN_KSTACK_VERIFY" }, requires = { "task_pt_regs", "ringbuf" },
-        note = "kernel stacks are walked at every switch (no stack reuse)" },
-      { flag = "-DDN_USTACK_REUSE", also = { "-DDN_USTACK_VERIFY" }, requires = { "task_pt_regs", "ringbuf" },
-        note = "user stacks are walked at every switch (no stack reuse)" },
-      { flag = "-DDN_LEAF_UNWIND", requires = { "task_pt_regs", "ringbuf" },
-        note = "callers of functions without frame pointers (libc's) are missing from user stacks" },
-    },
-  },
-  switch = {
-    file = "switch.c",
-    order = 90,
-    needs = { "tree" },
-    cflags = function()
-      -- 5.18+ passes the raw tracepoint prev_state
-      local raw = raw_facts()
-      if raw and raw.sched_switch == 4 then
-        return { "-DDN_SWITCH_RAW", "-DDN_TASK_PID_OFF=" .. raw.pid }
-      end
-      return {}
-    end,
-  },
-}
 
 local TEXT_ORDER = 60
 
-local noted = {}
-local function note(text)
-  if not noted[text] then
-    noted[text] = true
-    io.stderr:write("denet: ", text, "\n")
-  end
-end
 
--- The first feature of list the kernel lacks, or nil.
+local note = require("denet.util").note_once
+
+-- The first kernel feature of list the kernel lacks, or nil.
 local function missing(list)
   for _, f in ipairs(list or {}) do
-    if not features.has(f) then
+    if not kernel.has(f) then
       return f
     end
   end
 end
 
 local function feature_line(name)
-  for _, f in ipairs(features.LIST) do
+  for _, f in ipairs(kernel.LIST) do
     if f.name == name then
-      local off = features.disabled()[name]
+      local off = kernel.disabled()[name]
       return string.format("%s %s (%s)", off and "DENET_DISABLE turns off" or "this kernel has no", f.what,
         off and name or (f.since .. "+"))
     end
@@ -170,10 +64,7 @@ function M.closure(names)
     if set[n] then
       return
     end
-    local p = M.PARTS[n]
-    if not p then
-      error(string.format("compose: no BPF part named '%s'", tostring(n)), 3)
-    end
+    local p = part_of(n, 4)
     set[n] = true
     for _, d in ipairs(p.needs or {}) do
       add(d)
@@ -184,7 +75,7 @@ function M.closure(names)
     add(n)
   end
   table.sort(list, function(a, b)
-    return M.PARTS[a].order < M.PARTS[b].order
+    return part_of(a).order < part_of(b).order
   end)
   return list, set
 end
@@ -196,7 +87,7 @@ function M.plan(names, requested)
   local list, set = M.closure(names)
   local flags, notes, dropped = {}, {}, {}
   for _, n in ipairs(list) do
-    local p = M.PARTS[n]
+    local p = part_of(n)
     local cf = type(p.cflags) == "function" and p.cflags(set) or p.cflags or {}
     for _, f in ipairs(cf) do
       flags[#flags + 1] = f
@@ -212,7 +103,7 @@ function M.plan(names, requested)
     end
   end
   for _, n in ipairs(list) do
-    for _, o in ipairs(M.PARTS[n].options or {}) do
+    for _, o in ipairs(part_of(n).options or {}) do
       local asked = false
       for _, f in ipairs(requested or {}) do
         asked = asked or f == o.flag
@@ -243,22 +134,68 @@ function Program:has_flag(f)
   return self.flag_set[f] == true
 end
 
---- Build one program. spec.parts: part names; spec.text: { name, text }
---- items of a script's own BPF C (compiled after the parts it uses,
---- before the shared sched_switch probe); spec.cflags: more flags;
+local BUILD_OPTS = { "features", "parts", "text", "cflags", "name", "before_attach", "autoattach" }
+
+-- The parts a build asks for (features with options, and parts with
+-- none), and the flags their options give, before the kernel's say.
+local function asked(spec)
+  local names, opts_of, flags = {}, {}, {}
+  for _, n in ipairs(spec.parts or {}) do
+    names[#names + 1] = n
+  end
+  for n, o in pairs(spec.features or {}) do
+    names[#names + 1] = n
+    opts_of[n] = o
+  end
+  table.sort(names) -- (features is a map: the same program whatever its order)
+  for _, n in ipairs(names) do
+    local d = features.known(n) and features.get(n)
+    if d and d.plan then
+      for _, f in ipairs(d.plan(opts_of[n] or {})) do
+        flags[#flags + 1] = f
+      end
+    end
+  end
+  for _, f in ipairs(spec.cflags or {}) do
+    flags[#flags + 1] = f
+  end
+  return names, opts_of, flags
+end
+
+-- Write the config map of every part with one, from its feature's options.
+local function write_configs(bpf, set, opts_of)
+  for n in pairs(set) do
+    local cfg = features.get(n).config
+    if cfg then
+      bpf:get_table(cfg.map):set(0, cfg.values(opts_of[n] or {}))
+      if cfg.write then
+        cfg.write(bpf, opts_of[n] or {})
+      end
+    end
+  end
+end
+
+--- Build one program. spec.features: { name = options } of the features
+--- wanted (their descriptors' plan() and config take the options);
+--- spec.parts: names of more parts, with no options; spec.text: { name,
+--- text } items of a script's own BPF C (compiled after the parts it
+--- uses, before the shared sched_switch probe); spec.cflags: more flags;
 --- spec.name: for diagnostics; spec.before_attach(bpf): called once the
---- program is loaded, before its probes are attached. Notes of fallbacks are written once to
---- stderr. Returns the program: .bpf (a denet.bpf object), .parts (the
---- set), :has_flag(f).
+--- program is loaded and the config maps written, before its probes are
+--- attached; spec.autoattach = false: load only. Notes of fallbacks are
+--- written once to stderr. Returns the program: .bpf (a denet.bpf
+--- object), .parts (the set), .options (each feature's), :has_flag(f).
 function M.build(spec)
+  errors.check_opts("compose.build", spec, BUILD_OPTS)
   local BPF = require("denet.bpf")
-  local flags, notes, list, set = M.plan(spec.parts or {}, spec.cflags)
+  local names, opts_of, requested = asked(spec)
+  local flags, notes, list, set = M.plan(names, requested)
   for _, n in ipairs(notes) do
     note(n)
   end
   local items = {}
   for _, n in ipairs(list) do
-    items[#items + 1] = { order = M.PARTS[n].order, part = M.PARTS[n].file }
+    items[#items + 1] = { order = part_of(n).order, part = part_of(n).file }
   end
   for i, t in ipairs(spec.text or {}) do
     items[#items + 1] = { order = t.order or TEXT_ORDER, seq = i, part = { name = t.name, text = t.text } }
@@ -278,8 +215,14 @@ function M.build(spec)
     flag_set[f] = true
   end
   local bpf = BPF.new{ text = BPF.compose(parts), cflags = flags, name = spec.name or "denet",
-    before_attach = spec.before_attach }
-  return setmetatable({ bpf = bpf, parts = set, flags = flags, flag_set = flag_set, notes = notes }, Program)
+    autoattach = spec.autoattach, before_attach = function(b)
+      write_configs(b, set, opts_of)
+      if spec.before_attach then
+        spec.before_attach(b)
+      end
+    end }
+  return setmetatable({ bpf = bpf, parts = set, flags = flags, flag_set = flag_set, notes = notes,
+    options = opts_of }, Program)
 end
 
 return M

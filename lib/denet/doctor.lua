@@ -134,7 +134,7 @@ TRACEPOINT_PROBE(sched, sched_switch) { int k = 0; u64 *v = n.lookup(&k); if (v)
   end
 
   -- what the kernel's BPF can do, and what denet does without it
-  for _, f in ipairs(require("denet.features").report()) do
+  for _, f in ipairs(require("denet.kernel").report()) do
     if f.name ~= "kprobes" and f.name ~= "fentry" and f.name ~= "btf" then
       add("feature " .. f.name, f.present, f.present and f.what
         or string.format("%s%s (%s+)", f.disabled and "disabled: " or "missing: ", f.what, f.since),

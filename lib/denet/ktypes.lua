@@ -20,7 +20,7 @@
 -- everywhere and left alone, as are structs the program defines itself.
 local core = require("denet.core")
 local errors = require("denet.errors")
-local features = require("denet.features")
+local kernel = require("denet.kernel")
 
 local M = {}
 
@@ -57,7 +57,7 @@ end
 
 --- Can kernel types be taken from BTF here (BTF, not disabled)?
 function M.transparent()
-  return features.has("btf_types")
+  return kernel.has("btf_types")
 end
 
 local header_path
@@ -147,7 +147,7 @@ function M.apply(text, cflags, name)
   if not text:find("struct", 1, true) and not text:find("union", 1, true) then
     return text, cflags
   end
-  if not M.mismatch() or not features.has("btf") then
+  if not M.mismatch() or not kernel.has("btf") then
     return text, cflags
   end
   local structs = M.kernel_structs(text)

@@ -1,6 +1,7 @@
 -- denet.man: the man page, denet(1), generated from what the code
 -- declares: the subcommands (denet.cli), the monitor's options
--- (scripts/monitor.lua) and the built-in scripts' arguments (their specs).
+-- (scripts/monitor.lua, with the features it can add) and the scripts of
+-- the registry's features (denet.features), from their specs.
 -- `denet man` prints it; the build writes build/denet.1 and installs it.
 local core = require("denet.core")
 local args_mod = require("denet.args")
@@ -78,7 +79,9 @@ function M.page()
   local monitor = spec_of("monitor")
   out[#out + 1] = ".SH OPTIONS OF RUN, ATTACH AND STATS"
   option_items(out, monitor.args)
-  for _, name in ipairs({ "offcpu", "syscalls" }) do
+  -- every feature that runs alone has its script (denet.features)
+  for _, d in ipairs(require("denet.features").list("script")) do
+    local name = d.script
     local spec = spec_of(name)
     out[#out + 1] = ".SH SCRIPT " .. name:upper()
     out[#out + 1] = "\\fBdenet script " .. name .. "\\fR [\\fIoptions\\fR] [\\fB\\-\\-\\fR \\fICMD ARGS...\\fR]"

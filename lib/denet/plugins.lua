@@ -36,13 +36,7 @@ local function is_file(p)
   return st and not st.dir
 end
 
-local notes = {} -- one line each, once per run
-local function note(text)
-  if not notes[text] then
-    notes[text] = true
-    io.stderr:write("denet: ", text, "\n")
-  end
-end
+local note = require("denet.util").note_once -- one line each, once per run
 
 --- The folders of the built-in scripts: they come first, and their names
 --- always mean them.
@@ -251,7 +245,7 @@ local Plugin = {}
 Plugin.__index = Plugin
 
 local function basename(path)
-  return (path:match("([^/]+)$") or path):gsub("%.lua$", "")
+  return require("denet.util").basename(path, ".lua")
 end
 
 --- Load the plugin named by spec ("NAME", "path.lua", optionally followed

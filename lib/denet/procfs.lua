@@ -1,36 +1,15 @@
 -- denet.procfs: /proc readers for the monitor, as typed data.
 --
 -- The C side (host/dn_procfs.c) keeps /proc/PID files open per watched
--- process and fills an array of struct dn_psample per sample; this module
--- declares the same struct for the FFI and checks the sizes agree.
+-- process and fills an array of struct dn_psample per sample (declared
+-- once, for C and the FFI, in bpf-src/dn_records.h); this module views it.
 local ffi = require("ffi")
 local core = require("denet.core")
 
 local M = {}
 
-ffi.cdef([[
-struct dn_psample {
-  int32_t pid, ppid;
-  int32_t state;
-  int32_t threads;
-  int32_t processor;
-  int32_t fd_count;
-  uint32_t flags;
-  int32_t pad_;
-  uint64_t utime, stime, cutime, cstime;
-  uint64_t minflt, cminflt, majflt, cmajflt;
-  uint64_t starttime;
-  uint64_t vsize;
-  uint64_t rss_pages;
-  uint64_t rchar, wchar, read_bytes, write_bytes, cancelled_write_bytes;
-  uint64_t pss_kb;
-  uint64_t nvcsw, nivcsw;
-  char comm[16];
-};
-]])
-
-assert(ffi.sizeof("struct dn_psample") == core.psample_size(),
-  "struct dn_psample differs between lib/denet/procfs.lua and host/dn_procfs.c")
+-- struct dn_psample: declared once, in bpf-src/dn_records.h
+require("denet.records")
 
 M.GONE, M.IO, M.PSS, M.CTXSW, M.SKIPPED = 1, 2, 4, 8, 16
 M.CLK_TCK = core.clk_tck()

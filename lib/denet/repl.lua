@@ -203,52 +203,24 @@ end
 ---------------------------------------------------------------------------
 -- live built-ins
 
-local function live_offcpu(target)
-  local offcpu = require("denet.offcpu")
-  local t = offcpu.start{ roots = target and { target } or {} }
+-- A feature of the registry run live on the target (or everything): a
+-- handle with report() (its report so far), top(n) (its text) and
+-- stop() (the last report, and the run closed).
+local function live(name, target, opts)
+  local d = require("denet.features").get(name)
+  local run = require("denet.runner").new{ target = { pids = target and { target } or nil },
+    features = { [name] = opts or {} } }
+  run:start()
   local h = {}
-  --- the report so far (the --json contract)
-  function h:report()
-    return t:report()
+  function h.report()
+    return d.report(run.states[name])
   end
-  --- the n stacks that blocked longest so far
-  function h:top(n)
-    local r = t:report()
-    local lines = {}
-    for i, s in ipairs(r.stacks) do
-      if i > (n or 5) then
-        break
-      end
-      lines[#lines + 1] = string.format("%10.1f ms  %-8s %-16s %s", s.us / 1000, s.category, s.comm,
-        table.concat(s.frames, ";"))
-    end
-    io.stdout:write(table.concat(lines, "\n"), "\n")
-    return #lines
+  function h.top(_, n)
+    io.stdout:write(d.top(d.report(run.states[name]), n))
   end
-  function h:stop()
-    local r = t:report()
-    t:close()
-    return r
-  end
-  return h
-end
-
-local function live_syscalls(target, opts)
-  local syscalls = require("denet.syscalls")
-  opts = opts or {}
-  local t = syscalls.start{ roots = target and { target } or {}, latency = opts.latency }
-  local h = {}
-  function h:report()
-    return (t:report(nil, { top = 20 }))
-  end
-  function h:top(n)
-    local r = t:report(nil, { top = n or 10 })
-    io.stdout:write(syscalls.text(r, opts.latency))
-    return r.total
-  end
-  function h:stop()
-    local r = t:report(nil, {})
-    t:close()
+  function h.stop()
+    local r = d.report(run.states[name])
+    run:close()
     return r
   end
   return h
@@ -317,14 +289,13 @@ function M.env(target, proc)
   env.syscalls = require("denet.syscalls")
   env.target = target
   env.proc = proc
-  env.live = {
-    offcpu = function()
-      return live_offcpu(target)
-    end,
-    syscalls = function(opts)
-      return live_syscalls(target, opts)
-    end,
-  }
+  -- live.<feature>(opts): every feature that runs alone, on the target
+  env.live = {}
+  for _, d in ipairs(require("denet.features").list("script")) do
+    env.live[d.name] = function(opts)
+      return live(d.name, target, opts)
+    end
+  end
   env.go = function()
     if proc and proc:held() then
       proc:resume()

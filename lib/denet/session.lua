@@ -7,7 +7,8 @@
 --   {"op": "sample"}                                 -> {"ok": true, "sample": "<record JSON>" | null}
 --   {"op": "step", "seconds": 0.2}                   -> {"ok": true, "state": "running"|"exit"|..., "samples": [...]}
 --   {"op": "finish"} / {"op": "abort"}               -> {"ok": true, "summary": "<JSON>", "exit_code": n|null}
---   {"op": "offcpu"|"syscalls", ...}                 -> {"ok": true, "report": {...}, "exit_code": n|null}
+--   {"op": "offcpu"|"syscalls"|<any feature with a script>, ...}
+--                                                    -> {"ok": true, "report": {...}, "exit_code": n|null}
 --   {"op": "summary_file", "path": P}                -> {"ok": true, "summary": "<JSON>"}
 --   {"op": "summary_records", "records": [...], "elapsed": s} -> {"ok": true, "summary": "<JSON>"}
 --   {"op": "running"}                                -> {"ok": true, "running": bool}
@@ -29,21 +30,19 @@ local M = {}
 local Server = {}
 Server.__index = Server
 
--- a request's fields to run.session's options
+-- a request's fields to a monitor run's options (denet.runner): the
+-- monitor's, and every feature the monitor can add (offcpu, syscalls: the
+-- registry's monitor flags)
 local function session_opts(req, self)
   local function ms(v, default)
     return (tonumber(v) or default) / 1000
   end
+  local target = req.pid and { pids = { tonumber(req.pid) } } or { cmd = req.cmd }
   local o = {
-    cmd = req.cmd,
-    pid = req.pid,
-    interval = ms(req.base_interval_ms, 100),
-    max_interval = ms(req.max_interval_ms, 1000),
-    since_process_start = req.since_process_start == true,
-    exclude_children = req.include_children == false,
-    offcpu = req.offcpu == true,
-    syscalls = req.syscalls == true,
-    write_env = req.write_env == true,
+    target = target,
+    features = require("denet.features").for_monitor({ interval = ms(req.base_interval_ms, 100),
+      max_interval = ms(req.max_interval_ms, 1000), since_process_start = req.since_process_start == true,
+      exclude_children = req.include_children == false, write_env = req.write_env == true }, req),
     on_record = function(rec)
       self:_record(rec)
     end,
@@ -61,8 +60,7 @@ local function session_opts(req, self)
 end
 
 function Server:_record(rec)
-  local text = (self.session and self.session.m and rec.kind == "tree") and self.session.m:encode(rec)
-    or json.encode(rec)
+  local text = self.session and self.session:encode(rec) or json.encode(rec)
   if rec.kind == "metadata" then
     self.metadata = text
   elseif rec.kind == "env" then
@@ -91,8 +89,7 @@ function OPS.start(self, req)
       errors.raise(string.format("no such process: %d", pid))
     end
   end
-  local run = require("denet.monitor.run")
-  self.session = run.session(session_opts(req, self))
+  self.session = require("denet.runner").new(session_opts(req, self))
   self.session:start()
   -- the samples of start() (none) are dropped: sample and step give them
   self.pending = {}
@@ -141,40 +138,48 @@ function OPS.abort(self)
   return finish(self, true)
 end
 
--- the options of a built-in report run, from a request
-local function report_opts(req)
-  local o = {}
-  for k, v in pairs(req) do
-    if k ~= "op" and v ~= json.null then
-      o[k] = v
+local REPORT_KEYS = { op = true, cmd = true, pid = true, duration = true, plugins = true, allow_untrusted = true }
+
+-- A feature's run, as its script runs it, for a request: the report and
+-- the command's exit code. The request's other fields are the feature's
+-- options.
+local function report_op(name)
+  return function(_, req)
+    if req.cmd ~= nil and (type(req.cmd) ~= "table" or #req.cmd == 0) then
+      errors.raise("the command is empty: give a list like ['sleep', '1']")
     end
+    local d = require("denet.features").get(name)
+    local fopts, known = {}, {}
+    for _, k in ipairs(d.options or {}) do
+      known[k] = true
+    end
+    for k, v in pairs(req) do
+      if not REPORT_KEYS[k] then
+        if not known[k] then
+          errors.raise(string.format("%s: unknown option '%s' (known: %s)", name, k,
+            table.concat(d.options or {}, ", ")))
+        end
+        fopts[k] = v
+      end
+    end
+    local host = req.plugins and require("denet.plugins").load_all(req.plugins,
+      { allow_untrusted = req.allow_untrusted })
+    local run = require("denet.runner").new{ target = { cmd = req.cmd, pids = req.pid and { tonumber(req.pid) } },
+      features = { [name] = fopts }, duration = tonumber(req.duration), host = host, reports = { name } }
+    run:start()
+    run:run_to_end()
+    local _, code, reports = run:finish()
+    local report = reports[name]
+    for _, st in ipairs(report.stacks or {}) do
+      st.user, st.user_mods = nil, nil
+    end
+    return { report = report, exit_code = code == nil and json.null or code }
   end
-  if o.pid then
-    o.roots = { tonumber(o.pid) }
-    o.pid = nil
-  end
-  if o.cmd ~= nil and (type(o.cmd) ~= "table" or #o.cmd == 0) then
-    errors.raise("the command is empty: give a list like ['sleep', '1']")
-  end
-  if o.plugins then
-    o.host = require("denet.plugins").load_all(o.plugins, { allow_untrusted = o.allow_untrusted })
-    o.plugins = nil
-  end
-  return o
 end
 
-function OPS.offcpu(_, req)
-  local offcpu = require("denet.offcpu")
-  local report, code = offcpu.run(report_opts(req))
-  for _, st in ipairs(report.stacks) do
-    st.user, st.user_mods = nil, nil
-  end
-  return { report = report, exit_code = code == nil and json.null or code }
-end
-
-function OPS.syscalls(_, req)
-  local report, code = require("denet.syscalls").run(report_opts(req))
-  return { report = report, exit_code = code == nil and json.null or code }
+-- every feature that runs alone as a script is a request of its name
+for _, d in ipairs(require("denet.features").list("script")) do
+  OPS[d.name] = report_op(d.name)
 end
 
 function OPS.summary_file(_, req)

@@ -16,29 +16,18 @@
 local bit = require("bit")
 local ffi = require("ffi")
 local core = require("denet.core")
-local features = require("denet.features")
-local syms = require("denet.syms")
+local kernel = require("denet.kernel")
 
 local M = {}
 
 ffi.cdef([[
-struct dn_snap_rec {
-  uint32_t tgid, tid;
-  uint32_t state, flags;
-  int32_t cpu, kbytes;
-  uint64_t exec_start, runtime;
-  uint64_t ip, sp, bp;
-  uint64_t cx, r11, eflags, orig_ax;
-  char comm[16];
-  uint64_t kstack[32];
-};
 int sched_getaffinity(int pid, size_t size, uint8_t *mask);
 int sched_setaffinity(int pid, size_t size, const uint8_t *mask);
 int usleep(unsigned int usec);
 ]])
+local snap_ptr = require("denet.records").ptr("dn_snap_rec") -- tasks.c's records
 
 local PF_KTHREAD = 0x00200000
-local LEAF_FRAMES, MAX_FRAMES = 3, 127
 
 --- The letter ps shows for a task state word (task_struct.__state).
 function M.state_letter(state)
@@ -119,100 +108,24 @@ function M.calibrate(cpus)
   return out
 end
 
----------------------------------------------------------------------------
--- user stacks
-
--- Words of a process's memory, through /proc/PID/mem (no ptrace stop).
-local function mem_reader(pid)
-  local f = io.open("/proc/" .. pid .. "/mem", "rb")
-  if not f then
-    return nil
-  end
-  return function(addr)
-    if addr <= 0 or addr >= 2 ^ 47 then
-      return nil
-    end
-    if not f:seek("set", addr) then
-      return nil
-    end
-    local b = f:read(8)
-    if not b or #b ~= 8 then
-      return nil
-    end
-    return tonumber(ffi.cast("const uint64_t *", b)[0])
-  end, function()
-    f:close()
-  end
-end
-
---- The user stack of a thread of process pid from its saved registers:
---- addrs (the IP, then the return addresses of the frame pointer chain,
---- leaf first, as the kernel's stack walk gives them) and leaf (the
---- frames that walk loses in functions without frame pointers, which go
---- after the first address). bp nil: only the leaf frames.
-function M.user_stack(pid, ip, sp, bp)
-  local read, close = mem_reader(pid)
-  if not read or not ip or ip == 0 then
-    if close then
-      close()
-    end
-    return {}, {}
-  end
-  local addrs, leaf = { ip }, {}
-  -- functions without a frame pointer at the leaf: their CFA rules give
-  -- the callers (as bpf-src/offcpu.c's dn_leaf_unwind does)
-  local at, s = ip, sp
-  for level = 0, LEAF_FRAMES - 1 do
-    local kind, cfa, ra = syms.frame_rule(pid, at, level > 0)
-    if kind ~= "unwind" or not s then
-      break
-    end
-    local ret = read(s + cfa + ra)
-    if not ret or ret == 0 then
-      break
-    end
-    leaf[#leaf + 1] = ret
-    at, s = ret, s + cfa
-  end
-  -- then the frame pointer chain
-  while bp and bp ~= 0 and #addrs < MAX_FRAMES do
-    local ret, next_bp = read(bp + 8), read(bp)
-    if not ret or ret == 0 then
-      break
-    end
-    addrs[#addrs + 1] = ret
-    if not next_bp or next_bp <= bp then
-      break
-    end
-    bp = next_bp
-  end
-  close()
-  return addrs, leaf
-end
+--- The user stack of a thread of process pid from its saved registers
+--- (denet.stacks.unwind.walk): addrs, leaf first, and the frames a
+--- frame-pointer walk loses.
+M.user_stack = require("denet.stacks.unwind").walk
 
 ---------------------------------------------------------------------------
 -- reading threads
 
 local prog, progfd, iterator_failed
 
--- The iterator program, built once per run (kept by the compile cache).
+-- The iterator program (the snapshot feature's part, tasks.c), built once
+-- per run (kept by the compile cache).
 local function iterator()
   if progfd then
     return prog, progfd
   end
-  local btf = require("denet.btf")
-  local function off(path, alt)
-    return btf.offset_of("task_struct", path) or (alt and btf.offset_of("task_struct", alt)) or -1
-  end
-  local cflags = {
-    "-DDN_TASK_PID_OFF=" .. off("pid"), "-DDN_TASK_TGID_OFF=" .. off("tgid"),
-    "-DDN_TASK_STATE_OFF=" .. off("__state", "state"), "-DDN_TASK_FLAGS_OFF=" .. off("flags"),
-    "-DDN_TASK_CPU_OFF=" .. off("thread_info.cpu", "cpu"), "-DDN_TASK_EXEC_START_OFF=" .. off("se.exec_start"),
-    "-DDN_TASK_RUNTIME_OFF=" .. off("se.sum_exec_runtime"), "-DDN_TASK_COMM_OFF=" .. off("comm"),
-  }
-  local BPF = require("denet.bpf")
-  prog = BPF.new{ text = BPF.compose({ "tasks.c" }), cflags = cflags, name = "tasks", autoattach = false }
-  progfd = prog:load_func("bpf_iter__task", BPF.TRACING)
+  prog = require("denet.compose").build{ parts = { "snapshot" }, name = "tasks", autoattach = false }.bpf
+  progfd = prog:load_func("bpf_iter__task", require("denet.bpf").TRACING)
   return prog, progfd
 end
 
@@ -221,7 +134,7 @@ end
 --- probes go live, to make the gap between the start of its window and
 --- the snapshot small.
 function M.prepare()
-  if features.has("task_iter") and not iterator_failed then
+  if kernel.has("task_iter") and not iterator_failed then
     pcall(iterator)
   end
 end
@@ -255,7 +168,7 @@ local function from_iterator(pids, exclude)
   local size = ffi.sizeof("struct dn_snap_rec")
   local out = {}
   for i = 0, #bytes / size - 1 do
-    local r = ffi.cast("const struct dn_snap_rec *", ffi.cast("const char *", bytes) + i * size)
+    local r = ffi.cast(snap_ptr, ffi.cast("const char *", bytes) + i * size)
     local tgid = tonumber(r.tgid)
     if tgid ~= exclude then
       local t = {
@@ -362,7 +275,7 @@ end
 --- threads not running). opts.stacks = false skips the user stacks.
 function M.take(pids, exclude, opts)
   local list
-  if features.has("task_iter") and not iterator_failed then
+  if kernel.has("task_iter") and not iterator_failed then
     local ok, res, err = pcall(from_iterator, pids, exclude)
     list = ok and res or nil
     if not list then

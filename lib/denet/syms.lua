@@ -127,9 +127,7 @@ function M.resolve(pid, addr)
   return name or nil, off, module
 end
 
-local function basename(p)
-  return p and (p:match("([^/]+)$") or p)
-end
+local basename = require("denet.util").basename
 
 --- User symbol of addr in pid as text: "name" ("name+0xoff" with
 --- opts.offset, "name [module]" with opts.module), "module+0xoff" when no

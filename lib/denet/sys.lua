@@ -35,20 +35,7 @@ function M.pid()
 end
 
 -- "0-3,5" -> {0,1,2,3,5}
-function M.parse_cpu_list(s)
-  local out = {}
-  for part in (s or ""):gmatch("[^,%s]+") do
-    local a, b = part:match("^(%d+)%-(%d+)$")
-    if a then
-      for c = tonumber(a), tonumber(b) do
-        out[#out + 1] = c
-      end
-    elseif part:match("^%d+$") then
-      out[#out + 1] = tonumber(part)
-    end
-  end
-  return out
-end
+M.parse_cpu_list = require("denet.util").cpu_list
 
 --- CPUs online now (where perf buffers and sampling events go).
 function M.online_cpus()

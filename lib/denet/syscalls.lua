@@ -5,9 +5,7 @@
 -- and histograms, and the monitor's per-sample fields.
 local ffi = require("ffi")
 local core = require("denet.core")
-local errors = require("denet.errors")
 local sysnames = require("denet.sysnames")
-local tree_mod = require("denet.tree")
 
 local M = {}
 
@@ -69,51 +67,21 @@ function M.category(name)
 end
 
 ---------------------------------------------------------------------------
--- tracing
+-- tracing (the feature: lib/denet/features/syscalls.lua)
 
 local Tracer = {}
 Tracer.__index = Tracer
+M.Tracer = Tracer
 
-local START_OPTS = { "roots", "proc", "latency", "per_thread", "per_process", "by_nr", "failed", "errno", "syscalls",
-  "keys", "on_process" }
-local RUN_OPTS = { "cmd", "duration", "interval", "on_interval", "host", "top", "on_tick", "tick" }
-for _, k in ipairs(START_OPTS) do
-  RUN_OPTS[#RUN_OPTS + 1] = k
-end
+--- The options a tracer takes: latency, per_thread, per_process (without
+--- either: totals per syscall only), failed, errno (number), syscalls
+--- (list of names), keys (map size), interval (seconds: a report of each
+--- interval goes to the run's on_syscalls hook), top (rows of reports).
+M.OPTS = { "latency", "per_thread", "per_process", "failed", "errno", "syscalls", "keys", "interval", "top" }
 
---- Start counting. opts: roots = {pid,...} (their trees; none and no proc:
---- the whole machine), proc (a held denet.spawn process), latency,
---- per_thread, per_process (without either: totals per syscall only,
---- by_nr), failed, errno (number), syscalls (list of names), keys,
---- on_process(ev) (fork/exec/exit of tracked processes).
-function M.start(opts)
-  errors.check_opts("syscalls.start", opts, START_OPTS)
-  opts.by_nr = not opts.per_process and not opts.per_thread
-  local cflags = M.cflags(opts)
-  local self = setmetatable({ opts = opts, comms = {}, t0 = core.monotonic() }, Tracer)
-  self.tree = tree_mod.for_targets{
-    parts = { "syscalls" },
-    cflags = cflags,
-    name = "syscalls",
-    roots = opts.roots,
-    proc = opts.proc,
-    on_event = function(ev)
-      if ev.comm and ev.comm ~= "" then
-        self.comms[ev.pid] = ev.comm
-      end
-      if opts.on_process then
-        opts.on_process(ev)
-      end
-    end,
-  }
-  self.bpf = self.tree.bpf
-  M.set_filter(self.bpf, opts)
-  return self
-end
-
---- The clang flags of syscalls.c for opts (latency, per_thread, by_nr,
---- failed, errno, syscalls, keys); insys.c keeps start times with latency.
-function M.cflags(opts)
+--- The -D flags of opts: what changes the maps (latency histograms, the
+--- key, their size); insys.c keeps start times with latency.
+function M.plan(opts)
   local f = {}
   if opts.latency then
     f[#f + 1] = "-DDN_SC_LATENCY"
@@ -121,17 +89,8 @@ function M.cflags(opts)
   end
   if opts.per_thread then
     f[#f + 1] = "-DDN_SC_PER_THREAD"
-  elseif opts.by_nr then
+  elseif not opts.per_process then
     f[#f + 1] = "-DDN_SC_BY_NR"
-  end
-  if opts.failed then
-    f[#f + 1] = "-DDN_SC_FAILED"
-  end
-  if opts.errno then
-    f[#f + 1] = "-DDN_SC_ERRNO=" .. tonumber(opts.errno)
-  end
-  if opts.syscalls and #opts.syscalls > 0 then
-    f[#f + 1] = "-DDN_SC_FILTER"
   end
   if opts.keys then
     f[#f + 1] = "-DDN_SC_KEYS=" .. tonumber(opts.keys)
@@ -139,7 +98,15 @@ function M.cflags(opts)
   return f
 end
 
---- Mark the syscalls of opts.syscalls (names) in the in-kernel filter.
+--- The values of opts for syscalls.c's config map (dn_sc_cfg): the
+--- filters, which change from run to run without a new compile.
+function M.config(opts)
+  return { failed = opts.failed and 1 or 0, err = tonumber(opts.errno) or 0,
+    filter = (opts.syscalls and #opts.syscalls > 0) and 1 or 0 }
+end
+
+--- Mark the syscalls of opts.syscalls (names) in the in-kernel filter
+--- (before the probes are attached).
 function M.set_filter(bpf, opts)
   if not (opts.syscalls and #opts.syscalls > 0) then
     return
@@ -150,6 +117,18 @@ function M.set_filter(bpf, opts)
     if nr and nr < NRS then
       t:set(nr, 1)
     end
+  end
+end
+
+--- Counting in the run ctx (its program has syscalls.c), with opts.
+function M.new(ctx, opts)
+  return setmetatable({ bpf = ctx.bpf, opts = opts, comms = {}, t0 = core.monotonic() }, Tracer)
+end
+
+--- A process of the run forked, exec'd or exited: keep its name.
+function Tracer:on_process(ev)
+  if ev.comm and ev.comm ~= "" then
+    self.comms[ev.pid] = ev.comm
   end
 end
 
@@ -391,16 +370,33 @@ function M.report(snap, prev, opts, comms)
   return report
 end
 
---- Report of everything counted since start (or since prev).
+--- Report of everything counted since start (or since prev, a snapshot
+--- an earlier report returned second). opts: top, per_process,
+--- per_thread (default: the tracer's).
 function Tracer:report(prev, opts)
-  opts = opts or {}
+  opts = opts or { top = self.opts.top, per_process = self.opts.per_process, per_thread = self.opts.per_thread }
   local snap = self:snapshot()
   opts.duration_us = math.floor(((snap.t) - (prev and prev.t or self.t0)) * 1e6)
   return M.report(snap, prev, opts, self.comms), snap
 end
 
-function Tracer:close()
-  self.tree:close()
+--- The report of the calls since the last interval report (or since
+--- the start).
+function Tracer:interval_report()
+  local report, snap = self:report(self.prev_interval)
+  self.prev_interval = snap
+  return report
+end
+
+--- The monitor's per-sample fields (see monitor_fields), from the
+--- counts now.
+function Tracer:figures()
+  local snap = self:snapshot()
+  snap.t0 = self.t0
+  self.last_snap = snap
+  local f = M.monitor_fields(snap, self.prev_figures)
+  self.prev_figures = { total = f.total, t = snap.t }
+  return f
 end
 
 ---------------------------------------------------------------------------
@@ -567,80 +563,6 @@ function M.monitor_fields(snap, prev)
       cpu_intensity = share(function(c) return CPU_CATS[c] end),
     },
   }
-end
-
---- A whole syscall run, as `denet script syscalls` and the Python binding
---- do it: opts.cmd (run it), opts.roots (pids), or neither (the whole
---- machine); opts.duration; opts.interval (seconds) with
---- opts.on_interval(report) for reports along the way; opts.host (a
---- denet.plugins host); start()'s options and report()'s (top,
---- per_process, per_thread); opts.on_tick(tracer, final, pid) every opts.tick
---- seconds (default 1) and once more at the end, before the tracer closes
---- (the Prometheus export). Returns the final report and, for a command,
---- its exit code.
-function M.run(opts)
-  errors.check_opts("syscalls.run", opts, RUN_OPTS)
-  local denet = require("denet")
-  local host = opts.host or require("denet.plugins").host({})
-  host:init()
-  local proc
-  if opts.cmd and #opts.cmd > 0 then
-    denet.set_subreaper(true)
-    proc = denet.spawn(opts.cmd)
-  end
-  local t = M.start(setmetatable({
-    proc = proc,
-    on_process = function(ev)
-      host:call("on_process", ev)
-    end,
-  }, { __index = opts }))
-  local ropts = { top = opts.top, per_process = opts.per_process, per_thread = opts.per_thread }
-  local prev, ticker
-  if opts.interval then
-    ticker = denet.every(opts.interval, function()
-      local report, snap = t:report(prev, ropts)
-      prev = snap
-      host:call("on_syscalls", report)
-      if opts.on_interval then
-        opts.on_interval(report)
-      end
-    end)
-  end
-  local roots = opts.roots or {}
-  local root = proc and proc.pid or roots[1]
-  local tick = opts.on_tick and denet.every(opts.tick or 1, function()
-    opts.on_tick(t, false, root)
-  end)
-  host:call("on_start", { pid = proc and proc.pid or roots[1], pids = roots, cmd = opts.cmd or {} })
-  host:start_intervals(require("denet.plugins").stopper(proc))
-  local code
-  local ok, err = pcall(function()
-    if proc then
-      proc:resume()
-      code = proc:wait_for(opts.duration, nil, { forward = true })
-    else
-      denet.run{ duration = opts.duration }
-    end
-  end)
-  if ticker then
-    ticker:close()
-  end
-  if tick then
-    tick:close()
-    if ok then
-      opts.on_tick(t, true, root)
-    end
-  end
-  host:stop_intervals()
-  if not ok then
-    t:close()
-    error(err, 0)
-  end
-  local report = t:report(prev, ropts)
-  t:close()
-  host:call("on_syscalls", report)
-  host:call("on_end", report)
-  return report, proc and code or nil
 end
 
 return M

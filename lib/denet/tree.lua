@@ -6,8 +6,10 @@
 -- (bpf-src/tree.c): forks of tracked processes are added before the child
 -- first runs, exits remove them, and fork/exec/exit reach user space as
 -- ring buffer events. Features compose their own BPF C with tree.c into
--- one program (denet.compose; opts.parts, opts.text) and filter with
--- dn_wanted(tgid, tid).
+-- one program (denet.compose; opts.features, opts.text) and filter with
+-- dn_wanted(tgid, tid), which follows the run's target: the tree, every
+-- thread of the machine but denet's own, or one thread (tree.c's config
+-- map).
 --
 -- Without BPF privileges the tree is found by polling /proc (children of
 -- each tracked process at every refresh); processes that live shorter than
@@ -22,14 +24,7 @@ local sys = require("denet.sys")
 
 local M = {}
 
-ffi.cdef([[
-struct dn_tree_event {
-  uint32_t kind, pid, ppid, pad;
-  uint64_t ts_ns, nvcsw, nivcsw;
-  char comm[16];
-  char filename[128];
-};
-]])
+local records = require("denet.records")
 
 M.FORK, M.EXEC, M.EXIT = 1, 2, 3
 local KIND_NAME = { "fork", "exec", "exit" }
@@ -44,15 +39,19 @@ local function bpf_usable()
 end
 M.bpf_usable = bpf_usable
 
-local NEW_OPTS = { "bpf", "parts", "text", "cflags", "name", "follow", "on_event", "before_attach" }
-local TARGET_OPTS = { "roots", "proc", "tid", "parts", "text", "cflags", "name", "on_event", "before_attach" }
+local NEW_OPTS = { "bpf", "features", "text", "cflags", "name", "follow", "on_event", "before_attach" }
+local RUN_OPTS = { "bpf", "target", "proc", "features", "text", "cflags", "name", "follow", "on_event",
+  "before_attach" }
+local TARGET_OPTS = { "roots", "proc", "tid", "features", "text", "cflags", "name", "on_event", "before_attach" }
 local PLUGIN_OPTS = { "text", "cflags", "name" }
 
 --- Create the tree model.
 --- opts.bpf: true (required), false (never), nil (when usable);
---- opts.parts: names of more BPF parts (denet.compose) to build with the
---- tree; opts.text: a script's own BPF C ({ name=, text= } items, which
---- can use dn_wanted()); opts.cflags; opts.name (for diagnostics);
+--- opts.features: { name = options } of more features (denet.features)
+--- whose BPF parts are built with the tree (features.tree: the tree's own
+--- options, its target mode); opts.text: a script's own BPF C ({ name=,
+--- text= } items, which can use dn_wanted()); opts.cflags; opts.name (for
+--- diagnostics);
 --- opts.follow (default true): add forked children;
 --- opts.on_event(ev): ev = { kind = "fork"|"exec"|"exit", pid, ppid,
 ---   comm, filename, ts_ns, nvcsw, nivcsw }.
@@ -77,11 +76,11 @@ function M.new(opts)
     want = bpf_usable()
   end
   if want then
-    local parts = { "tree" }
-    for _, p in ipairs(opts.parts or {}) do
-      parts[#parts + 1] = p
+    local feats = { tree = {} }
+    for n, o in pairs(opts.features or {}) do
+      feats[n] = o
     end
-    self.program = require("denet.compose").build{ parts = parts, text = opts.text, cflags = opts.cflags,
+    self.program = require("denet.compose").build{ features = feats, text = opts.text, cflags = opts.cflags,
       name = opts.name or "tree", before_attach = opts.before_attach }
     self.bpf = self.program.bpf
     self.tracked = self.bpf:get_table("dn_tracked")
@@ -92,9 +91,9 @@ function M.new(opts)
       self:_event(e)
     end
     if self.program:has_flag("-DDN_TREE_PERF") then
-      self.events = events:open_perf_buffer(on, { type = "struct dn_tree_event", page_cnt = 16 })
+      self.events = events:open_perf_buffer(on, { type = records.cname("dn_tree_event"), page_cnt = 16 })
     else
-      self.events = events:open_ring_buffer(on, { type = "struct dn_tree_event" })
+      self.events = events:open_ring_buffer(on, { type = records.cname("dn_tree_event") })
     end
     self.mode = "bpf"
   else
@@ -222,7 +221,7 @@ end
 --- pass: pid -> { nvcsw, nivcsw, switch-ins, threads on a CPU now, gen }
 --- (entries whose gen is not the returned gen are stale); nil without BPF.
 --- The tables are reused by the next call.
-local task_ptr = ffi.typeof("struct { uint32_t ppid, running; uint64_t nvcsw, nivcsw, ins; } *")
+local task_ptr = records.ptr("dn_task")
 local u32_ptr = ffi.typeof("const uint32_t *")
 
 function Tree:ctx_switches()
@@ -275,45 +274,47 @@ function Tree:close()
   end
 end
 
---- A BPF-tracked tree for a feature's targets: opts.roots (existing
---- process trees, their descendants included), opts.proc (a held command,
---- tracked before it runs), opts.tid (one thread), or none of them: every
---- thread of the machine but denet's own (-DDN_WANT_ALL). Takes new()'s parts, text,
---- cflags, name and on_event. Plugins build their own BPF C on it: their
---- probes filter with dn_wanted(tgid, tid), and exits leave the set.
-function M.for_targets(opts)
-  errors.check_opts("tree.for_targets", opts, TARGET_OPTS)
-  local cflags = {}
-  for _, f in ipairs(opts.cflags or {}) do
-    cflags[#cflags + 1] = f
+--- The tree of a run's target, built with the run's features (a
+--- denet.runner run): opts.target = { pids = {...} } (existing processes,
+--- their descendants included), { tid = N } (one thread), { cmd = ... }
+--- with opts.proc (a held command, tracked before it runs), or {} (every
+--- thread of the machine but denet's own); opts.bpf (false: /proc polling,
+--- for the monitor alone); opts.follow (default true); and new()'s
+--- features, text, cflags, name, on_event and before_attach.
+function M.for_run(opts)
+  errors.check_opts("tree.for_run", opts, RUN_OPTS)
+  local t = opts.target or {}
+  local all = not (t.pids and #t.pids > 0) and not opts.proc and not t.tid
+  local feats = {}
+  for n, o in pairs(opts.features or {}) do
+    feats[n] = o
   end
-  local all = (not opts.roots or #opts.roots == 0) and not opts.proc
-  if opts.tid then
-    cflags[#cflags + 1] = "-DDN_WANT_TID=" .. tonumber(opts.tid)
-  elseif all then
-    cflags[#cflags + 1] = "-DDN_WANT_ALL"
-  end
-  local function before_attach(bpf)
-    if all and not opts.tid then
-      -- what denet itself does is not what the user asked about
-      bpf:get_table("dn_self_tgid"):set(0, core.ids().pid)
-    end
-    if opts.before_attach then
-      opts.before_attach(bpf)
-    end
-  end
-  local tree = M.new{ bpf = true, parts = opts.parts, text = opts.text, cflags = cflags, name = opts.name,
-    on_event = opts.on_event, before_attach = before_attach }
-  for _, pid in ipairs(opts.roots or {}) do
+  feats.tree = { mode = t.tid and "tid" or all and "all" or "tree", tid = t.tid }
+  local tree = M.new{ bpf = opts.bpf, features = feats, text = opts.text, cflags = opts.cflags, name = opts.name,
+    follow = opts.follow, on_event = opts.on_event, before_attach = opts.before_attach }
+  for _, pid in ipairs(t.pids or {}) do
     tree:add(pid, core.read_stat(pid), { root = true, descendants = true })
   end
   if opts.proc then
     tree:add(opts.proc.pid, core.ids().pid, { root = true })
   end
-  if opts.tid then
-    tree:add_thread_mask(tonumber(opts.tid))
+  if t.tid then
+    tree:add_thread_mask(tonumber(t.tid))
   end
   return tree
+end
+
+--- A BPF-tracked tree for targets: opts.roots (existing process trees,
+--- their descendants included), opts.proc (a held command, tracked before
+--- it runs), opts.tid (one thread), or none of them: every thread of the
+--- machine but denet's own. Takes new()'s features, text, cflags, name,
+--- on_event and before_attach. Plugins build their own BPF C on it: their
+--- probes filter with dn_wanted(tgid, tid), and exits leave the set.
+function M.for_targets(opts)
+  errors.check_opts("tree.for_targets", opts, TARGET_OPTS)
+  return M.for_run{ bpf = true, target = { pids = opts.roots, tid = opts.tid }, proc = opts.proc,
+    features = opts.features, text = opts.text, cflags = opts.cflags, name = opts.name, on_event = opts.on_event,
+    before_attach = opts.before_attach }
 end
 
 --- The tracked tree of a plugin's target (the table on_start received:

@@ -374,22 +374,22 @@ describe("without BPF privileges", function()
 end)
 
 describe("the Lua API", function()
-  it("monitors a spawned command and hands each sample to a callback", function()
-    local denet = require("denet")
-    local monitor = require("denet.monitor")
-    local p = denet.spawn({ H.fixture("spin_children"), "1", "0.5", "cpu" })
+  it("a run of the monitor on a command hands each record to a callback", function()
+    local runner = require("denet.runner")
     local seen = {}
-    local m = monitor.new{ proc = p, interval = 0.05, max_interval = 0.05, on_sample = function(rec)
-      seen[#seen + 1] = rec
-    end }
-    m:start()
-    assert.equals("exit", m:run())
-    local code = m:collect_root()
-    local totals = m:finish() -- what the tree used, counted after the last sample too
+    local r = runner.new{ target = { cmd = { H.fixture("spin_children"), "1", "0.5", "cpu" } },
+      features = { monitor = { interval = 0.05, max_interval = 0.05 } }, on_record = function(rec)
+        if rec.kind == "tree" then
+          seen[#seen + 1] = rec
+        end
+      end }
+    r:start()
+    assert.is_nil(r:run_to_end())
+    local summary, code = r:finish() -- what the tree used, counted after the last sample too
     assert.equals(0, code)
     assert.is_true(#seen >= 8)
-    assert.equals("tree", seen[3].kind)
+    assert.equals(#seen, summary.sample_count)
     assert.is_true(seen[3].aggregated.process_count >= 1)
-    assert.is_true(math.abs(totals.cpu_time_secs - 0.5) < 0.05, "cpu " .. totals.cpu_time_secs)
+    assert.is_true(math.abs(summary.cpu_time_secs - 0.5) < 0.05, "cpu " .. summary.cpu_time_secs)
   end)
 end)

@@ -9,7 +9,7 @@ local _ -- results a test does not look at
 local cjson = require("cjson")
 local denet = require("denet")
 local BPF = require("denet.bpf")
-local features = require("denet.features")
+local kernel = require("denet.kernel")
 
 local function within(x, want, frac)
   return math.abs(x - want) <= want * frac
@@ -162,7 +162,7 @@ describe("on this kernel", function()
   it("kprobe__ and kretprobe__ auto-attach, attach_kprobe, and fentry count every call", function()
     local n = 7
     local p = denet.spawn({ H.fixture("sleep_loop"), tostring(n), "5" })
-    if not features.has("kprobes") then
+    if not kernel.has("kprobes") then
       local ok, e = pcall(BPF.new, { text = "int kprobe__do_nanosleep(void *ctx) { return 0; }" })
       assert.is_false(ok)
       assert.matches("this kernel has no kprobes", tostring(e.message or e))
@@ -184,7 +184,7 @@ KFUNC_PROBE(do_nanosleep) { return count(3); }
     b:attach_kprobe{ event = "do_nanosleep", fn_name = "kprobe__do_nanosleep" }
     b:attach_kretprobe{ event = "do_nanosleep", fn_name = "kretprobe__do_nanosleep" }
     b:attach_kprobe{ event = "do_nanosleep", fn_name = "by_hand" }
-    local fentry = features.has("fentry")
+    local fentry = kernel.has("fentry")
     if fentry then
       b:attach_kfunc{ fn_name = "kfunc__do_nanosleep" }
     end
@@ -211,7 +211,7 @@ int kretprobe__do_nanosleep(void *ctx) { if ((bpf_get_current_pid_tgid() >> 32) 
   end)
 
   it("retprobe=true reads the return value: getppid's, through denet's API and bcc's", function()
-    if not features.has("kprobes") then
+    if not kernel.has("kprobes") then
       return
     end
     local n = 5

@@ -1,7 +1,7 @@
--- Kernel stack reuse templates (lib/denet/offcpu.lua, kt_template): where
--- each address of a walked stack is found in the copies of stack memory.
+-- Kernel stack reuse templates (lib/denet/stacks/kernel.lua): where each
+-- address of a walked stack is found in the copies of stack memory.
 local ffi = require("ffi")
-local offcpu = require("denet.offcpu")
+local kstacks = require("denet.stacks.kernel")
 
 local SP, TOP = 0xffffc90000103000ULL, 0xffffc90000104000ULL
 local A, B, C, D = 0xffffffff81001111ULL, 0xffffffff81002222ULL, 0xffffffff81003333ULL, 0xffffffff81004444ULL
@@ -20,7 +20,7 @@ describe("kernel stack templates", function()
     r.inner[7] = B
     r.inner[12] = C
     r.outer[10] = D -- the syscall entry's frame, near the top
-    local t = offcpu.kt_template(r, { A, B, C, D })
+    local t = kstacks.template(r, { A, B, C, D })
     assert.equals(77, t.kstack)
     assert.equals(4, t.n)
     assert.same({ [0] = 3, 7, 12, 10 }, t.word)
@@ -35,8 +35,8 @@ describe("kernel stack templates", function()
     local r = rec()
     r.inner[2] = A
     r.inner[6] = B
-    assert.is_nil(offcpu.kt_template(r, { X, A, B }))
-    local t = offcpu.kt_template(r, { X, A, B }, 1)
+    assert.is_nil(kstacks.template(r, { X, A, B }))
+    local t = kstacks.template(r, { X, A, B }, 1)
     assert.equals(2, t.n)
     assert.same({ [0] = 2, 6 }, t.word)
     assert.is_true(t.val[0] == A and t.val[1] == B)
@@ -49,7 +49,7 @@ describe("kernel stack templates", function()
     local r = rec(sp)
     r.inner[2] = A
     r.outer[4] = B -- 256 - 32 = 224 bytes below the top
-    local t = offcpu.kt_template(r, { A, B })
+    local t = kstacks.template(r, { A, B })
     assert.same({ [0] = 2, 4 }, t.word)
     assert.equals(2, t.outer)
     assert.equals(3, t.span) -- only A is read from sp
@@ -58,18 +58,18 @@ describe("kernel stack templates", function()
   it("no template when a frame is missing, the copy failed or the stack is too deep", function()
     local r = rec()
     r.inner[3] = A
-    assert.is_nil(offcpu.kt_template(r, { A, B }))
+    assert.is_nil(kstacks.template(r, { A, B }))
     r.inner[5] = B
-    assert.is_not_nil(offcpu.kt_template(r, { A, B }))
+    assert.is_not_nil(kstacks.template(r, { A, B }))
     -- B above A only: a B below A does not count
-    assert.is_nil(offcpu.kt_template(r, { B, A }))
+    assert.is_nil(kstacks.template(r, { B, A }))
     r.ok = 0
-    assert.is_nil(offcpu.kt_template(r, { A, B }))
+    assert.is_nil(kstacks.template(r, { A, B }))
     local deep = {}
     for i = 1, 33 do
       deep[i] = A
     end
     r.ok = 1
-    assert.is_nil(offcpu.kt_template(r, deep))
+    assert.is_nil(kstacks.template(r, deep))
   end)
 end)

@@ -33,7 +33,7 @@ function M.convert(text)
       local cmd = type(rec.cmd) == "table" and rec.cmd or nil
       ident = { target = require("denet.export.prometheus").target_name(cmd, nil), pid = tonumber(rec.pid) or "" }
       if (not cmd or not cmd[1]) and type(rec.executable) == "string" then
-        ident.target = rec.executable:match("([^/]+)$") or rec.executable
+        ident.target = require("denet.util").basename(rec.executable)
       end
     elseif kind == "tree" or kind == "sample" then
       local _, ts = summary.figures(rec, kind)

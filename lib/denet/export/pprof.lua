@@ -14,10 +14,7 @@ local errors = require("denet.errors")
 local M = {}
 
 local function basename(p)
-  if type(p) ~= "string" then
-    return ""
-  end
-  return p:match("([^/]+)$") or p
+  return type(p) == "string" and require("denet.util").basename(p) or ""
 end
 
 --- The profile table core.pprof_write takes, from an off-CPU report.

@@ -65,33 +65,11 @@ M.ARGS = {
     .. "figures until a scrape has them, S seconds at most" },
 }
 
---- For a tracing script's --prometheus: serve, and return the on_tick
---- function its run calls (every second, and once at the end) that
---- publishes fams_of(tracer, ident), and a finish() that lingers and
---- closes. nil when spec is nil.
-function M.for_script(spec, linger, cmd, pids, fams_of)
-  if not spec then
-    return nil, function() end
-  end
-  local ex = M.serve(spec, { target = M.target_name(cmd, pids and pids[1]), pid = pids and pids[1] or "" })
-  io.stderr:write("denet: serving metrics on ", ex.url, "\n")
-  local function on_tick(t, _, pid)
-    if pid then
-      ex.ident.pid = pid
-    end
-    ex:publish(fams_of(t, ex.ident))
-  end
-  return on_tick, function()
-    ex:linger(linger)
-    ex:close()
-  end
-end
-
 --- The name a target goes by: the command's (argv[1] without its folder),
 --- else the process's comm.
 function M.target_name(cmd, pid)
   if type(cmd) == "table" and type(cmd[1]) == "string" and cmd[1] ~= "" then
-    return (cmd[1]:match("([^/]+)$") or cmd[1])
+    return require("denet.util").basename(cmd[1])
   end
   if pid then
     local s = core.read_file("/proc/" .. pid .. "/comm")

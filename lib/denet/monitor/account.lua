@@ -162,9 +162,9 @@ function M.tree_cpu(total, last_total, dt)
   return usage, math.max(total, last_total)
 end
 
+--- x rounded to `digits` decimals (3 when nil).
 function M.round(x, digits)
-  local m = 10 ^ (digits or 3)
-  return math.floor(x * m + 0.5) / m
+  return require("denet.util").round(x, digits or 3)
 end
 
 return M

@@ -32,20 +32,7 @@ function M.range_list(cpus)
 end
 
 -- The CPUs in a "0-3,7" list.
-local function parse_range_list(s)
-  local cpus = {}
-  for part in (s or ""):gmatch("[^,%s]+") do
-    local a, b = part:match("^(%d+)%-(%d+)$")
-    if a then
-      for c = tonumber(a), tonumber(b) do
-        cpus[#cpus + 1] = c
-      end
-    elseif part:match("^%d+$") then
-      cpus[#cpus + 1] = tonumber(part)
-    end
-  end
-  return cpus
-end
+local parse_range_list = require("denet.util").cpu_list
 
 -- The CPUs pid may run on (Cpus_allowed_list), or nil.
 local function affinity(pid)

@@ -1,16 +1,16 @@
 -- denet.monitor: CPU, memory, I/O and threads of a process tree, sampled
 -- at (adaptive) intervals, as records in the original denet's format.
 --
---   local monitor = require("denet.monitor")
---   local m = monitor.new{ proc = denet.spawn(cmd), on_sample = function(rec) ... end }
---   m:start()                 -- tracks the tree, takes the baseline, resumes a held command
---   local why = m:run{ stop_at = ... }
---   m:collect_root(); local totals = m:finish()
+-- This is the sampler of the monitor feature (lib/denet/features/monitor.lua),
+-- which a run (denet.runner) drives: it reads, and leaves the arithmetic
+-- to denet.monitor.account, the summary to denet.monitor.summary, the env
+-- record to denet.monitor.env, and the run (target, schedule of the loop,
+-- end) to denet.runner:
 --
--- This is the sampler: it reads, and leaves the arithmetic to
--- denet.monitor.account, the summary to denet.monitor.summary, the env
--- record to denet.monitor.env and the run/attach loop the CLI, plugins and
--- Python share to denet.monitor.run.
+--   local m = monitor.new(run, { interval = 0.1, max_interval = 1 })
+--   m:start()                 -- the processes of the tree, the baseline
+--   m:schedule(emit)          -- samples on the adaptive schedule, each to emit(rec)
+--   m:before_reap(); ...; m:after_reap(rusage); local totals = m:totals()
 --
 -- Where the numbers come from:
 -- * /proc/PID/{stat,io,fd,smaps_rollup} through held fds (host/dn_procfs.c).
@@ -24,10 +24,8 @@
 local ffi = require("ffi")
 local bit = require("bit")
 local core = require("denet.core")
-local denet = require("denet")
 local errors = require("denet.errors")
 local procfs = require("denet.procfs")
-local tree_mod = require("denet.tree")
 local json = require("denet.json")
 local account = require("denet.monitor.account")
 local env = require("denet.monitor.env")
@@ -66,93 +64,49 @@ Monitor.__index = Monitor
 local COUNTERS = account.COUNTERS
 local zero_counters = account.zero
 
-local NEW_OPTS = { "proc", "pid", "interval", "max_interval", "exclude_children", "since_process_start", "bpf",
-  "pss_interval", "refresh_interval", "on_sample", "on_event", "parts", "text", "cflags", "offcpu", "syscalls",
-  "syscall_latency" }
+--- The options of the monitor: interval, max_interval (seconds; 0.1 and
+--- 1: the base interval for the first second, then a linear ramp to max
+--- by 10 s), exclude_children (the root only: `sample` records),
+--- since_process_start (I/O counted from each process's start instead of
+--- from when monitoring began), pss_interval (seconds between
+--- smaps_rollup reads, default 5: the kernel walks every page table for
+--- it), refresh_interval (seconds between reads of processes that did not
+--- run, for their resident memory; default 2), no_polling (no samples
+--- while it runs), write_env (an env record first).
+M.OPTS = { "interval", "max_interval", "exclude_children", "since_process_start", "pss_interval",
+  "refresh_interval", "no_polling", "write_env" }
 
---- Create a monitor. opts:
----   proc = a denet.spawn() process (run), or pid = N (attach);
----   interval, max_interval (seconds; defaults 0.1 and 1);
----   exclude_children; since_process_start (I/O counted from each
----   process's start instead of from when monitoring began);
----   bpf = true/false/nil (nil: use BPF when it can work here);
----   pss_interval (seconds between smaps_rollup reads, default 5: the
----   kernel walks every page table for it);
----   refresh_interval (seconds between reads of processes that did not
----   run, for their resident memory; default 2);
----   on_sample(record), on_event(ev) (fork/exec/exit of the tree);
----   parts (names of denet.compose parts), text (a script's own BPF C),
----   cflags: more BPF to compile with the tree.
-function M.new(opts)
-  errors.check_opts("monitor.new", opts, NEW_OPTS)
+--- The sampler of run ctx (denet.runner: its tree, proc or target pid,
+--- and emit(rec) for each sample), with the options above.
+function M.new(ctx, opts)
+  errors.check_opts("monitor.new", opts, M.OPTS)
   local self = setmetatable({
+    ctx = ctx,
     opts = opts,
-    proc = opts.proc,
-    root = opts.proc and opts.proc.pid or opts.pid,
+    tree = ctx.tree,
+    proc = ctx.proc,
+    root = ctx.root,
     base = opts.interval or 0.1,
     max = math.max(opts.max_interval or 1, opts.interval or 0.1),
     pss_interval = opts.pss_interval or 5,
     refresh_interval = opts.refresh_interval or 2,
     exclude_children = opts.exclude_children or false,
     since_start = opts.since_process_start or false,
-    on_sample = opts.on_sample,
     procs = {},            -- pid -> state
     jp = {}, jc = {}, ju = {}, -- reused by encode()
     gone_parents = {},     -- pid -> sample number when it left
     departed = zero_counters(),
     samples = 0,
+    late = 0,
     mypid = core.ids().pid,
     started = 0,
     exited = 0,
     last_cpu_total = 0,
   }, Monitor)
-  if not self.root then
-    error("monitor.new: give proc= or pid=", 2)
-  end
   local ppid, _, _, state = core.read_stat(self.root)
   if not ppid or state == ZOMBIE then
     errors.raise(string.format("no such process: %d", self.root))
   end
-  -- scheduling counters; off-CPU accounting and syscall counts of the
-  -- same tree go in the same program (denet.compose)
-  local parts, cflags = { "ctxsw" }, {}
-  if opts.syscalls then
-    parts[#parts + 1] = "syscalls"
-    if opts.syscall_latency then
-      for _, f in ipairs(require("denet.syscalls").cflags({ latency = true })) do
-        cflags[#cflags + 1] = f
-      end
-    end
-  end
-  if opts.offcpu then
-    parts[#parts + 1] = "offcpu"
-    cflags[#cflags + 1] = "-DDN_KSTACK_REUSE"
-  end
-  for _, p in ipairs(opts.parts or {}) do
-    parts[#parts + 1] = p
-  end
-  for _, f in ipairs(opts.cflags or {}) do
-    cflags[#cflags + 1] = f
-  end
-  if (opts.offcpu or opts.syscalls) and opts.bpf == false then
-    errors.raise(string.format("--%s needs BPF, which is not available here (see denet doctor)",
-      opts.offcpu and "offcpu" or "syscalls"))
-  end
-  self.tree = tree_mod.new{
-    bpf = opts.bpf,
-    follow = not self.exclude_children,
-    parts = parts,
-    text = opts.text,
-    cflags = cflags,
-    name = "monitor",
-    on_event = function(ev)
-      self:_tree_event(ev)
-    end,
-  }
-  if opts.offcpu and self.tree.program and self.tree.program:has_flag("-DDN_KSTACK_REUSE") then
-    require("denet.offcpu").learn_kstacks(self.tree.bpf, self.tree.program:has_flag("-DDN_SWITCH_RAW"))
-  end
-  self.sc_t0 = core.monotonic()
   self.ptab = procfs.new()
   -- did pid not run since its last read? (its switch counts are the same
   -- and no thread of it is on a CPU)
@@ -179,7 +133,9 @@ function Monitor:_watch(pid, ppid, born)
   return st
 end
 
-function Monitor:_tree_event(ev)
+--- A process of the tree forked, exec'd or exited (the run passes the
+--- tree's events on).
+function Monitor:on_process(ev)
   if ev.kind == "fork" then
     self.started = self.started + 1
     self:_watch(ev.pid, ev.ppid, true)
@@ -194,9 +150,6 @@ function Monitor:_tree_event(ev)
       st.final_ctx = { ev.nvcsw, ev.nivcsw }
     end
   end
-  if self.opts.on_event then
-    self.opts.on_event(ev)
-  end
 end
 
 -- The counters of one reading. With exclude_children the root's CPU time
@@ -210,26 +163,14 @@ function Monitor:_counters(s)
   return c
 end
 
---- Begin: track the root (and, when attaching, its existing descendants),
---- take the baseline, and resume the command if it is held.
-function Monitor:start(opts)
-  errors.check_opts("start", opts, { "before_resume" })
-  local ppid = core.read_stat(self.root)
-  self.tree:add(self.root, ppid, { root = true, descendants = self.proc == nil })
+--- Begin: watch the processes of the tree (the run tracks the root and,
+--- when attaching, its existing descendants) and take the baseline.
+function Monitor:start()
   for pid, info in pairs(self.tree.live) do
     local st = self:_watch(pid, info.ppid, false)
     if not st and pid == self.root then
       errors.raise(string.format("cannot read process %d: it exited or may not be read", self.root))
     end
-  end
-  if self.opts.offcpu and self.proc == nil and self.tree.bpf then
-    -- threads of an attached process blocked since before: from now on
-    local pids = {}
-    for pid in pairs(self.tree.live) do
-      pids[#pids + 1] = pid
-    end
-    -- (the monitor's records hold no stacks)
-    require("denet.offcpu").seed_blocked(self.tree.bpf, pids, { stacks = false }, core.monotonic_ns())
   end
   local root = self.procs[self.root]
   if self.proc == nil and not root.io_ok then
@@ -260,14 +201,6 @@ function Monitor:start(opts)
   self.prev_t = self.t0_boot
   self.last_pss_t = -math.huge
   self.last_full_t = -math.huge
-  -- opts.before_resume: what must happen before the command runs (a
-  -- plugin's uprobes on it)
-  if opts and opts.before_resume then
-    opts.before_resume()
-  end
-  if self.proc and self.proc:held() then
-    self.proc:resume()
-  end
   return self
 end
 
@@ -495,20 +428,8 @@ function Monitor:sample(opts)
   end
   agg.processes_started = self.started
   agg.processes_exited = self.exited
-  if (self.opts.offcpu or self.opts.syscalls) and self.tree.bpf then
-    agg.ebpf = {}
-    if self.opts.offcpu then
-      agg.ebpf.offcpu = require("denet.offcpu").monitor_fields(self.tree.bpf)
-    end
-    if self.opts.syscalls then
-      local syscalls = require("denet.syscalls")
-      local snap = syscalls.snapshot(self.tree.bpf)
-      snap.t0 = self.sc_t0
-      self.sc_snap = snap
-      agg.ebpf.syscalls = syscalls.monitor_fields(snap, self.sc_prev)
-      self.sc_prev = { total = agg.ebpf.syscalls.total, t = snap.t }
-    end
-  end
+  -- the run's other features' figures (off-CPU time, syscalls)
+  agg.ebpf = self.ctx:figures()
   if quiet then
     self.tot = tot
     return agg
@@ -538,9 +459,6 @@ function Monitor:sample(opts)
     rec = { kind = "tree", ts_ms = ts_ms, parent = parent or json.null, children = children, aggregated = agg }
   end
   self.last_record = rec
-  if self.on_sample then
-    self.on_sample(rec)
-  end
   return rec
 end
 
@@ -593,112 +511,46 @@ function Monitor:root_exited(rusage)
   end
 end
 
---- Run until the root exits, the monotonic time opts.stop_at, or a
---- signal. Returns the reason: "exit", "duration", "signal" (and the
---- signal and its si_code). Samples are taken on the adaptive schedule,
---- each deadline computed from the previous one, so there is no drift.
-function Monitor:run(opts)
-  errors.check_opts("run", opts, { "stop_at", "no_samples" })
-  opts = opts or {}
-  local stop_at = opts.stop_at
-  local reason, sig, si_code
+--- Sample on the adaptive schedule from now on (none with no_polling):
+--- each deadline is computed from the previous one, so there is no
+--- drift; deadlines already past when a sample was taken (the loop was
+--- held up: a slow callback, a busy machine) are skipped, and counted.
+--- Each record goes to emit(rec); an attached root that has gone ends
+--- the run.
+function Monitor:schedule(emit)
+  if self.opts.no_polling then
+    return
+  end
+  local deadline = self.t0_mono + self.base
   local timer
-  self.deadline = self.deadline or (self.t0_mono + self.base)
-  local function arm()
-    local fire = self.deadline
-    if opts.no_samples then
-      -- no samples while it runs (--no-polling): only the end matters
-      fire = stop_at or math.huge
-    elseif stop_at and stop_at < fire then
-      fire = stop_at
-    end
-    if fire < math.huge then
-      timer:at(fire)
-    end
-  end
-  timer = denet.timer(function()
+  timer = self.ctx:timer(function()
     local now = core.monotonic()
-    if opts.no_samples or (stop_at and now >= stop_at - 1e-4 and now < self.deadline - 1e-4) then
-      reason = "duration"
-      return
+    local rec = self:sample()
+    if rec then
+      emit(rec)
     end
-    self:sample()
     self:_check_root_gone()
-    self.deadline = self.deadline + M.interval_at(self.deadline - self.t0_mono, self.base, self.max)
-    -- deadlines already past when this sample was taken (the loop was
-    -- held up: a slow callback, a busy machine) are skipped, and counted
-    while self.deadline <= now do
-      self.late = (self.late or 0) + 1
-      self.deadline = self.deadline + M.interval_at(self.deadline - self.t0_mono, self.base, self.max)
-    end
-    if stop_at and now >= stop_at - 1e-4 then
-      reason = "duration"
-      return
-    end
-    arm()
+    repeat
+      deadline = deadline + M.interval_at(deadline - self.t0_mono, self.base, self.max)
+      self.late = self.late + (deadline <= now and 1 or 0)
+    until deadline > now
+    timer:at(deadline)
   end)
-  arm()
-  local exit_watch
-  if self.proc then
-    -- readable once the command has exited (it stays a zombie for
-    -- collect_root to read); -1 when it was reaped already
-    local fd = self.proc.c:pidfd()
-    if fd >= 0 then
-      exit_watch = denet.watch_fd(fd, function()
-        reason = "exit"
-        self.exit_ms = self.exit_ms or math.floor(core.realtime() * 1000)
-        exit_watch:close()
-      end)
-    else
-      reason = "exit"
-    end
-  end
-  denet.with_signals_deferred(function()
-    while not reason and not self.root_gone do
-      local _, s, code = denet.poll(-1)
-      if s ~= 0 and not reason then
-        reason, sig, si_code = "signal", s, code
-      end
-      if self.stop_requested and not reason then
-        -- a plugin ended the run: as when the duration is over
-        self.stop_requested = false
-        self.stopped_by_request = true
-        reason = "duration"
-      end
-    end
-  end)
-  timer:close()
-  if exit_watch then
-    exit_watch:close()
-  end
-  if not reason and self.root_gone then
-    reason = "exit"
-  end
-  return reason, sig, si_code
-end
-
---- End the run as if the duration were over (from a callback: run()
---- returns "duration" once the callback is done).
-function Monitor:request_stop()
-  self.stop_requested = true
+  timer:at(deadline)
 end
 
 function Monitor:_check_root_gone()
-  if not self.proc and not self.procs[self.root] then
+  if not self.proc and not self.procs[self.root] and not self.root_gone then
     self.root_gone = true
+    self.ctx:request_end("exit")
   end
 end
 
---- After the root exited (run mode): wait for it, take the final sample
---- (its zombie still shows its last I/O), reap it and count its exact
---- rusage. Returns its exit code.
-function Monitor:collect_root()
-  if not self.proc then
-    return nil
-  end
-  -- the zombie's counters first, then the exact rusage
+--- The command has exited (run mode) and is about to be reaped: its
+--- zombie's counters are read now (it still shows its last I/O).
+function Monitor:before_reap()
   local st = self.procs[self.root]
-  if st then
+  if self.proc and st then
     local buf, n = self.ptab:sample(false, false)
     for i = 0, n - 1 do
       local s = buf[i]
@@ -707,24 +559,27 @@ function Monitor:collect_root()
       end
     end
   end
-  local code, ru = self.proc:wait()
-  self:root_exited(ru)
-  return code
 end
 
---- Stop: account for what happened since the last sample (children
---- reaped, the root's exact rusage) without writing a record (a sample
---- taken once the root is gone would be no measurement of it), and
---- release the BPF programs. Returns the tree's final totals (the
---- aggregated fields of such a sample: cpu_time_secs, disk and syscall
---- bytes, faults, context switches).
-function Monitor:finish()
+--- The command was reaped with rusage (run mode): its exact CPU time and
+--- faults, and those of what it reaped, count from now on.
+function Monitor:after_reap(rusage)
+  if self.proc then
+    self:root_exited(rusage)
+  end
+end
+
+--- The end: what happened since the last sample (children reaped, the
+--- root's exact rusage) is accounted without writing a record (a sample
+--- taken once the root is gone would be no measurement of it). Returns
+--- the tree's final totals (the aggregated fields of such a sample:
+--- cpu_time_secs, disk and syscall bytes, faults, context switches), and
+--- what was not seen: process events the kernel's buffer dropped, and
+--- samples the schedule skipped.
+function Monitor:totals()
   local totals = self:sample({ quiet = true })
-  -- what was not seen: process events the kernel's buffer dropped, and
-  -- samples the schedule skipped because the loop was held up
   totals.lost_events = self.tree:lost()
-  totals.samples_late = self.late or 0
-  self.tree:close()
+  totals.samples_late = self.late
   return totals
 end
 

@@ -11,8 +11,7 @@ local json = require("denet.json")
 local M = {}
 
 local function round(x, digits)
-  local m = 10 ^ (digits or 3)
-  return math.floor(x * m + 0.5) / m
+  return require("denet.util").round(x, digits or 3)
 end
 
 --- The kind of a record: its "kind", or for the original's untagged

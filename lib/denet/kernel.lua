@@ -1,4 +1,4 @@
--- denet.features: what the running kernel's BPF can do, asked of the
+-- denet.kernel: what the running kernel's BPF can do, asked of the
 -- kernel once per run (host/dn_feat.c), and what each missing feature
 -- costs. The composer (denet.compose) picks a program's variant from it;
 -- `denet doctor` and docs/platform.md list the same table.
@@ -117,9 +117,37 @@ function M.report()
   return out
 end
 
+local raw_facts_cache
+--- What raw tracepoints need of kernel structs, from the BTF (remembered
+--- per run): { pid = offset of task_struct.pid, filename = of
+--- linux_binprm.filename, <tracepoint> = its number of arguments for
+--- task_newtask, sched_process_exec, sched_process_exit, sched_switch };
+--- nil without BTF or raw tracepoints (DENET_DISABLE can turn either
+--- off). Attached as raw tracepoints, probes detach at once; as perf
+--- events each tracepoint's detach waits for RCU grace periods.
+function M.raw_facts()
+  if raw_facts_cache ~= nil then
+    return raw_facts_cache or nil
+  end
+  raw_facts_cache = false
+  if not M.has("raw_tracepoint") or not M.has("btf") then
+    return nil
+  end
+  local btf = require("denet.btf")
+  local f = { pid = btf.offset_of("task_struct", "pid"), filename = btf.offset_of("linux_binprm", "filename") }
+  if not f.pid then
+    return nil
+  end
+  for _, tp in ipairs({ "task_newtask", "sched_process_exec", "sched_process_exit", "sched_switch" }) do
+    f[tp] = btf.raw_tp_nargs(tp)
+  end
+  raw_facts_cache = f
+  return f
+end
+
 --- Forget the probes (for tests that change DENET_DISABLE).
 function M.reset()
-  cache, disabled = {}, nil
+  cache, disabled, raw_facts_cache = {}, nil, nil
 end
 
 return M

@@ -1,0 +1,226 @@
+-- denet.offcpu.trace: off-CPU tracing of a run's targets. The kernel side
+-- (bpf-src/offcpu.c) sums off-CPU time per (thread, user stack, kernel
+-- stack, state, syscall); a Tracer is what user space keeps beside it:
+-- the window traced, the threads blocked before it began (read from a
+-- snapshot and entered into the program's map), their CPU time then, the
+-- stack engine's learners, and the processes whose mappings are kept to
+-- name their frames after they exit. Reading it is denet.offcpu.report's.
+local ffi = require("ffi")
+local core = require("denet.core")
+local errors = require("denet.errors")
+local classify = require("denet.offcpu.classify")
+local stacks = require("denet.stacks")
+local syms = require("denet.syms")
+
+local M = {}
+
+local Tracer = {}
+Tracer.__index = Tracer
+M.Tracer = Tracer
+
+--- The options a tracer takes (and their meaning): roots, tid (targets,
+--- the run's), min_us, max_us (block length), states (a state mask),
+--- user_only, kernel_only (one kind of stack), stack_storage,
+--- stack_reuse ("on", "off", "verify"), stack_depth (frames kept),
+--- threads ("user" or "kernel": only those), kernel_threads (the verdict
+--- may name one).
+M.OPTS = { "min_us", "max_us", "states", "user_only", "kernel_only", "stack_storage", "stack_reuse",
+  "stack_depth", "threads", "kernel_threads" }
+
+--- The -D flags of opts: what changes the program's shape (the stack
+--- kinds, their reuse, the stack map's size).
+function M.plan(opts)
+  local f = stacks.cflags{ user_only = opts.user_only, kernel_only = opts.kernel_only, reuse = opts.stack_reuse,
+    storage = opts.stack_storage }
+  -- the syscall a thread blocked in is read from the registers it saved
+  -- at kernel entry: off-CPU analysis alone runs no program per syscall
+  f[#f + 1] = "-DDN_INSYS_REGS"
+  if opts.stack_reuse ~= "off" and not opts.kernel_only then
+    -- nothing is ever mapped below vm.mmap_min_addr: a user stack walk
+    -- that ends below it need not be retried
+    local min_addr = tonumber((core.read_file("/proc/sys/vm/mmap_min_addr") or ""):match("%d+"))
+    if min_addr then
+      f[#f + 1] = string.format("-DDN_MMAP_MIN_ADDR=%dULL", min_addr)
+    end
+  end
+  return f
+end
+
+local THREADS = { user = 1, kernel = 2 } -- enum dn_offcpu_threads (offcpu.c)
+
+--- The values of opts for offcpu.c's config map (dn_offcpu_cfg): what
+--- changes from run to run, without a new compile.
+function M.config(opts)
+  if opts.threads and not require("denet.kernel").has("btf") then
+    errors.raise("user and kernel threads cannot be told apart on this kernel (no BTF)")
+  end
+  return {
+    min_ns = math.floor((opts.min_us or 0) * 1000),
+    max_ns = opts.max_us and math.floor(opts.max_us * 1000) or 0,
+    states = opts.states or 0,
+    threads = THREADS[opts.threads] or 0,
+  }
+end
+
+--- Before the program is built: a tracer of running processes reads the
+--- threads blocked as it begins right after its probes go live, so the
+--- snapshot's iterator is loaded now.
+function M.prepare(_, target)
+  if not (target and target.cmd and #target.cmd > 0) then
+    require("denet.snapshot").prepare()
+  end
+end
+
+--- Off-CPU tracing of the run ctx (its program has offcpu.c: bpf,
+--- program, tree, proc, t0_ns (when the window began) and target), with
+--- opts. Threads blocked when it began are entered as blocked since then,
+--- and the stack engine's learners start. Returns the tracer.
+function M.new(ctx, opts)
+  local self = setmetatable({ ctx = ctx, opts = opts, bpf = ctx.bpf, tree = ctx.tree, program = ctx.program,
+    captured = {} }, Tracer)
+  -- threads blocked since before the window are accounted from its start
+  -- (a held command has none), read as soon as the targets are known, so
+  -- few wake unseen in between
+  if not ctx.proc then
+    self:seed_blocked()
+  end
+  self.engine = stacks.start(self.bpf, self.program)
+  self:capture()
+  return self
+end
+
+--- When the traced window began (ns, CLOCK_MONOTONIC): as the probes
+--- went live, or as a held command was let go.
+function Tracer:t0_ns()
+  return self.ctx.t0_ns
+end
+
+local BPF_NOEXIST = 1
+
+-- Enter thread t of a snapshot (blocked since since_ns, before the window
+-- began at t0_ns) into the program's thread table tab; false when the
+-- program already has it (it switched out since: its own).
+local function seed_one(tab, t, st, t0_ns)
+  local v = tab.leaf.ct()
+  -- (one that blocked after t0_ns, before the program watched it, counts
+  -- from when it blocked)
+  t.seeded_ns = math.floor(math.max(t0_ns, t.since_ns))
+  v.tgid, v.start, v.before, v.state, v.syscall = t.pid, t.seeded_ns, math.max(0, t0_ns - t.since_ns), st,
+    t.syscall
+  -- its CPU time at the block's start, should the switch that ends it
+  -- not be seen
+  v.runtime = t.runtime_ns or 0
+  v.kstack = stacks.STACK_SNAPSHOT
+  v.ustack = t.kernel and stacks.STACK_NONE or stacks.STACK_SNAPSHOT
+  ffi.copy(v.comm, t.comm, math.min(#t.comm, 15))
+  return pcall(tab.set, tab, t.tid, v, BPF_NOEXIST)
+end
+
+-- A thread that woke between the snapshot and its entry is not blocked
+-- since then: look again, and take back those entries.
+local function unseed_woken(tab, pids, self_pid, preblocked)
+  local now = {}
+  for _, t in ipairs(require("denet.snapshot").take(pids, self_pid, { stacks = false })) do
+    now[t.tid] = t
+  end
+  for tid, t in pairs(preblocked) do
+    local again = now[tid]
+    -- (one woken but not yet on a CPU has the same exec_start: its block
+    -- goes on until the program sees it switch in)
+    if not again or again.exec_start ~= t.exec_start then
+      local v = tab:get(tid)
+      if v and v.kstack == stacks.STACK_SNAPSHOT and tonumber(v.start) == t.seeded_ns then
+        tab:delete(tid)
+      end
+      preblocked[tid] = nil
+    end
+  end
+end
+
+--- Threads of the targets that are blocked as tracing begins never switch
+--- out inside the window: enter each into the program's thread table
+--- (bpf: a program with offcpu.c) as blocked since t0_ns, when the window
+--- began (how long before is kept too), with its stacks read now
+--- (denet.snapshot). pids: the tracked processes (nil: every one but
+--- denet); opts: tid, threads, states as for a tracer, and stacks = false
+--- when no report will show the stacks (they are not read then). Returns
+--- preblocked (tid -> the snapshot's thread) and runtime0 (tid -> { pid,
+--- comm, ns: its CPU time now, kernel }), the base of on-CPU times.
+function M.seed_blocked(bpf, pids, opts, t0_ns)
+  local preblocked, runtime0 = {}, {}
+  if pids and #pids == 0 then
+    return preblocked, runtime0
+  end
+  local snapshot = require("denet.snapshot")
+  local self_pid = core.ids().pid
+  local tab = bpf:get_table("dn_offcpu_threads")
+  for _, t in ipairs(snapshot.take(pids, self_pid, { stacks = opts.stacks })) do
+    local kept = (not opts.tid or t.tid == opts.tid) and t.pid ~= self_pid
+      and not (opts.threads == "user" and t.kernel) and not (opts.threads == "kernel" and not t.kernel)
+    if kept then
+      runtime0[t.tid] = { pid = t.pid, comm = t.comm, ns = t.runtime_ns, kernel = t.kernel }
+      local st = snapshot.trace_state(t.state_word)
+      if t.state ~= "R" and st ~= 0 and t.since_ns and classify.state_kept(opts.states, st)
+          and seed_one(tab, t, st, t0_ns) then
+        preblocked[t.tid] = t
+      end
+    end
+  end
+  if next(preblocked) ~= nil then
+    unseed_woken(tab, pids, self_pid, preblocked)
+  end
+  return preblocked, runtime0
+end
+
+--- Account the threads blocked as tracing begins (M.seed_blocked) for
+--- this tracer's targets.
+function Tracer:seed_blocked()
+  local target, pids = self.ctx.target or {}, nil
+  if target.tid then
+    local status = core.read_file(string.format("/proc/%d/status", target.tid)) or ""
+    pids = { tonumber(status:match("Tgid:%s*(%d+)")) }
+  elseif target.pids and #target.pids > 0 then
+    pids = {}
+    for pid in pairs(self.tree.live) do
+      pids[#pids + 1] = pid
+    end
+  end
+  local o = setmetatable({ tid = target.tid }, { __index = self.opts })
+  self.preblocked, self.runtime0 = M.seed_blocked(self.bpf, pids, o, self:t0_ns())
+end
+
+--- Keep symbols of the traced processes resolvable after they exit:
+--- capture their mappings now (the run calls this at intervals and after
+--- exec).
+function Tracer:capture()
+  for pid in pairs(self.tree.live) do
+    if syms.capture(pid) then
+      self.captured[pid] = true
+    end
+  end
+end
+
+--- Blocks that ended so far, and stacks that could not be read (for a
+--- live status; the report has the details).
+function Tracer:counts()
+  local missed, lost = self.bpf:get_table("dn_offcpu_missed"), 0
+  for i = 0, 7 do
+    lost = lost + tonumber(missed:get(i))
+  end
+  return tonumber(self.bpf:get_table("dn_offcpu_seen"):sum(0)), lost
+end
+
+--- Tracing is over: the run detached every probe (the maps stay), and
+--- reports count up to this moment, blocks in progress included, from
+--- maps that no program changes any more.
+function Tracer:stop()
+  self.stopped_ns = self.stopped_ns or core.monotonic_ns()
+end
+
+--- Is a thread of kind `kernel` shown by this tracer's threads option?
+function Tracer:kind_kept(kernel)
+  local th = self.opts.threads
+  return not ((th == "kernel" and not kernel) or (th == "user" and kernel))
+end
+
+return M

@@ -1,0 +1,128 @@
+-- denet.stacks.frames: stacks as names. Addresses (leaf first, as the
+-- kernel's stack maps give them) become frames root first, as flame
+-- graphs and folded stacks have them; a stack of a blocked thread is its
+-- user frames, "-", then its kernel frames down to the leaf. The call
+-- site of a stack is its nearest frames in the program itself (not libc,
+-- the loader or the C++ runtime).
+local syms = require("denet.syms")
+local util = require("denet.util")
+
+local M = {}
+
+-- the user stack id of a kernel thread, which has none (not a miss)
+M.STACK_NONE = -1000
+-- the stack id of a block that began before tracing: its stacks were
+-- read by denet.snapshot when tracing began
+M.STACK_SNAPSHOT = -2000
+
+-- libc and the loader are not call sites
+local RUNTIME = { "^libc%.so", "^ld%-linux", "^libpthread", "^libstdc%+%+", "^libgcc_s" }
+
+--- Is a mapped file (a path, or nil for no mapping) one of the runtime's
+--- rather than the program's?
+function M.is_runtime_module(module)
+  if not module then
+    return true
+  end
+  local base = util.basename(module)
+  for _, p in ipairs(RUNTIME) do
+    if base:find(p) then
+      return true
+    end
+  end
+  return false
+end
+
+--- The last n items of list (the frames nearest the block), or list.
+function M.keep_last(list, n)
+  if not n or #list <= n then
+    return list
+  end
+  local cut = {}
+  for i = #list - n + 1, #list do
+    cut[#cut + 1] = list[i]
+  end
+  return cut
+end
+
+--- User frames of process pid, root first, and for each whether it is in
+--- the program itself (not the runtime), for naming call sites. addrs:
+--- leaf first; leaf: the frames the walk lost below the first (spliced in
+--- after it); depth: keep that many frames nearest the block.
+function M.user(pid, addrs, depth, leaf)
+  if leaf and leaf[1] and #addrs > 0 then
+    local all = { addrs[1] }
+    for _, a in ipairs(leaf) do
+      all[#all + 1] = a
+    end
+    for i = 2, #addrs do
+      all[#all + 1] = addrs[i]
+    end
+    addrs = all
+  end
+  local out, mods = {}, {}
+  for i = #addrs, 1, -1 do -- root first
+    out[#out + 1] = syms.usym(pid, addrs[i])
+    local _, _, module = syms.resolve(pid, addrs[i])
+    mods[#out] = not M.is_runtime_module(module)
+  end
+  return M.keep_last(out, depth), M.keep_last(mods, depth)
+end
+
+--- Kernel frames of addrs (leaf first), root first, without the tracing
+--- machinery's frames at the leaf.
+function M.kernel(addrs, depth)
+  local names, out = syms.kernel_frames(addrs), {}
+  for i = #names, 1, -1 do
+    out[#out + 1] = names[i]
+  end
+  return M.keep_last(out, depth)
+end
+
+--- The kernel frames a snapshot read of a thread (denet.snapshot), root
+--- first: from its addresses, or from /proc's names.
+function M.kernel_of_snapshot(t, depth)
+  if t.kaddrs then
+    return M.kernel(t.kaddrs, depth)
+  end
+  local out = {}
+  for i = #(t.knames or {}), 1, -1 do
+    out[#out + 1] = t.knames[i]
+  end
+  return M.keep_last(out, depth)
+end
+
+--- One stack: user frames root first, "-", kernel frames to the leaf.
+function M.join(uf, kf)
+  local frames = {}
+  for _, f in ipairs(uf) do
+    frames[#frames + 1] = f
+  end
+  if #uf > 0 and #kf > 0 then
+    frames[#frames + 1] = "-"
+  end
+  for _, f in ipairs(kf) do
+    frames[#frames + 1] = f
+  end
+  return frames
+end
+
+--- The call site of a stack ({ user = frames, user_mods = in the
+--- program }): the nearest frames of the program itself above the
+--- blocking call ("queue_pop() <- worker_loop()"), or nil.
+function M.site(stack)
+  local out = {}
+  local mods = stack.user_mods or {}
+  for i = #stack.user, 1, -1 do
+    local f = stack.user[i]
+    if mods[i] and not f:match("^%[") and not f:match("%+0x") then
+      out[#out + 1] = f .. "()"
+      if #out == 2 then
+        break
+      end
+    end
+  end
+  return #out > 0 and table.concat(out, " <- ") or nil
+end
+
+return M

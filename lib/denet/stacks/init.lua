@@ -1,0 +1,161 @@
+-- denet.stacks: the one stack engine. Every feature that shows stacks
+-- (off-CPU tracing, `offcpu --now`, plugins, the REPL) asks it for the BPF
+-- flags of the stacks it wants, starts the learners its program was built
+-- with, and turns stack ids or addresses into frames through it.
+--
+--   local stacks = require("denet.stacks")
+--   local flags = stacks.cflags{ reuse = "on" }     -- -D flags of bpf-src/offcpu.c
+--   local engine = stacks.start(bpf, program)        -- learners (templates, unwind rules)
+--   local r = stacks.resolver(bpf, "dn_offcpu_stacks")
+--   local uf, mods = r:user(tgid, ustack_id, leaf)   -- root first
+--   local kf = r:kernel(kstack_id)
+--
+-- Its parts: denet.stacks.kernel (kernel stack templates),
+-- denet.stacks.user (user stack templates), denet.stacks.unwind (callers
+-- found from .eh_frame, in the kernel and through /proc/PID/mem),
+-- denet.stacks.frames (names, call sites).
+local M = {}
+
+M.kernel = require("denet.stacks.kernel")
+M.user = require("denet.stacks.user")
+M.unwind = require("denet.stacks.unwind")
+M.frames = require("denet.stacks.frames")
+
+M.STACK_NONE = M.frames.STACK_NONE
+M.STACK_SNAPSHOT = M.frames.STACK_SNAPSHOT
+
+-- why stacks were not read, in the order reports name them
+M.LOST_WHY = {
+  { "map_full", "because the stack map was full (raise --stack-storage)" },
+  { "collided", "because another stack held their slot of the stack map (raise --stack-storage)" },
+  { "fault", "because the walk faulted (user memory paged out, or a frame pointer chain broken)" },
+  { "other", "for other reasons" },
+}
+
+local CFLAGS_OPTS = { "user_only", "kernel_only", "reuse", "storage" }
+
+--- The -D flags of the stacks a tracer wants (bpf-src/offcpu.c): opts.user_only
+--- / kernel_only (one kind of stack only), reuse ("on" default: reuse a
+--- stack when a thread blocks where it blocked before, checked in the
+--- kernel; "off": walk every stack; "verify": reuse and walk, counting
+--- disagreements), storage (stack map size). These change the program's
+--- shape; the composer drops what the kernel cannot do, with a note.
+function M.cflags(opts)
+  require("denet.errors").check_opts("stacks.cflags", opts, CFLAGS_OPTS)
+  opts = opts or {}
+  local reuse = opts.reuse or "on"
+  local f = {}
+  if opts.user_only then
+    f[#f + 1] = "-DDN_NO_KSTACK"
+  end
+  if opts.kernel_only then
+    f[#f + 1] = "-DDN_NO_USTACK"
+  else
+    f[#f + 1] = "-DDN_LEAF_UNWIND"
+  end
+  if opts.storage then
+    f[#f + 1] = "-DDN_STACK_STORAGE=" .. tonumber(opts.storage)
+  end
+  if reuse ~= "off" and not opts.user_only then
+    f[#f + 1] = "-DDN_KSTACK_REUSE"
+    f[#f + 1] = reuse == "verify" and "-DDN_KSTACK_VERIFY" or nil
+  end
+  if reuse ~= "off" and not opts.kernel_only then
+    f[#f + 1] = "-DDN_USTACK_REUSE"
+    f[#f + 1] = reuse == "verify" and "-DDN_USTACK_VERIFY" or nil
+  end
+  return f
+end
+
+local Engine = {}
+Engine.__index = Engine
+
+--- Start the learners program (a denet.compose program) was built with:
+--- kernel and user stack templates, unwind rules. Returns the engine.
+function M.start(bpf, program)
+  local self = setmetatable({ bpf = bpf }, Engine)
+  if program:has_flag("-DDN_KSTACK_REUSE") then
+    self.kt_buf = M.kernel.learner(bpf, program:has_flag("-DDN_SWITCH_RAW"))
+  end
+  if program:has_flag("-DDN_LEAF_UNWIND") then
+    self.leaf_buf = M.unwind.learner(bpf)
+  end
+  if program:has_flag("-DDN_USTACK_REUSE") then
+    self.ut_buf = M.user.learner(bpf)
+  end
+  return self
+end
+
+--- Counters of stack reuse, for the kinds in use: { kstack_reuse = {...},
+--- ustack_reuse = {...} } (either may be absent).
+function Engine:stats()
+  return { kstack_reuse = self.kt_buf and M.kernel.stats(self.bpf) or nil,
+    ustack_reuse = self.ut_buf and M.user.stats(self.bpf) or nil }
+end
+
+local Resolver = {}
+Resolver.__index = Resolver
+
+local RESOLVER_OPTS = { "depth", "user_only", "kernel_only" }
+
+--- Frames of the stack ids of a stack map (table `name` of bpf), cached:
+--- opts.depth (frames kept nearest the block), user_only / kernel_only
+--- (the other kind was not taken: no frames, not a miss).
+function M.resolver(bpf, name, opts)
+  require("denet.errors").check_opts("stacks.resolver", opts, RESOLVER_OPTS)
+  opts = opts or {}
+  return setmetatable({ map = bpf:get_table(name), opts = opts, ucache = {}, umods = {}, kcache = {} }, Resolver)
+end
+
+--- User frames (root first) and their in-the-program flags of stack id of
+--- process tgid; leaf: the frames the walk lost (addresses). A kernel
+--- thread's (STACK_NONE) are none; a stack not read is "[Missed User
+--- Stack]".
+function Resolver:user(tgid, id, leaf)
+  local key = tgid .. ":" .. id .. ":" .. table.concat(leaf or {}, ",")
+  local uf = self.ucache[key]
+  if not uf then
+    if id >= 0 then
+      uf, self.umods[key] = M.frames.user(tgid, self.map:stack_walk(id), self.opts.depth, leaf)
+    elseif self.opts.kernel_only or id == M.STACK_NONE then
+      uf = {}
+    else
+      uf = { "[Missed User Stack]" }
+    end
+    self.ucache[key] = uf
+  end
+  return uf, self.umods[key]
+end
+
+--- Kernel frames (root first) of stack id; "[Missed Kernel Stack]" when
+--- it was not read.
+function Resolver:kernel(id)
+  local kf = self.kcache[id]
+  if not kf then
+    if id >= 0 then
+      kf = M.frames.kernel(self.map:stack_walk(id), self.opts.depth)
+    elseif self.opts.user_only then
+      kf = {}
+    else
+      kf = { "[Missed Kernel Stack]" }
+    end
+    self.kcache[id] = kf
+  end
+  return kf
+end
+
+--- Frames of a thread a snapshot read (denet.snapshot): user frames and
+--- flags, kernel frames, root first.
+function M.of_snapshot(t, depth, kernel_only)
+  local uf, mods = {}, nil
+  if not kernel_only and t.uaddrs and #t.uaddrs > 0 then
+    uf, mods = M.frames.user(t.pid, t.uaddrs, depth, t.uleaf)
+  end
+  return uf, mods, M.frames.kernel_of_snapshot(t, depth)
+end
+
+--- Read the kernel's symbols now, if not yet (a tracer does it while it
+--- waits, so its report does not).
+M.load_kernel_symbols = require("denet.syms").load_kernel
+
+return M
