@@ -281,6 +281,59 @@ describe("the compile cache", function()
     assert.equals(0, #entries(d2))
   end)
 
+  it("serves every value of a run-time option with one entry: filters are config maps, not flags", function()
+    local d = cache_dir()
+    local function json_of(args)
+      local code, out, err = H.denet(args, env(d))
+      assert.equals(0, code, err)
+      return cjson.decode(out)
+    end
+    -- off-CPU: -m filters blocks in the kernel; 20 ms naps pass 1 ms, not 30 ms
+    local naps = {}
+    for _, min_us in ipairs({ "1000", "30000", "2000" }) do
+      local r = json_of({ "script", "offcpu", "--json", "-m", min_us, "--", H.fixture("sleep_loop"), "4", "20" })
+      local n = 0
+      for _, sc in ipairs(r.syscalls) do
+        n = n + (sc.name == "clock_nanosleep" and sc.blocks or 0)
+      end
+      naps[#naps + 1] = n
+    end
+    assert.same({ 4, 0, 4 }, naps)
+    assert.equals(1, #entries(d))
+    -- syscalls: failed only, one errno, one syscall (syscall_mix: 777
+    -- openat fail with ENOENT, among 100000 getppid)
+    local function count(r, name)
+      for _, row in ipairs(r.syscalls) do
+        if row.name == name then
+          return row.count
+        end
+      end
+      return 0
+    end
+    local base = { "script", "syscalls", "--json", "-T", "50" }
+    local function with(...)
+      local a = { unpack(base) }
+      for _, x in ipairs({ ... }) do
+        a[#a + 1] = x
+      end
+      a[#a + 1] = "--"
+      a[#a + 1] = H.fixture("syscall_mix")
+      a[#a + 1] = "10"
+      return json_of(a)
+    end
+    local r = with("-x")
+    assert.same({ 777, 0 }, { count(r, "openat"), count(r, "getppid") })
+    r = with("-e", "ENOENT")
+    assert.same({ 777, 0 }, { count(r, "openat"), count(r, "getppid") })
+    r = with("--syscall", "getppid")
+    assert.same({ 0, 100010 }, { count(r, "openat"), count(r, "getppid") })
+    r = with()
+    -- (and the loader's own, which succeed)
+    assert.is_true(count(r, "openat") > 777)
+    assert.equals(100010, count(r, "getppid"))
+    assert.equals(2, #entries(d))
+  end)
+
   it("serves the built-in syscalls script: exact counts cold and warm, one entry", function()
     local d = cache_dir()
     for _, n in ipairs({ 4000, 6000 }) do

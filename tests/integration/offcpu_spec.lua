@@ -99,6 +99,27 @@ describe("denet script offcpu", function()
     assert.is_true(child.pid ~= thread(r, "pipe_feed", 1).pid)
   end)
 
+  it("denet run --offcpu and the script give the same figures: one descriptor, one classification", function()
+    -- the child blocks 4 x 200 ms on the pipe (ipc), the parent sleeps
+    -- as long (sleep): a pipe wait is told by its kernel frames, in both
+    local r = offcpu({}, { H.fixture("pipe_feed"), "4", "200" })
+    local script = {}
+    for _, t in ipairs(r.threads) do
+      for c, us in pairs(t.by_category) do
+        script[c] = (script[c] or 0) + us
+      end
+    end
+    local stats = H.tmpfile(".json")
+    local code, _, err = H.denet({ "run", "-q", "--offcpu", "--stats", stats, "--", H.fixture("pipe_feed"), "4",
+      "200" })
+    assert.equals(0, code, err)
+    local run = cjson.decode(H.slurp(stats)).ebpf.offcpu.by_category_ns
+    for _, c in ipairs({ "ipc", "sleep" }) do
+      assert.is_true(within(script[c] or 0, 800000, 0.10), c .. " (script) " .. tostring(script[c]))
+      assert.is_true(within((run[c] or 0) / 1000, 800000, 0.10), c .. " (run) " .. tostring(run[c]))
+    end
+  end)
+
   it("recovers the caller a frame pointer walk loses in libc: sleep, read and lock through one layer", function()
     -- each of the 20 rounds blocks ~10 ms in each call; libc keeps no frame
     -- pointers, so the walk alone goes from the libc function to outer()
