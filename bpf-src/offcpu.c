@@ -484,6 +484,74 @@ static __always_inline int dn_kt_match(struct dn_kt *t, u64 sp, u64 top)
 }
 /* clang-format on */
 
+/* The stack pointer the program's kernel stack templates are kept
+ * relative to: the raw tracepoint's arguments (an array on the stack of
+ * the kernel function that called this program: the program's own frame
+ * may be on a stack of its own), made a number through a map (the
+ * verifier allows no arithmetic on it); or the tracepoint's saved
+ * registers' sp. */
+static __always_inline u64 dn_kt_anchor(void *ctx)
+{
+	u64 sp = 0;
+#ifdef DN_SWITCH_RAW
+	int zero = 0;
+	struct dn_regs_scratch *sc = dn_regs_scratch.lookup(&zero);
+	if (sc) {
+		*(void *volatile *)&sc->ptr = ctx;
+		sp = *(volatile u64 *)&sc->ptr;
+	}
+#else
+	u64 regs = 0;
+	bpf_probe_read_kernel(&regs, 8, ctx);
+	bpf_probe_read_kernel(&sp, 8, (void *)(regs + DN_PT_REGS_SP));
+#endif
+	return sp;
+}
+
+/* A template matched (t, key): reuse its id once a walk confirmed it;
+ * the first use walks once to confirm it, or drops it. */
+static __always_inline s32 dn_kt_reuse(void *ctx, struct dn_kt *t, struct dn_kt_key *key)
+{
+	if (t->confirmed) {
+		dn_kt_count(0);
+#ifdef DN_KSTACK_VERIFY
+		s32 walked = dn_offcpu_stacks.get_stackid(ctx, DN_KSTACK_FLAGS);
+		if (walked != t->kstack)
+			dn_kt_count(2);
+#endif
+		return t->kstack;
+	}
+	s32 walked = dn_offcpu_stacks.get_stackid(ctx, DN_KSTACK_FLAGS);
+	dn_kt_count(1);
+	if (walked == t->kstack) {
+		t->confirmed = 1;
+	} else {
+		dn_kt_count(3);
+		dn_kt.delete(key);
+	}
+	return walked;
+}
+
+/* A walked stack (id), with copies of the stack memory it was found in,
+ * to user space to learn a template from (as way `way` of key). */
+static __always_inline void dn_kt_send(struct dn_kt_key *key, u16 way, s32 id, u64 sp, u64 top)
+{
+	struct dn_kt_rec *r = dn_kt_learn.ringbuf_reserve(sizeof(struct dn_kt_rec));
+	if (!r)
+		return;
+	r->key = *key;
+	r->key.way = way;
+	r->kstack = id;
+	r->sp = sp;
+	r->top = top;
+	u64 len = top - sp;
+	if (len > DN_KT_INNER)
+		len = DN_KT_INNER;
+	r->ok = bpf_probe_read_kernel(r->inner, len, (void *)sp) == 0 &&
+	        bpf_probe_read_kernel(r->outer, DN_KT_OUTER, (void *)(top - DN_KT_OUTER)) == 0;
+	dn_kt_learn.ringbuf_submit(r, 0);
+}
+
 /* The kernel stack id of the current task at this sched_switch, reusing
  * a confirmed template when its slots still hold the same addresses,
  * else walking (and sending what a template needs). */
@@ -495,26 +563,7 @@ static __always_inline s32 dn_kstack_id(void *ctx, s32 syscall, u32 state)
 	if (!uregs)
 		return dn_offcpu_stacks.get_stackid(ctx, DN_KSTACK_FLAGS);
 	u64 top = uregs + DN_PT_REGS_SIZE;
-	u64 sp = 0, uip = 0;
-#ifdef DN_SWITCH_RAW
-	/* the raw tracepoint's arguments: an array on the stack of the
-	 * kernel function that called this program (the program's own frame
-	 * may be on a stack of its own), made a number through a map (the
-	 * verifier allows no arithmetic on it) */
-	{
-		int zero = 0;
-		struct dn_regs_scratch *sc = dn_regs_scratch.lookup(&zero);
-		if (sc) {
-			*(void *volatile *)&sc->ptr = ctx;
-			sp = *(volatile u64 *)&sc->ptr;
-		}
-	}
-#else
-	/* the tracepoint's saved registers */
-	u64 regs = 0;
-	bpf_probe_read_kernel(&regs, 8, ctx);
-	bpf_probe_read_kernel(&sp, 8, (void *)(regs + DN_PT_REGS_SP));
-#endif
+	u64 sp = dn_kt_anchor(ctx), uip = 0;
 	bpf_probe_read_kernel(&uip, 8, (void *)(top - DN_PT_REGS_SIZE + DN_PT_REGS_IP));
 
 	/* two templates (ways) per key: a call that blocks in two places in
@@ -533,45 +582,12 @@ static __always_inline s32 dn_kstack_id(void *ctx, s32 syscall, u32 state)
 		t = dn_kt.lookup(&key);
 		learn_way = !(t && t->confirmed && !c0);
 	}
-	if (t && sp && dn_kt_match(t, sp, top)) {
-		if (t->confirmed) {
-			dn_kt_count(0);
-#ifdef DN_KSTACK_VERIFY
-			s32 walked = dn_offcpu_stacks.get_stackid(ctx, DN_KSTACK_FLAGS);
-			if (walked != t->kstack)
-				dn_kt_count(2);
-#endif
-			return t->kstack;
-		}
-		/* first use: walk once to confirm the template */
-		s32 walked = dn_offcpu_stacks.get_stackid(ctx, DN_KSTACK_FLAGS);
-		dn_kt_count(1);
-		if (walked == t->kstack) {
-			t->confirmed = 1;
-		} else {
-			dn_kt_count(3);
-			dn_kt.delete(&key);
-		}
-		return walked;
-	}
+	if (t && sp && dn_kt_match(t, sp, top))
+		return dn_kt_reuse(ctx, t, &key);
 	s32 id = dn_offcpu_stacks.get_stackid(ctx, DN_KSTACK_FLAGS);
 	dn_kt_count(1);
-	if (id < 0 || !sp || sp >= top)
-		return id;
-	struct dn_kt_rec *r = dn_kt_learn.ringbuf_reserve(sizeof(struct dn_kt_rec));
-	if (!r)
-		return id;
-	r->key = key;
-	r->key.way = learn_way;
-	r->kstack = id;
-	r->sp = sp;
-	r->top = top;
-	u64 len = top - sp;
-	if (len > DN_KT_INNER)
-		len = DN_KT_INNER;
-	r->ok = bpf_probe_read_kernel(r->inner, len, (void *)sp) == 0 &&
-	        bpf_probe_read_kernel(r->outer, DN_KT_OUTER, (void *)(top - DN_KT_OUTER)) == 0;
-	dn_kt_learn.ringbuf_submit(r, 0);
+	if (id >= 0 && sp && sp < top)
+		dn_kt_send(&key, learn_way, id, sp, top);
 	return id;
 }
 #endif
@@ -662,6 +678,79 @@ static __always_inline void dn_offcpu_thread_exit(u32 tid)
 	th->runtime = runtime;
 }
 
+/* The stacks of the current thread (tgid), which blocks now in state st:
+ * its syscall, kernel and user stacks, and the frames the user stack walk
+ * lost, into th. */
+static __always_inline void dn_offcpu_stacks_of(void *ctx, struct dn_offcpu_thread *th, u32 tgid, u32 st)
+{
+	th->syscall = dn_insys_nr();
+#ifdef DN_NO_KSTACK
+	th->kstack = -1;
+#else
+#ifdef DN_KSTACK_REUSE
+	th->kstack = dn_kstack_id(ctx, th->syscall, st);
+#else
+	th->kstack = dn_offcpu_stacks.get_stackid(ctx, DN_KSTACK_FLAGS);
+#endif
+	if (th->kstack < 0)
+		dn_offcpu_missed_inc(1, th->kstack);
+#endif
+#ifdef DN_NO_USTACK
+	th->ustack = -1;
+#else
+	if (dn_current_kthread()) {
+		th->ustack = DN_STACK_NONE;
+		return;
+	}
+#ifdef DN_USTACK_REUSE
+	th->ustack = dn_ustack_id(ctx, tgid, th->leaf);
+#else
+	th->ustack = dn_offcpu_stacks.get_stackid(ctx, BPF_F_USER_STACK);
+#ifdef DN_LEAF_UNWIND
+	__builtin_memset(th->leaf, 0, sizeof(th->leaf));
+	u64 leaf_at[DN_LEAF_FRAMES] = {};
+	if (th->ustack >= 0)
+		dn_leaf_unwind(tgid, th->leaf, leaf_at);
+#endif
+#endif
+	if (th->ustack < 0)
+		dn_offcpu_missed_inc(0, th->ustack);
+#endif
+}
+
+/* The thread switching out (prev, of tgid: the current task) in state
+ * prev_state begins a block, when the run's config keeps it. */
+static __always_inline void dn_offcpu_switch_out(void *ctx, struct dn_offcpu_cfg *cfg, u32 prev, u32 tgid,
+                                                 long prev_state, u64 now)
+{
+	struct dn_offcpu_thread *th = dn_offcpu_threads.lookup(&prev);
+	if (!th) {
+		/* running since before tracing began */
+		struct dn_offcpu_thread z = {};
+		z.tgid = tgid;
+		dn_offcpu_threads.update(&prev, &z);
+		th = dn_offcpu_threads.lookup(&prev);
+		if (!th)
+			return;
+	}
+	bpf_get_current_comm(th->comm, sizeof(th->comm));
+	/* exact here: the scheduler has just accounted it */
+	u64 runtime = dn_current_runtime();
+	/* switched out again with its last block open */
+	if (th->start)
+		dn_offcpu_recover(th, prev, now, runtime);
+	th->runtime = runtime;
+	u32 st = prev_state & DN_TASK_STATE_MASK;
+	u64 bitpos = st ? (u64)st << 1 : 1;
+	th->start = 0;
+	if (cfg->states && !(cfg->states & bitpos))
+		return;
+	th->start = now;
+	th->before = 0;
+	th->state = st;
+	dn_offcpu_stacks_of(ctx, th, tgid, st);
+}
+
 static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_state, u32 next)
 {
 	u64 now = bpf_ktime_get_ns();
@@ -674,69 +763,8 @@ static __always_inline void dn_offcpu_on_switch(void *ctx, u32 prev, long prev_s
 	/* only user threads, or only kernel threads */
 	int kept = cfg->threads == DN_OFFCPU_ALL_THREADS ||
 	           (cfg->threads == DN_OFFCPU_USER_THREADS) == !dn_current_kthread();
-	if (kept && dn_wanted(tgid, prev)) {
-		struct dn_offcpu_thread *th = dn_offcpu_threads.lookup(&prev);
-		if (!th) {
-			/* running since before tracing began */
-			struct dn_offcpu_thread z = {};
-			z.tgid = tgid;
-			dn_offcpu_threads.update(&prev, &z);
-			th = dn_offcpu_threads.lookup(&prev);
-		}
-		if (th) {
-			bpf_get_current_comm(th->comm, sizeof(th->comm));
-			/* exact here: the scheduler has just accounted it */
-			u64 runtime = dn_current_runtime();
-			/* switched out again with its last block open */
-			if (th->start)
-				dn_offcpu_recover(th, prev, now, runtime);
-			th->runtime = runtime;
-			u32 st = prev_state & DN_TASK_STATE_MASK;
-			u64 bitpos = st ? (u64)st << 1 : 1;
-			th->start = 0;
-			if (!cfg->states || (cfg->states & bitpos)) {
-				th->start = now;
-				th->before = 0;
-				th->state = st;
-#ifdef DN_NO_KSTACK
-				th->kstack = -1;
-#else
-				th->syscall = dn_insys_nr();
-#ifdef DN_KSTACK_REUSE
-				th->kstack = dn_kstack_id(ctx, th->syscall, st);
-#else
-				th->kstack = dn_offcpu_stacks.get_stackid(ctx, DN_KSTACK_FLAGS);
-#endif
-				if (th->kstack < 0)
-					dn_offcpu_missed_inc(1, th->kstack);
-#endif
-#ifdef DN_NO_USTACK
-				th->ustack = -1;
-#else
-				if (dn_current_kthread()) {
-					th->ustack = DN_STACK_NONE;
-				} else {
-#ifdef DN_USTACK_REUSE
-					th->ustack = dn_ustack_id(ctx, tgid, th->leaf);
-#else
-					th->ustack = dn_offcpu_stacks.get_stackid(ctx, BPF_F_USER_STACK);
-#ifdef DN_LEAF_UNWIND
-					__builtin_memset(th->leaf, 0, sizeof(th->leaf));
-					u64 leaf_at[DN_LEAF_FRAMES] = {};
-					if (th->ustack >= 0)
-						dn_leaf_unwind(tgid, th->leaf, leaf_at);
-#endif
-#endif
-					if (th->ustack < 0)
-						dn_offcpu_missed_inc(0, th->ustack);
-				}
-#endif
-#ifdef DN_NO_KSTACK
-				th->syscall = dn_insys_nr();
-#endif
-			}
-		}
-	}
+	if (kept && dn_wanted(tgid, prev))
+		dn_offcpu_switch_out(ctx, cfg, prev, tgid, prev_state, now);
 
 	struct dn_offcpu_thread *nt = dn_offcpu_threads.lookup(&next);
 	if (!nt || !nt->start)

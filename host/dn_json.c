@@ -161,10 +161,76 @@ static int sequence_len(lua_State *L, int idx)
 	return n == max ? n : -1;
 }
 
+static int encode(lua_State *L, struct jbuf *b, int idx, int depth);
+
+/* Encode the sequence of n items of the table at idx as an array. */
+static int encode_array(lua_State *L, struct jbuf *b, int idx, int n, int depth)
+{
+	int i;
+
+	if (jb_add(b, "[", 1))
+		return -1;
+	for (i = 1; i <= n; i++) {
+		int rc;
+
+		if (i > 1 && jb_add(b, ",", 1))
+			return -1;
+		lua_rawgeti(L, idx, i);
+		rc = encode(L, b, lua_gettop(L), depth + 1);
+		lua_pop(L, 1);
+		if (rc)
+			return -1;
+	}
+	return jb_add(b, "]", 1);
+}
+
+/* Encode the key at index k (a string, or a number written as one). */
+static int encode_key(lua_State *L, struct jbuf *b, int k)
+{
+	char num[48];
+	size_t len;
+
+	if (lua_type(L, k) == LUA_TSTRING) {
+		const char *s = lua_tolstring(L, k, &len);
+
+		return add_string(b, s, len);
+	}
+	if (lua_type(L, k) == LUA_TNUMBER) {
+		json_number(num, sizeof(num), lua_tonumber(L, k));
+		return add_string(b, num, strlen(num));
+	}
+	snprintf(b->err, sizeof(b->err), "json: cannot use a %s as an object key", luaL_typename(L, k));
+	return -1;
+}
+
+/* Encode the table at idx as an object. */
+static int encode_object(lua_State *L, struct jbuf *b, int idx, int depth)
+{
+	int first = 1;
+
+	if (jb_add(b, "{", 1))
+		return -1;
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		/* stack: key, value */
+		int top = lua_gettop(L);
+
+		if ((!first && jb_add(b, ",", 1)) || encode_key(L, b, top - 1) || jb_add(b, ":", 1) ||
+		    encode(L, b, top, depth + 1)) {
+			lua_pop(L, 2);
+			return -1;
+		}
+		first = 0;
+		lua_pop(L, 1);
+	}
+	return jb_add(b, "}", 1);
+}
+
 /* Encode the value at absolute index idx; 0, or -1 with b->err set. */
 static int encode(lua_State *L, struct jbuf *b, int idx, int depth)
 {
 	char num[48];
+	int n;
 
 	switch (lua_type(L, idx)) {
 	case LUA_TNIL:
@@ -194,58 +260,10 @@ static int encode(lua_State *L, struct jbuf *b, int idx, int depth)
 		snprintf(b->err, sizeof(b->err), "json: nested deeper than %d (a cycle?)", MAX_DEPTH);
 		return -1;
 	}
-	{
-		int n = sequence_len(L, idx), i, first = 1;
-
-		if (n > 0 || (n == 0 && marked_array(L, idx))) {
-			if (jb_add(b, "[", 1))
-				return -1;
-			for (i = 1; i <= n; i++) {
-				int rc;
-
-				if (i > 1 && jb_add(b, ",", 1))
-					return -1;
-				lua_rawgeti(L, idx, i);
-				rc = encode(L, b, lua_gettop(L), depth + 1);
-				lua_pop(L, 1);
-				if (rc)
-					return -1;
-			}
-			return jb_add(b, "]", 1);
-		}
-		if (jb_add(b, "{", 1))
-			return -1;
-		lua_pushnil(L);
-		while (lua_next(L, idx)) {
-			/* stack: key, value */
-			int top = lua_gettop(L), rc;
-
-			if (!first && jb_add(b, ",", 1)) {
-				lua_pop(L, 2);
-				return -1;
-			}
-			first = 0;
-			if (lua_type(L, top - 1) == LUA_TSTRING) {
-				size_t len;
-				const char *k = lua_tolstring(L, top - 1, &len);
-
-				rc = add_string(b, k, len);
-			} else if (lua_type(L, top - 1) == LUA_TNUMBER) {
-				json_number(num, sizeof(num), lua_tonumber(L, top - 1));
-				rc = add_string(b, num, strlen(num));
-			} else {
-				snprintf(b->err, sizeof(b->err), "json: cannot use a %s as an object key",
-				         luaL_typename(L, top - 1));
-				rc = -1;
-			}
-			if (rc || jb_add(b, ":", 1) || encode(L, b, top, depth + 1)) {
-				lua_pop(L, 2);
-				return -1;
-			}
-			lua_pop(L, 1);
-		}
-		return jb_add(b, "}", 1);
-	}
+	n = sequence_len(L, idx);
+	if (n > 0 || (n == 0 && marked_array(L, idx)))
+		return encode_array(L, b, idx, n, depth);
+	return encode_object(L, b, idx, depth);
 }
 
 /* core.json_encode(value) -> text */

@@ -356,103 +356,134 @@ static int write_gz(const char *path, const uint8_t *buf, size_t len, char *why,
 	return 0;
 }
 
+/* The profile's header fields (table t): sample types, period, times,
+ * default sample type, comments. */
+static void read_header(lua_State *L, int t, struct builder *b, Profile *p)
+{
+	int sub, i, n;
+
+	lua_getfield(L, t, "sample_types");
+	sub = lua_gettop(L);
+	n = lua_istable(L, sub) ? (int)lua_objlen(L, sub) : 0;
+	p->sample_type = arena_alloc(&b->a, sizeof(ValueType *) * (size_t)n);
+	for (i = 0; i < n && p->sample_type; i++) {
+		lua_rawgeti(L, sub, i + 1);
+		p->sample_type[i] = value_type(b, L, lua_gettop(L));
+		lua_pop(L, 1);
+	}
+	p->n_sample_type = (size_t)n;
+	lua_settop(L, t);
+
+	lua_getfield(L, t, "period_type");
+	if (lua_istable(L, -1))
+		p->period_type = value_type(b, L, lua_gettop(L));
+	lua_settop(L, t);
+	p->period = get_int(L, t, "period");
+	p->time_nanos = get_int(L, t, "time_nanos");
+	p->duration_nanos = get_int(L, t, "duration_nanos");
+	lua_getfield(L, t, "default_sample_type");
+	if (lua_isstring(L, -1))
+		p->default_sample_type = intern(b, lua_tostring(L, -1));
+	lua_settop(L, t);
+
+	lua_getfield(L, t, "comments");
+	sub = lua_gettop(L);
+	n = lua_istable(L, sub) ? (int)lua_objlen(L, sub) : 0;
+	p->comment = arena_alloc(&b->a, sizeof(int64_t) * (size_t)n);
+	for (i = 0; i < n && p->comment; i++)
+		p->comment[i] = intern(b, field_str(L, sub, i + 1));
+	p->n_comment = (size_t)n;
+	lua_settop(L, t);
+}
+
+/* The profile's samples (table t); -1 (nothing raised) with the index of
+ * the first that is not a table in *bad. */
+static int read_samples(lua_State *L, int t, struct builder *b, Profile *p, int *bad)
+{
+	int sub, i, n;
+
+	lua_getfield(L, t, "samples");
+	sub = lua_gettop(L);
+	n = lua_istable(L, sub) ? (int)lua_objlen(L, sub) : 0;
+	p->sample = arena_alloc(&b->a, sizeof(Sample *) * (size_t)n);
+	for (i = 0; i < n && p->sample; i++) {
+		lua_rawgeti(L, sub, i + 1);
+		if (!lua_istable(L, -1)) {
+			*bad = i + 1;
+			lua_settop(L, t);
+			return -1;
+		}
+		p->sample[i] = sample(b, L, lua_gettop(L));
+		lua_settop(L, sub);
+	}
+	p->n_sample = (size_t)n;
+	lua_settop(L, t);
+	return 0;
+}
+
+/* Pack profile p and write it gzipped to path: its packed size, or -1
+ * with why. */
+static long pack_write(const char *path, struct builder *b, Profile *p, char *why, size_t n)
+{
+	size_t len;
+	uint8_t *buf;
+	int rc;
+
+	if (b->a.failed) {
+		snprintf(why, n, "pprof: out of memory");
+		return -1;
+	}
+	len = perftools__profiles__profile__get_packed_size(p);
+	buf = malloc(len ? len : 1);
+	if (!buf) {
+		snprintf(why, n, "pprof: out of memory");
+		return -1;
+	}
+	perftools__profiles__profile__pack(p, buf);
+	rc = write_gz(path, buf, len, why, n);
+	free(buf);
+	return rc < 0 ? -1 : (long)len;
+}
+
+static void builder_free(struct builder *b)
+{
+	free(b->strings);
+	free(b->functions);
+	free(b->locations);
+	free(b->strs.keys);
+	free(b->strs.vals);
+	free(b->funcs.keys);
+	free(b->funcs.vals);
+	arena_free(&b->a);
+}
+
 /* core.pprof_write(path, profile) -> bytes written (uncompressed) | nil, msg */
 static int l_pprof_write(lua_State *L)
 {
 	const char *path = luaL_checkstring(L, 1);
 	struct builder b;
 	Profile p = PERFTOOLS__PROFILES__PROFILE__INIT;
-	int t, sub, i, n;
-	size_t len;
-	uint8_t *buf;
 	char why[512];
-	int rc;
+	int bad = 0;
+	long len;
 
 	luaL_checktype(L, 2, LUA_TTABLE);
-	t = 2;
 	memset(&b, 0, sizeof(b));
 	intern(&b, ""); /* index 0 */
-
-	lua_getfield(L, t, "sample_types");
-	sub = lua_gettop(L);
-	n = lua_istable(L, sub) ? (int)lua_objlen(L, sub) : 0;
-	p.sample_type = arena_alloc(&b.a, sizeof(ValueType *) * (size_t)n);
-	for (i = 0; i < n && p.sample_type; i++) {
-		lua_rawgeti(L, sub, i + 1);
-		p.sample_type[i] = value_type(&b, L, lua_gettop(L));
-		lua_pop(L, 1);
+	read_header(L, 2, &b, &p);
+	if (read_samples(L, 2, &b, &p, &bad) < 0) {
+		builder_free(&b);
+		return luaL_error(L, "pprof_write: samples[%d] is not a table", bad);
 	}
-	p.n_sample_type = (size_t)n;
-	lua_settop(L, t);
-
-	lua_getfield(L, t, "period_type");
-	if (lua_istable(L, -1))
-		p.period_type = value_type(&b, L, lua_gettop(L));
-	lua_settop(L, t);
-	p.period = get_int(L, t, "period");
-	p.time_nanos = get_int(L, t, "time_nanos");
-	p.duration_nanos = get_int(L, t, "duration_nanos");
-	lua_getfield(L, t, "default_sample_type");
-	if (lua_isstring(L, -1))
-		p.default_sample_type = intern(&b, lua_tostring(L, -1));
-	lua_settop(L, t);
-
-	lua_getfield(L, t, "comments");
-	sub = lua_gettop(L);
-	n = lua_istable(L, sub) ? (int)lua_objlen(L, sub) : 0;
-	p.comment = arena_alloc(&b.a, sizeof(int64_t) * (size_t)n);
-	for (i = 0; i < n && p.comment; i++)
-		p.comment[i] = intern(&b, field_str(L, sub, i + 1));
-	p.n_comment = (size_t)n;
-	lua_settop(L, t);
-
-	lua_getfield(L, t, "samples");
-	sub = lua_gettop(L);
-	n = lua_istable(L, sub) ? (int)lua_objlen(L, sub) : 0;
-	p.sample = arena_alloc(&b.a, sizeof(Sample *) * (size_t)n);
-	for (i = 0; i < n && p.sample; i++) {
-		lua_rawgeti(L, sub, i + 1);
-		if (!lua_istable(L, -1)) {
-			arena_free(&b.a);
-			return luaL_error(L, "pprof_write: samples[%d] is not a table", i + 1);
-		}
-		p.sample[i] = sample(&b, L, lua_gettop(L));
-		lua_settop(L, sub);
-	}
-	p.n_sample = (size_t)n;
-	lua_settop(L, t);
-
 	p.function = b.functions;
 	p.n_function = b.nfuncs;
 	p.location = b.locations;
 	p.n_location = b.nfuncs;
 	p.string_table = b.strings;
 	p.n_string_table = b.nstrings;
-	if (b.a.failed) {
-		rc = -1;
-		snprintf(why, sizeof(why), "pprof: out of memory");
-		len = 0;
-	} else {
-		len = perftools__profiles__profile__get_packed_size(&p);
-		buf = malloc(len ? len : 1);
-		if (!buf) {
-			rc = -1;
-			snprintf(why, sizeof(why), "pprof: out of memory");
-		} else {
-			perftools__profiles__profile__pack(&p, buf);
-			rc = write_gz(path, buf, len, why, sizeof(why));
-			free(buf);
-		}
-	}
-	free(b.strings);
-	free(b.functions);
-	free(b.locations);
-	free(b.strs.keys);
-	free(b.strs.vals);
-	free(b.funcs.keys);
-	free(b.funcs.vals);
-	arena_free(&b.a);
-	if (rc < 0)
+	len = pack_write(path, &b, &p, why, sizeof(why));
+	builder_free(&b);
+	if (len < 0)
 		return dn_vm_fail(L, EIO, "%s", why);
 	lua_pushnumber(L, (lua_Number)len);
 	return 1;

@@ -159,43 +159,155 @@ static void get_redir(lua_State *L, int opts, const char *name, struct redir *r)
 	lua_pop(L, 1);
 }
 
-/* core.spawn(argv{}, opts{stdin,stdout,stderr,cwd}|nil) -> proc | nil, msg, errno */
-static int l_spawn(lua_State *L)
-{
+/* What a spawned child is given: its command, redirections and folder,
+ * and the pipes it is held and reports through. */
+struct spawn_plan {
 	char path[PATH_MAX];
 	const char **argv;
 	struct redir rin, rout, rerr;
-	const char *cwd = NULL;
-	int go[2], ep[2], rp[2], n, i, r, opts = 0;
-	struct dn_proc *p;
-	pid_t pid, parent;
+	const char *cwd;
+	int go[2]; /* resume() writes a byte: exec */
+	int ep[2]; /* the child writes errno when its set-up or exec fails */
+	int rp[2]; /* the child writes a byte once it is held */
+};
+
+/* The child: signals as a command expects them, redirections, then held
+ * until resume(), then exec. Never returns. */
+static void spawn_child(struct spawn_plan *sp, pid_t parent, const sigset_t *old)
+{
+	char c;
+	int e;
+
+	signal(SIGINT, SIG_DFL);
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGHUP, SIG_DFL);
+	signal(SIGPIPE, SIG_DFL);
+	/* denet ending without its cleanup (a second Ctrl-C exits at once)
+	 * still ends the command, as its cleanup would */
+	prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
+	if (getppid() != parent)
+		_exit(127);
+	sigprocmask(SIG_SETMASK, old, NULL);
+	close(sp->go[1]);
+	close(sp->ep[0]);
+	if (child_redirect(0, sp->rin.kind, sp->rin.path, sp->rin.fd) < 0 ||
+	    child_redirect(1, sp->rout.kind, sp->rout.path, sp->rout.fd) < 0 ||
+	    child_redirect(2, sp->rerr.kind, sp->rerr.path, sp->rerr.fd) < 0 || (sp->cwd && chdir(sp->cwd) < 0)) {
+		e = errno;
+		if (write(sp->ep[1], &e, sizeof(e)) < 0)
+			_exit(127);
+		_exit(127);
+	}
+	/* held: say so, and wait for resume() */
+	if (write(sp->rp[1], "h", 1) != 1)
+		_exit(127);
+	close(sp->rp[1]);
+	if (read(sp->go[0], &c, 1) != 1)
+		_exit(127);
+	execv(sp->path, (char *const *)sp->argv);
+	e = errno;
+	if (write(sp->ep[1], &e, sizeof(e)) < 0)
+		_exit(127);
+	_exit(127);
+}
+
+/* The three pipes of a plan: 0, or -errno with none left open. */
+static int spawn_pipes(struct spawn_plan *sp)
+{
+	int *pipes[3] = { sp->go, sp->ep, sp->rp }, i, err;
+
+	for (i = 0; i < 3; i++)
+		if (pipe2(pipes[i], O_CLOEXEC) < 0) {
+			err = errno;
+			while (i-- > 0) {
+				close(pipes[i][0]);
+				close(pipes[i][1]);
+			}
+			return -err;
+		}
+	return 0;
+}
+
+/* Fork the child held: its pid (the parent's ends of the pipes kept in
+ * sp), or -errno. Returns once the child said it is held (or its set-up
+ * failed: resume() reports why), so no syscall of its set-up may fall in
+ * a tracer's window opened after spawn() returns. */
+static pid_t spawn_held(struct spawn_plan *sp)
+{
 	sigset_t all, old;
+	pid_t pid, parent = getpid();
+	char h;
+	ssize_t got;
+
+	/* no signal handler of ours may run in the child before it resets them */
+	sigfillset(&all);
+	sigprocmask(SIG_BLOCK, &all, &old);
+	pid = fork();
+	if (pid == 0)
+		spawn_child(sp, parent, &old);
+	sigprocmask(SIG_SETMASK, &old, NULL);
+	close(sp->go[0]);
+	close(sp->ep[1]);
+	close(sp->rp[1]);
+	if (pid < 0) {
+		int err = errno;
+
+		close(sp->go[1]);
+		close(sp->ep[0]);
+		close(sp->rp[0]);
+		return -err;
+	}
+	/* a byte: held; EOF: its set-up failed */
+	do
+		got = read(sp->rp[0], &h, 1);
+	while (got < 0 && errno == EINTR);
+	close(sp->rp[0]);
+	return pid;
+}
+
+/* The plan of spawn(argv, opts) from the Lua arguments; raises for bad
+ * ones. argv's strings stay referenced by the argv table. */
+static void spawn_args(lua_State *L, struct spawn_plan *sp)
+{
+	int n, i, opts = 0;
 
 	luaL_checktype(L, 1, LUA_TTABLE);
 	n = (int)lua_objlen(L, 1);
 	if (n < 1)
-		return luaL_error(L, "spawn: argv is empty");
+		luaL_error(L, "spawn: argv is empty");
 	if (lua_istable(L, 2)) {
 		opts = 2;
 		lua_getfield(L, 2, "cwd");
-		cwd = lua_tostring(L, -1);
+		sp->cwd = lua_tostring(L, -1);
 		lua_pop(L, 1);
 	}
-	get_redir(L, opts, "stdin", &rin);
-	get_redir(L, opts, "stdout", &rout);
-	get_redir(L, opts, "stderr", &rerr);
-	argv = lua_newuserdata(L, sizeof(*argv) * (size_t)(n + 1));
+	get_redir(L, opts, "stdin", &sp->rin);
+	get_redir(L, opts, "stdout", &sp->rout);
+	get_redir(L, opts, "stderr", &sp->rerr);
+	sp->argv = lua_newuserdata(L, sizeof(*sp->argv) * (size_t)(n + 1));
 	for (i = 0; i < n; i++) {
 		lua_rawgeti(L, 1, i + 1);
 		if (!lua_isstring(L, -1))
-			return luaL_error(L, "spawn: argv[%d] is not a string", i + 1);
-		argv[i] = lua_tostring(L, -1);
-		lua_pop(L, 1); /* the string stays referenced by the argv table */
+			luaL_error(L, "spawn: argv[%d] is not a string", i + 1);
+		sp->argv[i] = lua_tostring(L, -1);
+		lua_pop(L, 1);
 	}
-	argv[n] = NULL;
-	r = resolve_cmd(argv[0], path, sizeof(path));
+	sp->argv[n] = NULL;
+}
+
+/* core.spawn(argv{}, opts{stdin,stdout,stderr,cwd}|nil) -> proc | nil, msg, errno */
+static int l_spawn(lua_State *L)
+{
+	struct spawn_plan sp;
+	struct dn_proc *p;
+	pid_t pid;
+	int r;
+
+	memset(&sp, 0, sizeof(sp));
+	spawn_args(L, &sp);
+	r = resolve_cmd(sp.argv[0], sp.path, sizeof(sp.path));
 	if (r < 0)
-		return dn_vm_fail(L, -r, "cannot execute '%s': %s", argv[0],
+		return dn_vm_fail(L, -r, "cannot execute '%s': %s", sp.argv[0],
 		                  r == -ENOENT ? "command not found" : strerror(-r));
 
 	p = lua_newuserdata(L, sizeof(*p));
@@ -203,89 +315,16 @@ static int l_spawn(lua_State *L)
 	p->go_fd = p->err_fd = p->pidfd = -1;
 	luaL_getmetatable(L, PROC_MT);
 	lua_setmetatable(L, -2);
-	if (pipe2(go, O_CLOEXEC) < 0)
-		return dn_vm_fail(L, errno, "pipe: %s", strerror(errno));
-	if (pipe2(ep, O_CLOEXEC) < 0) {
-		close(go[0]);
-		close(go[1]);
-		return dn_vm_fail(L, errno, "pipe: %s", strerror(errno));
-	}
-	/* the child says when it is held: no syscall of its set-up may fall
-	 * in a tracer's window opened after spawn() returns */
-	if (pipe2(rp, O_CLOEXEC) < 0) {
-		close(go[0]);
-		close(go[1]);
-		close(ep[0]);
-		close(ep[1]);
-		return dn_vm_fail(L, errno, "pipe: %s", strerror(errno));
-	}
-	/* no signal handler of ours may run in the child before it resets them */
-	sigfillset(&all);
-	sigprocmask(SIG_BLOCK, &all, &old);
-	parent = getpid();
-	pid = fork();
-	if (pid == 0) {
-		char c;
-		int e;
-
-		signal(SIGINT, SIG_DFL);
-		signal(SIGTERM, SIG_DFL);
-		signal(SIGHUP, SIG_DFL);
-		signal(SIGPIPE, SIG_DFL);
-		/* denet ending without its cleanup (a second Ctrl-C exits at
-		 * once) still ends the command, as its cleanup would */
-		prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
-		if (getppid() != parent)
-			_exit(127);
-		sigprocmask(SIG_SETMASK, &old, NULL);
-		close(go[1]);
-		close(ep[0]);
-		if (child_redirect(0, rin.kind, rin.path, rin.fd) < 0 ||
-		    child_redirect(1, rout.kind, rout.path, rout.fd) < 0 ||
-		    child_redirect(2, rerr.kind, rerr.path, rerr.fd) < 0 || (cwd && chdir(cwd) < 0)) {
-			e = errno;
-			if (write(ep[1], &e, sizeof(e)) < 0)
-				_exit(127);
-			_exit(127);
-		}
-		/* held: say so, and wait for resume() */
-		if (write(rp[1], "h", 1) != 1)
-			_exit(127);
-		close(rp[1]);
-		if (read(go[0], &c, 1) != 1)
-			_exit(127);
-		execv(path, (char *const *)argv);
-		e = errno;
-		if (write(ep[1], &e, sizeof(e)) < 0)
-			_exit(127);
-		_exit(127);
-	}
-	sigprocmask(SIG_SETMASK, &old, NULL);
-	close(go[0]);
-	close(ep[1]);
-	close(rp[1]);
-	if (pid < 0) {
-		int err = errno;
-
-		close(go[1]);
-		close(ep[0]);
-		close(rp[0]);
-		return dn_vm_fail(L, err, "fork: %s", strerror(err));
-	}
-	{
-		char h;
-		ssize_t got;
-
-		/* a byte: held; EOF: its set-up failed (resume() reports why) */
-		do
-			got = read(rp[0], &h, 1);
-		while (got < 0 && errno == EINTR);
-		close(rp[0]);
-	}
+	r = spawn_pipes(&sp);
+	if (r < 0)
+		return dn_vm_fail(L, -r, "pipe: %s", strerror(-r));
+	pid = spawn_held(&sp);
+	if (pid < 0)
+		return dn_vm_fail(L, -pid, "fork: %s", strerror(-pid));
 	p->pid = pid;
-	p->go_fd = go[1];
-	p->err_fd = ep[0];
-	p->path = strdup(path);
+	p->go_fd = sp.go[1];
+	p->err_fd = sp.ep[0];
+	p->path = strdup(sp.path);
 	p->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	dn_cleanup_add(p, proc_release);
 	return 1;

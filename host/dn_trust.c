@@ -149,6 +149,9 @@ struct walk {
 	size_t len[MAX_DEPTH]; /* length of `shown` at each level */
 	int depth;
 	char shown[PATH_MAX * 2]; /* the path walked so far, for messages */
+	char *rest;               /* the path being walked (owned; links replace it) */
+	char *p;                  /* what is left of it to walk */
+	int links;                /* symbolic links followed */
 };
 
 static void walk_pop_all(struct walk *w)
@@ -183,6 +186,136 @@ static void shown_push(struct walk *w, const char *c)
 	snprintf(w->shown + l, sizeof(w->shown) - l, "%s%s", l > 1 ? "/" : "", c);
 }
 
+/* The next component of what is left to walk (cut out in place), or NULL
+ * at the end. */
+static char *walk_next(struct walk *w)
+{
+	char *c, *next;
+
+	while (*w->p == '/')
+		w->p++;
+	if (*w->p == '\0')
+		return NULL;
+	c = w->p;
+	next = strchr(c, '/');
+	if (next) {
+		*next = '\0';
+		w->p = next + 1;
+	} else {
+		w->p = c + strlen(c);
+	}
+	return c;
+}
+
+/* The symbolic link fd (judged already; closed here) is followed: its
+ * target replaces it in what is left to walk, from / or from the
+ * directory holding it. 0, or -errno. */
+static int walk_link(struct walk *w, int fd, const char *path, char *why, size_t n)
+{
+	char target[PATH_MAX];
+	ssize_t tl = readlinkat(fd, "", target, sizeof(target) - 1);
+	char *joined;
+
+	close(fd);
+	if (tl < 0)
+		return -errno;
+	target[tl] = '\0';
+	if (++w->links > MAX_LINKS) {
+		snprintf(why, n, "%s: too many symbolic links", path);
+		return -ELOOP;
+	}
+	if (asprintf(&joined, "%s/%s", target, w->p) < 0)
+		return -ENOMEM;
+	free(w->rest);
+	w->rest = w->p = joined;
+	if (target[0] == '/')
+		return walk_root(w, why, n);
+	/* relative: from the directory holding the link */
+	w->shown[w->len[w->depth - 1]] = '\0';
+	return 0;
+}
+
+/* The judged regular file c (st) of directory dfd, opened for reading
+ * through its name in that directory, and checked to be still the object
+ * that was judged: its descriptor, or -errno. */
+static int walk_open_file(struct walk *w, int dfd, const char *c, const struct stat *st, char *why, size_t n)
+{
+	struct stat st2;
+	int rfd;
+
+	if (!S_ISREG(st->st_mode)) {
+		snprintf(why, n, "%s is not a regular file", w->shown);
+		return -EPERM;
+	}
+	rfd = openat(dfd, c, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (rfd < 0)
+		return -errno;
+	if (fstat(rfd, &st2) != 0 || st2.st_dev != st->st_dev || st2.st_ino != st->st_ino) {
+		close(rfd);
+		snprintf(why, n, "%s changed while it was being checked", w->shown);
+		return -EAGAIN;
+	}
+	return rfd;
+}
+
+/* walk_step's "go on": no descriptor is this large */
+#define WALK_ON INT_MAX
+
+/* Step to component c: ".", "..", a link (followed), a directory (entered)
+ * or the file (opened). WALK_ON to go on, or the walk's result: a file's
+ * descriptor, or -errno. */
+static int walk_step(struct walk *w, char *c, int want_dir, const char *path, char *why, size_t n)
+{
+	struct stat st;
+	int dfd, fd, rc;
+
+	if (strcmp(c, ".") == 0)
+		return WALK_ON;
+	if (strcmp(c, "..") == 0) {
+		if (w->depth > 1) {
+			close(w->fd[--w->depth]);
+			w->shown[w->len[w->depth - 1]] = '\0';
+		}
+		return WALK_ON;
+	}
+	dfd = w->fd[w->depth - 1];
+	fd = openat(dfd, c, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) != 0) {
+		rc = -errno;
+		close(fd);
+		return rc;
+	}
+	shown_push(w, c);
+	rc = judge(&st, w->shown, why, n);
+	if (rc < 0) {
+		close(fd);
+		return rc;
+	}
+	if (S_ISLNK(st.st_mode)) {
+		rc = walk_link(w, fd, path, why, n);
+		return rc < 0 ? rc : WALK_ON;
+	}
+	if (S_ISDIR(st.st_mode)) {
+		if (w->depth == MAX_DEPTH) {
+			close(fd);
+			return -ENAMETOOLONG;
+		}
+		w->fd[w->depth] = fd;
+		w->len[w->depth] = strlen(w->shown);
+		w->depth++;
+		return WALK_ON;
+	}
+	close(fd);
+	/* a file: it must be the last component */
+	while (*w->p == '/')
+		w->p++;
+	if (*w->p != '\0' || want_dir)
+		return -ENOTDIR;
+	return walk_open_file(w, dfd, c, &st, why, n);
+}
+
 /*
  * The walk itself. want_dir: the path names a directory (only judged).
  * Returns an O_RDONLY descriptor of the regular file (or 0 for a judged
@@ -192,147 +325,36 @@ static void shown_push(struct walk *w, const char *c)
 static int walk_path(const char *path, int want_dir, char *why, size_t n)
 {
 	struct walk w = { .depth = 0 };
-	char *rest, *p, *c, *next;
-	int links = 0, rc = -EINVAL, dfd, fd = -1;
-	struct stat st;
-	char cwd[PATH_MAX];
+	char cwd[PATH_MAX], *c;
+	int rc;
 
 	why[0] = '\0';
-	/* rest: what is left to walk, absolute */
+	/* what is left to walk, absolute */
 	if (path[0] != '/') {
 		if (!getcwd(cwd, sizeof(cwd)))
 			return -errno;
-		if (asprintf(&rest, "%s/%s", cwd, path) < 0)
+		if (asprintf(&w.rest, "%s/%s", cwd, path) < 0)
 			return -ENOMEM;
-	} else if (!(rest = strdup(path))) {
+	} else if (!(w.rest = strdup(path))) {
 		return -ENOMEM;
 	}
+	w.p = w.rest;
 	rc = walk_root(&w, why, n);
-	if (rc < 0)
-		goto out;
-	p = rest;
-	for (;;) {
-		while (*p == '/')
-			p++;
-		if (*p == '\0') {
+	while (rc >= 0) {
+		c = walk_next(&w);
+		if (!c) {
 			/* the path ended on a directory */
 			rc = want_dir ? 0 : -EISDIR;
 			if (rc < 0)
 				snprintf(why, n, "%s is a directory", w.shown);
 			break;
 		}
-		c = p;
-		next = strchr(p, '/');
-		if (next) {
-			*next = '\0';
-			p = next + 1;
-		} else {
-			p = c + strlen(c);
-		}
-		if (strcmp(c, ".") == 0)
-			continue;
-		if (strcmp(c, "..") == 0) {
-			if (w.depth > 1) {
-				close(w.fd[--w.depth]);
-				w.shown[w.len[w.depth - 1]] = '\0';
-			}
-			continue;
-		}
-		dfd = w.fd[w.depth - 1];
-		fd = openat(dfd, c, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-		if (fd < 0) {
-			rc = -errno;
+		rc = walk_step(&w, c, want_dir, path, why, n);
+		if (rc != WALK_ON)
 			break;
-		}
-		if (fstat(fd, &st) != 0) {
-			rc = -errno;
-			break;
-		}
-		shown_push(&w, c);
-		rc = judge(&st, w.shown, why, n);
-		if (rc < 0)
-			break;
-		if (S_ISLNK(st.st_mode)) {
-			char target[PATH_MAX];
-			ssize_t tl = readlinkat(fd, "", target, sizeof(target) - 1);
-			char *joined;
-
-			close(fd);
-			fd = -1;
-			if (tl < 0) {
-				rc = -errno;
-				break;
-			}
-			target[tl] = '\0';
-			if (++links > MAX_LINKS) {
-				rc = -ELOOP;
-				snprintf(why, n, "%s: too many symbolic links", path);
-				break;
-			}
-			if (asprintf(&joined, "%s/%s", target, p) < 0) {
-				rc = -ENOMEM;
-				break;
-			}
-			free(rest);
-			rest = p = joined;
-			if (target[0] == '/') {
-				rc = walk_root(&w, why, n);
-				if (rc < 0)
-					break;
-			} else {
-				/* relative: from the directory holding the link */
-				w.shown[w.len[w.depth - 1]] = '\0';
-			}
-			continue;
-		}
-		if (S_ISDIR(st.st_mode)) {
-			if (w.depth == MAX_DEPTH) {
-				rc = -ENAMETOOLONG;
-				break;
-			}
-			w.fd[w.depth] = fd;
-			w.len[w.depth] = strlen(w.shown);
-			w.depth++;
-			fd = -1;
-			continue;
-		}
-		/* a file: it must be the last component */
-		while (*p == '/')
-			p++;
-		if (*p != '\0' || want_dir) {
-			rc = -ENOTDIR;
-			break;
-		}
-		if (!S_ISREG(st.st_mode)) {
-			rc = -EPERM;
-			snprintf(why, n, "%s is not a regular file", w.shown);
-			break;
-		}
-		{
-			/* read through the name in the judged directory, and make
-			 * sure it is still the object that was judged */
-			struct stat st2;
-			int rfd = openat(dfd, c, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-
-			if (rfd < 0) {
-				rc = -errno;
-				break;
-			}
-			if (fstat(rfd, &st2) != 0 || st2.st_dev != st.st_dev || st2.st_ino != st.st_ino) {
-				close(rfd);
-				rc = -EAGAIN;
-				snprintf(why, n, "%s changed while it was being checked", w.shown);
-				break;
-			}
-			rc = rfd;
-		}
-		break;
 	}
-out:
-	if (fd >= 0)
-		close(fd);
 	walk_pop_all(&w);
-	free(rest);
+	free(w.rest);
 	return rc;
 }
 

@@ -335,69 +335,78 @@ end
 ---------------------------------------------------------------------------
 -- run / attach
 
-local function main(args, host)
-  local o = parse(args)
-  if o.help then
-    io.stdout:write(USAGE)
-    return 0
-  end
-  if o.version then
-    io.stdout:write(string.format("denet %s\n", core.version))
-    return 0
-  end
-  if not o.sub then
-    fail("missing the command: run, attach or stats")
-  end
-  if o.sub == "stats" then
-    return stats(o)
-  end
-  local interval = number_opt(o, "interval", "-i/--interval", 1, "milliseconds") or 100
-  local max_interval = number_opt(o, "max_interval", "-m/--max-interval", 1, "milliseconds") or 1000
-  local duration = number_opt(o, "duration", "-d/--duration", 0, "seconds") or 0
-  local linger = number_opt(o, "prometheus_linger", "--prometheus-linger", 0, "seconds")
-  local pid
+-- The run's target and numbers, checked: the target ({ cmd } or { pids }),
+-- and interval, max_interval, duration, linger in the run's units.
+local function checked(o)
+  local n = {
+    interval = (number_opt(o, "interval", "-i/--interval", 1, "milliseconds") or 100) / 1000,
+    max_interval = (number_opt(o, "max_interval", "-m/--max-interval", 1, "milliseconds") or 1000) / 1000,
+    duration = number_opt(o, "duration", "-d/--duration", 0, "seconds") or 0,
+    linger = number_opt(o, "prometheus_linger", "--prometheus-linger", 0, "seconds"),
+  }
   if o.sub == "run" then
     if #o.cmd == 0 then
       errors.raise("run needs a command: denet run -- CMD [ARGS...]")
     end
-  else
-    pid = tonumber(o.pid or "")
-    if not o.pid then
-      errors.raise("attach needs a PID: denet attach PID")
-    elseif not pid or pid ~= math.floor(pid) or pid <= 0 then
-      errors.raise(string.format("attach needs a PID (a positive number), got '%s'", o.pid))
-    end
+    return { cmd = o.cmd }, n
   end
+  local pid = tonumber(o.pid or "")
+  if not o.pid then
+    errors.raise("attach needs a PID: denet attach PID")
+  elseif not pid or pid ~= math.floor(pid) or pid <= 0 then
+    errors.raise(string.format("attach needs a PID (a positive number), got '%s'", o.pid))
+  end
+  return { pids = { pid } }, n
+end
 
-  -- outputs are opened before anything starts: a bad path runs nothing
-  local outputs = {}
+-- The record stream (-o FILE, --json), the --stats file and the live
+-- display, opened before anything starts: a bad path runs nothing.
+local function outputs(o)
+  local list = {}
   if o.out then
-    outputs[#outputs + 1] = open_out(o.out)
+    list[#list + 1] = open_out(o.out)
   end
   if o.json then
-    outputs[#outputs + 1] = { fd = 1, path = "the standard output" }
+    list[#list + 1] = { fd = 1, path = "the standard output" }
   end
-  local stats_file = o.stats and open_out(o.stats)
-  local out = Out.new(outputs, true)
-  local tty = core.isatty(2)
   local display
-  if not o.quiet and not o.json and tty then
+  if not o.quiet and not o.json and core.isatty(2) then
     display = Display.new(o.no_update and "lines" or "update", core.monotonic())
   end
+  return Out.new(list, true), o.stats and open_out(o.stats), display
+end
 
+-- The summary where it was asked for, and on a terminal.
+local function end_outputs(o, run, s, stats_file)
+  if stats_file then
+    Out.new({ stats_file }):write(s)
+    core.close_fd(stats_file.fd)
+  end
+  if not o.quiet and not o.json then
+    print_summary(s, io.stderr)
+  elseif s.signal and not run.sent_signal then
+    -- a crash is said even when the summary is not shown
+    io.stderr:write(string.format("denet: the command was killed by %s%s\n", s.signal,
+      s.core_dumped and " (core dumped)" or ""))
+  end
+end
+
+-- `denet run` / `denet attach`: the monitor's run.
+local function monitor(o, host)
+  local target, n = checked(o)
+  local out, stats_file, display = outputs(o)
   -- plugins are loaded (and their arguments checked) before anything runs
   local run
   run = require("denet.runner").new{
-    target = o.sub == "run" and { cmd = o.cmd } or { pids = { pid } },
-    features = require("denet.features").for_monitor({ interval = interval / 1000,
-      max_interval = max_interval / 1000, exclude_children = o.exclude_children,
-      since_process_start = o.since_process_start, no_polling = o.no_polling, write_env = o.write_env }, o,
-      { prometheus = o.prometheus }),
-    duration = duration > 0 and duration or nil,
+    target = target,
+    features = require("denet.features").for_monitor({ interval = n.interval, max_interval = n.max_interval,
+      exclude_children = o.exclude_children, since_process_start = o.since_process_start,
+      no_polling = o.no_polling, write_env = o.write_env }, o, { prometheus = o.prometheus }),
+    duration = n.duration > 0 and n.duration or nil,
     bpf = o.no_bpf and false or nil,
     debug = o.debug,
     prometheus = o.prometheus,
-    prometheus_linger = linger,
+    prometheus_linger = n.linger,
     stdout = o.json and 2 or nil,
     name = "monitor",
     host = host or plugins.load_all(o.plugins, { allow_untrusted = o.allow_untrusted,
@@ -424,22 +433,31 @@ local function main(args, host)
   if display then
     display:done()
   end
-  if stats_file then
-    Out.new({ stats_file }):write(s)
-    core.close_fd(stats_file.fd)
-  end
   out:close()
-  if not o.quiet and not o.json then
-    print_summary(s, io.stderr)
-  elseif s.signal and not run.sent_signal then
-    -- a crash is said even when the summary is not shown
-    io.stderr:write(string.format("denet: the command was killed by %s%s\n", s.signal,
-      s.core_dumped and " (core dumped)" or ""))
-  end
+  end_outputs(o, run, s, stats_file)
   if run.proc then
     return exit_code or signal_code
   end
   return 0
+end
+
+local function main(args, host)
+  local o = parse(args)
+  if o.help then
+    io.stdout:write(USAGE)
+    return 0
+  end
+  if o.version then
+    io.stdout:write(string.format("denet %s\n", core.version))
+    return 0
+  end
+  if not o.sub then
+    fail("missing the command: run, attach or stats")
+  end
+  if o.sub == "stats" then
+    return stats(o)
+  end
+  return monitor(o, host)
 end
 
 return {

@@ -4,6 +4,9 @@
 #   clang-format --dry-run         C in host/, bpf-src/, tests/ (.clang-format)
 #   every tracked shell script     checked by shellcheck -x
 #   every tracked Python file      checked by pyflakes3
+#   tools/fnlen.lua                no function over 80 lines in lib/,
+#                                  scripts/, host/ or bpf-src/ unless a
+#                                  "Long:" comment at its head says why
 #   .editorconfig basics           final newline, no trailing blanks, LF
 # Exit 0 when clean; otherwise each finding on stderr, exit 1.
 set -uo pipefail
@@ -35,6 +38,14 @@ mapfile -t pyfiles < <(git ls-files '*.py')
 if ! pyflakes3 "${pyfiles[@]}" >/tmp/lint.$$ 2>&1; then
   cat /tmp/lint.$$ >&2
   say "pyflakes found problems"
+fi
+rm -f /tmp/lint.$$
+
+mapfile -t srcfiles < <(git ls-files 'lib/*.lua' 'scripts/*.lua' 'host/*.c' 'bpf-src/*.c' 'bpf-src/*.h' |
+  grep -v '/vendor/')
+if ! luajit tools/fnlen.lua "${srcfiles[@]}" >/tmp/lint.$$ 2>&1; then
+  cat /tmp/lint.$$ >&2
+  say "functions over 80 lines (split them, or say why in a 'Long:' comment at their head)"
 fi
 rm -f /tmp/lint.$$
 

@@ -147,7 +147,7 @@ function Bpf:initialize(args)
     if path:match("%.b$") then
       fail("failed to compile BPF module: B language sources (" .. path .. ") are not supported; write C")
     end
-    text = try(require("denet.core").trust_read, path)
+    text = try(require("denet.bpf.source").try_read, path)
     if not text then
       fail("cannot read BPF source " .. path)
     end

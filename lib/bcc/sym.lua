@@ -5,12 +5,12 @@
 --
 -- Also the older interface some bcc examples use: sym.ProcSymbols:new(pid)
 -- and sym.KSymbols:new(), with :lookup(addr) -> "name" and :refresh().
-local core = require("denet.core")
+local syms = require("denet.syms")
 
 local M = {}
 
 local function kernel_cache()
-  local ks = assert(core.ksyms())
+  local ks = syms.kernel_table()
   return {
     resolve = function(_, addr)
       local name, off = ks:resolve(addr)
@@ -24,7 +24,7 @@ local function kernel_cache()
 end
 
 local function user_cache(pid)
-  local maps = core.usyms(pid)
+  local maps = syms.maps(pid)
   local c = {}
   function c:resolve(addr)
     if not maps then
@@ -38,7 +38,7 @@ local function user_cache(pid)
   end
   -- mappings change (dlopen, exec): take them again
   function c:refresh()
-    maps = core.usyms(pid) or maps
+    maps = syms.maps(pid) or maps
   end
   return c
 end
@@ -55,7 +55,7 @@ end
 --- or addr (an ELF address) -> the file's path and the file offset to
 --- probe (plus sym_off). Raises naming what is missing.
 function M.check_path_symbol(module, symname, addr, pid, sym_off)
-  local path, off = core.resolve_symname(module, symname, pid or -1, symname == nil and addr or nil)
+  local path, off = syms.resolve_symname(module, symname, pid or -1, symname == nil and addr or nil)
   if not path then
     error(off, 0)
   end

@@ -1,5 +1,6 @@
 -- bcc.table: BPF tables with the methods and iteration of bcc's Lua
--- binding, over denet's map functions.
+-- binding, over denet's tables and buffers (denet.bpf.table's map calls,
+-- denet.bpf.buffer's perf buffers).
 --
 --   t:get(k), t:set(k, v), t:delete(k), t:keys(), t:items()
 --   t:key_sprintf(k), t:leaf_sprintf(v), t:key_scanf(s), t:leaf_scanf(s)
@@ -13,9 +14,10 @@
 -- tables walk stacks; perf event arrays open perf buffers whose callback
 -- gets (cpu, event), event cast to the given C type.
 local ffi = require("ffi")
-local core = require("denet.core")
 local ctypes = require("denet.ctypes")
 local errors = require("denet.errors")
+local buffer = require("denet.bpf.buffer")
+local maps = require("denet.bpf.table").raw -- the map calls denet's tables make
 local sys = require("denet.sys")
 
 local BaseTable = class("BaseTable")
@@ -126,7 +128,7 @@ end
 
 function BaseTable:get(key)
   local pvalue = ffi.new("uint8_t[?]", self.value_size)
-  local ok, msg = core.map_lookup(self.map_fd, self:_key(key), pvalue)
+  local ok, msg = maps.lookup(self.map_fd, self:_key(key), pvalue)
   if ok == nil then
     fail(string.format("table %s: %s", self.name, msg))
   end
@@ -145,7 +147,7 @@ function BaseTable:_leaf_buf(value)
 end
 
 function BaseTable:set(key, value)
-  local ok, msg = core.map_update(self.map_fd, self:_key(key), self:_leaf_buf(value), 0)
+  local ok, msg = maps.update(self.map_fd, self:_key(key), self:_leaf_buf(value), 0)
   if not ok then
     fail(string.format("could not update table %s: %s", self.name, msg))
   end
@@ -153,7 +155,7 @@ end
 
 -- One pass over the map: key bytes, value bytes, count.
 function BaseTable:_dump()
-  local keys, values, n = core.map_dump(self.map_fd, self.info.key_size, self.value_size,
+  local keys, values, n = maps.dump(self.map_fd, self.info.key_size, self.value_size,
     math.max(self.info.max_entries, 1) * 2)
   if not keys then
     fail(string.format("table %s: %s", self.name, values))
@@ -209,7 +211,7 @@ end
 
 --- Remove key; true if it was there.
 function HashTable:delete(key)
-  local ok, msg = core.map_delete(self.map_fd, self:_key(key))
+  local ok, msg = maps.delete(self.map_fd, self:_key(key))
   if ok == nil then
     fail(string.format("table %s: %s", self.name, msg))
   end
@@ -218,7 +220,7 @@ end
 
 --- Remove every entry.
 function HashTable:clear()
-  local ok, msg = core.map_clear(self.map_fd, self.info.key_size)
+  local ok, msg = maps.clear(self.map_fd, self.info.key_size)
   if not ok then
     fail(string.format("table %s: %s", self.name, msg))
   end
@@ -276,7 +278,7 @@ function BaseArray:items(with_index)
     end
     pkey[0] = n
     n = n + 1
-    if not core.map_lookup(self.map_fd, pkey, pvalue) then
+    if not maps.lookup(self.map_fd, pkey, pvalue) then
       return nil
     end
     if with_index then
@@ -416,13 +418,13 @@ function PerfEventArray:open_perf_buffer(callback, data_type, data_params, page_
       lost_cb(cpu, n)
     end
   end
-  local id, msg = core.loop_perfbuf(self.map_fd, sys.online_cpus(), page_cnt or 8, function(p, _, cpu)
+  local b, msg = buffer.open_perf({ fd = self.map_fd }, nil, function(p, _, cpu)
     callback(cpu, ffi.cast(ptr_t, p))
-  end, lost)
-  if not id then
+  end, page_cnt or 8, lost)
+  if not b then
     fail(msg)
   end
-  self.source = require("denet")._source(id)
+  self.source = b
   self.bpf:perf_buffer_store(self.name, self.source)
   return self
 end
@@ -446,7 +448,7 @@ function StackTrace:walk(id)
   if id and id >= 0 then
     local buf = ffi.new("uint64_t[?]", self.depth)
     local key = ffi.new("uint32_t[1]", id)
-    if core.map_lookup(self.map_fd, key, buf) then
+    if maps.lookup(self.map_fd, key, buf) then
       for i = 0, math.min(self.depth, StackTrace.MAX_STACK) - 1 do
         if buf[i] == 0 then
           break

@@ -59,7 +59,7 @@ end
 
 -- the argument readers of the enabled probes (C text)
 function Usdt:_get_text()
-  local text, msg = require("denet.core").usdt_genargs({ self.context.ctx })
+  local text, msg = dbpf.usdt_args({ self.context.ctx })
   if not text then
     fail(msg)
   end

@@ -260,6 +260,225 @@ local function int_type(size, signed)
   return (signed and "signed " or "unsigned ") .. t
 end
 
+-- A header being written from the BTF of b: each struct and union emitted
+-- once, under its tag (prefix .. name), before what embeds it by value.
+local Header = {}
+Header.__index = Header
+
+local function new_header(b, prefix)
+  return setmetatable({
+    b = b, prefix = prefix, out = {}, done = {}, busy = {},
+    tagname = {}, -- struct/union id -> emitted tag
+    used = {},    -- emitted tag -> id
+    wanted = {},  -- typedef'd anonymous types named through a pointer
+    -- padding members are named apart across the whole header: those of
+    -- an anonymous member land in the scope of the struct around it
+    npad = 0,
+  }, Header)
+end
+
+-- The tag a struct or union (or a typedef'd anonymous one) is emitted as.
+function Header:tag_of(id, via_typedef)
+  if self.tagname[id] then
+    return self.tagname[id]
+  end
+  local b = self.b
+  local _, name = b:type(id)
+  local base = name ~= "" and name or ("t_" .. via_typedef)
+  local tag = self.prefix .. base
+  if (name ~= "" and b:struct_id(name) ~= id) or (self.used[tag] and self.used[tag] ~= id) then
+    tag = tag .. "___" .. id -- another type of the same name: struct_id's keeps the name
+  end
+  self.used[tag] = id
+  self.tagname[id] = tag
+  return tag
+end
+
+-- The 32-bit words after type id's btf_type.
+function Header:words(id)
+  return ffi.cast(u32p, self.b.p + self.b.off[id] + 12)
+end
+
+-- "TYPE DECLARATOR" of a number type id (int, enum, float) around inner.
+function Header:number_decl(id, kind, size, inner)
+  if kind == KIND.INT then
+    local t = self:words(id)[0]
+    local enc, bits = bit.rshift(bit.band(t, 0x0f000000), 24), bit.band(t, 0xff)
+    local ct = int_type(size, bit.band(enc, 1) == 1)
+    if not ct or bits ~= size * 8 then
+      return string.format("unsigned char %s[%d]", inner, size)
+    end
+    return ct .. " " .. inner
+  elseif kind == KIND.FLOAT then
+    local ft = ({ [4] = "float", [8] = "double" })[size]
+    return ft and (ft .. " " .. inner) or string.format("unsigned char %s[%d]", inner, size)
+  end
+  return (int_type(size, false) or "unsigned int") .. " " .. inner -- an enum
+end
+
+-- "TYPE DECLARATOR" of struct or union id around inner: an anonymous one
+-- inline, a named one by its tag (defined first when embedded by value).
+function Header:struct_decl(id, kind, name, inner, typedef_name)
+  if name == "" and not typedef_name then
+    -- an anonymous member type: its own packed body, inline
+    return self:emit_struct(id, nil) .. " " .. inner
+  end
+  local tag = self:tag_of(id, typedef_name)
+  if inner:sub(1, 1) ~= "*" and inner:sub(1, 2) ~= "(*" then
+    self:emit_struct(id, tag) -- embedded by value: defined first
+  elseif name == "" then
+    self.wanted[id] = tag
+  end
+  return (kind == KIND.UNION and "union " or "struct ") .. tag .. " " .. inner
+end
+
+local QUALIFIER = { [KIND.CONST] = true, [KIND.VOLATILE] = true, [KIND.RESTRICT] = true, [KIND.TYPE_TAG] = true }
+
+-- "TYPE DECLARATOR" for type id around declarator inner.
+function Header:decl(id, inner, typedef_name)
+  if id == 0 then
+    return "void " .. inner
+  end
+  local b = self.b
+  local kind, name, ref = b:type(id)
+  if kind == KIND.INT or kind == KIND.ENUM or kind == KIND.ENUM64 or kind == KIND.FLOAT then
+    return self:number_decl(id, kind, ref, inner)
+  elseif kind == KIND.PTR then
+    local target = b:resolve(ref)
+    if target ~= 0 and select(1, b:type(target)) == KIND.FUNC_PROTO then
+      return "void *" .. inner
+    end
+    return self:decl(ref, "*" .. inner, nil)
+  elseif kind == KIND.ARRAY then
+    local a = self:words(id)
+    if inner:sub(1, 1) == "*" then
+      inner = "(" .. inner .. ")"
+    end
+    return self:decl(a[0], string.format("%s[%d]", inner, a[2]), nil)
+  elseif kind == KIND.TYPEDEF then
+    local target = b:resolve(ref)
+    local tk, tname = b:type(target)
+    if (tk == KIND.STRUCT or tk == KIND.UNION) and tname == "" then
+      return self:decl(target, inner, name)
+    end
+    return self:decl(ref, inner, nil)
+  elseif QUALIFIER[kind] then
+    return self:decl(ref, inner, typedef_name)
+  elseif kind == KIND.STRUCT or kind == KIND.UNION then
+    return self:struct_decl(id, kind, name, inner, typedef_name)
+  elseif kind == KIND.FWD then
+    local _, _, _, _, is_union = b:type(id)
+    return (is_union and "union " or "struct ") .. self.prefix .. name .. " " .. inner
+  end
+  return "void " .. inner -- function prototypes, and what else has no layout
+end
+
+-- The bytes type t takes: from BTF (arrays, structs and all).
+function Header:size_of(t)
+  local b = self.b
+  local k, _, s = b:type(t)
+  if k == KIND.INT or k == KIND.ENUM or k == KIND.ENUM64 or k == KIND.FLOAT or k == KIND.STRUCT
+      or k == KIND.UNION then
+    return s
+  elseif k == KIND.PTR then
+    return 8
+  elseif k == KIND.ARRAY then
+    local a = self:words(t)
+    return self:size_of(b:resolve(a[0])) * a[2]
+  elseif k == KIND.TYPEDEF or QUALIFIER[k] then
+    return self:size_of(b:resolve(t))
+  end
+  return 0
+end
+
+-- Padding members from bit pos up to bit `bits` into lines; the new pos.
+function Header:pad(lines, pos, bits)
+  if pos >= bits then
+    return pos
+  end
+  if pos % 8 ~= 0 then
+    local n = math.min(8 - pos % 8, bits - pos)
+    self.npad = self.npad + 1
+    lines[#lines + 1] = string.format("unsigned char :%d;", n)
+    pos = pos + n
+  end
+  local bytes = math.floor((bits - pos) / 8)
+  if bytes > 0 then
+    self.npad = self.npad + 1
+    lines[#lines + 1] = string.format("unsigned char __dn_pad%d[%d];", self.npad, bytes)
+    pos = pos + bytes * 8
+  end
+  if pos < bits then
+    self.npad = self.npad + 1
+    lines[#lines + 1] = string.format("unsigned char :%d;", bits - pos)
+    pos = bits
+  end
+  return pos
+end
+
+-- Member i of struct id (its words m) into lines, after bit pos; the bit
+-- where it ends.
+function Header:member(lines, m, i, kflag, pos)
+  local b = self.b
+  local name_off, tid, o = m[3 * i], m[3 * i + 1], m[3 * i + 2]
+  local bits = kflag and bit.band(o, 0xffffff) or o
+  local width = kflag and bit.rshift(o, 24) or 0
+  local mname = name_off ~= 0 and b:str(name_off) or ""
+  local rid = b:resolve(tid)
+  local rkind, _, rsize = b:type(rid)
+  if width == 0 and rkind == KIND.INT and not kflag then
+    -- an old-style bit field: the width is in the int type itself
+    local ibits = bit.band(self:words(rid)[0], 0xff)
+    if ibits ~= rsize * 8 then
+      width = ibits
+    end
+  end
+  pos = self:pad(lines, pos, bits)
+  if width > 0 then
+    lines[#lines + 1] = string.format("%s %s:%d;", int_type(rsize, false) or "unsigned int", mname, width)
+    return bits + width
+  end
+  if pos % 8 ~= 0 then
+    self:pad(lines, pos, pos + 8 - pos % 8)
+  end
+  lines[#lines + 1] = self:decl(tid, mname) .. ";"
+  return bits + self:size_of(rid) * 8
+end
+
+-- Emit struct/union id: with a tag, its definition goes to the header
+-- (once) and the tag is returned; without, the body is returned (inline).
+function Header:emit_struct(id, tag)
+  if tag and (self.done[id] or self.busy[id]) then
+    return tag
+  end
+  if tag then
+    self.busy[id] = true
+  end
+  local kind, _, size, vlen, kflag = self.b:type(id)
+  local is_union = kind == KIND.UNION
+  local lines, pos = {}, 0 -- bits placed so far
+  local m = self:words(id)
+  for i = 0, vlen - 1 do
+    pos = self:member(lines, m, i, kflag, is_union and 0 or pos)
+  end
+  if is_union then
+    -- its size, whatever its members
+    self.npad = self.npad + 1
+    lines[#lines + 1] = string.format("unsigned char __dn_pad%d[%d];", self.npad, size)
+  else
+    self:pad(lines, pos, size * 8)
+  end
+  local body = string.format("%s {\n\t%s\n} __attribute__((packed))", is_union and "union" or "struct",
+    table.concat(lines, "\n\t"))
+  if not tag then
+    return body
+  end
+  self.out[#self.out + 1] = body:gsub("^(%a+) ", "%1 " .. tag .. " ", 1) .. ";\n"
+  self.busy[id] = nil
+  self.done[id] = true
+  return tag
+end
+
 --- Every struct and union of the kernel as C, each tag and typedef'd
 --- anonymous type renamed with `prefix` so the result can sit beside any
 --- kernel headers. Layouts are spelled out, not left to the compiler: each
@@ -269,219 +488,25 @@ end
 --- padding of a plain C dump differently for the BPF target than the
 --- kernel's compiler did). Members keep their names; typedefs are replaced
 --- by what they name; enums are integers of their size; function pointers
---- are void pointers.
+--- are void pointers. Returns the text and the tags (struct id -> tag).
 function Btf:c_header(prefix)
-  local out, done, busy = {}, {}, {}
-  local tagname = {}   -- struct/union id -> emitted tag
-  local used = {}      -- emitted tag -> id
-  local wanted = {}    -- typedef'd anonymous types named through a pointer
-  -- padding members are named apart across the whole header: those of an
-  -- anonymous member land in the scope of the struct around it
-  local npad = 0
-  local emit_struct
-
-  -- the tag a struct or union (or a typedef'd anonymous one) is emitted as
-  local function tag_of(id, via_typedef)
-    if tagname[id] then
-      return tagname[id]
-    end
-    local _, name = self:type(id)
-    local base = name ~= "" and name or ("t_" .. via_typedef)
-    local tag = prefix .. base
-    if (name ~= "" and self:struct_id(name) ~= id) or (used[tag] and used[tag] ~= id) then
-      tag = tag .. "___" .. id -- another type of the same name: struct_id's keeps the name
-    end
-    used[tag] = id
-    tagname[id] = tag
-    return tag
-  end
-
-  -- "TYPE DECLARATOR" for type id around declarator inner; value: the
-  -- struct it embeds by value must be emitted first
-  local decl
-  decl = function(id, inner, typedef_name)
-    if id == 0 then
-      return "void " .. inner
-    end
-    local kind, name, ref = self:type(id)
-    if kind == KIND.INT then
-      local t = ffi.cast(u32p, self.p + self.off[id] + 12)[0]
-      local enc, bits = bit.rshift(bit.band(t, 0x0f000000), 24), bit.band(t, 0xff)
-      local ct = int_type(ref, bit.band(enc, 1) == 1)
-      if not ct or bits ~= ref * 8 then
-        return string.format("unsigned char %s[%d]", inner, ref)
-      end
-      return ct .. " " .. inner
-    elseif kind == KIND.ENUM or kind == KIND.ENUM64 then
-      return (int_type(ref, false) or "unsigned int") .. " " .. inner
-    elseif kind == KIND.FLOAT then
-      local ft = ({ [4] = "float", [8] = "double" })[ref]
-      return ft and (ft .. " " .. inner) or string.format("unsigned char %s[%d]", inner, ref)
-    elseif kind == KIND.PTR then
-      local target = self:resolve(ref)
-      local tk = target ~= 0 and select(1, self:type(target))
-      if tk == KIND.FUNC_PROTO then
-        return "void *" .. inner
-      end
-      return decl(ref, "*" .. inner, nil)
-    elseif kind == KIND.ARRAY then
-      local a = ffi.cast(u32p, self.p + self.off[id] + 12)
-      local elem, n = a[0], a[2]
-      if inner:sub(1, 1) == "*" then
-        inner = "(" .. inner .. ")"
-      end
-      return decl(elem, string.format("%s[%d]", inner, n), nil)
-    elseif kind == KIND.TYPEDEF then
-      local target = self:resolve(ref)
-      local tk, tname = self:type(target)
-      if (tk == KIND.STRUCT or tk == KIND.UNION) and tname == "" then
-        return decl(target, inner, name)
-      end
-      return decl(ref, inner, nil)
-    elseif kind == KIND.CONST or kind == KIND.VOLATILE or kind == KIND.RESTRICT or kind == KIND.TYPE_TAG then
-      return decl(ref, inner, typedef_name)
-    elseif kind == KIND.STRUCT or kind == KIND.UNION then
-      if name == "" and not typedef_name then
-        -- an anonymous member type: its own packed body, inline
-        return emit_struct(id, nil) .. " " .. inner
-      end
-      local tag = tag_of(id, typedef_name)
-      if inner:sub(1, 1) ~= "*" and inner:sub(1, 2) ~= "(*" then
-        emit_struct(id, tag) -- embedded by value: defined first
-      elseif name == "" then
-        wanted[id] = tag
-      end
-      return (kind == KIND.UNION and "union " or "struct ") .. tag .. " " .. inner
-    elseif kind == KIND.FWD then
-      local _, _, _, _, is_union = self:type(id)
-      return (is_union and "union " or "struct ") .. prefix .. name .. " " .. inner
-    elseif kind == KIND.FUNC_PROTO then
-      return "void " .. inner
-    end
-    return "void " .. inner
-  end
-
-  -- Emit struct/union id: with a tag, its definition goes to `out` (once)
-  -- and the tag is returned; without, the body is returned (inline use).
-  emit_struct = function(id, tag)
-    if tag and (done[id] or busy[id]) then
-      return tag
-    end
-    if tag then
-      busy[id] = true
-    end
-    local kind, _, size, vlen, kflag = self:type(id)
-    local is_union = kind == KIND.UNION
-    local lines = {}
-    local m = ffi.cast(u32p, self.p + self.off[id] + 12)
-    local pos = 0 -- bits placed so far
-    local function pad_to(bits)
-      if pos >= bits then
-        return
-      end
-      if pos % 8 ~= 0 then
-        local b = math.min(8 - pos % 8, bits - pos)
-        npad = npad + 1
-        lines[#lines + 1] = string.format("unsigned char :%d;", b)
-        pos = pos + b
-      end
-      local bytes = math.floor((bits - pos) / 8)
-      if bytes > 0 then
-        npad = npad + 1
-        lines[#lines + 1] = string.format("unsigned char __dn_pad%d[%d];", npad, bytes)
-        pos = pos + bytes * 8
-      end
-      if pos < bits then
-        npad = npad + 1
-        lines[#lines + 1] = string.format("unsigned char :%d;", bits - pos)
-        pos = bits
-      end
-    end
-    for i = 0, vlen - 1 do
-      local name_off, tid, o = m[3 * i], m[3 * i + 1], m[3 * i + 2]
-      local bits = kflag and bit.band(o, 0xffffff) or o
-      local width = kflag and bit.rshift(o, 24) or 0
-      local mname = name_off ~= 0 and self:str(name_off) or ""
-      local rid = self:resolve(tid)
-      local rkind, _, rsize = self:type(rid)
-      if width == 0 and (rkind == KIND.INT or rkind == KIND.ENUM) and not kflag then
-        -- an old-style bit field: the width is in the int type itself
-        if rkind == KIND.INT then
-          local t = ffi.cast(u32p, self.p + self.off[rid] + 12)[0]
-          local ibits = bit.band(t, 0xff)
-          if ibits ~= rsize * 8 then
-            width = ibits
-          end
-        end
-      end
-      if is_union then
-        pos = 0
-      end
-      if width > 0 then
-        pad_to(bits)
-        local ct = int_type(rsize, false) or "unsigned int"
-        lines[#lines + 1] = string.format("%s %s:%d;", ct, mname, width)
-        pos = bits + width
-      else
-        pad_to(bits)
-        if pos % 8 ~= 0 then
-          pad_to(pos + 8 - pos % 8)
-        end
-        lines[#lines + 1] = decl(tid, mname) .. ";"
-        -- the size it takes: from BTF (arrays, structs and all)
-        local function size_of(t)
-          local k, _, s = self:type(t)
-          if k == KIND.INT or k == KIND.ENUM or k == KIND.ENUM64 or k == KIND.FLOAT or k == KIND.STRUCT
-              or k == KIND.UNION then
-            return s
-          elseif k == KIND.PTR then
-            return 8
-          elseif k == KIND.ARRAY then
-            local a = ffi.cast(u32p, self.p + self.off[t] + 12)
-            return size_of(self:resolve(a[0])) * a[2]
-          elseif k == KIND.TYPEDEF or k == KIND.CONST or k == KIND.VOLATILE or k == KIND.RESTRICT
-              or k == KIND.TYPE_TAG then
-            return size_of(self:resolve(t))
-          end
-          return 0
-        end
-        pos = bits + size_of(self:resolve(tid)) * 8
-      end
-    end
-    if is_union then
-      -- its size, whatever its members
-      npad = npad + 1
-      lines[#lines + 1] = string.format("unsigned char __dn_pad%d[%d];", npad, size)
-    else
-      pad_to(size * 8)
-    end
-    local body = string.format("%s {\n\t%s\n} __attribute__((packed))", is_union and "union" or "struct",
-      table.concat(lines, "\n\t"))
-    if not tag then
-      return body
-    end
-    out[#out + 1] = body:gsub("^(%a+) ", "%1 " .. tag .. " ", 1) .. ";\n"
-    busy[id] = nil
-    done[id] = true
-    return tag
-  end
-
+  local h = new_header(self, prefix)
   for id = 1, self.n do
     local kind, name = self:type(id)
     if (kind == KIND.STRUCT or kind == KIND.UNION) and name ~= "" then
-      emit_struct(id, tag_of(id))
+      h:emit_struct(id, h:tag_of(id))
     end
   end
   repeat
     local more = false
-    for id, tag in pairs(wanted) do
-      if not done[id] then
-        emit_struct(id, tag)
+    for id, tag in pairs(h.wanted) do
+      if not h.done[id] then
+        h:emit_struct(id, tag)
         more = true
       end
     end
   until not more
-  return table.concat(out, "\n"), tagname
+  return table.concat(h.out, "\n"), h.tagname
 end
 
 return M

@@ -318,172 +318,174 @@ Over.__tostring = function(e)
   return e.message
 end
 
+local Host = {}
+Host.__index = Host
+M.Host = Host
+
+-- Call plugin p's hook f (named hook) with the budgets checked; returns
+-- what pcall does.
+function Host:run(p, hook, f, ...)
+  local limit = self.budget
+  if limit > 0 and (hook == "on_init" or hook == "on_start") then
+    limit = math.max(limit, M.SETUP_BUDGET_S)
+  end
+  local heap_kib = self.memory * 1024
+  local t0 = core.monotonic()
+  -- a hook that runs the loop (denet.sleep) may call another plugin's:
+  -- the outer budget hook comes back after it
+  local outer, outer_mask, outer_count = debug.gethook()
+  local stop -- the error, once over a budget
+  local run_fn = debug.getinfo(1, "f").func
+  local function check()
+    if stop then
+      -- not in this function, between the plugin's return and the reset
+      if debug.getinfo(2, "f").func ~= run_fn then
+        error(stop, 0)
+      end
+      return
+    end
+    local over
+    local dt = core.monotonic() - t0
+    if limit > 0 and dt > limit then
+      over = string.format("%s ran for %.1f s (budget %g s, --plugin-budget)", hook, dt, limit)
+    elseif heap_kib > 0 and collectgarbage("count") > heap_kib then
+      collectgarbage()
+      if collectgarbage("count") > heap_kib then
+        over = string.format("%s grew the Lua heap past %d MiB (--plugin-memory)", hook, self.memory)
+      end
+    end
+    if over then
+      local info = debug.getinfo(2, "Sl")
+      local where = info and info.currentline and info.currentline > 0 and
+        string.format("%s:%d: ", info.short_src, info.currentline) or ""
+      stop = setmetatable({ message = where .. over }, Over)
+      -- from now on at every instruction: a pcall of the plugin's own
+      -- that catches it is left at the next one
+      debug.sethook(check, "", 1)
+      error(stop, 0)
+    end
+  end
+  -- (named for a wait that nests the loop too deep; set before the
+  -- budget hook, taken back after it: once over a budget, no function
+  -- but this one may run)
+  local denet = require("denet")
+  denet._hook(string.format("%s (plugin %s)", hook, p.name))
+  debug.sethook(check, "", CHECK_EVERY)
+  local res = { pcall(f, ...) }
+  if stop then
+    res = { false, stop }
+  end
+  if type(outer) == "function" then
+    debug.sethook(outer, outer_mask, outer_count)
+  else
+    debug.sethook()
+  end
+  denet._hook(nil)
+  return unpack(res, 1, table.maxn(res))
+end
+
+-- A hook of p raised e: say so, and disable p after MAX_ERRORS. An
+-- interrupt (Ctrl-C) is not the plugin's fault: it ends the run.
+function Host:failed(p, e)
+  if errors.is_interrupt(e) then
+    error(e, 0)
+  end
+  if getmetatable(e) == Over then
+    -- over a budget: stopped at once, and what it holds let go
+    p.disabled = true
+    p.t = {}
+    collectgarbage()
+    self.out:write(string.format("plugin %s: stopped: %s; disabled, the run goes on without it\n", p.name,
+      e.message))
+    return
+  end
+  p.errors = p.errors + 1
+  self.out:write(string.format("plugin %s: %s\n", p.name, message(e)))
+  if p.errors >= M.MAX_ERRORS and not p.disabled then
+    p.disabled = true
+    self.out:write(string.format("plugin %s: disabled after %d errors; the run goes on without it\n", p.name,
+      p.errors))
+  end
+end
+
+--- Call hook on every plugin that has it and is not disabled; returns
+--- { [plugin name] = what it returned }. Errors are reported as
+--- "plugin NAME: file:line: message"; the run goes on.
+function Host:call(hook, ...)
+  local results = {}
+  for _, p in ipairs(self.plugins) do
+    local f = not p.disabled and p.t[hook]
+    if type(f) == "function" then
+      local ok, r = self:run(p, hook, f, ...)
+      if ok then
+        results[p.name] = r
+      else
+        self:failed(p, r)
+      end
+    end
+  end
+  return results
+end
+
+--- Any plugin with this hook?
+function Host:has(hook)
+  for _, p in ipairs(self.plugins) do
+    if type(p.t[hook]) == "function" then
+      return true
+    end
+  end
+  return false
+end
+
+--- on_init for each plugin with its parsed args.
+function Host:init()
+  for _, p in ipairs(self.plugins) do
+    local f = p.t.on_init
+    if type(f) == "function" and not p.disabled then
+      local ok, r = self:run(p, "on_init", f, p.args)
+      if not ok then
+        self:failed(p, r)
+      end
+    end
+  end
+end
+
+--- Start the wall-clock on_interval timers (every plugin's own
+--- `interval`, default 1 s); stop() is called when one returns false.
+function Host:start_intervals(stop)
+  local denet = require("denet")
+  local t0 = core.monotonic()
+  for _, p in ipairs(self.plugins) do
+    if type(p.t.on_interval) == "function" then
+      local every = tonumber(p.t.interval) or 1
+      self.timers[#self.timers + 1] = denet.every(every, function()
+        if p.disabled then
+          return
+        end
+        local ok, r = self:run(p, "on_interval", p.t.on_interval, core.monotonic() - t0)
+        if not ok then
+          self:failed(p, r)
+        elseif r == false and stop then
+          stop(p.name)
+        end
+      end)
+    end
+  end
+end
+
+function Host:stop_intervals()
+  for _, t in ipairs(self.timers) do
+    t:close()
+  end
+  self.timers = {}
+end
+
 --- The set of plugins of one run. out: where notes go (stderr).
 --- limits: { budget = seconds per hook call (0: none), memory = MiB }.
 function M.host(list, out, limits)
   limits = limits or {}
-  local h = { plugins = list or {}, out = out or io.stderr, timers = {}, budget = limits.budget or M.BUDGET_S,
-    memory = limits.memory or M.MEMORY_MIB }
-
-  -- Call plugin p's hook f (named hook) with the budgets checked; returns
-  -- what pcall does.
-  function h:run(p, hook, f, ...)
-    local limit = self.budget
-    if limit > 0 and (hook == "on_init" or hook == "on_start") then
-      limit = math.max(limit, M.SETUP_BUDGET_S)
-    end
-    local heap_kib = self.memory * 1024
-    local t0 = core.monotonic()
-    -- a hook that runs the loop (denet.sleep) may call another plugin's:
-    -- the outer budget hook comes back after it
-    local outer, outer_mask, outer_count = debug.gethook()
-    local stop -- the error, once over a budget
-    local run_fn = debug.getinfo(1, "f").func
-    local function check()
-      if stop then
-        -- not in this function, between the plugin's return and the reset
-        if debug.getinfo(2, "f").func ~= run_fn then
-          error(stop, 0)
-        end
-        return
-      end
-      local over
-      local dt = core.monotonic() - t0
-      if limit > 0 and dt > limit then
-        over = string.format("%s ran for %.1f s (budget %g s, --plugin-budget)", hook, dt, limit)
-      elseif heap_kib > 0 and collectgarbage("count") > heap_kib then
-        collectgarbage()
-        if collectgarbage("count") > heap_kib then
-          over = string.format("%s grew the Lua heap past %d MiB (--plugin-memory)", hook, self.memory)
-        end
-      end
-      if over then
-        local info = debug.getinfo(2, "Sl")
-        local where = info and info.currentline and info.currentline > 0 and
-          string.format("%s:%d: ", info.short_src, info.currentline) or ""
-        stop = setmetatable({ message = where .. over }, Over)
-        -- from now on at every instruction: a pcall of the plugin's own
-        -- that catches it is left at the next one
-        debug.sethook(check, "", 1)
-        error(stop, 0)
-      end
-    end
-    -- (named for a wait that nests the loop too deep; set before the
-    -- budget hook, taken back after it: once over a budget, no function
-    -- but this one may run)
-    local denet = require("denet")
-    denet._hook(string.format("%s (plugin %s)", hook, p.name))
-    debug.sethook(check, "", CHECK_EVERY)
-    local res = { pcall(f, ...) }
-    if stop then
-      res = { false, stop }
-    end
-    if type(outer) == "function" then
-      debug.sethook(outer, outer_mask, outer_count)
-    else
-      debug.sethook()
-    end
-    denet._hook(nil)
-    return unpack(res, 1, table.maxn(res))
-  end
-
-  -- A hook of p raised e: say so, and disable p after MAX_ERRORS. An
-  -- interrupt (Ctrl-C) is not the plugin's fault: it ends the run.
-  function h:failed(p, e)
-    if errors.is_interrupt(e) then
-      error(e, 0)
-    end
-    if getmetatable(e) == Over then
-      -- over a budget: stopped at once, and what it holds let go
-      p.disabled = true
-      p.t = {}
-      collectgarbage()
-      self.out:write(string.format("plugin %s: stopped: %s; disabled, the run goes on without it\n", p.name,
-        e.message))
-      return
-    end
-    p.errors = p.errors + 1
-    self.out:write(string.format("plugin %s: %s\n", p.name, message(e)))
-    if p.errors >= M.MAX_ERRORS and not p.disabled then
-      p.disabled = true
-      self.out:write(string.format("plugin %s: disabled after %d errors; the run goes on without it\n", p.name,
-        p.errors))
-    end
-  end
-
-  --- Call hook on every plugin that has it and is not disabled; returns
-  --- { [plugin name] = what it returned }. Errors are reported as
-  --- "plugin NAME: file:line: message"; the run goes on.
-  function h:call(hook, ...)
-    local results = {}
-    for _, p in ipairs(self.plugins) do
-      local f = not p.disabled and p.t[hook]
-      if type(f) == "function" then
-        local ok, r = self:run(p, hook, f, ...)
-        if ok then
-          results[p.name] = r
-        else
-          self:failed(p, r)
-        end
-      end
-    end
-    return results
-  end
-
-  --- Any plugin with this hook?
-  function h:has(hook)
-    for _, p in ipairs(self.plugins) do
-      if type(p.t[hook]) == "function" then
-        return true
-      end
-    end
-    return false
-  end
-
-  --- on_init for each plugin with its parsed args.
-  function h:init()
-    for _, p in ipairs(self.plugins) do
-      local f = p.t.on_init
-      if type(f) == "function" and not p.disabled then
-        local ok, r = self:run(p, "on_init", f, p.args)
-        if not ok then
-          self:failed(p, r)
-        end
-      end
-    end
-  end
-
-  --- Start the wall-clock on_interval timers (every plugin's own
-  --- `interval`, default 1 s); stop() is called when one returns false.
-  function h:start_intervals(stop)
-    local denet = require("denet")
-    local t0 = core.monotonic()
-    for _, p in ipairs(self.plugins) do
-      if type(p.t.on_interval) == "function" then
-        local every = tonumber(p.t.interval) or 1
-        self.timers[#self.timers + 1] = denet.every(every, function()
-          if p.disabled then
-            return
-          end
-          local ok, r = self:run(p, "on_interval", p.t.on_interval, core.monotonic() - t0)
-          if not ok then
-            self:failed(p, r)
-          elseif r == false and stop then
-            stop(p.name)
-          end
-        end)
-      end
-    end
-  end
-
-  function h:stop_intervals()
-    for _, t in ipairs(self.timers) do
-      t:close()
-    end
-    self.timers = {}
-  end
-
-  return h
+  return setmetatable({ plugins = list or {}, out = out or io.stderr, timers = {},
+    budget = limits.budget or M.BUDGET_S, memory = limits.memory or M.MEMORY_MIB }, Host)
 end
 
 --- The arguments a built-in command takes for plugins (--plugin,

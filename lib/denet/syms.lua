@@ -25,6 +25,23 @@ function M.load_kernel()
   kernel()
 end
 
+--- The kernel's symbol table (host/dn_sym.c): :resolve(addr) -> name,
+--- offset | nil.
+function M.kernel_table()
+  return kernel()
+end
+
+--- A capture of process pid's mappings now, not kept (host/dn_sym.c):
+--- :resolve(addr) -> name, offset, module; nil and why when it is gone.
+function M.maps(pid)
+  return core.usyms(pid)
+end
+
+--- A binary, library name ("c") or command and a symbol (or an ELF
+--- address) -> the file's path and the file offset to probe; nil and
+--- why.
+M.resolve_symname = core.resolve_symname
+
 local function hex(n)
   return string.format("0x%x", tonumber(n))
 end

@@ -30,6 +30,9 @@ local function read_first_line(path)
 end
 M.read_first_line = read_first_line
 
+--- The text of an errno value ("No such file or directory").
+M.strerror = core.strerror
+
 function M.pid()
   return core.ids().pid
 end

@@ -2,7 +2,7 @@
 -- denet's loop (buffer callbacks keep firing) and a SIGINT/SIGTERM during
 -- it raises the interrupt error.
 local ffi = require("ffi")
-local core = require("denet.core")
+local sys = require("denet.sys")
 
 -- one declaration at a time: a script may have declared some already
 for _, decl in ipairs({
@@ -28,7 +28,7 @@ local CLOCK = {
 local function time_ns(clock)
   local ts = ffi.new("struct bcc_posix_timespec")
   if ffi.C.clock_gettime(clock or CLOCK.MONOTONIC_RAW, ffi.cast("void *", ts)) ~= 0 then
-    error("clock_gettime failed: " .. core.strerror(ffi.errno()), 2)
+    error("clock_gettime failed: " .. sys.strerror(ffi.errno()), 2)
   end
   return tonumber(ts.tv_sec) * 1e9 + tonumber(ts.tv_nsec)
 end

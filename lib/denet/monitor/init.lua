@@ -231,20 +231,10 @@ local function tally(agg, m, pss_kb)
   agg.process_count = agg.process_count + 1
 end
 
---- Take one sample now. Returns the record ("tree", or "sample" with
---- exclude_children; nil then when the root has just left) after calling
---- on_sample with it; with opts.quiet
---- (the final accounting after the root left) no record is handed on and
---- the tree's totals are returned instead.
-function Monitor:sample(opts)
-  errors.check_opts("sample", opts, { "quiet" })
-  local quiet = opts and opts.quiet
-  local now = core.boottime()
-  local ts_ms = math.floor(core.realtime() * 1000)
-  local dt = now - self.prev_t
-  if dt <= 0 then
-    dt = 1e-6
-  end
+-- Read the watched processes now: those that ran since their last read,
+-- or all of them at a full refresh. Returns the samples (buf, n) and the
+-- kernel's scheduling counters (ctx, gen) the reads were chosen by.
+function Monitor:_read(now)
   -- forget parents that left samples ago: their children have been seen
   -- since, and their pids may be reused
   for pid, at in pairs(self.gone_parents) do
@@ -275,139 +265,129 @@ function Monitor:sample(opts)
   local ctx, gen = self.tree:ctx_switches()
   self.ctx_now, self.ctx_gen = ctx, gen
   local buf, n = self.ptab:sample(want_pss, self.tree.mode ~= "bpf", (ctx and not full) and self.idle or nil)
+  return buf, n, ctx, gen
+end
 
-  local agg = {
-    cpu_usage = 0, mem_rss_kb = 0, mem_vms_kb = 0, mem_pss_kb = 0,
-    disk_read_bytes = 0, disk_write_bytes = 0, syscall_read_bytes = 0, syscall_write_bytes = 0,
-    page_faults_cached = 0, page_faults_disk = 0, thread_count = 0, fd_count = 0,
-    ctx_switches_voluntary = 0, ctx_switches_involuntary = 0, process_count = 0,
-    sys_net_rx_bytes = 0, sys_net_tx_bytes = 0,
-  }
-  local tot = zero_counters()
-  local children, parent = json.array(), nil
-  local aopts = { tck = TCK, page_kb = PAGE_KB, t0_boot = self.t0_boot, prev_t = self.prev_t }
-
-  -- first the processes that left: gone ones, and orphans re-parented to
-  -- denet that have exited (reaped now, for their exact rusage). Children
-  -- before parents: a child whose parent also left in this interval was
-  -- reaped by it, and its time went up the tree with the parent's.
-  local skipped = {}
+-- The processes that left: gone ones, and orphans re-parented to denet
+-- that have exited (reaped now, for their exact rusage). Children before
+-- parents: a child whose parent also left in this interval was reaped by
+-- it, and its time went up the tree with the parent's. Returns the set of
+-- pids that left.
+function Monitor:_departures(buf, n)
+  local left = {}
   for i = n - 1, 0, -1 do
     local s = buf[i]
     local st = self.procs[s.pid]
     if st and s.pid ~= self.root or (st and not self.proc) then
       if band(s.flags, GONE) ~= 0 then
-        skipped[s.pid] = true
+        left[s.pid] = true
         self:_depart(st, nil)
       elseif s.state == ZOMBIE and s.ppid == self.mypid and band(s.flags, SKIPPED) == 0 then
         st.last = self:_counters(s)
         local code, ru = core.reap(s.pid)
         if code then
-          skipped[s.pid] = true
+          left[s.pid] = true
           self:_depart(st, ru)
         end
       end
     end
   end
+  return left
+end
 
-  for i = 0, n - 1 do
-    local s = buf[i]
-    local st = self.procs[s.pid]
-    if st and not skipped[s.pid] and band(s.flags, GONE) == 0 then
-      local c, snap
-      local idle = band(s.flags, SKIPPED) ~= 0 and st.snap ~= nil
-      if idle and st.m then
-        -- did not run: the same figures, a new time; its tables are reused
-        local add = st.tot_add
-        for j = 1, #COUNTERS do
-          local k = COUNTERS[j]
-          tot[k] = tot[k] + (add[k] or 0)
-        end
-        local m = st.m
-        m.ts_ms = ts_ms
-        m.cpu_usage = 0
-        m.uptime_secs = math.max(0, math.floor(now - st.snap.starttime / TCK))
-        st.prev_t = now
-        tally(agg, m, st.pss_kb)
-        if s.pid == self.root then
-          parent = m
-        else
-          children[#children + 1] = st.child
-        end
-        goto continue
-      end
-      if idle then
-        c, snap = st.last, st.snap
-      else
-        c = self:_counters(s)
-        snap = {
-          state = s.state, starttime = tonumber(s.starttime), rss_pages = tonumber(s.rss_pages),
-          vsize = tonumber(s.vsize), threads = tonumber(s.threads), processor = tonumber(s.processor),
-          fd_count = s.fd_count >= 0 and tonumber(s.fd_count) or nil,
-        }
-        st.snap, st.last, st.last_ppid = snap, c, s.ppid
-        st.comm = ffi.string(s.comm)
-        local cx = ctx and ctx[s.pid]
-        if cx and cx[5] ~= gen then
-          cx = nil -- stale: the kernel stopped tracking it (it exited)
-        end
-        st.seen = cx and { cx[1], cx[2], cx[3] }
-        if cx then
-          st.ctx = st.seen
-        elseif band(s.flags, CTXSW) ~= 0 then
-          st.ctx = { tonumber(s.nvcsw), tonumber(s.nivcsw) }
-        end
-        if band(s.flags, PSS) ~= 0 then
-          st.pss_kb = tonumber(s.pss_kb)
-        end
-      end
-      do
-        -- tree totals: own + reaped children, zombies included
-        local ctxv = st.final_ctx or st.ctx
-        local add = account.contribution(st, c, ctxv)
-        for j = 1, #COUNTERS do
-          local k = COUNTERS[j]
-          tot[k] = tot[k] + (add[k] or 0)
-        end
-        st.tot_add = add
-        if snap.state ~= ZOMBIE then
-          local m = account.process(st, c, snap, now, aopts)
-          m.ts_ms = ts_ms
-          m.mem_pss_kb = st.pss_kb
-          m.fd_count = snap.fd_count
-          m.ctx_switches_voluntary = ctxv and (ctxv[1] - (st.base.nvcsw or 0)) or nil
-          m.ctx_switches_involuntary = ctxv and (ctxv[2] - (st.base.nivcsw or 0)) or nil
-          tally(agg, m, st.pss_kb)
-          st.m = m
-          if s.pid == self.root then
-            parent = m
-          else
-            -- the process's name, as /proc/PID/comm has it (the original's
-            -- `command`)
-            st.child = { pid = s.pid, command = st.comm, metrics = m }
-            children[#children + 1] = st.child
-          end
-        else
-          st.m = nil -- a zombie is not listed
-        end
-      end
-    end
-    ::continue::
+-- Add counters `add` to the tree's totals tot.
+local function add_to(tot, add)
+  for j = 1, #COUNTERS do
+    local k = COUNTERS[j]
+    tot[k] = tot[k] + (add[k] or 0)
   end
+end
 
-  for _, k in ipairs(COUNTERS) do
-    tot[k] = tot[k] + self.departed[k]
+-- A process that did not run since its last read: the same figures, a new
+-- time; its tables are reused (sm: the sample being made).
+function Monitor:_reuse(s, st, sm)
+  add_to(sm.tot, st.tot_add)
+  local m = st.m
+  m.ts_ms = sm.ts_ms
+  m.cpu_usage = 0
+  m.uptime_secs = math.max(0, math.floor(sm.now - st.snap.starttime / TCK))
+  st.prev_t = sm.now
+  tally(sm.agg, m, st.pss_kb)
+  if s.pid == self.root then
+    sm.parent = m
+  else
+    sm.children[#sm.children + 1] = st.child
   end
+end
+
+-- What was read of a process (s) kept in its state st: its counters and
+-- a snapshot of its stat, its name, and its context switch counts (the
+-- kernel's, when BPF counts them).
+function Monitor:_keep(s, st, sm)
+  local c = self:_counters(s)
+  local snap = {
+    state = s.state, starttime = tonumber(s.starttime), rss_pages = tonumber(s.rss_pages),
+    vsize = tonumber(s.vsize), threads = tonumber(s.threads), processor = tonumber(s.processor),
+    fd_count = s.fd_count >= 0 and tonumber(s.fd_count) or nil,
+  }
+  st.snap, st.last, st.last_ppid = snap, c, s.ppid
+  st.comm = ffi.string(s.comm)
+  local cx = sm.ctx and sm.ctx[s.pid]
+  if cx and cx[5] ~= sm.gen then
+    cx = nil -- stale: the kernel stopped tracking it (it exited)
+  end
+  st.seen = cx and { cx[1], cx[2], cx[3] }
+  if cx then
+    st.ctx = st.seen
+  elseif band(s.flags, CTXSW) ~= 0 then
+    st.ctx = { tonumber(s.nvcsw), tonumber(s.nivcsw) }
+  end
+  if band(s.flags, PSS) ~= 0 then
+    st.pss_kb = tonumber(s.pss_kb)
+  end
+  return c, snap
+end
+
+-- A process's part of the sample: its metrics, and its counters added to
+-- the tree's (own + reaped children, zombies included).
+function Monitor:_account(s, st, c, snap, sm)
+  local ctxv = st.final_ctx or st.ctx
+  local add = account.contribution(st, c, ctxv)
+  add_to(sm.tot, add)
+  st.tot_add = add
+  if snap.state == ZOMBIE then
+    st.m = nil -- a zombie is not listed
+    return
+  end
+  local m = account.process(st, c, snap, sm.now, sm.aopts)
+  m.ts_ms = sm.ts_ms
+  m.mem_pss_kb = st.pss_kb
+  m.fd_count = snap.fd_count
+  m.ctx_switches_voluntary = ctxv and (ctxv[1] - (st.base.nvcsw or 0)) or nil
+  m.ctx_switches_involuntary = ctxv and (ctxv[2] - (st.base.nivcsw or 0)) or nil
+  tally(sm.agg, m, st.pss_kb)
+  st.m = m
+  if s.pid == self.root then
+    sm.parent = m
+  else
+    -- the process's name, as /proc/PID/comm has it (the original's
+    -- `command`)
+    st.child = { pid = s.pid, command = st.comm, metrics = m }
+    sm.children[#sm.children + 1] = st.child
+  end
+end
+
+-- The tree's figures from its totals, and the network and memory
+-- pressure of its root, into sm.agg.
+function Monitor:_aggregate(sm, dt)
+  local agg, tot = sm.agg, sm.tot
+  add_to(tot, self.departed)
   agg.cpu_usage, self.last_cpu_total = account.tree_cpu(tot.cpu, self.last_cpu_total, dt)
   agg.cpu_time_secs = round(self.last_cpu_total, 3)
-  agg.disk_read_bytes = tot.read_bytes
-  agg.disk_write_bytes = tot.write_bytes
-  agg.syscall_read_bytes = tot.rchar
-  agg.syscall_write_bytes = tot.wchar
-  agg.page_faults_cached = tot.minflt
-  agg.page_faults_disk = tot.majflt
-  agg.ctx_switches_voluntary = tot.nvcsw
-  agg.ctx_switches_involuntary = tot.nivcsw
+  agg.disk_read_bytes, agg.disk_write_bytes = tot.read_bytes, tot.write_bytes
+  agg.syscall_read_bytes, agg.syscall_write_bytes = tot.rchar, tot.wchar
+  agg.page_faults_cached, agg.page_faults_disk = tot.minflt, tot.majflt
+  agg.ctx_switches_voluntary, agg.ctx_switches_involuntary = tot.nvcsw, tot.nivcsw
   -- the network namespace's bytes, as the original reported them
   local rx, tx = net_bytes(self.root)
   if rx and self.net0[1] then
@@ -416,6 +396,7 @@ function Monitor:sample(opts)
   local net = self.net_last or { 0, 0 }
   agg.sys_net_rx_bytes, agg.sys_net_tx_bytes = net[1], net[2]
   self.net_tail = string.format(',"sys_net_rx_bytes":%d,"sys_net_tx_bytes":%d', net[1], net[2])
+  local parent = sm.parent
   if parent then
     parent.sys_net_rx_bytes, parent.sys_net_tx_bytes = net[1], net[2]
   end
@@ -430,36 +411,81 @@ function Monitor:sample(opts)
   agg.processes_exited = self.exited
   -- the run's other features' figures (off-CPU time, syscalls)
   agg.ebpf = self.ctx:figures()
-  if quiet then
-    self.tot = tot
-    return agg
-  end
-  agg.ts_ms = ts_ms
-  agg.uptime_secs = parent and parent.uptime_secs or math.max(0, math.floor(now - self.t0_boot))
+end
 
+-- The record of sample sm: a tree record, or with exclude_children the
+-- root's own flat sample.
+function Monitor:_record(sm)
+  local agg, parent = sm.agg, sm.parent
+  if not self.exclude_children then
+    return { kind = "tree", ts_ms = sm.ts_ms, parent = parent or json.null, children = sm.children,
+      aggregated = agg }
+  end
+  local rec = {}
+  for k, v in pairs(parent) do
+    rec[k] = v
+  end
+  rec.kind = "sample"
+  rec.ts_ms = sm.ts_ms
+  rec.cpu_usage = agg.cpu_usage -- the root's own, measured like the tree's
+  rec.cpu_time_secs = agg.cpu_time_secs
+  rec.process_count = agg.process_count
+  return rec
+end
+
+--- Take one sample now. Returns the record ("tree", or "sample" with
+--- exclude_children; nil then when the root has just left). With
+--- opts.quiet (the final accounting after the root left) no record is made
+--- and the tree's totals are returned instead.
+function Monitor:sample(opts)
+  errors.check_opts("sample", opts, { "quiet" })
+  local quiet = opts and opts.quiet
+  local now = core.boottime()
+  local dt = math.max(now - self.prev_t, 1e-6)
+  local buf, n, ctx, gen = self:_read(now)
+  local sm = {
+    now = now, ts_ms = math.floor(core.realtime() * 1000), ctx = ctx, gen = gen, tot = zero_counters(),
+    children = json.array(), aopts = { tck = TCK, page_kb = PAGE_KB, t0_boot = self.t0_boot, prev_t = self.prev_t },
+    agg = {
+      cpu_usage = 0, mem_rss_kb = 0, mem_vms_kb = 0, mem_pss_kb = 0,
+      disk_read_bytes = 0, disk_write_bytes = 0, syscall_read_bytes = 0, syscall_write_bytes = 0,
+      page_faults_cached = 0, page_faults_disk = 0, thread_count = 0, fd_count = 0,
+      ctx_switches_voluntary = 0, ctx_switches_involuntary = 0, process_count = 0,
+      sys_net_rx_bytes = 0, sys_net_tx_bytes = 0,
+    },
+  }
+  local left = self:_departures(buf, n)
+  for i = 0, n - 1 do
+    local s = buf[i]
+    local st = self.procs[s.pid]
+    if st and not left[s.pid] and band(s.flags, GONE) == 0 then
+      local idle = band(s.flags, SKIPPED) ~= 0 and st.snap ~= nil
+      if idle and st.m then
+        self:_reuse(s, st, sm)
+      elseif idle then
+        self:_account(s, st, st.last, st.snap, sm)
+      else
+        local c, snap = self:_keep(s, st, sm)
+        self:_account(s, st, c, snap, sm)
+      end
+    end
+  end
+  self:_aggregate(sm, dt)
+  if quiet then
+    self.tot = sm.tot
+    return sm.agg
+  end
+  sm.agg.ts_ms = sm.ts_ms
+  sm.agg.uptime_secs = sm.parent and sm.parent.uptime_secs or math.max(0, math.floor(now - self.t0_boot))
   self.prev_t = now
-  if self.exclude_children and not parent then
+  if self.exclude_children and not sm.parent then
     -- the root left (or is a zombie) since the last look: there is no
     -- sample of it to give
     return nil
   end
   self.samples = self.samples + 1
-  local rec
-  if self.exclude_children then
-    rec = {}
-    for k, v in pairs(parent) do
-      rec[k] = v
-    end
-    rec.kind = "sample"
-    rec.ts_ms = ts_ms
-    rec.cpu_usage = agg.cpu_usage -- the root's own, measured like the tree's
-    rec.cpu_time_secs = agg.cpu_time_secs
-    rec.process_count = agg.process_count
-  else
-    rec = { kind = "tree", ts_ms = ts_ms, parent = parent or json.null, children = children, aggregated = agg }
-  end
-  self.last_record = rec
-  return rec
+  self.last_record = self:_record(sm)
+  return self.last_record
 end
 
 -- what changes in an idle child's metrics from sample to sample
