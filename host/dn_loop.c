@@ -10,12 +10,16 @@
  *
  * Re-entry contract: a callback may wait (denet.sleep runs loop_poll
  * again, inside the first). While a source's callback runs, the source is
- * held: its fds leave the epoll set (EPOLL_CTL_MOD to no events), so a
- * nested poll never dispatches it again (a ring buffer is never consumed
- * from inside its own consumer). What arrives for it meanwhile waits in
- * the kernel's buffer, the timerfd or the fd, and is delivered once the
- * callback returns; a buffer that fills up meanwhile counts its losses
- * (perf: the kernel's lost records; ring: the program's failed outputs).
+ * held: a nested poll never dispatches it again (a ring buffer is never
+ * consumed from inside its own consumer). Its fds leave the epoll set
+ * (EPOLL_CTL_MOD to no events) while held, except a perf reader's: a
+ * perf event's poll clears the wakeup it reports, so a MOD would lose it;
+ * a held perf reader that a nested poll finds ready is marked pending and
+ * read again once its callback returns. What arrives for a held source
+ * waits in the kernel's buffer, the timerfd or the fd, and is delivered
+ * once the callback returns; a buffer that fills up meanwhile counts its
+ * losses (perf: the kernel's lost records; ring: the program's failed
+ * outputs).
  * Polls nest at most DN_LOOP_MAX_DEPTH deep. A source closed while any
  * poll runs is only marked dead (no more callbacks) and freed when the
  * outermost poll ends, so no frame of the loop holds freed memory.
@@ -161,7 +165,8 @@ struct watch {
 	struct source *src;
 	struct perf_reader *reader; /* SRC_PERF: this CPU's reader */
 	int fd;
-	int cpu; /* SRC_PERF: the CPU of reader */
+	int cpu;     /* SRC_PERF: the CPU of reader */
+	int pending; /* SRC_PERF: found ready while its source was held */
 };
 
 struct source {
@@ -534,6 +539,8 @@ static void src_hold(struct source *s, int on)
 {
 	int i;
 
+	if (s->kind == SRC_PERF)
+		return; /* (a MOD would take the wakeup it has; see above) */
 	for (i = 0; i < s->nwatches; i++)
 		if (s->watches[i].fd >= 0) {
 			struct epoll_event ev = { .events = on ? 0 : EPOLLIN, .data.ptr = &s->watches[i] };
@@ -553,9 +560,22 @@ static void dispatch(struct watch *w)
 	case SRC_RINGBUF:
 		bpf_consume_ringbuf(s->rb);
 		break;
-	case SRC_PERF:
+	case SRC_PERF: {
+		int i, again;
+
 		perf_reader_event_read(w->reader);
+		/* readers a nested poll found ready meanwhile */
+		do {
+			again = 0;
+			for (i = 0; i < s->nwatches && !s->dead; i++)
+				if (s->watches[i].pending) {
+					s->watches[i].pending = 0;
+					again = 1;
+					perf_reader_event_read(s->watches[i].reader);
+				}
+		} while (again && !s->dead);
 		break;
+	}
 	case SRC_TIMER:
 		if (read(s->timerfd, &exp, sizeof(exp)) == sizeof(exp)) {
 			lua_pushnumber(cb_L, (lua_Number)exp);
@@ -631,6 +651,8 @@ static int l_loop_poll(lua_State *L)
 		if (!w->src->dead && !w->src->held) {
 			dispatch(w);
 			fired++;
+		} else if (w->src->held && w->src->kind == SRC_PERF) {
+			w->pending = 1;
 		}
 		if (err_ref != LUA_NOREF)
 			break;
