@@ -167,11 +167,12 @@ local function write_outputs(o, report)
   if o.svg then
     write_file(o.svg, offcpu.svg(report, "Off-CPU Time Flame Graph"))
   end
+  local d = require("denet.features").get("offcpu")
   if o.pprof then
-    require("denet.export.pprof").write(o.pprof, report)
+    d.pprof(o.pprof, report)
   end
   if o.html then
-    write_file(o.html, require("denet.export.html").offcpu(report))
+    write_file(o.html, d.html(report))
   end
   print_report(o, report, report.stacks, offcpu.text)
   io.stdout:flush()

@@ -229,7 +229,7 @@ end
 local HELP = [[
 denet repl: Lua with denet loaded.
   denet, bpf (denet.bpf), BPF, ffi, sysnames    the library
-  monitor, offcpu, syscalls                       the built-ins' libraries (docs/lua-api.md)
+  monitor, offcpu, syscalls, stacks               the built-ins' libraries (docs/lua-api.md)
   target                                          the PID given with -p or started with -- CMD (nil: none)
   go()                                            let the held command (-- CMD) run
   offcpu = live.offcpu()                          start off-CPU tracing of the target (or everything)
@@ -286,6 +286,7 @@ function M.env(target, proc)
   -- the built-ins' libraries
   env.monitor = require("denet.monitor")
   env.offcpu = require("denet.offcpu")
+  env.stacks = require("denet.stacks")
   env.syscalls = require("denet.syscalls")
   env.target = target
   env.proc = proc

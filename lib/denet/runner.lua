@@ -270,7 +270,8 @@ end
 function Run:target_info()
   local t, procfs = self.target, require("denet.procfs")
   local cmd = t.cmd or (self.root and procfs.cmdline(self.root)) or {}
-  return { pid = self.root, pids = json.array(t.pids or (self.root and { self.root }) or {}), tid = t.tid,
+  local pids = (t.pids and #t.pids > 0) and t.pids or (self.root and { self.root }) or {}
+  return { pid = self.root, pids = json.array(pids), tid = t.tid,
     cmd = cmd, executable = t.cmd and denet.which(t.cmd[1]) or (self.root and procfs.exe(self.root)) or nil,
     mode = self.mode }
 end

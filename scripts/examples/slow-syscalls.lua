@@ -6,7 +6,7 @@
 --
 --   denet script slow-syscalls --threshold-ms 20 -- CMD
 --   denet run --plugin slow-syscalls:threshold_ms=20 -- CMD
-local BPF = require("denet.bpf")
+local frames = require("denet.stacks").frames
 local sysnames = require("denet.sysnames")
 local tree_mod = require("denet.tree")
 
@@ -88,9 +88,10 @@ function P.on_start(target)
     local res = (ret < 0 and ret >= -4095) and sysnames.errno_name(-ret) or tostring(ret)
     out:write(string.format("%10.3f ms  %s = %s  pid %d tid %d (%s)\n", tonumber(e.ns) / 1e6, name, res, e.pid,
       e.tid, require("ffi").string(e.comm)))
-    local addrs = stacks:stack_walk(e.ustack)
-    for i = 1, math.min(#addrs, opts.frames) do
-      out:write("              ", BPF.sym(addrs[i], e.pid, true), "\n")
+    -- the stack engine names the frames (denet.stacks), leaf first
+    local names = frames.user_names(e.pid, stacks:stack_walk(e.ustack), { module = true })
+    for i = 1, math.min(#names, opts.frames) do
+      out:write("              ", names[i], "\n")
     end
     out:flush()
   end)

@@ -18,7 +18,13 @@ end
 local P = { description = "records hooks", category = "test", interval = 0.2,
   args = { { name = "tag", default = "none" } } }
 function P.on_init(args) note("on_init", { tag = args.tag }) end
-function P.on_start(t) note("on_start", { pid = t.pid, cmd = t.cmd }) end
+function P.on_start(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys)
+  note("on_start", { pid = t.pid, cmd = t.cmd, mode = t.mode, executable = t.executable, pids = t.pids,
+    keys = table.concat(keys, ",") })
+end
 function P.on_sample(s) note("on_sample", { kind = s.kind, has_agg = s.aggregated ~= nil }); return { seen = true } end
 function P.on_process(e) note("on_process", { kind = e.kind, pid = e.pid, ppid = e.ppid }) end
 function P.on_syscalls(s) note("on_syscalls", { total = s.total, kind = s.kind }) end
@@ -64,6 +70,8 @@ describe("plugins", function()
     assert.equals("x", list[1].tag)
     assert.equals("on_start", list[2].hook)
     assert.equals(H.fixture("sleep_tree"), list[2].cmd[1])
+    assert.equals("cmd,executable,mode,pid,pids", list[2].keys)
+    assert.equals("run", list[2].mode)
     assert.equals("on_end", list[#list].hook)
     local forks = 0
     for _, e in ipairs(find(list, "on_process")) do
@@ -100,6 +108,15 @@ describe("plugins", function()
     local seq = hooks_of(read_log(log))
     assert.same({ "on_init", "on_start", "on_offcpu", "on_end" }, { seq[1], seq[2], seq[#seq - 1], seq[#seq] })
     assert.equals("offcpu", find(read_log(log), "on_offcpu")[1].kind)
+    -- on_start: the same payload from every built-in (the monitor's is
+    -- checked above)
+    local start = find(read_log(log), "on_start")[1]
+    assert.equals("cmd,executable,mode,pid,pids", start.keys)
+    assert.equals("run", start.mode)
+    assert.equals(H.fixture("sleep_loop"), start.executable)
+    assert.same({ start.pid }, start.pids)
+    -- on_end: a summary, as the monitor's
+    assert.equals("summary", read_log(log)[#read_log(log)].kind)
 
     code, _, err = H.denet({ "script", "syscalls", "-i", "0.04", "--plugin", p, "--", H.fixture("syscall_mix") })
     assert.equals(0, code, err)

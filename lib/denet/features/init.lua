@@ -39,6 +39,8 @@
 --                 adds it to the monitor
 --   script        the built-in script that runs it alone ("offcpu")
 --   top(report, n)  text of its n largest items (the REPL's live:top())
+--   html(report)  its report as one HTML page; pprof(path, report) as a
+--                 pprof profile
 local M = {}
 
 --- Every feature, in the order lists show them.

@@ -81,6 +81,13 @@ return {
     return require("denet.offcpu").report(t)
   end,
   hook = "on_offcpu",
+  -- a report as one HTML file (denet.export.html) and as a pprof profile
+  html = function(report)
+    return require("denet.export.html").offcpu(report)
+  end,
+  pprof = function(path, report)
+    require("denet.export.pprof").write(path, report)
+  end,
   metrics = function(fams, t, ident)
     require("denet.metrics").add_offcpu(fams, require("denet.offcpu").figures(t), ident)
   end,

@@ -45,6 +45,16 @@ function M.keep_last(list, n)
   return cut
 end
 
+--- Names of user addresses of process pid (leaf first, as given), each
+--- as denet.syms formats it: opts.module ("name [module]"), opts.offset.
+function M.user_names(pid, addrs, opts)
+  local out = {}
+  for i, a in ipairs(addrs) do
+    out[i] = syms.usym(pid, a, opts)
+  end
+  return out
+end
+
 --- User frames of process pid, root first, and for each whether it is in
 --- the program itself (not the runtime), for naming call sites. addrs:
 --- leaf first; leaf: the frames the walk lost below the first (spliced in
