@@ -251,6 +251,10 @@ function Run:_build()
     end }
   self.t0_ns = self.t0_ns or core.monotonic_ns()
   self.bpf, self.program = self.tree.bpf, self.tree.program
+  -- the compiler's job is done: keep the resident set small from here on
+  -- (before the command runs: paging it out takes a while, and the stack
+  -- learners must keep up with the first blocks)
+  core.release_compiler_memory()
   self:debug("tree %s, built in %.2f s%s", self.tree.mode, core.monotonic() - t0, self.program and
     (": " .. table.concat(self.program.flags, " ")) or "")
 end
@@ -324,8 +328,6 @@ function Run:_start_features()
       f.d.resumed(self.states[f.name])
     end
   end
-  -- the compiler's job is done: keep the resident set small from here on
-  core.release_compiler_memory()
   self.host:start_intervals(function()
     self:request_stop()
   end)

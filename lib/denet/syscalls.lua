@@ -437,15 +437,8 @@ function M.histogram(hist, indent)
 end
 
 local function errors_text(errs)
-  local parts = {}
-  for name, n in pairs(errs) do
-    parts[#parts + 1] = { name, n }
-  end
-  table.sort(parts, function(a, b)
-    return a[2] > b[2]
-  end)
   local s = {}
-  for _, p in ipairs(parts) do
+  for _, p in ipairs(require("denet.util").by_value(errs)) do
     s[#s + 1] = p[1] .. " " .. p[2]
   end
   return table.concat(s, ", ")
@@ -479,15 +472,8 @@ function M.text(report, latency)
   out[#out + 1] = string.format("Syscalls over %.2f s: %d calls, %d failed%s", (report.duration_us or 0) / 1e6,
     report.total, report.errors, report.dropped > 0 and string.format(" (%d not counted: maps full)",
       report.dropped) or "")
-  local cats = {}
-  for c, n in pairs(report.by_category) do
-    cats[#cats + 1] = { c, n }
-  end
-  table.sort(cats, function(a, b)
-    return a[2] > b[2]
-  end)
   local cs = {}
-  for _, c in ipairs(cats) do
+  for _, c in ipairs(require("denet.util").by_value(report.by_category)) do
     cs[#cs + 1] = c[1] .. " " .. c[2]
   end
   if #cs > 0 then

@@ -33,6 +33,22 @@ function M.basename(path, suffix)
   return base
 end
 
+--- The pairs of map as a list of { key, value }, the largest value first
+--- (ties by key, so the order is the same from run to run).
+function M.by_value(map)
+  local list = {}
+  for k, v in pairs(map) do
+    list[#list + 1] = { k, v }
+  end
+  table.sort(list, function(a, b)
+    if a[2] ~= b[2] then
+      return a[2] > b[2]
+    end
+    return tostring(a[1]) < tostring(b[1])
+  end)
+  return list
+end
+
 --- The numbers of a kernel CPU list ("0-3,5" -> {0,1,2,3,5}); entries
 --- that are not numbers or ranges are left out.
 function M.cpu_list(s)

@@ -43,8 +43,10 @@
 --                 pprof profile
 local M = {}
 
---- Every feature, in the order lists show them.
-M.NAMES = { "tree", "switch", "insys", "monitor", "offcpu", "syscalls", "snapshot" }
+--- Every feature, in the order lists show them and a run starts them
+--- (off-CPU analysis first: it reads the threads blocked as tracing
+--- begins, the sooner the better).
+M.NAMES = { "tree", "switch", "insys", "offcpu", "syscalls", "monitor", "snapshot" }
 
 local loaded = {}
 

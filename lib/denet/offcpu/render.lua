@@ -4,6 +4,7 @@
 -- and a self-contained SVG flame graph. Pure functions of a report.
 local classify = require("denet.offcpu.classify")
 local stacks = require("denet.stacks")
+local util = require("denet.util")
 
 local M = {}
 
@@ -157,15 +158,8 @@ local function threads_text(w, report)
   w("%-8s %-8s %-16s %10s %10s %10s %6s  %s", "PID", "TID", "COMM", "WALL ms", "ONCPU ms", "OFFCPU ms", "OFF%",
     "BY CATEGORY (ms)")
   for _, t in ipairs(report.threads) do
-    local cats = {}
-    for c, us in pairs(t.by_category) do
-      cats[#cats + 1] = { c, us }
-    end
-    table.sort(cats, function(a, b)
-      return a[2] > b[2]
-    end)
     local cs = {}
-    for _, c in ipairs(cats) do
+    for _, c in ipairs(util.by_value(t.by_category)) do
       cs[#cs + 1] = string.format("%s %.1f", c[1], c[2] / 1000)
     end
     w("%-8d %-8d %-16s %10.1f %10.1f %10.1f %5.0f%%  %s", t.pid, t.tid, t.comm, t.wall_us / 1000, t.oncpu_us / 1000,
