@@ -153,6 +153,19 @@ BPF_HASH(dn_leaf_rules, struct dn_leaf_key, struct dn_leaf_rule, 16384);
 BPF_RINGBUF_OUTPUT(dn_leaf_ask, 8);
 
 #define DN_LEAF_FINAL 0x100 /* in dn_leaf_unwind's result: no rule was missing */
+#define DN_LEAF_WANT 0x200  /* in dn_leaf_unwind's result: a rule not learnt yet */
+/* [0] blocks whose frames were cut short for want of a rule (the rules
+ * were asked for and had not arrived) */
+BPF_PERCPU_ARRAY(dn_leaf_stats, u64, 1);
+
+/* Count a block whose lost frames are res (dn_leaf_unwind's result). */
+static __always_inline void dn_leaf_count(u32 res)
+{
+	int i = 0;
+	u64 *c = dn_leaf_stats.lookup(&i);
+	if (c && (res & DN_LEAF_WANT))
+		(*c)++;
+}
 
 /* The frames the walk lost, into out; at: where each was read. Returns
  * how many, | DN_LEAF_FINAL when the unwind ended by a rule (a function
@@ -184,10 +197,10 @@ static __always_inline u32 dn_leaf_unwind(u32 tgid, u64 *out, u64 *at)
 				a.tid = bpf_get_current_pid_tgid();
 				dn_leaf_ask.ringbuf_output(&a, sizeof(a), 0);
 			}
-			return i;
+			return i | DN_LEAF_WANT;
 		}
 		if (r->pending)
-			return i;
+			return i | DN_LEAF_WANT;
 		if (!r->unwind)
 			return i | DN_LEAF_FINAL;
 		u64 cfa = sp + (s64)r->cfa, ra = 0;
@@ -290,6 +303,7 @@ static __always_inline void dn_ut_leaf(struct dn_ut *t, u32 tgid, u64 *leaf)
 	}
 	u64 at[DN_LEAF_FRAMES] = {};
 	u32 res = dn_leaf_unwind(tgid, leaf, at);
+	dn_leaf_count(res);
 	if (res & DN_LEAF_FINAL) {
 		t->leaf_ok = 0;
 		t->nleaf = res & 0xff;
@@ -338,7 +352,7 @@ static __always_inline s32 dn_ustack_id(void *ctx, u32 tgid, u64 *leaf)
 	if (!r) {
 #ifdef DN_LEAF_UNWIND
 		u64 at[DN_LEAF_FRAMES] = {};
-		dn_leaf_unwind(tgid, leaf, at);
+		dn_leaf_count(dn_leaf_unwind(tgid, leaf, at));
 #endif
 		return id;
 	}
@@ -370,6 +384,7 @@ static __always_inline s32 dn_ustack_id(void *ctx, u32 tgid, u64 *leaf)
 	r->t.leaf_ok = 0;
 #ifdef DN_LEAF_UNWIND
 	u32 res = dn_leaf_unwind(tgid, leaf, r->t.leaf_at);
+	dn_leaf_count(res);
 	r->t.nleaf = res & 0xff;
 	r->t.leaf_ok = (res & DN_LEAF_FINAL) != 0;
 #pragma unroll
@@ -710,7 +725,7 @@ static __always_inline void dn_offcpu_stacks_of(void *ctx, struct dn_offcpu_thre
 	__builtin_memset(th->leaf, 0, sizeof(th->leaf));
 	u64 leaf_at[DN_LEAF_FRAMES] = {};
 	if (th->ustack >= 0)
-		dn_leaf_unwind(tgid, th->leaf, leaf_at);
+		dn_leaf_count(dn_leaf_unwind(tgid, th->leaf, leaf_at));
 #endif
 #endif
 	if (th->ustack < 0)

@@ -54,6 +54,18 @@ local function query(port, q, t)
   return r.data.result
 end
 
+-- A range query over [t0, t1] at step seconds, as a Grafana panel asks:
+-- the result matrix.
+local function query_range(port, q, t0, t1, step)
+  local code, out = curl(string.format("http://127.0.0.1:%d/api/v1/query_range", port),
+    { "-G", "--data-urlencode", "query=" .. q, "--data-urlencode", string.format("start=%.3f", t0),
+      "--data-urlencode", string.format("end=%.3f", t1), "--data-urlencode", "step=" .. step })
+  assert.equals(0, code, "query failed: " .. q)
+  local r = cjson.decode(out)
+  assert.equals("success", r.status, out)
+  return r.data.result
+end
+
 -- The last value of the series q selects, as of t (a run that ended
 -- earlier is stale by then: last_over_time still has its final figures).
 local function value(port, q, t)
@@ -178,11 +190,17 @@ scrape_configs:
     end
     assert.same({ "CPU", "Memory", "I/O", "Syscalls", "Off-CPU" }, rows)
     -- Grafana's variables as it would fill them: every target; a rate
-    -- window that covers the runs
+    -- window that covers the runs; the panel's time range the last
+    -- minute, so a run's series count even after it went stale (its
+    -- process exited)
     for _, e in ipairs(exprs) do
       local q = e:gsub("%$target", "spin_children|syscall_mix|sleep_loop"):gsub("%$__rate_interval", "2m")
-      local res = query(pport, q, t_end)
-      assert.is_true(#res > 0, "no data for: " .. q)
+      local res = query_range(pport, q, t_end - 60, t_end, 1)
+      local points = 0
+      for _, series in ipairs(res) do
+        points = points + #series.values
+      end
+      assert.is_true(points > 0, "no data for: " .. q)
     end
     -- the target variable's label_values() query
     local _, out = curl(string.format("http://127.0.0.1:%d/api/v1/label/target/values", pport))

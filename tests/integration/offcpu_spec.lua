@@ -233,9 +233,13 @@ describe("denet script offcpu", function()
         n = n + s.count
       end
     end
-    -- (blocks before the unwind rules are learnt go without step: one, or
-    -- a few on a loaded machine)
-    assert.is_true(n >= 54, "blocks with step: " .. n)
+    -- every block has step but those before the unwind rules were learnt
+    -- (one or two; more on a loaded or slow machine: counted) and those
+    -- whose stack was lost
+    local early = r2.leaf_unwind.before_rules
+    assert.is_true(n + early + r2.lost_stacks >= 60,
+      string.format("blocks with step %d, before the rules %d, lost %d", n, early, r2.lost_stacks))
+    assert.is_true(n >= 30, "blocks with step: " .. n)
     assert.is_true(r2.ustack_reuse.reused >= 30, cjson.encode(r2.ustack_reuse))
     assert.equals(0, r2.ustack_reuse.wrong)
     -- a thread that blocks from one place reuses its stack

@@ -300,6 +300,7 @@ local function unseen(t, report)
   report.unended_blocks = tonumber(seen:sum(2))
   local reuse = t.engine:stats()
   report.kstack_reuse, report.ustack_reuse = reuse.kstack_reuse, reuse.ustack_reuse
+  report.leaf_unwind = reuse.leaf_unwind
 end
 
 ---------------------------------------------------------------------------

@@ -86,11 +86,13 @@ function M.start(bpf, program)
   return self
 end
 
---- Counters of stack reuse, for the kinds in use: { kstack_reuse = {...},
---- ustack_reuse = {...} } (either may be absent).
+--- Counters of stack reuse and unwinding, for the kinds in use:
+--- { kstack_reuse = {...}, ustack_reuse = {...}, leaf_unwind = {...} }
+--- (any may be absent).
 function Engine:stats()
   return { kstack_reuse = self.kt_buf and M.kernel.stats(self.bpf) or nil,
-    ustack_reuse = self.ut_buf and M.user.stats(self.bpf) or nil }
+    ustack_reuse = self.ut_buf and M.user.stats(self.bpf) or nil,
+    leaf_unwind = self.leaf_buf and M.unwind.stats(self.bpf) or nil }
 end
 
 local Resolver = {}

@@ -83,6 +83,13 @@ function M.learner(bpf)
   end, { type = records.cname("dn_leaf_ask") })
 end
 
+--- Counters of the unwinding in the kernel: before_rules, the blocks
+--- whose lost frames were cut short because their rules had not been
+--- learnt yet (the first blocks at a place).
+function M.stats(bpf)
+  return { before_rules = tonumber(bpf:get_table("dn_leaf_stats"):sum(0)) }
+end
+
 -- The callers of the function at ip that has no frame pointer, from its
 -- CFA rules (as bpf-src/offcpu.c's dn_leaf_unwind does): at most
 -- LEAF_FRAMES return addresses.
