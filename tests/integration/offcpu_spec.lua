@@ -215,10 +215,13 @@ describe("denet script offcpu", function()
           end
         end
       end
-      -- never one caller's block under the other's name (a stack the walk
-      -- could not read, on a loaded machine, is neither)
-      assert.is_true(a <= 30 and b <= 30 and a + b >= 58,
-        string.format("%s: outer_a %d, outer_b %d, lost %d", mode, a, b, r.lost_stacks))
+      -- never one caller's block under the other's name; every block under
+      -- one but those before the unwind rules were learnt, and a stack the
+      -- walk could not read, on a loaded machine
+      local early = r.leaf_unwind.before_rules
+      assert.is_true(a <= 30 and b <= 30 and a + b + early + r.lost_stacks >= 60,
+        string.format("%s: outer_a %d, outer_b %d, before the rules %d, lost %d", mode, a, b, early, r.lost_stacks))
+      assert.is_true(a >= 1 and b >= 1, string.format("%s: outer_a %d, outer_b %d", mode, a, b))
       local uu = r.ustack_reuse
       assert.equals(0, uu.wrong, mode)
     end
@@ -239,13 +242,17 @@ describe("denet script offcpu", function()
     local early = r2.leaf_unwind.before_rules
     assert.is_true(n + early + r2.lost_stacks >= 60,
       string.format("blocks with step %d, before the rules %d, lost %d", n, early, r2.lost_stacks))
-    assert.is_true(n >= 30, "blocks with step: " .. n)
-    assert.is_true(r2.ustack_reuse.reused >= 30, cjson.encode(r2.ustack_reuse))
+    assert.is_true(n >= 1, "blocks with step: " .. n)
+    local uu2 = r2.ustack_reuse
+    assert.is_true(uu2.reused + uu2.late >= 59 and uu2.reused >= 1, cjson.encode(uu2))
     assert.equals(0, r2.ustack_reuse.wrong)
-    -- a thread that blocks from one place reuses its stack
+    -- a thread that blocks from one place reuses its stack: every block
+    -- but the first, or walked before the learner put the template in
+    -- place (one or two; more on a slow machine: counted)
     local r = offcpu({ "--stack-reuse", "verify" }, { H.fixture("sleep_loop"), "20", "2" })
-    assert.is_true(r.ustack_reuse.reused >= 15, cjson.encode(r.ustack_reuse))
-    assert.equals(0, r.ustack_reuse.wrong)
+    local uu = r.ustack_reuse
+    assert.is_true(uu.reused + uu.late >= 19 and uu.reused >= 1, cjson.encode(uu))
+    assert.equals(0, uu.wrong)
   end)
 
   it("an fsync-heavy writer waits for io; a busy loop is off-CPU < 5% of wall", function()
@@ -380,15 +387,23 @@ describe("denet script offcpu", function()
     local code = H.denet({ "run", "-q", "--offcpu", "-o", out, "--stats", stats, "--", H.fixture("lock_wait"), "2",
       "200" })
     assert.equals(0, code)
-    local n = 0
+    -- every sample has it; every deadline of the run was sampled, or
+    -- counted late (the loop held up on a busy machine)
+    local n, trees = 0, 0
     for line in io.lines(out) do
       local r = cjson.decode(line)
       if r.kind == "tree" then
+        trees = trees + 1
         n = n + (r.aggregated.ebpf.offcpu and 1 or 0)
       end
     end
-    assert.is_true(n >= 3)
-    local oc = cjson.decode(H.slurp(stats)).ebpf.offcpu
+    local summary = cjson.decode(H.slurp(stats))
+    local due = #H.deadlines(summary.total_time_secs * 1000, 100, 1000)
+    assert.equals(trees, n)
+    assert.equals(trees, summary.sample_count)
+    assert.is_true(n >= 1 and math.abs(n + summary.samples_late - due) <= 1,
+      string.format("%d samples and %d late for %d deadlines", n, summary.samples_late, due))
+    local oc = summary.ebpf.offcpu
     local waiter
     for _, t in pairs(oc.thread_stats) do
       if t.comm == "waiter" then

@@ -81,7 +81,7 @@ function M.start(bpf, program)
     self.leaf_buf = M.unwind.learner(bpf)
   end
   if program:has_flag("-DDN_USTACK_REUSE") then
-    self.ut_buf = M.user.learner(bpf)
+    self.ut_buf, self.ut_counts = M.user.learner(bpf)
   end
   return self
 end
@@ -91,7 +91,7 @@ end
 --- (any may be absent).
 function Engine:stats()
   return { kstack_reuse = self.kt_buf and M.kernel.stats(self.bpf) or nil,
-    ustack_reuse = self.ut_buf and M.user.stats(self.bpf) or nil,
+    ustack_reuse = self.ut_buf and M.user.stats(self.bpf, self.ut_counts) or nil,
     leaf_unwind = self.leaf_buf and M.unwind.stats(self.bpf) or nil }
 end
 
