@@ -28,6 +28,19 @@ local function wait_for(path, want, p)
   end
 end
 
+-- Wait until the script's main thread blocks in denet's event loop
+-- (epoll: denet.sleep, Proc:wait, perf_buffer_poll). A script writes
+-- "ready" a few Lua lines before its pcall'd wait; a signal sent in
+-- between would interrupt those lines, outside the pcall.
+local function wait_blocked(p)
+  local deadline = denet.clock() + 60
+  while H.slurp("/proc/" .. p.pid .. "/wchan") ~= "do_epoll_wait" do
+    assert(denet.clock() < deadline, "never blocked in epoll_wait")
+    assert(p:try_wait() == false, "the script ended early")
+    denet.sleep(0.005)
+  end
+end
+
 -- Send sig and wait for the exit; returns the code and the seconds it took.
 local function stop(p, sig)
   local t0 = denet.clock()
@@ -92,6 +105,7 @@ return function(BPF)
 end
 ]==])
     wait_for(err, "ready", p)
+    wait_blocked(p)
     local code, took = stop(p, denet.SIGINT)
     assert.equals(130, code)
     assert.is_true(took < 1, "took " .. took .. " s")
@@ -107,6 +121,7 @@ print("cleanup", ok, tostring(e), e.signal)
 error(e, 0)
 ]==])
     wait_for(err, "ready", p)
+    wait_blocked(p)
     local code = stop(p, denet.SIGTERM)
     assert.equals(143, code)
     assert.equals("cleanup\tfalse\tinterrupted\t15\n", H.slurp(out))
@@ -125,6 +140,7 @@ print(tostring(e), c:wait())
 error(e, 0)
 ]==], { H.fixture("sleeper") })
     wait_for(err, "ready", p)
+    wait_blocked(p)
     local code, took = stop(p, denet.SIGTERM)
     assert.equals(143, code)
     assert.is_true(took < 1, "took " .. took .. " s")
@@ -165,6 +181,7 @@ io.stderr:write("caught\n")
 ffi.C.sleep(60)
 ]==])
     wait_for(err, "ready", p)
+    wait_blocked(p)
     assert.is_true(loaded("dnleakchk"))
     p:kill(denet.SIGINT)
     wait_for(err, "caught", p)
