@@ -120,7 +120,7 @@ describe("denet run", function()
     assert.equals(2, n)
   end)
 
-  it("8 spinning threads are one process with >= 8 threads, its CPU % adding up to the kernel's CPU time, the total to rusage", function()
+  it("8 spinning threads are one process with >= 8 threads, CPU % adding up to kernel and rusage totals", function()
     local code, recs, _, err, ru = run({}, { H.fixture("spin_threads"), "8", "1.5" }, true)
     assert.equals(0, code, err)
     local t0 = recs[1].t0_ms
