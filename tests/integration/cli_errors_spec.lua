@@ -169,7 +169,8 @@ print("attached")
 end)
 
 describe("signals", function()
-  -- start a script that loads dn_sigint_probe, wait for it, signal it
+  -- start a script that loads dn_sigint_probe, wait for it (up to 60 s:
+  -- a BPF compile on a busy machine), signal it
   local function signal_run(sig, body)
     local s = H.script([=[
 local denet = require("denet")
@@ -180,7 +181,7 @@ io.stdout:write("ready\n") io.stdout:flush()
 ]=] .. body)
     local sh = string.format([[
 out=%s; %s script %s >"$out" 2>&1 & pid=$!
-for i in $(seq 200); do grep -q ready "$out" && break; sleep 0.05; done
+for i in $(seq 1200); do grep -q ready "$out" && break; sleep 0.05; done
 before=$(bpftool prog show | grep -c dn_sigint_probe)
 t0=$(date +%%s%%N); kill -%s $pid; wait $pid; rc=$?; t1=$(date +%%s%%N)
 echo "rc=$rc ms=$(( (t1 - t0) / 1000000 )) before=$before after=$(bpftool prog show | grep -c dn_sigint_probe)"

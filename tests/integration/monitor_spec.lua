@@ -311,7 +311,10 @@ end)
 describe("denet attach", function()
   it("follows a running process and its children, odd comms included", function()
     local out, stats = H.tmpfile(".jsonl"), H.tmpfile(".stats")
-    local sh = string.format([[%s 1.5 & p=$!; sleep 0.2; %s attach -q -o %s --stats %s $p; echo rc=$?]],
+    -- the fixture outlives the attach (ended by -d) however slowly denet
+    -- starts on a busy machine
+    local sh = string.format(
+      [[%s 60 & p=$!; sleep 0.2; %s attach -q -d 1.5 -o %s --stats %s $p; echo rc=$?; kill $p $(pgrep -P $p)]],
       H.quote(H.fixture("odd_comm")), H.quote(H.bin), H.quote(out), H.quote(stats))
     local _, o = H.sh("bash -c " .. H.quote(sh))
     assert.equals("rc=0", o:match("rc=%d+"))
