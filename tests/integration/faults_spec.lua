@@ -235,12 +235,27 @@ function P.on_sample()
 end
 return P
 ]])
-    local out = H.tmpfile(".jsonl")
-    local code, _, err = H.denet({ "run", "-q", "-d", "1", "--plugin-budget", "0", "--plugin-memory", "128",
-      "--plugin", hog, "-o", out, "--", H.fixture("sleeper"), "30" })
+    local out, stats = H.tmpfile(".jsonl"), H.tmpfile(".json")
+    local code, _, err = H.denet({ "run", "-q", "-d", "3", "--plugin-budget", "0", "--plugin-memory", "128",
+      "--plugin", hog, "-o", out, "--stats", stats, "--", H.fixture("sleeper"), "30" })
     assert.equals(143, code, err)
     assert.matches("^plugin hog: stopped: [^\n]*hog%.lua:4: on_sample grew the Lua heap past 128 MiB "
       .. "%(%-%-plugin%-memory%); disabled, the run goes on without it\n$", err)
-    assert.is_true(count_kind(records(out), "tree") >= 3)
+    -- the run went on: every deadline after the hog's allocation (which
+    -- holds the loop up as long as a busy machine makes it) was sampled,
+    -- up to the end
+    local s = cjson.decode(H.slurp(stats))
+    local due = #H.deadlines(s.total_time_secs * 1000, 100, 1000)
+    local recs = records(out)
+    assert.equals(count_kind(recs, "tree"), s.sample_count)
+    assert.is_true(math.abs(s.sample_count + s.samples_late - due) <= 1, string.format(
+      "%d samples and %d late for %d deadlines", s.sample_count, s.samples_late, due))
+    local first, last = math.huge, 0
+    for _, r in ipairs(recs) do
+      if r.kind == "tree" then
+        first, last = math.min(first, r.ts_ms), math.max(last, r.ts_ms)
+      end
+    end
+    assert.is_true((last - first) / 1000 > 2.3, "sampled for " .. (last - first) / 1000)
   end)
 end)
