@@ -229,6 +229,7 @@ end
 -- The tree of the target, with one program of every feature's BPF part.
 function Run:_build()
   local parts = {}
+  self.pre = {}
   for _, f in ipairs(self:active()) do
     if f.d.prepare then
       f.d.prepare(f.opts, self.target)
@@ -247,14 +248,15 @@ function Run:_build()
     -- the window begins as the probes go live: no block a program
     -- records starts before it
     before_attach = function()
+      for _, f in ipairs(self:active()) do
+        if f.d.before_attach then
+          self.pre[f.name] = f.d.before_attach(f.opts, self.target)
+        end
+      end
       self.t0_ns = core.monotonic_ns()
     end }
   self.t0_ns = self.t0_ns or core.monotonic_ns()
   self.bpf, self.program = self.tree.bpf, self.tree.program
-  -- the compiler's job is done: keep the resident set small from here on
-  -- (before the command runs: paging it out takes a while, and the stack
-  -- learners must keep up with the first blocks)
-  core.release_compiler_memory()
   self:debug("tree %s, built in %.2f s%s", self.tree.mode, core.monotonic() - t0, self.program and
     (": " .. table.concat(self.program.flags, " ")) or "")
 end
@@ -314,8 +316,13 @@ end
 
 function Run:_start_features()
   for _, f in ipairs(self:active()) do
-    self.states[f.name] = f.d.start(self, f.opts)
+    self.states[f.name] = f.d.start(self, f.opts, self.pre[f.name])
   end
+  -- the compiler's job is done: keep the resident set small from here on
+  -- (once the features have read what the window starts from, before the
+  -- command runs: paging it out takes a while, and the stack learners
+  -- must keep up with the first blocks)
+  core.release_compiler_memory()
   self.host:call("on_start", self:target_info())
   if self.proc then
     -- a command's window begins as it is let go

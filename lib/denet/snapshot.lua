@@ -272,7 +272,9 @@ end
 --- none), since_ns (CLOCK_MONOTONIC when it last ran, for threads not
 --- running), kaddrs (kernel stack addresses, leaf first) or knames (its
 --- function names, from /proc), uaddrs and uleaf (user_stack's, for
---- threads not running). opts.stacks = false skips the user stacks.
+--- threads not running). opts.stacks = false skips the user stacks;
+--- opts.offsets: the clock offsets of an earlier take (the list's
+--- `offsets`) instead of measuring them again.
 function M.take(pids, exclude, opts)
   local list
   if kernel.has("task_iter") and not iterator_failed then
@@ -292,7 +294,20 @@ function M.take(pids, exclude, opts)
       cpus[t.cpu] = true
     end
   end
-  local offset = M.calibrate(cpus)
+  -- (the CPUs an earlier take measured are not measured again)
+  local offset, missing = {}, {}
+  for cpu, o in pairs(opts and opts.offsets or {}) do
+    offset[cpu] = o
+  end
+  for cpu in pairs(cpus) do
+    missing[cpu] = offset[cpu] == nil or nil
+  end
+  if next(missing) ~= nil then
+    for cpu, o in pairs(M.calibrate(missing)) do
+      offset[cpu] = o
+    end
+  end
+  list.offsets = offset
   local any
   for _, o in pairs(offset) do
     any = any or o

@@ -25,9 +25,12 @@
 --                 (which parts are in, map sizes, stack kinds); a list
 --   prepare(opts) runs before the program is built (loads what must be
 --                 ready as the probes go live)
---   start(ctx, opts)  once the program is loaded, attached and the targets
---                 known; returns the feature's state. ctx: the run
---                 (bpf, program, tree, proc, target, t0_ns)
+--   before_attach(opts, target)  once the program is loaded, right before
+--                 its probes go live (to read what the window starts
+--                 from); what it returns is start's `pre`
+--   start(ctx, opts, pre)  once the program is loaded, attached and the
+--                 targets known; returns the feature's state. ctx: the
+--                 run (bpf, program, tree, proc, target, t0_ns)
 --   figures(state)    the figures so far, light enough for every sample:
 --                 the monitor's aggregated.ebpf.<name>
 --   report(state, opts)  the feature's report (its JSON contract in docs/)

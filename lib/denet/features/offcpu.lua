@@ -52,8 +52,9 @@ return {
   config = { map = "dn_offcpu_cfg", values = trace.config },
   plan = trace.plan,
   prepare = trace.prepare,
-  start = function(ctx, opts)
-    local t = trace.new(ctx, opts)
+  before_attach = trace.before_attach,
+  start = function(ctx, opts, pre)
+    local t = trace.new(ctx, opts, pre)
     -- mappings are captured at intervals and once the command has exec'd,
     -- so stacks of processes that exit before the report still resolve
     ctx:every(0.25, function()

@@ -71,18 +71,72 @@ function M.prepare(_, target)
   end
 end
 
+-- The processes whose threads are read as tracing begins: the target
+-- thread's, or the target processes' (those of live, the tracked set,
+-- when known; else with their descendants now); nil: every process.
+local function target_pids(target, live)
+  if target.tid then
+    local status = core.read_file(string.format("/proc/%d/status", target.tid)) or ""
+    return { tonumber(status:match("Tgid:%s*(%d+)")) }
+  elseif target.pids and #target.pids > 0 then
+    local pids = {}
+    if live then
+      for pid in pairs(live) do
+        pids[#pids + 1] = pid
+      end
+    else
+      local procfs = require("denet.procfs")
+      for _, pid in ipairs(target.pids) do
+        pids[#pids + 1] = pid
+        for _, c in ipairs(procfs.descendants(pid)) do
+          pids[#pids + 1] = c
+        end
+      end
+    end
+    return pids
+  end
+end
+
+--- Right before the probes go live, for a tracer of running processes:
+--- the threads of the targets (denet.snapshot.take), with their user
+--- stacks, the slow part of entering the threads blocked as the window
+--- begins. Once the probes are live they are read again without stacks,
+--- so the gap in which a block can end unseen is short; a block that went
+--- on since keeps the stack read here. Returns the threads (start's pre).
+function M.before_attach(opts, target)
+  if not target or (target.cmd and #target.cmd > 0) then
+    return nil
+  end
+  local pids = target_pids(target)
+  if pids and #pids == 0 then
+    return nil
+  end
+  local snapshot = require("denet.snapshot")
+  local threads = snapshot.take(pids, core.ids().pid, { stacks = opts.stacks })
+  -- every CPU's clock offset, so the read after needs none measured
+  local rest = {}
+  for _, cpu in ipairs(require("denet.sys").online_cpus()) do
+    rest[cpu] = threads.offsets[cpu] == nil or nil
+  end
+  for cpu, o in pairs(snapshot.calibrate(rest)) do
+    threads.offsets[cpu] = o
+  end
+  return threads
+end
+
 --- Off-CPU tracing of the run ctx (its program has offcpu.c: bpf,
 --- program, tree, proc, t0_ns (when the window began) and target), with
---- opts. Threads blocked when it began are entered as blocked since then,
---- and the stack engine's learners start. Returns the tracer.
-function M.new(ctx, opts)
+--- opts. Threads blocked when it began are entered as blocked since then
+--- (pre: M.before_attach's threads, if it ran), and the stack engine's
+--- learners start. Returns the tracer.
+function M.new(ctx, opts, pre)
   local self = setmetatable({ ctx = ctx, opts = opts, bpf = ctx.bpf, tree = ctx.tree, program = ctx.program,
     captured = {} }, Tracer)
   -- threads blocked since before the window are accounted from its start
   -- (a held command has none), read as soon as the targets are known, so
   -- few wake unseen in between
   if not ctx.proc then
-    self:seed_blocked()
+    self:seed_blocked(pre)
   end
   self.engine = stacks.start(self.bpf, self.program)
   self:capture()
@@ -137,16 +191,37 @@ local function unseed_woken(tab, pids, self_pid, preblocked)
   end
 end
 
+-- The user stacks of the threads read again once the probes were live
+-- (without stacks): a block that went on since the read before them
+-- (pre_tid: tid -> thread) keeps its stack; one that began in between is
+-- walked now.
+local function restack(preblocked, pre_tid, opts)
+  if opts.stacks == false then
+    return
+  end
+  local snapshot = require("denet.snapshot")
+  for tid, t in pairs(preblocked) do
+    local p = pre_tid[tid]
+    if p and p.exec_start == t.exec_start and p.uaddrs then
+      t.uaddrs, t.uleaf = p.uaddrs, p.uleaf
+    elseif t.regs then
+      t.uaddrs, t.uleaf = snapshot.user_stack(t.pid, t.regs.ip, t.regs.sp, t.regs.bp)
+    end
+  end
+end
+
 --- Threads of the targets that are blocked as tracing begins never switch
 --- out inside the window: enter each into the program's thread table
 --- (bpf: a program with offcpu.c) as blocked since t0_ns, when the window
---- began (how long before is kept too), with its stacks read now
---- (denet.snapshot). pids: the tracked processes (nil: every one but
---- denet); opts: tid, threads, states as for a tracer, and stacks = false
---- when no report will show the stacks (they are not read then). Returns
---- preblocked (tid -> the snapshot's thread) and runtime0 (tid -> { pid,
---- comm, ns: its CPU time now, kernel }), the base of on-CPU times.
-function M.seed_blocked(bpf, pids, opts, t0_ns)
+--- began (how long before is kept too), with its stacks (denet.snapshot).
+--- pids: the tracked processes (nil: every one but denet); opts: tid,
+--- threads, states as for a tracer, and stacks = false when no report will
+--- show the stacks (they are not read then); pre: the threads read with
+--- their stacks just before the probes went live (M.before_attach), or nil
+--- to read the stacks now. Returns preblocked (tid -> the snapshot's
+--- thread) and runtime0 (tid -> { pid, comm, ns: its CPU time now,
+--- kernel }), the base of on-CPU times.
+function M.seed_blocked(bpf, pids, opts, t0_ns, pre)
   local preblocked, runtime0 = {}, {}
   if pids and #pids == 0 then
     return preblocked, runtime0
@@ -154,7 +229,14 @@ function M.seed_blocked(bpf, pids, opts, t0_ns)
   local snapshot = require("denet.snapshot")
   local self_pid = core.ids().pid
   local tab = bpf:get_table("dn_offcpu_threads")
-  for _, t in ipairs(snapshot.take(pids, self_pid, { stacks = opts.stacks })) do
+  local read, pre_tid = { stacks = opts.stacks }, nil
+  if pre then
+    read, pre_tid = { stacks = false, offsets = pre.offsets }, {}
+    for _, t in ipairs(pre) do
+      pre_tid[t.tid] = t
+    end
+  end
+  for _, t in ipairs(snapshot.take(pids, self_pid, read)) do
     local kept = (not opts.tid or t.tid == opts.tid) and t.pid ~= self_pid
       and not (opts.threads == "user" and t.kernel) and not (opts.threads == "kernel" and not t.kernel)
     if kept then
@@ -169,24 +251,19 @@ function M.seed_blocked(bpf, pids, opts, t0_ns)
   if next(preblocked) ~= nil then
     unseed_woken(tab, pids, self_pid, preblocked)
   end
+  if pre_tid then
+    restack(preblocked, pre_tid, opts)
+  end
   return preblocked, runtime0
 end
 
 --- Account the threads blocked as tracing begins (M.seed_blocked) for
---- this tracer's targets.
-function Tracer:seed_blocked()
-  local target, pids = self.ctx.target or {}, nil
-  if target.tid then
-    local status = core.read_file(string.format("/proc/%d/status", target.tid)) or ""
-    pids = { tonumber(status:match("Tgid:%s*(%d+)")) }
-  elseif target.pids and #target.pids > 0 then
-    pids = {}
-    for pid in pairs(self.tree.live) do
-      pids[#pids + 1] = pid
-    end
-  end
+--- this tracer's targets (pre: as M.seed_blocked's).
+function Tracer:seed_blocked(pre)
+  local target = self.ctx.target or {}
+  local pids = target_pids(target, self.tree.live)
   local o = setmetatable({ tid = target.tid }, { __index = self.opts })
-  self.preblocked, self.runtime0 = M.seed_blocked(self.bpf, pids, o, self:t0_ns())
+  self.preblocked, self.runtime0 = M.seed_blocked(self.bpf, pids, o, self:t0_ns(), pre)
 end
 
 --- Keep symbols of the traced processes resolvable after they exit:
