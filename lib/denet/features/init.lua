@@ -31,6 +31,7 @@
 --   start(ctx, opts, pre)  once the program is loaded, attached and the
 --                 targets known; returns the feature's state. ctx: the
 --                 run (bpf, program, tree, proc, target, t0_ns)
+--   resumed(state)  the command (if any) was let go and the window began
 --   figures(state)    the figures so far, light enough for every sample:
 --                 the monitor's aggregated.ebpf.<name>
 --   report(state, opts)  the feature's report (its JSON contract in docs/)

@@ -55,22 +55,30 @@ return {
   before_attach = trace.before_attach,
   start = function(ctx, opts, pre)
     local t = trace.new(ctx, opts, pre)
-    -- mappings are captured at intervals and once the command has exec'd,
-    -- so stacks of processes that exit before the report still resolve
+    -- mappings are captured at intervals, and twice soon after the
+    -- command is let go (resumed, below), so stacks of processes that exit
+    -- before the report still resolve
     ctx:every(0.25, function()
       t:capture()
     end)
-    if ctx.proc then
-      ctx:after(0.02, function()
-        t:capture()
-      end)
-    end
     -- the report names kernel frames: read the kernel's symbols while
     -- tracing, once the start's burst of stacks to learn is through
     if not opts.user_only then
       ctx:after(0.2, require("denet.syms").load_kernel)
     end
     return t
+  end,
+  -- the command was let go: its libraries are mapped within milliseconds
+  -- of its exec (later on a busy machine); one that exits before the next
+  -- interval is captured by then
+  resumed = function(t)
+    if t.ctx.proc then
+      for _, delay in ipairs({ 0.02, 0.1 }) do
+        t.ctx:after(delay, function()
+          t:capture()
+        end)
+      end
+    end
   end,
   stop = function(t)
     t:stop()
