@@ -141,10 +141,19 @@ end
 H.NOBODY = "setpriv --reuid=65534 --regid=65534 --clear-groups "
 
 -- Run the readable install's denet as user nobody; code, stdout, stderr.
+-- (A sanitizer build reads its suppressions as nobody too: from the
+-- install's copy, since the checkout may be a 0700 folder.)
 function H.denet_as_nobody(args, prefix)
   local q = {}
   for i, a in ipairs(args) do
     q[i] = H.quote(a)
+  end
+  local lsan = os.getenv("LSAN_OPTIONS")
+  if lsan then
+    lsan = lsan:gsub("suppressions=[^:]*", function()
+      return "suppressions=" .. H.readable .. "/lsan.supp"
+    end)
+    prefix = "LSAN_OPTIONS=" .. H.quote(lsan) .. " " .. (prefix or "")
   end
   return H.sh((prefix or "") .. H.NOBODY .. H.quote(H.readable .. "/bin/denet") .. " " .. table.concat(q, " "))
 end

@@ -10,5 +10,7 @@ rm -rf "$prefix"
 mkdir -p "$prefix"
 cmake --install "$build" --prefix "$prefix" >/dev/null
 cp -a "$build/fixtures" "$prefix/fixtures"
+# the sanitizer build's leak suppressions, for the runs as nobody
+cp "$(dirname "$0")/../lsan.supp" "$prefix/lsan.supp"
 chmod -R a+rX "$prefix"
 chmod 755 "$prefix"
