@@ -150,10 +150,11 @@ function H.denet_as_nobody(args, prefix)
   end
   local lsan = os.getenv("LSAN_OPTIONS")
   if lsan then
-    lsan = lsan:gsub("suppressions=[^:]*", function()
-      return "suppressions=" .. H.readable .. "/lsan.supp"
-    end)
-    prefix = "LSAN_OPTIONS=" .. H.quote(lsan) .. " " .. (prefix or "")
+    local opts = {}
+    for o in lsan:gmatch("[^:]+") do
+      opts[#opts + 1] = o:match("^suppressions=") and ("suppressions=" .. H.readable .. "/lsan.supp") or o
+    end
+    prefix = "LSAN_OPTIONS=" .. H.quote(table.concat(opts, ":")) .. " " .. (prefix or "")
   end
   return H.sh((prefix or "") .. H.NOBODY .. H.quote(H.readable .. "/bin/denet") .. " " .. table.concat(q, " "))
 end
