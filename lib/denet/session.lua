@@ -6,7 +6,10 @@
 --   {"op": "start", "cmd": [...] | "pid": N, ...}   -> {"ok": true, "pid": N, "metadata": "...", "env": "..."|null}
 --   {"op": "sample"}                                 -> {"ok": true, "sample": "<record JSON>" | null}
 --   {"op": "step", "seconds": 0.2}                   -> {"ok": true, "state": "running"|"exit"|..., "samples": [...]}
---   {"op": "finish"} / {"op": "abort"}               -> {"ok": true, "summary": "<JSON>", "exit_code": n|null}
+--   {"op": "finish"} / {"op": "abort"}               -> {"ok": true, "summary": "<JSON>", "exit_code": n|null,
+--                                                       "samples": [...]}
+-- step and finish give every sample taken since the last reply (the
+-- schedule runs while the session waits for a request).
 --   {"op": "offcpu"|"syscalls"|<any feature with a script>, ...}
 --                                                    -> {"ok": true, "report": {...}, "exit_code": n|null}
 --   {"op": "summary_file", "path": P}                -> {"ok": true, "summary": "<JSON>"}
@@ -110,9 +113,10 @@ function OPS.sample(self)
   return { sample = rec and (self.pending[#self.pending] or json.encode(rec)) or json.null }
 end
 
+-- (the samples the schedule took while the session waited for this
+-- request are given too: the summary counts them)
 function OPS.step(self, req)
   local s = need(self)
-  self.pending = {}
   local state = s:step(tonumber(req.seconds) or 0.25)
   local samples = json.array(self.pending)
   self.pending = {}
@@ -127,7 +131,10 @@ local function finish(self, abort)
   else
     summary, code = s:finish()
   end
-  return { summary = json.encode(summary), exit_code = code == nil and json.null or code }
+  -- and the samples taken since the last step
+  local samples = json.array(self.pending)
+  self.pending = {}
+  return { summary = json.encode(summary), exit_code = code == nil and json.null or code, samples = samples }
 end
 
 function OPS.finish(self)

@@ -185,6 +185,8 @@ class ProcessMonitor:
     def _finish(self):
         if self._summary is None and not self._session.closed:
             reply = self._session.request("finish")
+            for s in reply.get("samples") or []:
+                self._took(s)
             self._summary = reply["summary"]
             self.exit_code = reply.get("exit_code")
             if self._out:

@@ -58,6 +58,19 @@ def test_process_monitor_runs_a_command_and_counts_its_cpu():
     assert summary["exit_code"] == 0
 
 
+def test_samples_taken_while_the_caller_is_busy_are_given_too():
+    # the schedule samples while Python does something else: run() and
+    # the summary still agree on every sample
+    mon = denet.ProcessMonitor([fx("sleeper"), "0.8"], 50, 50, quiet=True)
+    time.sleep(0.4)
+    mon.run()
+    samples = mon.get_samples()
+    summary = json.loads(mon.get_summary())
+    assert summary["sample_count"] == len(samples) >= 10
+    stamps = [json.loads(s)["ts_ms"] for s in samples]
+    assert stamps == sorted(stamps) and stamps[0] - json.loads(mon.get_metadata())["t0_ms"] < 200
+
+
 def test_sample_once_is_one_real_sample_then_none():
     mon = denet.ProcessMonitor([fx("sleeper"), "1.5"], 100, 1000, quiet=True)
     first = json.loads(mon.sample_once())
