@@ -54,7 +54,7 @@ describe("on this kernel", function()
   end)
 
   it("denet script offcpu: sleeps with their stack, stack reuse verified", function()
-    local r = json_of({ "script", "offcpu", "--json", "--stack-reuse", "verify", "--", H.fixture("sleep_loop"), "20",
+    local r = json_of({ "script", "offcpu", "--json", "--stack-reuse", "verify", "--", H.fixture("sleep_loop"), "40",
       "20" })
     local t
     for _, th in ipairs(r.threads) do
@@ -63,7 +63,7 @@ describe("on this kernel", function()
       end
     end
     assert.is_not_nil(t)
-    assert.is_true(within(t.by_category.sleep or 0, 400000, 0.15), "sleep " .. tostring(t.by_category.sleep))
+    assert.is_true(within(t.by_category.sleep or 0, 800000, 0.15), "sleep " .. tostring(t.by_category.sleep))
     local s = r.stacks[1]
     assert.equals("__schedule", s.frames[#s.frames])
     local nap = false
@@ -71,7 +71,7 @@ describe("on this kernel", function()
       nap = nap or f == "nap"
     end
     assert.is_true(nap)
-    assert.is_true(H.blocks_within(r, row(r.syscalls, "clock_nanosleep").blocks, 20))
+    assert.is_true(H.blocks_within(r, row(r.syscalls, "clock_nanosleep").blocks, 40))
     -- every sleep's stacks were read (a fault while the program execs is
     -- possible, and said as such), and no stack map trouble
     for _, st in ipairs(r.stacks) do
@@ -84,11 +84,12 @@ describe("on this kernel", function()
     assert.equals(0, r.lost_stacks_why.map_full + r.lost_stacks_why.collided)
     assert.equals(0, r.kstack_reuse.wrong)
     -- user stacks reused too, rightly (every sleep but the first, or
-    -- walked before the learner's template was in place: counted), and
+    -- walked before the learner's template was in place: counted; 40
+    -- sleeps give an emulated guest on a busy host time to learn), and
     -- glibc's caller recovered from its unwind rules (every sleep but
     -- those before they were learnt: counted)
     local uu = cjson.encode(r.ustack_reuse)
-    assert.is_true(r.ustack_reuse.reused + r.ustack_reuse.late >= 19, uu)
+    assert.is_true(r.ustack_reuse.reused + r.ustack_reuse.late >= 39, uu)
     assert.is_true(r.ustack_reuse.reused >= 1, uu)
     assert.equals(0, r.ustack_reuse.wrong)
     local recovered = 0
@@ -98,7 +99,7 @@ describe("on this kernel", function()
       end
     end
     local early = r.leaf_unwind.before_rules
-    assert.is_true(recovered + early + r.lost_stacks >= 20,
+    assert.is_true(recovered + early + r.lost_stacks >= 40,
       string.format("sleeps with nap_syscall %d, before the rules %d, lost %d", recovered, early, r.lost_stacks))
     assert.is_true(recovered >= 1, "sleeps with nap_syscall: " .. recovered)
   end)
