@@ -8,8 +8,6 @@
 --   {"op": "step", "seconds": 0.2}                   -> {"ok": true, "state": "running"|"exit"|..., "samples": [...]}
 --   {"op": "finish"} / {"op": "abort"}               -> {"ok": true, "summary": "<JSON>", "exit_code": n|null,
 --                                                       "samples": [...]}
--- step and finish give every sample taken since the last reply (the
--- schedule runs while the session waits for a request).
 --   {"op": "offcpu"|"syscalls"|<any feature with a script>, ...}
 --                                                    -> {"ok": true, "report": {...}, "exit_code": n|null}
 --   {"op": "summary_file", "path": P}                -> {"ok": true, "summary": "<JSON>"}
@@ -20,7 +18,9 @@
 -- A failure is {"ok": false, "error": "<the one line denet prints>",
 -- "code": 2} (1 for a bug, with its traceback in "error"). Records travel as
 -- the JSON text denet writes, so integers stay exact. While it waits for a
--- request the event loop keeps running (buffers drained); when the other
+-- request the event loop keeps running (buffers drained, samples taken on
+-- the schedule: step and finish give every one taken since the last
+-- reply); when the other
 -- side goes away (EOF) the run is aborted: a command denet started gets
 -- SIGTERM, and everything is released.
 local core = require("denet.core")
