@@ -274,7 +274,8 @@ end
 --- function names, from /proc), uaddrs and uleaf (user_stack's, for
 --- threads not running). opts.stacks = false skips the user stacks;
 --- opts.offsets: the clock offsets of an earlier take (the list's
---- `offsets`) instead of measuring them again.
+--- `offsets`) instead of measuring them again; opts.cpus: a set of CPUs
+--- whose offsets are measured too (for a later take).
 function M.take(pids, exclude, opts)
   local list
   if kernel.has("task_iter") and not iterator_failed then
@@ -298,6 +299,9 @@ function M.take(pids, exclude, opts)
   local offset, missing = {}, {}
   for cpu, o in pairs(opts and opts.offsets or {}) do
     offset[cpu] = o
+  end
+  for cpu in pairs(opts and opts.cpus or {}) do
+    cpus[cpu] = true
   end
   for cpu in pairs(cpus) do
     missing[cpu] = offset[cpu] == nil or nil

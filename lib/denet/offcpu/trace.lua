@@ -111,17 +111,12 @@ function M.before_attach(opts, target)
   if pids and #pids == 0 then
     return nil
   end
-  local snapshot = require("denet.snapshot")
-  local threads = snapshot.take(pids, core.ids().pid, { stacks = opts.stacks })
   -- every CPU's clock offset, so the read after needs none measured
-  local rest = {}
+  local all = {}
   for _, cpu in ipairs(require("denet.sys").online_cpus()) do
-    rest[cpu] = threads.offsets[cpu] == nil or nil
+    all[cpu] = true
   end
-  for cpu, o in pairs(snapshot.calibrate(rest)) do
-    threads.offsets[cpu] = o
-  end
-  return threads
+  return require("denet.snapshot").take(pids, core.ids().pid, { stacks = opts.stacks, cpus = all })
 end
 
 --- Off-CPU tracing of the run ctx (its program has offcpu.c: bpf,
