@@ -79,6 +79,34 @@ describe("denet script offcpu", function()
       r.verdict)
   end)
 
+  it("a process that execs late and exits before the next capture: its stacks name the new program's functions",
+    function()
+      -- sh waits for sleep (0.3 s: past the captures after the command's
+      -- start and the first interval's), then becomes sleep_loop for 5 x 20
+      -- ms, most often between two intervals' captures: only a capture at
+      -- its exec sees its mappings, and what was captured of sh must not
+      -- name its frames. Without bpf_task_pt_regs no unwind rule is looked
+      -- up (a lookup that misses reads the mappings again), so the capture
+      -- at exec is all there is.
+      local argv = { "/bin/sh", "-c", "sleep 0.3; exec " .. H.quote(H.fixture("sleep_loop")) .. " 5 20" }
+      for _, env in ipairs({ "", "DENET_DISABLE=task_pt_regs " }) do
+        local code, out, err = H.denet({ "script", "offcpu", "--json", "--", unpack(argv) }, env)
+        assert.equals(0, code, err)
+        local r = cjson.decode(out)
+        local t = thread(r, "sleep_loop")
+        assert.is_not_nil(t, env)
+        local naps, sleeps = 0, 0
+        for _, s in ipairs(r.stacks) do
+          if s.tid == t.tid and s.syscall == "clock_nanosleep" and s.comm == "sleep_loop" then
+            sleeps = sleeps + s.count
+            naps = naps + (table.concat(s.frames, ";"):find(";main;nap;", 1, true) and s.count or 0)
+          end
+        end
+        assert.equals(5, sleeps, env)
+        assert.equals(5, naps, env)
+      end
+    end)
+
   it("mutex contention: the waiter's lock time ~900 ms, the waiting function in the stack", function()
     local r = offcpu({}, { H.fixture("lock_wait"), "3", "300" })
     local w = thread(r, "waiter")

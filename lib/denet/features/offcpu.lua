@@ -55,8 +55,8 @@ return {
   before_attach = trace.before_attach,
   start = function(ctx, opts, pre)
     local t = trace.new(ctx, opts, pre)
-    -- mappings are captured at intervals, and twice soon after the
-    -- command is let go (resumed, below), so stacks of processes that exit
+    -- mappings are captured at intervals, and at each exec of a traced
+    -- process (on_process, below), so stacks of processes that exit
     -- before the report still resolve
     ctx:every(0.25, function()
       t:capture()
@@ -68,16 +68,12 @@ return {
     end
     return t
   end,
-  -- the command was let go: its libraries are mapped within milliseconds
-  -- of its exec (later on a busy machine); one that exits before the next
-  -- interval is captured by then
-  resumed = function(t)
-    if t.ctx.proc then
-      for _, delay in ipairs({ 0.02, 0.1 }) do
-        t.ctx:after(delay, function()
-          t:capture()
-        end)
-      end
+  -- a traced process exec'd: the capture of its old image must not name
+  -- the new one's frames (the command's own exec included: it was held
+  -- as a copy of denet)
+  on_process = function(t, ev)
+    if ev.kind == "exec" then
+      t:exec(ev.pid)
     end
   end,
   stop = function(t)

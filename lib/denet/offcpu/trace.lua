@@ -272,6 +272,25 @@ function Tracer:capture()
   end
 end
 
+--- Process pid exec'd: what was captured of its old image goes (its
+--- addresses would name the old image's functions), the new one is
+--- captured now (the executable and the dynamic loader are mapped once
+--- the exec returns) and twice soon after (the libraries the loader maps
+--- within milliseconds, later on a busy machine), so one that exits
+--- before the next interval still resolves.
+function Tracer:exec(pid)
+  syms.forget(pid)
+  local function capture()
+    if self.tree.live[pid] and syms.capture(pid) then
+      self.captured[pid] = true
+    end
+  end
+  capture()
+  for _, delay in ipairs({ 0.02, 0.1 }) do
+    self.ctx:after(delay, capture)
+  end
+end
+
 --- Blocks that ended so far, and stacks that could not be read (for a
 --- live status; the report has the details).
 function Tracer:counts()
