@@ -189,6 +189,9 @@ int dn_bpfcache_read(const char *path, const char *key, struct dn_bpf_image *img
 void dn_bpf_image_free(struct dn_bpf_image *img);
 void dn_loop_open(lua_State *L);
 void dn_proc_open(lua_State *L);
+/* Raise the open-file limit to its hard limit (the monitor holds several
+ * fds per watched process); commands denet starts get the limit it had. */
+void dn_proc_raise_nofile(void);
 void dn_procfs_open(lua_State *L);
 void dn_sym_open(lua_State *L);
 void dn_sys_open(lua_State *L);

@@ -171,6 +171,22 @@ struct spawn_plan {
 	int rp[2]; /* the child writes a byte once it is held */
 };
 
+/* the open-file limit denet was started with, given back to its commands */
+static struct rlimit nofile_orig;
+static int nofile_raised;
+
+void dn_proc_raise_nofile(void)
+{
+	struct rlimit r;
+
+	if (getrlimit(RLIMIT_NOFILE, &r) < 0 || r.rlim_cur >= r.rlim_max)
+		return;
+	nofile_orig = r;
+	r.rlim_cur = r.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &r) == 0)
+		nofile_raised = 1;
+}
+
 /* The child: signals as a command expects them, redirections, then held
  * until resume(), then exec. Never returns. */
 static void spawn_child(struct spawn_plan *sp, pid_t parent, const sigset_t *old)
@@ -188,6 +204,8 @@ static void spawn_child(struct spawn_plan *sp, pid_t parent, const sigset_t *old
 	if (getppid() != parent)
 		_exit(127);
 	sigprocmask(SIG_SETMASK, old, NULL);
+	if (nofile_raised)
+		setrlimit(RLIMIT_NOFILE, &nofile_orig);
 	close(sp->go[1]);
 	close(sp->ep[0]);
 	if (child_redirect(0, sp->rin.kind, sp->rin.path, sp->rin.fd) < 0 ||

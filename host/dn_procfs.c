@@ -11,6 +11,12 @@
  * process it was opened for, so a PID reused by a new process reads as
  * gone instead of silently becoming somebody else.
  *
+ * A process the caller marks as not run since its last read is not read;
+ * one that exited since (a pidfd says so, all of them in one poll after
+ * the reads) is read after all, so a child whose parent reaped it during
+ * the sample is never counted both in its last reading and in the
+ * parent's reaped-children times.
+ *
  * Results are written into a caller-supplied array of struct dn_psample
  * (the Lua side views it through the FFI with the same declaration; see
  * lib/denet/procfs.lua; declared once in bpf-src/dn_records.h).
@@ -24,8 +30,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <unistd.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 
 #include "dn.h"
 
@@ -37,11 +45,15 @@ enum { WANT_PSS = 1, WANT_STATUS = 2 };
 struct pent {
 	int pid;
 	int dir_fd, stat_fd, io_fd, fd_dir, status_fd;
+	int pidfd; /* readable once the process exited; -1: none (never skipped) */
 };
 
 struct ptab {
 	struct pent *e;
 	int n, cap;
+	struct pollfd *pfd; /* the skipped entries' pidfds, one poll per sample */
+	int *pfd_at;        /* their indices in e */
+	int pfd_cap;
 };
 
 static void pent_close(struct pent *p)
@@ -56,7 +68,9 @@ static void pent_close(struct pent *p)
 		close(p->dir_fd);
 	if (p->status_fd >= 0)
 		close(p->status_fd);
-	p->stat_fd = p->io_fd = p->fd_dir = p->dir_fd = p->status_fd = -1;
+	if (p->pidfd >= 0)
+		close(p->pidfd);
+	p->stat_fd = p->io_fd = p->fd_dir = p->dir_fd = p->status_fd = p->pidfd = -1;
 }
 
 static int open_in(int dirfd, const char *name, int flags)
@@ -226,8 +240,12 @@ static void ptab_release(void *obj)
 	for (i = 0; i < t->n; i++)
 		pent_close(&t->e[i]);
 	free(t->e);
+	free(t->pfd);
+	free(t->pfd_at);
 	t->e = NULL;
-	t->n = t->cap = 0;
+	t->pfd = NULL;
+	t->pfd_at = NULL;
+	t->n = t->cap = t->pfd_cap = 0;
 }
 
 /* core.ptab_new() -> table of watched processes (its fds are closed by
@@ -283,6 +301,7 @@ static int l_ptab_add(lua_State *L)
 	e.fd_dir = open_in(dir, "fd", O_RDONLY | O_DIRECTORY);
 	e.status_fd = open_in(dir, "status", O_RDONLY);
 	e.dir_fd = dir; /* bound to this process: a reused pid reads as gone */
+	e.pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	if (e.stat_fd < 0) {
 		pent_close(&e);
 		return dn_vm_fail(L, stat_err, "cannot read /proc/%d/stat: %s", pid, strerror(stat_err));
@@ -297,6 +316,19 @@ static int l_ptab_add(lua_State *L)
 		}
 		t->e = ne;
 		t->cap = nc;
+	}
+	if (t->pfd_cap < t->cap) {
+		struct pollfd *np = realloc(t->pfd, sizeof(*np) * (size_t)t->cap);
+		int *na = np ? realloc(t->pfd_at, sizeof(*na) * (size_t)t->cap) : NULL;
+
+		if (np)
+			t->pfd = np;
+		if (!na) {
+			pent_close(&e);
+			return luaL_error(L, "out of memory");
+		}
+		t->pfd_at = na;
+		t->pfd_cap = t->cap;
 	}
 	t->e[t->n++] = e;
 	lua_pushboolean(L, 1);
@@ -334,7 +366,8 @@ static int l_ptab_count(lua_State *L)
  * Fill buf (cdata array of struct dn_psample, at least max entries) with
  * one entry per watched process, in the order they were added; gone ones
  * are flagged DN_PS_GONE. skip (cdata uint8_t array in the same order)
- * marks processes not to read this time (DN_PS_SKIPPED). */
+ * marks processes not to read this time (DN_PS_SKIPPED), unless their
+ * pidfd says they exited: those are read after all the others. */
 static int l_ptab_sample(lua_State *L)
 {
 	struct ptab *t = check_ptab(L);
@@ -342,20 +375,31 @@ static int l_ptab_sample(lua_State *L)
 	int max = (int)luaL_checkinteger(L, 3);
 	int want = (lua_toboolean(L, 4) ? WANT_PSS : 0) | (lua_toboolean(L, 5) ? WANT_STATUS : 0);
 	const uint8_t *skip = lua_type(L, 6) == 10 ? (const uint8_t *)lua_topointer(L, 6) : NULL;
-	int i, n = 0;
+	int i, n = 0, k = 0;
 
 	if (lua_type(L, 2) != 10 || !buf)
 		return luaL_argerror(L, 2, "cdata buffer expected");
+	/* one entry per watched process: buf[i] is e[i]'s */
 	for (i = 0; i < t->n && n < max; i++) {
-		if (skip && skip[i]) {
+		if (skip && skip[i] && t->e[i].pidfd >= 0) {
 			memset(&buf[n], 0, sizeof(buf[n]));
 			buf[n].pid = t->e[i].pid;
 			buf[n].flags = DN_PS_SKIPPED;
+			t->pfd[k].fd = t->e[i].pidfd;
+			t->pfd[k].events = POLLIN;
+			t->pfd[k].revents = 0;
+			t->pfd_at[k++] = i;
 			n++;
 			continue;
 		}
 		pent_sample(&t->e[i], &buf[n++], want);
 	}
+	/* after every read: one that exited is read now (its parent, read
+	 * before, may have reaped it: then it reads as gone) */
+	if (k > 0 && poll(t->pfd, (nfds_t)k, 0) > 0)
+		for (i = 0; i < k; i++)
+			if (t->pfd[i].revents)
+				pent_sample(&t->e[t->pfd_at[i]], &buf[t->pfd_at[i]], want);
 	lua_pushinteger(L, n);
 	return 1;
 }

@@ -31,6 +31,7 @@ int main(int argc, char **argv)
 	int code, i;
 
 	dn_trust_init(allow_untrusted(argc, argv));
+	dn_proc_raise_nofile();
 	L = dn_vm_new();
 
 	if (!L) {

@@ -175,6 +175,30 @@ describe("denet run", function()
     assert.equals(201, s.processes_started) -- time forks fork_burn, which forks 200
   end)
 
+  it("watches a tree of 300 processes under the usual soft limit of 1024 open files; the command keeps that limit",
+    function()
+      -- 6 descriptors per watched process: denet raises its soft limit to
+      -- the hard one, and gives its command the limit it was given
+      local stats, lim = H.tmpfile(".json"), H.tmpfile(".txt")
+      local code, _, err = H.denet({ "run", "-q", "--stats", stats, "--", H.fixture("sleep_tree"), "300", "2" },
+        "ulimit -S -n 1024; ")
+      assert.equals(0, code, err)
+      assert.equals(300, cjson.decode(H.slurp(stats)).max_processes)
+      assert.is_nil(err:find("too many open files"), err)
+      code, _, err = H.denet({ "run", "-q", "--", "/bin/sh", "-c", "ulimit -S -n >" .. H.quote(lim) },
+        "ulimit -S -n 1024; ")
+      assert.equals(0, code, err)
+      assert.equals("1024", H.slurp(lim):match("%d+"))
+      -- a hard limit too low for the tree: said once, the rest watched
+      code, _, err = H.denet({ "run", "-q", "--stats", stats, "--", H.fixture("sleep_tree"), "100", "2" },
+        "ulimit -n 400; ")
+      assert.equals(0, code, err)
+      local _, said = err:gsub("too many open files: some processes of the tree are not watched", "")
+      assert.equals(1, said, err)
+      local n = cjson.decode(H.slurp(stats)).max_processes
+      assert.is_true(n > 1 and n < 100, "watched " .. n)
+    end)
+
   it("keeps orphaned descendants in the tree, reaps them and counts their CPU", function()
     local code, recs = run({}, { H.fixture("orphan"), "300" })
     assert.equals(0, code)

@@ -66,4 +66,42 @@ describe("procfs table", function()
     b:kill(9)
     b:wait()
   end)
+
+  it("a process left unread (not run since its last read) is read after all once it has exited", function()
+    -- the monitor skips processes that did not run; one that exits and is
+    -- reaped between its skip being decided and its parent's read must
+    -- read as gone, not as its last reading (its parent already counts it)
+    local a = denet.spawn({ H.fixture("sleeper"), "30" }):resume()
+    local b = denet.spawn({ H.fixture("sleeper"), "30" }):resume()
+    local c = denet.spawn({ H.fixture("sleeper"), "30" }):resume()
+    local t = procfs.new()
+    for _, p in ipairs({ a, b, c }) do
+      assert.is_true((t:add(p.pid)))
+    end
+    local function flags(pid)
+      local buf, n = t:sample(false, false, function()
+        return true
+      end)
+      for i = 0, n - 1 do
+        if buf[i].pid == pid then
+          return buf[i].flags, string.char(buf[i].state)
+        end
+      end
+    end
+    for _, p in ipairs({ a, b, c }) do
+      assert.equals(procfs.SKIPPED, (flags(p.pid)))
+    end
+    a:kill(9)
+    a:wait() -- reaped: gone
+    assert.equals(procfs.GONE, (flags(a.pid)))
+    c:kill(9) -- exited, not reaped: its zombie is read
+    H.sh("sh -c " .. H.quote(H.WAIT_SH .. "state " .. c.pid .. " Z"))
+    local f, state = flags(c.pid)
+    assert.equals(0, bit.band(f, procfs.SKIPPED + procfs.GONE))
+    assert.equals("Z", state)
+    assert.equals(procfs.SKIPPED, (flags(b.pid)))
+    c:wait()
+    b:kill(9)
+    b:wait()
+  end)
 end)

@@ -36,6 +36,7 @@ local GONE, IO, PSS, CTXSW, SKIPPED = procfs.GONE, procfs.IO, procfs.PSS, procfs
 local TCK = procfs.CLK_TCK
 local PAGE_KB = procfs.PAGE_KB
 local ZOMBIE = string.byte("Z")
+local ENFILE, EMFILE = 23, 24
 local band = bit.band
 
 local round = account.round
@@ -119,13 +120,51 @@ function M.new(ctx, opts)
   return self
 end
 
+-- The pids of live (pid -> { ppid }) not in `except`, parents before
+-- their children: the process table reads in the order processes were
+-- added, and reading a parent before its child is what keeps a child
+-- reaped during a sample from being counted twice.
+local function parents_first(live, except)
+  local depth, list = {}, {}
+  local function depth_of(pid)
+    local d, p, seen = 0, pid, 0
+    while live[p] and seen < 64 do
+      if depth[p] then
+        d = d + depth[p]
+        break
+      end
+      p, d, seen = live[p].ppid, d + 1, seen + 1
+    end
+    depth[pid] = d
+    return d
+  end
+  for pid in pairs(live) do
+    if not (except and except[pid]) then
+      list[#list + 1] = pid
+      depth_of(pid)
+    end
+  end
+  table.sort(list, function(a, b)
+    if depth[a] ~= depth[b] then
+      return depth[a] < depth[b]
+    end
+    return a < b
+  end)
+  return list
+end
+
 -- State of a newly watched process. born: started after monitoring began.
 function Monitor:_watch(pid, ppid, born)
   if self.procs[pid] then
     return self.procs[pid]
   end
-  local ok, io_ok = self.ptab:add(pid)
+  local ok, io_ok, errno = self.ptab:add(pid)
   if not ok then
+    if errno == EMFILE or errno == ENFILE then
+      -- (denet raised its soft limit to the hard one at start)
+      require("denet.util").note_once("too many open files: some processes of the tree are not watched "
+        .. "(each takes 6 file descriptors; raise the hard limit: ulimit -Hn)")
+    end
     return nil
   end
   local st = { pid = pid, ppid = ppid, born = born, io_ok = io_ok, base = zero_counters() }
@@ -166,8 +205,9 @@ end
 --- Begin: watch the processes of the tree (the run tracks the root and,
 --- when attaching, its existing descendants) and take the baseline.
 function Monitor:start()
-  for pid, info in pairs(self.tree.live) do
-    local st = self:_watch(pid, info.ppid, false)
+  local live = self.tree.live
+  for _, pid in ipairs(parents_first(live)) do
+    local st = self:_watch(pid, live[pid].ppid, false)
     if not st and pid == self.root then
       errors.raise(string.format("cannot read process %d: it exited or may not be read", self.root))
     end
@@ -244,10 +284,9 @@ function Monitor:_read(now)
   end
   self.tree:refresh()
   if self.tree.mode == "proc" then
-    for pid, info in pairs(self.tree.live) do
-      if not self.procs[pid] then
-        self:_watch(pid, info.ppid, true)
-      end
+    local live = self.tree.live
+    for _, pid in ipairs(parents_first(live, self.procs)) do
+      self:_watch(pid, live[pid].ppid, true)
     end
   end
   local want_pss = now - self.last_pss_t >= self.pss_interval
