@@ -32,6 +32,8 @@
 --                 targets known; returns the feature's state. ctx: the
 --                 run (bpf, program, tree, proc, target, t0_ns)
 --   resumed(state)  the command (if any) was let go and the window began
+--   on_process(state, ev)  a fork, exec or exit in the tree (ev as the
+--                 tree's events: kind, pid, ppid, comm)
 --   figures(state)    the figures so far, light enough for every sample:
 --                 the monitor's aggregated.ebpf.<name>
 --   report(state, opts)  the feature's report (its JSON contract in docs/)
