@@ -125,8 +125,8 @@ end
 --- (pre: M.before_attach's threads, if it ran), and the stack engine's
 --- learners start. Returns the tracer.
 function M.new(ctx, opts, pre)
-  local self = setmetatable({ ctx = ctx, opts = opts, bpf = ctx.bpf, tree = ctx.tree, program = ctx.program,
-    captured = {} }, Tracer)
+  local self = setmetatable({ ctx = ctx, opts = opts, bpf = ctx.bpf, tree = ctx.tree, program = ctx.program },
+    Tracer)
   -- threads blocked since before the window are accounted from its start
   -- (a held command has none), read as soon as the targets are known, so
   -- few wake unseen in between
@@ -266,9 +266,7 @@ end
 --- exec).
 function Tracer:capture()
   for pid in pairs(self.tree.live) do
-    if syms.capture(pid) then
-      self.captured[pid] = true
-    end
+    syms.capture(pid)
   end
 end
 
@@ -280,9 +278,10 @@ end
 --- before the next interval still resolves.
 function Tracer:exec(pid)
   syms.forget(pid)
+  -- (not once it has left the tree: its pid may be another's by then)
   local function capture()
-    if self.tree.live[pid] and syms.capture(pid) then
-      self.captured[pid] = true
+    if self.tree.live[pid] then
+      syms.capture(pid)
     end
   end
   capture()
