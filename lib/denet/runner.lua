@@ -318,6 +318,11 @@ function Run:_start_features()
   for _, f in ipairs(self:active()) do
     self.states[f.name] = f.d.start(self, f.opts, self.pre[f.name])
   end
+  -- the compiler's job is done: keep the resident set small from here on
+  -- (once the features have read what the window starts from, before the
+  -- command runs: paging it out takes a while, and the stack learners
+  -- must keep up with the first blocks)
+  core.release_compiler_memory()
   self.host:call("on_start", self:target_info())
   if self.proc then
     -- a command's window begins as it is let go
