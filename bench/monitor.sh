@@ -71,7 +71,7 @@ spid=$!
 while ! grep -q "CPU" "$tmp/denet-n.txt" 2>/dev/null; do sleep 0.01; done
 dnpid=$(pgrep -n -x denet)
 bare_line=$(measure denet-bare "$dnpid" "$tmp/denet-n.txt" "CPU ")
-rss_cached=$(awk '/VmRSS/ {print $2}' /proc/$dnpid/status)
+rss_cached=$(awk '/VmRSS/ {print $2}' "/proc/$dnpid/status")
 kill -INT "$dnpid"
 wait $spid 2>/dev/null || true
 
