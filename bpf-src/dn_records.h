@@ -27,7 +27,43 @@
 #define DN_KT_OUTER 256
 /* kernel frames a snapshot reads of each thread (tasks.c) */
 #define DN_SNAP_KFRAMES 32
+/* unwind tables (host/dn_unwind.c, unwind.c): the kinds of rows, and
+ * the rbp rule of a row whose caller's rbp cannot be found */
+#define DN_UW_STOP 0   /* no rule the walk can apply: it ends, truncated */
+#define DN_UW_SP 1     /* CFA = rsp + cfa */
+#define DN_UW_FP 2     /* CFA = rbp + cfa */
+#define DN_UW_PLT 3    /* CFA = rsp + 8, + 8 from byte aux of each 16-byte stub */
+#define DN_UW_SIGNAL 4 /* a signal trampoline: the caller's registers in the ucontext */
+#define DN_UW_END 5    /* the outermost frame: the stack is whole */
+#define DN_UW_RBP_LOST (-128)
+/* the most frames a user stack walk gives, and the bytes of stack copied
+ * to user space when the walk meets an unknown mapping */
+#define DN_UW_FRAMES 127
+#define DN_UW_COPY 8192
 #endif
+
+/* One row of an unwind table: from pc (the file's virtual address) up to
+ * the next row's, the caller's frame is found by kind (DN_UW_*): CFA
+ * from rsp or rbp + cfa; the return address at CFA - 8; rbp kept (0),
+ * saved at CFA + 8 * rbp, or lost (DN_UW_RBP_LOST). */
+DN_RECORD(dn_uw_row, {
+	u32 pc;
+	s32 cfa;
+	u8 kind;
+	s8 rbp;
+	u8 aux; /* DN_UW_PLT: the byte of the stub from which 8 more */
+	u8 pad;
+})
+
+/* A user stack copied to user space to be unwound there (unwind.c's
+ * dn_uw_miss): its registers and DN_UW_COPY bytes from sp (len read). */
+DN_RECORD(dn_uw_copy, {
+	u32 tgid, tid;
+	s32 id;
+	u32 len;
+	u64 ip, sp, bp;
+	u8 data[DN_UW_COPY];
+})
 
 /* One tracked process (thread group) of tree.c's dn_tracked, keyed by
  * tgid; read whole every sample by the monitor (lib/denet/tree.lua). */

@@ -17,7 +17,8 @@
  * DN_NO_KSTACK, DN_STACK_STORAGE, DN_OFFCPU_KEYS, DN_TASK_FLAGS_OFF (the
  * byte offset of task_struct.flags in the running kernel, from its BTF),
  * DN_KSTACK_REUSE / DN_KSTACK_VERIFY, DN_USTACK_REUSE / DN_USTACK_VERIFY,
- * DN_LEAF_UNWIND (each below).
+ * DN_LEAF_UNWIND (each below), DN_DWARF_UNWIND (user stacks walked from
+ * unwind tables: unwind.c).
  */
 #ifndef DN_STACK_STORAGE
 #define DN_STACK_STORAGE 16384
@@ -84,6 +85,8 @@ BPF_PERCPU_ARRAY(dn_offcpu_seen, u64, 4);
 
 /* the user stack id of a kernel thread: it has none (not a miss) */
 #define DN_STACK_NONE (-1000)
+/* a user stack being walked (unwind.c) */
+#define DN_UW_PENDING (-3000)
 
 static __always_inline void dn_offcpu_missed_inc(int which, s32 err)
 {
@@ -717,7 +720,12 @@ static __always_inline void dn_offcpu_stacks_of(void *ctx, struct dn_offcpu_thre
 		th->ustack = DN_STACK_NONE;
 		return;
 	}
-#ifdef DN_USTACK_REUSE
+#if defined(DN_DWARF_UNWIND)
+	/* walked from the unwind tables once every hook has run (unwind.c):
+	 * dn_uw_deliver gives the id */
+	__builtin_memset(th->leaf, 0, sizeof(th->leaf));
+	th->ustack = dn_uw_begin(tgid, (u32)bpf_get_current_pid_tgid()) == 0 ? DN_UW_PENDING : DN_UW_FAILED;
+#elif defined(DN_USTACK_REUSE)
 	th->ustack = dn_ustack_id(ctx, tgid, th->leaf);
 #else
 	th->ustack = dn_offcpu_stacks.get_stackid(ctx, BPF_F_USER_STACK);
@@ -732,6 +740,20 @@ static __always_inline void dn_offcpu_stacks_of(void *ctx, struct dn_offcpu_thre
 		dn_offcpu_missed_inc(0, th->ustack);
 #endif
 }
+
+#ifdef DN_DWARF_UNWIND
+/* The walk of thread tid's user stack (begun at its switch-out) is over:
+ * its id (< 0: not stored, why as the stack map's errors). */
+static __always_inline void dn_uw_deliver(u32 tid, s32 id)
+{
+	struct dn_offcpu_thread *th = dn_offcpu_threads.lookup(&tid);
+	if (!th || th->ustack != DN_UW_PENDING)
+		return;
+	th->ustack = id;
+	if (id < 0)
+		dn_offcpu_missed_inc(0, id);
+}
+#endif
 
 /* The thread switching out (prev, of tgid: the current task) in state
  * prev_state begins a block, when the run's config keeps it. */

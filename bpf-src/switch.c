@@ -46,6 +46,10 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 #ifdef DN_HOOK_OFFCPU
 	dn_offcpu_on_switch(ctx, prev, dn_switch_report_state(ctx->args[0], (u32)ctx->args[3]), next);
 #endif
+#ifdef DN_DWARF_UNWIND
+	/* last: a tail call does not come back */
+	dn_uw_run(ctx);
+#endif
 	return 0;
 }
 #else
@@ -61,6 +65,10 @@ TRACEPOINT_PROBE(sched, sched_switch)
 #endif
 #ifdef DN_HOOK_OFFCPU
 	dn_offcpu_on_switch(args, prev, state, next);
+#endif
+#ifdef DN_DWARF_UNWIND
+	/* last: a tail call does not come back */
+	dn_uw_run(args);
 #endif
 	return 0;
 }

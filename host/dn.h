@@ -115,6 +115,8 @@ void dn_cleanup_run(void);
 /* The records whose bytes C and Lua both read (struct dn_psample among
  * them), declared once in bpf-src/dn_records.h with the kernel's integer
  * names; dn_records.c hands the same declarations to Lua's FFI. */
+typedef uint8_t u8;
+typedef int8_t s8;
 typedef uint16_t u16;
 typedef uint32_t u32;
 typedef uint64_t u64;
@@ -203,6 +205,14 @@ void dn_usdt_open(lua_State *L);
 void dn_http_open(lua_State *L);
 void dn_pprof_open(lua_State *L);
 void dn_records_open(lua_State *L);
+void dn_unwind_open(lua_State *L);
+
+/* dn_unwind.c: unwind tables from call frame information ---------------- */
+
+#include <libelf.h>
+/* The rows of elf's .eh_frame (or .debug_frame), sorted and merged, into
+ * *rows (malloc'd; the caller frees) and *n: 0; or -1 with why. */
+int dn_uw_build_elf(Elf *elf, struct dn_uw_row **rows, size_t *n, char *why, size_t wn);
 
 /* dn_sym.c: the user-space resolver, also used by C unit tests ----------- */
 

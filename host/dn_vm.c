@@ -163,6 +163,7 @@ static int core_open(lua_State *L)
 	dn_proc_open(L);
 	dn_procfs_open(L);
 	dn_sym_open(L);
+	dn_unwind_open(L);
 	dn_sys_open(L);
 	dn_repl_open(L);
 	dn_trust_open_lua(L);

@@ -17,6 +17,8 @@ PACKAGES=(
   lua-cjson lua-argparse
   # tests
   lua-busted bpftool libclang-rt-14-dev python3-pytest systemtap-sdt-dev
+  # ground truth for stacks (eu-stack)
+  elfutils
   # lint (tools/lint.sh) and the fuzz targets (make fuzz)
   lua-check clang-format clang git shellcheck pyflakes3
   # export tests: a real Prometheus, protoc to decode pprof, a browser for the reports

@@ -217,6 +217,10 @@ function M.build(spec)
   local bpf = BPF.new{ text = BPF.compose(parts), cflags = flags, name = spec.name or "denet",
     autoattach = spec.autoattach, before_attach = function(b)
       write_configs(b, set, opts_of)
+      if flag_set["-DDN_DWARF_UNWIND"] then
+        -- the user stack walker's chain of tail calls, before any switch
+        require("denet.stacks.dwarf").arm(b, flag_set["-DDN_SWITCH_RAW"])
+      end
       if spec.before_attach then
         spec.before_attach(b)
       end

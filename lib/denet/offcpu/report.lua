@@ -71,7 +71,7 @@ end
 -- stack map, so a name found once is the name).
 local function resolver(t)
   t.resolver = t.resolver or stacks.resolver(t.bpf, "dn_offcpu_stacks", { depth = t.opts.stack_depth,
-    user_only = t.opts.user_only, kernel_only = t.opts.kernel_only })
+    user_only = t.opts.user_only, kernel_only = t.opts.kernel_only, unwinder = t.engine.dwarf })
   return t.resolver
 end
 
@@ -301,6 +301,7 @@ local function unseen(t, report)
   local reuse = t.engine:stats()
   report.kstack_reuse, report.ustack_reuse = reuse.kstack_reuse, reuse.ustack_reuse
   report.leaf_unwind = reuse.leaf_unwind
+  report.unwind = reuse.unwind
 end
 
 ---------------------------------------------------------------------------

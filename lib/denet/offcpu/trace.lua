@@ -135,6 +135,13 @@ function M.new(ctx, opts, pre)
   end
   self.engine = stacks.start(self.bpf, self.program)
   self:capture()
+  -- the traced processes' mappings for the unwinder (a held command's
+  -- are taken at its exec)
+  for pid in pairs(self.tree.live) do
+    if not ctx.proc or pid ~= ctx.proc.pid then
+      self.engine:process(pid)
+    end
+  end
   return self
 end
 
@@ -278,6 +285,7 @@ end
 --- before the next interval still resolves.
 function Tracer:exec(pid)
   syms.forget(pid)
+  self.engine:process(pid)
   -- (not once it has left the tree: its pid may be another's by then)
   local function capture()
     if self.tree.live[pid] then

@@ -20,6 +20,7 @@ M.kernel = require("denet.stacks.kernel")
 M.user = require("denet.stacks.user")
 M.unwind = require("denet.stacks.unwind")
 M.frames = require("denet.stacks.frames")
+M.dwarf = require("denet.stacks.dwarf")
 
 M.STACK_NONE = M.frames.STACK_NONE
 M.STACK_SNAPSHOT = M.frames.STACK_SNAPSHOT
@@ -32,24 +33,31 @@ M.LOST_WHY = {
   { "other", "for other reasons" },
 }
 
-local CFLAGS_OPTS = { "user_only", "kernel_only", "reuse", "storage" }
+local CFLAGS_OPTS = { "user_only", "kernel_only", "reuse", "storage", "unwind" }
 
 --- The -D flags of the stacks a tracer wants (bpf-src/offcpu.c): opts.user_only
 --- / kernel_only (one kind of stack only), reuse ("on" default: reuse a
 --- stack when a thread blocks where it blocked before, checked in the
 --- kernel; "off": walk every stack; "verify": reuse and walk, counting
---- disagreements), storage (stack map size). These change the program's
---- shape; the composer drops what the kernel cannot do, with a note.
+--- disagreements), storage (stack map size), unwind ("fp" default: user
+--- stacks walked by frame pointers, with the callers libc's functions
+--- hide recovered from .eh_frame; "dwarf": walked from the files' unwind
+--- tables in the kernel, whole without frame pointers, not yet the
+--- default). These change the program's shape; the composer drops
+--- what the kernel cannot do, with a note.
 function M.cflags(opts)
   require("denet.errors").check_opts("stacks.cflags", opts, CFLAGS_OPTS)
   opts = opts or {}
   local reuse = opts.reuse or "on"
+  local dwarf = opts.unwind == "dwarf"
   local f = {}
   if opts.user_only then
     f[#f + 1] = "-DDN_NO_KSTACK"
   end
   if opts.kernel_only then
     f[#f + 1] = "-DDN_NO_USTACK"
+  elseif dwarf then
+    f[#f + 1] = "-DDN_DWARF_UNWIND"
   else
     f[#f + 1] = "-DDN_LEAF_UNWIND"
   end
@@ -60,7 +68,7 @@ function M.cflags(opts)
     f[#f + 1] = "-DDN_KSTACK_REUSE"
     f[#f + 1] = reuse == "verify" and "-DDN_KSTACK_VERIFY" or nil
   end
-  if reuse ~= "off" and not opts.kernel_only then
+  if reuse ~= "off" and not opts.kernel_only and not dwarf then
     f[#f + 1] = "-DDN_USTACK_REUSE"
     f[#f + 1] = reuse == "verify" and "-DDN_USTACK_VERIFY" or nil
   end
@@ -83,7 +91,18 @@ function M.start(bpf, program)
   if program:has_flag("-DDN_USTACK_REUSE") then
     self.ut_buf, self.ut_counts = M.user.learner(bpf)
   end
+  if program:has_flag("-DDN_DWARF_UNWIND") then
+    self.dwarf = M.dwarf.start(bpf)
+  end
   return self
+end
+
+--- Process pid exec'd, or begins to be traced: its mappings for the
+--- unwinder (when the program walks from unwind tables).
+function Engine:process(pid)
+  if self.dwarf then
+    self.dwarf:exec(pid)
+  end
 end
 
 --- Counters of stack reuse and unwinding, for the kinds in use:
@@ -92,17 +111,19 @@ end
 function Engine:stats()
   return { kstack_reuse = self.kt_buf and M.kernel.stats(self.bpf) or nil,
     ustack_reuse = self.ut_buf and M.user.stats(self.bpf, self.ut_counts) or nil,
-    leaf_unwind = self.leaf_buf and M.unwind.stats(self.bpf) or nil }
+    leaf_unwind = self.leaf_buf and M.unwind.stats(self.bpf) or nil,
+    unwind = self.dwarf and self.dwarf:stats() or nil }
 end
 
 local Resolver = {}
 Resolver.__index = Resolver
 
-local RESOLVER_OPTS = { "depth", "user_only", "kernel_only" }
+local RESOLVER_OPTS = { "depth", "user_only", "kernel_only", "unwinder" }
 
 --- Frames of the stack ids of a stack map (table `name` of bpf), cached:
 --- opts.depth (frames kept nearest the block), user_only / kernel_only
---- (the other kind was not taken: no frames, not a miss).
+--- (the other kind was not taken: no frames, not a miss), unwinder (the
+--- engine's denet.stacks.dwarf unwinder: user stack ids are its).
 function M.resolver(bpf, name, opts)
   require("denet.errors").check_opts("stacks.resolver", opts, RESOLVER_OPTS)
   opts = opts or {}
@@ -117,7 +138,18 @@ function Resolver:user(tgid, id, leaf)
   local key = tgid .. ":" .. id .. ":" .. table.concat(leaf or {}, ",")
   local uf = self.ucache[key]
   if not uf then
-    if id >= 0 then
+    local uw = self.opts.unwinder
+    if uw and id >= 0 then
+      local addrs, flags = uw:stack(id)
+      uf, self.umods[key] = M.frames.user(tgid, addrs or {}, self.opts.depth)
+      if not addrs then
+        uf = { "[Missed User Stack]" }
+      elseif flags ~= 0 then
+        -- the walk stopped short of the entry point
+        table.insert(uf, 1, "[truncated]")
+        table.insert(self.umods[key], 1, false)
+      end
+    elseif id >= 0 then
       uf, self.umods[key] = M.frames.user(tgid, self.map:stack_walk(id), self.opts.depth, leaf)
     elseif self.opts.kernel_only or id == M.STACK_NONE then
       uf = {}

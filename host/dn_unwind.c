@@ -1,0 +1,627 @@
+/*
+ * dn_unwind.c - unwind tables from a file's call frame information.
+ *
+ * A table is the file's .eh_frame (or, when that is all there is,
+ * .debug_frame) turned into rows sorted by address: from each row's pc up
+ * to the next row's, how the caller's frame is found (struct dn_uw_row,
+ * dn_records.h). elfutils' libdw reads the CFI: each FDE's range is walked
+ * with dwarf_cfi_addrframe, which gives the rule at an address and the
+ * range it holds for, so one call per row. Only rules a BPF program can
+ * apply become rows that unwind:
+ *   - CFA = rsp + N or rbp + N, the return address at CFA - 8, rbp either
+ *     kept or saved at CFA + 8k (or lost: a later rule from rbp stops);
+ *   - the PLT's expression (CFA = rsp + 8, + 8 more past byte 10 or 11 of
+ *     each 16-byte stub), which ld writes for .plt;
+ *   - a signal frame (the CIE's 'S': glibc's __restore_rt), whose caller's
+ *     registers are in the rt_sigframe's ucontext;
+ *   - "end": the return address is undefined (_start, a thread's start):
+ *     the stack is whole there.
+ * Every other rule (a DWARF expression, a return address elsewhere) and
+ * every gap between FDEs is a "stop" row: the walk ends there, marked
+ * truncated, never wrong.
+ *
+ * dn_uw_build_elf is pure (an Elf handle in, rows out) and is what the
+ * libFuzzer target feeds; core.uw_table(path) wraps it for Lua.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <dwarf.h>
+#include <elfutils/libdw.h>
+#include <elfutils/libdwelf.h>
+#include <gelf.h>
+#include <libelf.h>
+
+#include "dn.h"
+
+/* a table larger than this is refused (one line names the file) */
+#define DN_UW_MAX_ROWS (4u << 20)
+#define DN_UW_MAX_CIES 4096
+
+struct cie_enc {
+	uint64_t off;
+	uint8_t enc; /* the FDE pointer encoding ('R'), DW_EH_PE_absptr if none */
+	uint8_t ok;  /* its augmentation was understood */
+};
+
+struct builder {
+	struct dn_uw_row *rows;
+	size_t n, cap;
+	int too_many;
+};
+
+static int add_row(struct builder *b, uint64_t pc, int kind, int64_t cfa, int rbp, int aux)
+{
+	if (pc > UINT32_MAX)
+		return 0; /* beyond what a row holds: left out (a stop by absence) */
+	if (b->n == b->cap) {
+		size_t cap = b->cap ? 2 * b->cap : 4096;
+		void *p;
+
+		if (cap > DN_UW_MAX_ROWS) {
+			b->too_many = 1;
+			return -1;
+		}
+		p = realloc(b->rows, cap * sizeof(*b->rows));
+		if (!p)
+			return -1;
+		b->rows = p;
+		b->cap = cap;
+	}
+	if (cfa < INT32_MIN || cfa > INT32_MAX)
+		kind = DN_UW_STOP;
+	b->rows[b->n].pc = (uint32_t)pc;
+	b->rows[b->n].cfa = kind == DN_UW_STOP || kind == DN_UW_END ? 0 : (int32_t)cfa;
+	b->rows[b->n].kind = (uint8_t)kind;
+	b->rows[b->n].rbp = kind == DN_UW_STOP || kind == DN_UW_END ? 0 : (int8_t)rbp;
+	b->rows[b->n].aux = kind == DN_UW_PLT ? (uint8_t)aux : 0;
+	b->rows[b->n].pad = 0;
+	b->n++;
+	return 0;
+}
+
+/* The size in bytes of a pointer of encoding enc, or 0 (leb128, unknown). */
+static size_t enc_size(uint8_t enc)
+{
+	switch (enc & 0x0f) {
+	case DW_EH_PE_absptr:
+	case DW_EH_PE_udata8:
+	case DW_EH_PE_sdata8:
+		return 8;
+	case DW_EH_PE_udata4:
+	case DW_EH_PE_sdata4:
+		return 4;
+	case DW_EH_PE_udata2:
+	case DW_EH_PE_sdata2:
+		return 2;
+	default:
+		return 0;
+	}
+}
+
+/* Read a pointer of encoding enc at p (before end); at: the address p is
+ * loaded at (pc-relative pointers). 0 and *v, or -1. */
+static int read_ptr(const uint8_t *p, const uint8_t *end, uint8_t enc, uint64_t at, int apply, uint64_t *v)
+{
+	size_t sz = enc_size(enc);
+	uint64_t x = 0;
+
+	if (enc == DW_EH_PE_omit || sz == 0 || (size_t)(end - p) < sz)
+		return -1;
+	switch (enc & 0x0f) {
+	case DW_EH_PE_udata2:
+	case DW_EH_PE_sdata2: {
+		uint16_t u;
+		memcpy(&u, p, 2);
+		x = (enc & 0x0f) == DW_EH_PE_sdata2 ? (uint64_t)(int64_t)(int16_t)u : u;
+		break;
+	}
+	case DW_EH_PE_udata4:
+	case DW_EH_PE_sdata4: {
+		uint32_t u;
+		memcpy(&u, p, 4);
+		x = (enc & 0x0f) == DW_EH_PE_sdata4 ? (uint64_t)(int64_t)(int32_t)u : u;
+		break;
+	}
+	default:
+		memcpy(&x, p, 8);
+	}
+	if (apply) {
+		switch (enc & 0x70) {
+		case 0:
+			break;
+		case DW_EH_PE_pcrel:
+			x += at;
+			break;
+		default:
+			return -1; /* datarel, textrel, funcrel: not used for FDEs here */
+		}
+		if (enc & DW_EH_PE_indirect)
+			return -1;
+	}
+	*v = x;
+	return 0;
+}
+
+/* The FDE pointer encoding a CIE's augmentation names. */
+static struct cie_enc cie_encoding(const Dwarf_CIE *c, uint64_t off, int eh)
+{
+	struct cie_enc r = { off, eh ? DW_EH_PE_absptr : DW_EH_PE_absptr, 1 };
+	const char *a = c->augmentation;
+	const uint8_t *p = c->augmentation_data, *end = p ? p + c->augmentation_data_size : NULL;
+
+	if (!a || a[0] == '\0')
+		return r;
+	if (a[0] != 'z' || !p) {
+		r.ok = 0;
+		return r;
+	}
+	for (a++; *a; a++) {
+		switch (*a) {
+		case 'R':
+			if (p >= end)
+				goto bad;
+			r.enc = *p++;
+			break;
+		case 'L':
+			if (p >= end)
+				goto bad;
+			p++;
+			break;
+		case 'P': {
+			uint8_t penc;
+			size_t sz;
+
+			if (p >= end)
+				goto bad;
+			penc = *p++;
+			sz = enc_size(penc);
+			if (sz == 0 || (size_t)(end - p) < sz)
+				goto bad;
+			p += sz;
+			break;
+		}
+		case 'S':
+		case 'B':
+			break;
+		default:
+			goto bad;
+		}
+	}
+	return r;
+bad:
+	r.ok = 0;
+	return r;
+}
+
+/* Is ops the PLT's CFA expression: rsp + 8, + 8 past byte `*at` of the
+ * 16-byte stub (breg7 8; breg16 0; lit15; and; litN; ge; lit3; shl; plus)? */
+static int plt_expr(const Dwarf_Op *ops, size_t n, int *at)
+{
+	if (n != 9 || ops[0].atom != DW_OP_breg7 || ops[0].number != 8 || ops[1].atom != DW_OP_breg16 ||
+	    ops[1].number != 0 || ops[2].atom != DW_OP_lit15 || ops[3].atom != DW_OP_and ||
+	    ops[4].atom < DW_OP_lit0 || ops[4].atom > DW_OP_lit31 || ops[5].atom != DW_OP_ge ||
+	    ops[6].atom != DW_OP_lit3 || ops[7].atom != DW_OP_shl || ops[8].atom != DW_OP_plus)
+		return 0;
+	*at = ops[4].atom - DW_OP_lit0;
+	return 1;
+}
+
+/* A register saved at CFA + off: libdw writes offset(N) as call_frame_cfa,
+ * plus_uconst N (or consts N, plus; or call_frame_cfa alone for 0). */
+static int saved_at(const Dwarf_Op *ops, size_t n, int64_t *off)
+{
+	if (n == 1 && ops[0].atom == DW_OP_call_frame_cfa) {
+		*off = 0;
+		return 1;
+	}
+	if (n == 2 && ops[0].atom == DW_OP_call_frame_cfa && ops[1].atom == DW_OP_plus_uconst) {
+		*off = (int64_t)ops[1].number;
+		return 1;
+	}
+	if (n == 3 && ops[0].atom == DW_OP_call_frame_cfa && ops[1].atom == DW_OP_consts && ops[2].atom == DW_OP_plus) {
+		*off = (int64_t)ops[1].number;
+		return 1;
+	}
+	return 0;
+}
+
+/* The row of a frame state: kind, cfa offset, rbp rule, aux. */
+static void frame_row(Dwarf_Frame *f, int *kind, int64_t *cfa, int *rbp, int *aux)
+{
+	Dwarf_Op *ops, mem[3];
+	size_t n;
+	int64_t off;
+	bool signal = false;
+	Dwarf_Addr s, e;
+
+	*kind = DN_UW_STOP;
+	*cfa = 0;
+	*rbp = 0;
+	*aux = 0;
+	if (dwarf_frame_info(f, &s, &e, &signal) < 0)
+		return;
+	if (signal) {
+		*kind = DN_UW_SIGNAL;
+		return;
+	}
+	/* the return address: undefined at the outermost frame */
+	if (dwarf_frame_register(f, 16, mem, &ops, &n) != 0)
+		return;
+	if (n == 0 && ops == mem) {
+		*kind = DN_UW_END;
+		return;
+	}
+	if (!saved_at(ops, n, &off) || off != -8)
+		return;
+	/* rbp: kept, saved at CFA + 8k, or lost */
+	if (dwarf_frame_register(f, 6, mem, &ops, &n) != 0)
+		return;
+	if (n == 0 && ops == NULL)
+		*rbp = 0;
+	else if (saved_at(ops, n, &off) && off < 0 && off % 8 == 0 && off / 8 > -128)
+		*rbp = (int)(off / 8);
+	else
+		*rbp = DN_UW_RBP_LOST;
+	if (dwarf_frame_cfa(f, &ops, &n) != 0)
+		return;
+	if (n == 1 && (ops[0].atom == DW_OP_bregx || ops[0].atom == DW_OP_breg7 || ops[0].atom == DW_OP_breg6)) {
+		uint64_t reg = ops[0].atom == DW_OP_bregx ? ops[0].number : (uint64_t)(ops[0].atom - DW_OP_breg0);
+		int64_t o = (int64_t)(ops[0].atom == DW_OP_bregx ? ops[0].number2 : ops[0].number);
+
+		if (reg == 7 || reg == 6) {
+			*kind = reg == 7 ? DN_UW_SP : DN_UW_FP;
+			*cfa = o;
+		}
+		return;
+	}
+	if (plt_expr(ops, n, aux)) {
+		*kind = DN_UW_PLT;
+		*cfa = 8;
+	}
+}
+
+/* The rows of one FDE's range [lo, hi). */
+static int fde_rows(struct builder *b, Dwarf_CFI *cfi, uint64_t lo, uint64_t hi)
+{
+	uint64_t a = lo;
+
+	while (a < hi) {
+		Dwarf_Frame *f = NULL;
+		Dwarf_Addr s = 0, e = 0;
+		bool signal = false;
+		int kind, rbp, aux;
+		int64_t cfa;
+
+		if (dwarf_cfi_addrframe(cfi, a, &f) != 0 || dwarf_frame_info(f, &s, &e, &signal) < 0 || e <= a) {
+			free(f);
+			/* no rule from here on in this FDE */
+			return add_row(b, a, DN_UW_STOP, 0, 0, 0);
+		}
+		frame_row(f, &kind, &cfa, &rbp, &aux);
+		free(f);
+		if (add_row(b, a, kind, cfa, rbp, aux) < 0)
+			return -1;
+		a = e;
+	}
+	return 0;
+}
+
+static int row_cmp(const void *x, const void *y)
+{
+	const struct dn_uw_row *a = x, *b = y;
+
+	return a->pc < b->pc ? -1 : a->pc > b->pc;
+}
+
+static int same_rule(const struct dn_uw_row *a, const struct dn_uw_row *b)
+{
+	return a->kind == b->kind && a->cfa == b->cfa && a->rbp == b->rbp && a->aux == b->aux;
+}
+
+/* Walk the CFI section data (eh: .eh_frame at address sh_addr, else
+ * .debug_frame) for its FDEs, adding each one's rows and a stop row at
+ * its end. */
+static int walk_section(struct builder *b, Dwarf_CFI *cfi, Elf *elf, Elf_Data *data, uint64_t sh_addr, int eh,
+                        char *why, size_t wn)
+{
+	const unsigned char *ident = (const unsigned char *)elf_getident(elf, NULL);
+	struct cie_enc *cies = NULL;
+	size_t ncies = 0;
+	Dwarf_Off off = 0, next;
+	int rc = 0;
+
+	if (!ident) {
+		snprintf(why, wn, "not an ELF file");
+		return -1;
+	}
+	for (;;) {
+		Dwarf_CFI_Entry ent;
+		int r = dwarf_next_cfi(ident, data, eh, off, &next, &ent);
+
+		if (r > 0)
+			break;
+		if (r < 0) {
+			snprintf(why, wn, "its %s cannot be read at offset %llu: %s", eh ? ".eh_frame" : ".debug_frame",
+			         (unsigned long long)off, dwarf_errmsg(-1));
+			rc = -1;
+			break;
+		}
+		if (next <= off)
+			break;
+		if (ent.CIE_id == LIBDW_CIE_ID) {
+			if (ncies < DN_UW_MAX_CIES) {
+				if (ncies % 64 == 0) {
+					void *p = realloc(cies, (ncies + 64) * sizeof(*cies));
+					if (!p) {
+						rc = -1;
+						break;
+					}
+					cies = p;
+				}
+				cies[ncies++] = cie_encoding(&ent.cie, off, eh);
+			}
+		} else {
+			const struct cie_enc *c = NULL;
+			const uint8_t *p = ent.fde.start, *end = ent.fde.end;
+			uint64_t loc, range;
+			uint8_t enc;
+			size_t i;
+
+			for (i = 0; i < ncies; i++)
+				if (cies[i].off == ent.fde.CIE_pointer) {
+					c = &cies[i];
+					break;
+				}
+			enc = c ? c->enc : DW_EH_PE_absptr;
+			if (c && c->ok &&
+			    read_ptr(p, end, enc, sh_addr + (uint64_t)(p - (const uint8_t *)data->d_buf), 1, &loc) == 0 &&
+			    read_ptr(p + enc_size(enc), end, enc & 0x0f, 0, 0, &range) == 0 && range > 0 &&
+			    range < (1ull << 32) && loc != 0) {
+				if (fde_rows(b, cfi, loc, loc + range) < 0 ||
+				    add_row(b, loc + range, DN_UW_STOP, 0, 0, 0) < 0) {
+					rc = -1;
+					break;
+				}
+			}
+		}
+		off = next;
+	}
+	free(cies);
+	if (b->too_many)
+		snprintf(why, wn, "its call frame information is absurdly large (over %u rows)", DN_UW_MAX_ROWS);
+	return b->too_many ? -1 : rc;
+}
+
+/* Sort the rows, and drop those that repeat the rule before them. A stop
+ * row at an FDE's end that another FDE begins at is dropped by the sort
+ * order: rows at the same pc keep the last non-stop one. */
+static void finish(struct builder *b)
+{
+	size_t i, o = 0;
+
+	if (b->n == 0)
+		return;
+	qsort(b->rows, b->n, sizeof(*b->rows), row_cmp);
+	for (i = 0; i < b->n; i++) {
+		struct dn_uw_row *r = &b->rows[i];
+
+		if (o > 0 && b->rows[o - 1].pc == r->pc) {
+			/* a real rule beats a stop at the same address */
+			if (r->kind != DN_UW_STOP)
+				b->rows[o - 1] = *r;
+			if (o > 1 && same_rule(&b->rows[o - 2], &b->rows[o - 1]))
+				o--;
+			continue;
+		}
+		if (o > 0 && same_rule(&b->rows[o - 1], r))
+			continue;
+		b->rows[o++] = *r;
+	}
+	b->n = o;
+}
+
+static Elf_Scn *section_named(Elf *elf, const char *name, GElf_Shdr *sh)
+{
+	size_t shstrndx;
+	Elf_Scn *s = NULL;
+
+	if (elf_getshdrstrndx(elf, &shstrndx) != 0)
+		return NULL;
+	while ((s = elf_nextscn(elf, s)) != NULL) {
+		const char *n;
+
+		if (!gelf_getshdr(s, sh))
+			continue;
+		n = elf_strptr(elf, shstrndx, sh->sh_name);
+		if (n && strcmp(n, name) == 0 && sh->sh_type != SHT_NOBITS)
+			return s;
+	}
+	return NULL;
+}
+
+int dn_uw_build_elf(Elf *elf, struct dn_uw_row **rows, size_t *n, char *why, size_t wn)
+{
+	struct builder b = { 0 };
+	GElf_Ehdr eh;
+	GElf_Shdr sh;
+	Elf_Scn *scn;
+	Elf_Data *data;
+	Dwarf *dw = NULL;
+	Dwarf_CFI *cfi = NULL;
+	int rc = -1, is_eh = 1;
+
+	*rows = NULL;
+	*n = 0;
+	why[0] = '\0';
+	if (!gelf_getehdr(elf, &eh) || eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_machine != EM_X86_64) {
+		snprintf(why, wn, "not an x86-64 ELF file");
+		return -1;
+	}
+	scn = section_named(elf, ".eh_frame", &sh);
+	if (scn) {
+		cfi = dwarf_getcfi_elf(elf);
+	} else {
+		scn = section_named(elf, ".debug_frame", &sh);
+		is_eh = 0;
+		if (scn) {
+			dw = dwarf_begin_elf(elf, DWARF_C_READ, NULL);
+			cfi = dw ? dwarf_getcfi(dw) : NULL;
+		}
+	}
+	if (!scn) {
+		snprintf(why, wn, "it has no call frame information (.eh_frame or .debug_frame)");
+		goto out;
+	}
+	if (sh.sh_size > (256u << 20)) {
+		snprintf(why, wn, "its call frame information is absurdly large (%llu bytes)",
+		         (unsigned long long)sh.sh_size);
+		goto out;
+	}
+	data = elf_getdata(scn, NULL);
+	if (!cfi || !data || !data->d_buf) {
+		snprintf(why, wn, "its call frame information cannot be read: %s", dwarf_errmsg(-1));
+		goto out;
+	}
+	if (walk_section(&b, cfi, elf, data, is_eh ? sh.sh_addr : 0, is_eh, why, wn) < 0)
+		goto out;
+	finish(&b);
+	if (b.n == 0) {
+		snprintf(why, wn, "its call frame information describes no code");
+		goto out;
+	}
+	*rows = b.rows;
+	*n = b.n;
+	b.rows = NULL;
+	rc = 0;
+out:
+	free(b.rows);
+	if (dw)
+		dwarf_end(dw);
+	/* a Dwarf_CFI from dwarf_getcfi_elf is the caller's to free */
+	else if (cfi)
+		dwarf_cfi_end(cfi);
+	return rc;
+}
+
+/* The build-id of elf as hex into out (2 * 20 + 1 bytes at least), or "". */
+static void build_id_hex(Elf *elf, char *out, size_t on)
+{
+	const void *id = NULL;
+	ssize_t len = dwelf_elf_gnu_build_id(elf, &id);
+	ssize_t i;
+
+	out[0] = '\0';
+	for (i = 0; len > 0 && i < len && (size_t)(2 * i + 2) < on; i++)
+		snprintf(out + 2 * i, 3, "%02x", ((const unsigned char *)id)[i]);
+}
+
+/* core.uw_table(path) -> rows (packed struct dn_uw_row, sorted), build-id
+ * (hex, "" when none), executable load segments { {offset, vaddr, memsz} }
+ * | nil, why */
+static int l_uw_table(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	char why[DN_ERRBUF], bid[128];
+	struct dn_uw_row *rows;
+	GElf_Phdr segs[16];
+	size_t n, i, nph = 0, nsegs = 0;
+	Elf *elf;
+	int fd, rc;
+
+	elf_version(EV_CURRENT);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return dn_vm_fail(L, errno, "%s: %s", path, strerror(errno));
+	elf = elf_begin(fd, ELF_C_READ_MMAP, NULL);
+	if (!elf) {
+		close(fd);
+		return dn_vm_fail(L, EINVAL, "%s: not an ELF file", path);
+	}
+	build_id_hex(elf, bid, sizeof(bid));
+	/* the executable load segments: where the file's addresses are mapped */
+	if (elf_getphdrnum(elf, &nph) == 0)
+		for (i = 0; i < nph && nsegs < 16; i++) {
+			GElf_Phdr ph;
+
+			if (gelf_getphdr(elf, (int)i, &ph) && ph.p_type == PT_LOAD && (ph.p_flags & PF_X))
+				segs[nsegs++] = ph;
+		}
+	rc = dn_uw_build_elf(elf, &rows, &n, why, sizeof(why));
+	elf_end(elf);
+	close(fd);
+	if (rc < 0)
+		return dn_vm_fail(L, EINVAL, "%s", why);
+	lua_pushlstring(L, (const char *)rows, n * sizeof(*rows));
+	free(rows);
+	lua_pushstring(L, bid);
+	lua_newtable(L);
+	for (i = 0; i < nsegs; i++) {
+		lua_createtable(L, 3, 0);
+		lua_pushnumber(L, (lua_Number)segs[i].p_offset);
+		lua_rawseti(L, -2, 1);
+		lua_pushnumber(L, (lua_Number)segs[i].p_vaddr);
+		lua_rawseti(L, -2, 2);
+		lua_pushnumber(L, (lua_Number)segs[i].p_memsz);
+		lua_rawseti(L, -2, 3);
+		lua_rawseti(L, -2, (int)i + 1);
+	}
+	return 3;
+}
+
+/* core.uw_build_id(path) -> hex build-id | "" | nil, why */
+static int l_uw_build_id(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	char bid[128];
+	Elf *elf;
+	int fd;
+
+	elf_version(EV_CURRENT);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return dn_vm_fail(L, errno, "%s: %s", path, strerror(errno));
+	elf = elf_begin(fd, ELF_C_READ_MMAP, NULL);
+	if (!elf) {
+		close(fd);
+		return dn_vm_fail(L, EINVAL, "%s: not an ELF file", path);
+	}
+	build_id_hex(elf, bid, sizeof(bid));
+	elf_end(elf);
+	close(fd);
+	lua_pushstring(L, bid);
+	return 1;
+}
+
+/* core.uw_file_key(path) -> "MAJ:MIN:INO" as /proc/PID/maps writes the
+ * file's device and inode | nil, why */
+static int l_uw_file_key(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	struct stat st;
+	char key[64];
+
+	if (stat(path, &st) < 0)
+		return dn_vm_fail(L, errno, "%s: %s", path, strerror(errno));
+	snprintf(key, sizeof(key), "%02x:%02x:%llu", major(st.st_dev), minor(st.st_dev), (unsigned long long)st.st_ino);
+	lua_pushstring(L, key);
+	return 1;
+}
+
+void dn_unwind_open(lua_State *L)
+{
+	static const luaL_Reg fns[] = {
+		{ "uw_file_key", l_uw_file_key },
+		{ "uw_table", l_uw_table },
+		{ "uw_build_id", l_uw_build_id },
+		{ NULL, NULL },
+	};
+
+	dn_vm_setfuncs(L, fns);
+}

@@ -1,0 +1,505 @@
+-- denet.stacks.dwarf: user stacks walked from unwind tables, for binaries
+-- built without frame pointers (bpf-src/unwind.c does the walk in the
+-- kernel; this module feeds it).
+--
+-- * Tables: each mapped file's call frame information as rows
+--   (core.uw_table, host/dn_unwind.c), built once per file and kept in the
+--   cache folder (uw-BUILDID.tab), so the next run starts with it. One
+--   table serves every process that maps the file (key: build-id, or
+--   device and inode when there is none).
+-- * Loading: a file's rows go into dn_uw_pages by 4 KiB page of its
+--   addresses; a process's executable mappings into dn_uw_procs (sorted,
+--   each with the bias from address to file address and its file's table).
+-- * Misses: a walk that meets an address in no mapping it knows copies the
+--   stack to user space (dn_uw_miss); it is unwound here with the same
+--   rules (M.unwind), and the process's mappings are loaded for the next.
+-- * Caps: the tables in the kernel hold at most opts.max_bytes (default
+--   256 MiB); past it the files least recently loaded are dropped, and the
+--   stacks through them are marked truncated.
+local ffi = require("ffi")
+local core = require("denet.core")
+local records = require("denet.records")
+local syms = require("denet.syms")
+
+local M = {}
+
+-- the kinds of rows (dn_records.h)
+local C = { DN_UW_STOP = 0, DN_UW_SP = 1, DN_UW_FP = 2, DN_UW_PLT = 3, DN_UW_SIGNAL = 4, DN_UW_END = 5,
+  DN_UW_RBP_LOST = -128 }
+M.FRAMES = 127 -- DN_UW_FRAMES
+local ROW = ffi.typeof("struct dn_uw_row")
+local ROW_PTR = ffi.typeof("const struct dn_uw_row *")
+local ROW_SIZE = ffi.sizeof(ROW)
+local PAGE_ROWS = 32 -- DN_UW_PAGE_ROWS (unwind.c)
+local PAGE, PART = 1024, 256 -- a page's bytes, and a quarter's
+local REGION_MAPS = 2 -- DN_UW_REGION_MAPS
+local SPLIT = 0xffff
+local QUARTER = 0x80000000
+local COPIED = 0x40000000 -- the ids of stacks copied to user space
+-- flags of a stack (unwind.c)
+M.F_TRUNC, M.F_NOTABLE, M.F_DEEP, M.F_FAULT = 1, 2, 4, 8
+
+-- files' tables, by key (build-id or dev:ino): { rows (cdata), n, hold
+-- (the string the rows live in), segs, why }
+local tables = {}
+local said = {}
+
+local function header(bid, segs, n)
+  local lines = { "DNUW1", bid }
+  for _, s in ipairs(segs) do
+    lines[#lines + 1] = string.format("%.0f %.0f %.0f", s[1], s[2], s[3])
+  end
+  lines[#lines + 1] = "rows " .. n
+  return table.concat(lines, "\n") .. "\n"
+end
+
+-- A table read from the cache folder, or nil.
+local function from_cache(bid)
+  local cache = require("denet.cache")
+  local path = bid ~= "" and cache.enabled() and cache.path("uw-" .. bid .. ".tab")
+  local text = path and core.stat(path) and core.trust_read(path)
+  if not text or text:sub(1, 6) ~= "DNUW1\n" then
+    return nil
+  end
+  local segs, pos = {}, 7
+  local id_line, e = text:match("^([^\n]*)\n()", pos)
+  if id_line ~= bid then
+    return nil
+  end
+  pos = e
+  while true do
+    local line, nx = text:match("^([^\n]*)\n()", pos)
+    if not line then
+      return nil
+    end
+    pos = nx
+    local n = line:match("^rows (%d+)$")
+    if n then
+      n = tonumber(n)
+      local blob = text:sub(pos)
+      if #blob ~= n * ROW_SIZE then
+        return nil
+      end
+      return { rows = ffi.cast(ROW_PTR, blob), n = n, hold = blob, segs = segs, bid = bid }
+    end
+    local a, b, c = line:match("^(%d+) (%d+) (%d+)$")
+    if not a then
+      return nil
+    end
+    segs[#segs + 1] = { tonumber(a), tonumber(b), tonumber(c) }
+  end
+end
+
+--- The unwind table of the file at path (key: how the file is known, its
+--- device and inode): { rows, n, segs, bid } or { why } when its call
+--- frame information cannot be read (said once on stderr).
+function M.table_of(path, key)
+  local t = tables[key]
+  if t then
+    return t
+  end
+  local bid = core.uw_build_id(path)
+  t = bid and bid ~= "" and (tables[bid] or from_cache(bid))
+  if not t then
+    local rows, b, segs = core.uw_table(path)
+    if rows then
+      local n = #rows / ROW_SIZE
+      t = { rows = ffi.cast(ROW_PTR, rows), n = n, hold = rows, segs = segs, bid = b }
+      if b ~= "" and require("denet.cache").enabled() then
+        require("denet.cache").put("uw-" .. b .. ".tab", header(b, segs, n) .. rows)
+      end
+    else
+      t = { why = b or "unreadable" }
+      if not said[path] then
+        said[path] = true
+        io.stderr:write(string.format("denet: no unwind table for %s: %s; its frames are marked truncated\n",
+          path, t.why))
+      end
+    end
+  end
+  tables[key] = t
+  if t.bid and t.bid ~= "" then
+    tables[t.bid] = t
+  end
+  return t
+end
+
+--- The index of the row of table t in effect at file address pc, or nil.
+local function row_at(t, pc)
+  local lo, hi = 0, t.n
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if t.rows[mid].pc <= pc then
+      lo = mid + 1
+    else
+      hi = mid
+    end
+  end
+  return lo > 0 and lo - 1 or nil
+end
+M.row_at = row_at
+
+-- The page values of table t: { [page key] = { {off, kind, rbp, cfa}... } }
+-- (keys as unwind.c's dn_uw_pages: page number, or QUARTER | quarter
+-- number for a split page), and the number of values.
+local function pages_of(t)
+  local out, count = {}, 0
+  local function add(key, unit, base, first, last)
+    -- the rows of [base, base + unit): the one in effect at base first
+    local list = {}
+    local i = first
+    local r = t.rows[i]
+    list[1] = { 0, r.kind, r.rbp, r.kind == C.DN_UW_PLT and r.aux or r.cfa }
+    for j = first + 1, last do
+      r = t.rows[j]
+      local off = r.pc - base
+      if off >= unit then
+        break
+      end
+      list[#list + 1] = { off, r.kind, r.rbp, r.kind == C.DN_UW_PLT and r.aux or r.cfa }
+    end
+    if #list > PAGE_ROWS then
+      -- (never seen: a row a byte or two) the rest of it stops a walk
+      for j = PAGE_ROWS + 1, #list do
+        list[j] = nil
+      end
+      list[PAGE_ROWS] = { list[PAGE_ROWS][1], C.DN_UW_STOP, 0, 0 }
+    end
+    out[key] = list
+    count = count + 1
+    return list
+  end
+  for i = 0, t.n - 1 do
+    local r = t.rows[i]
+    local stop = i + 1 < t.n and t.rows[i + 1].pc or r.pc + 1
+    if r.kind ~= C.DN_UW_STOP or i + 1 == t.n then
+      local p0, p1 = math.floor(r.pc / PAGE), math.floor((stop - 1) / PAGE)
+      for p = p0, p1 do
+        if not out[p] then
+          local base = p * PAGE
+          local first = row_at(t, base) or i
+          -- rows in the page
+          local n, j = 0, first
+          while j < t.n and t.rows[j].pc < base + PAGE do
+            n, j = n + 1, j + 1
+          end
+          if n <= PAGE_ROWS then
+            add(p, PAGE, base, first, j - 1)
+          else
+            out[p] = SPLIT
+            count = count + 1
+            for q = 0, PAGE / PART - 1 do
+              local qb = base + q * PART
+              add(QUARTER + p * (PAGE / PART) + q, PART, qb, row_at(t, qb) or first, j - 1)
+            end
+          end
+        end
+      end
+    end
+  end
+  return out, count
+end
+
+local Unwinder = {}
+Unwinder.__index = Unwinder
+
+--- The program's tail-call chain: its walker loaded as a program of the
+--- sched_switch probe's type and put in dn_uw_progs (before the probes
+--- are attached).
+function M.arm(bpf, raw)
+  local BPF = require("denet.bpf")
+  local fd = bpf:load_func("dn_uw_walk", raw and BPF.RAW_TRACEPOINT or BPF.TRACEPOINT)
+  bpf:get_table("dn_uw_progs"):set(0, fd)
+end
+
+--- Feed the program's unwinder (bpf: a program with -DDN_DWARF_UNWIND):
+--- opts.max_bytes caps the tables in the kernel. Returns the unwinder.
+function M.start(bpf, opts)
+  opts = opts or {}
+  local self = setmetatable({ bpf = bpf, pages = bpf:get_table("dn_uw_pages"), procs = bpf:get_table("dn_uw_procs"),
+    regions = bpf:get_table("dn_uw_regions"), region_keys = {},
+    stacks = bpf:get_table("dn_uw_stacks"), loaded = {}, next_file = 1, bytes = 0, dropped = 0,
+    max_bytes = opts.max_bytes or 256 * 2 ^ 20, copied = {}, proc_at = {}, lru = {}, tick = 0,
+    page_bytes = ffi.sizeof(bpf:get_table("dn_uw_pages").leaf.ct) + 64 }, Unwinder)
+  self.buf = bpf:get_table("dn_uw_miss"):open_ring_buffer(function(rec)
+    self:on_copy(rec)
+  end, { type = records.cname("dn_uw_copy") })
+  return self
+end
+
+-- Drop the file least recently loaded (its pages), for room.
+function Unwinder:drop_oldest()
+  local oldest, ok
+  for key, f in pairs(self.loaded) do
+    if f.id and (not oldest or f.tick < self.loaded[oldest].tick) then
+      oldest = key
+    end
+  end
+  if not oldest then
+    return false
+  end
+  local f = self.loaded[oldest]
+  for k in pairs(f.keys) do
+    ok = pcall(self.pages.delete, self.pages, { file = f.id, page = k })
+  end
+  self.bytes = self.bytes - f.bytes
+  self.dropped = self.dropped + 1
+  self.loaded[oldest] = { dropped = true, tick = f.tick }
+  return ok ~= nil
+end
+
+--- Load table t (of file key) into the kernel: its file id, or 0 when it
+--- has none.
+function Unwinder:load(key, t)
+  self.tick = self.tick + 1
+  local f = self.loaded[key]
+  if f and f.id then
+    f.tick = self.tick
+    return f.id
+  end
+  if not t.rows or (f and f.dropped and self.bytes >= self.max_bytes) then
+    return 0
+  end
+  local pages, count = pages_of(t)
+  local bytes = count * self.page_bytes
+  while self.bytes + bytes > self.max_bytes and self:drop_oldest() do
+  end
+  if self.bytes + bytes > self.max_bytes then
+    return 0
+  end
+  local id = self.next_file
+  self.next_file = id + 1
+  local v = self.pages.leaf.ct()
+  for page, list in pairs(pages) do
+    ffi.fill(v, ffi.sizeof(v))
+    if list == SPLIT then
+      v.n = SPLIT
+    else
+      v.n = #list
+      for i, r in ipairs(list) do
+        local o = v.r[i - 1]
+        o.off, o.kind, o.rbp, o.cfa = r[1], r[2], r[3], r[4]
+      end
+    end
+    self.pages:set({ file = id, page = page }, v)
+  end
+  self.loaded[key] = { id = id, keys = pages, bytes = bytes, tick = self.tick }
+  self.bytes = self.bytes + bytes
+  return id
+end
+
+-- The executable mappings of /proc/PID/maps: { start, end, pgoff, path,
+-- key } sorted by start.
+local function exec_maps(pid)
+  local text = core.read_file("/proc/" .. pid .. "/maps")
+  if not text then
+    return nil
+  end
+  local out = {}
+  for s, e, perms, off, dev, ino, path in text:gmatch("(%x+)%-(%x+) (%S+) (%x+) (%S+) (%d+)%s*([^\n]*)") do
+    if perms:find("x", 1, true) and path ~= "[vsyscall]" then
+      out[#out + 1] = { start = tonumber(s, 16), ["end"] = tonumber(e, 16), pgoff = tonumber(off, 16),
+        path = path, key = dev .. ":" .. ino }
+    end
+  end
+  table.sort(out, function(a, b)
+    return a.start < b.start
+  end)
+  return out
+end
+
+-- The bias of mapping m of a file whose executable segments are segs:
+-- address - bias = the file's address.
+local function bias_of(m, segs)
+  for _, s in ipairs(segs or {}) do
+    if m.pgoff >= s[1] - s[1] % 4096 and m.pgoff < s[1] + s[3] then
+      return m.start - (m.pgoff - s[1] + s[2])
+    end
+  end
+  return m.start - m.pgoff
+end
+
+--- The executable mappings of process pid now, sorted: { start, end,
+--- pgoff, path, key (device:inode), table (its file's, or nil), bias
+--- (address - bias = the file's address) }; nil when it is gone.
+function M.proc_maps(pid)
+  local maps = exec_maps(pid)
+  for _, m in ipairs(maps or {}) do
+    -- (the mapped file itself, whatever its path says now)
+    local t = m.path:sub(1, 1) == "/" and M.table_of("/proc/" .. pid .. "/map_files/"
+      .. string.format("%x-%x", m.start, m["end"]), m.key)
+    m.table = t and t.rows and t or nil
+    m.bias = bias_of(m, t and t.segs)
+  end
+  return maps
+end
+
+--- Load process pid's executable mappings (and their files' tables) into
+--- the kernel. Returns its mappings as loaded, or nil when it is gone.
+function Unwinder:load_proc(pid)
+  local maps = M.proc_maps(pid)
+  if not maps then
+    return nil
+  end
+  syms.capture(pid)
+  -- each 64 KiB region's mappings
+  local regions = {}
+  for _, m in ipairs(maps) do
+    m.file = m.table and self:load(m.key, m.table) or 0
+    for g = math.floor(m.start / 65536), math.floor((m["end"] - 1) / 65536) do
+      local list = regions[g] or {}
+      regions[g] = list
+      list[#list + 1] = m
+    end
+  end
+  for g in pairs(self.region_keys[pid] or {}) do
+    if not regions[g] then
+      pcall(self.regions.delete, self.regions, { tgid = pid, region = g })
+    end
+  end
+  local v = self.regions.leaf.ct()
+  for g, list in pairs(regions) do
+    ffi.fill(v, ffi.sizeof(v))
+    for i = 1, math.min(#list, REGION_MAPS) do
+      local m, o = list[i], v.m[i - 1]
+      o.start, o["end"], o.bias, o.file = m.start, m["end"], m.bias, m.file
+    end
+    self.regions:set({ tgid = pid, region = g }, v)
+  end
+  self.region_keys[pid] = regions
+  self.procs:set(pid, 1)
+  self.proc_at[pid] = maps
+  return maps
+end
+
+--- A traced process exec'd or begins to be traced: its mappings now.
+function Unwinder:exec(pid)
+  self.proc_at[pid] = nil
+  self:load_proc(pid)
+end
+
+--- The user stack (addresses, leaf first) that the rules of maps (as
+--- load_proc gives them) find from ip, sp, bp, reading words with
+--- read(addr); and its flags (F_*).
+function M.unwind(maps, read, ip, sp, bp)
+  local addrs, flags = { ip }, 0
+  local is_return, bp_lost = false, false
+  while #addrs <= M.FRAMES do
+    local m
+    for _, x in ipairs(maps) do
+      if ip >= x.start and ip < x["end"] then
+        m = x
+        break
+      end
+    end
+    local t = m and m.table
+    if not t then
+      return addrs, bit.bor(flags, M.F_NOTABLE)
+    end
+    local i = row_at(t, ip - m.bias - (is_return and 1 or 0))
+    local r = i and t.rows[i]
+    if not r or r.kind == C.DN_UW_STOP then
+      return addrs, bit.bor(flags, M.F_TRUNC)
+    elseif r.kind == C.DN_UW_END then
+      return addrs, flags
+    end
+    if r.kind == C.DN_UW_SIGNAL then
+      bp, sp, ip = read(sp + 120), read(sp + 160), read(sp + 168)
+      if not (bp and sp and ip) then
+        return addrs, bit.bor(flags, M.F_FAULT)
+      end
+      is_return, bp_lost = false, false
+    else
+      local cfa
+      if r.kind == C.DN_UW_SP then
+        cfa = sp + r.cfa
+      elseif r.kind == C.DN_UW_FP and not bp_lost then
+        cfa = bp + r.cfa
+      elseif r.kind == C.DN_UW_PLT then
+        cfa = sp + 8 + ((ip % 16) >= r.aux and 8 or 0)
+      else
+        return addrs, bit.bor(flags, M.F_TRUNC)
+      end
+      local ra = read(cfa - 8)
+      if not ra then
+        return addrs, bit.bor(flags, M.F_FAULT)
+      end
+      if r.rbp == C.DN_UW_RBP_LOST then
+        bp_lost = true
+      elseif r.rbp ~= 0 then
+        bp = read(cfa + 8 * r.rbp)
+        bp_lost = bp == nil
+      end
+      sp, ip, is_return = cfa, ra, true
+    end
+    if ip == 0 then
+      return addrs, flags
+    end
+    addrs[#addrs + 1] = ip
+  end
+  return addrs, bit.bor(flags, M.F_DEEP)
+end
+
+-- A stack copied by the kernel (a struct dn_uw_copy): its process's
+-- mappings are loaded (once for a burst of misses), and it is unwound
+-- here.
+function Unwinder:on_copy(rec)
+  local pid = rec.tgid
+  local maps = self.proc_at[pid]
+  local ip = tonumber(rec.ip)
+  local known = false
+  for _, m in ipairs(maps or {}) do
+    known = known or (ip >= m.start and ip < m["end"])
+  end
+  if not known then
+    maps = self:load_proc(pid) or maps or {}
+  end
+  local sp0, len, data = tonumber(rec.sp), rec.len, rec.data
+  local function read(addr)
+    local o = addr - sp0
+    if o < 0 or o + 8 > len then
+      return nil
+    end
+    return tonumber(ffi.cast("const uint64_t *", data + o)[0])
+  end
+  local addrs, flags = M.unwind(maps, read, ip, sp0, tonumber(rec.bp))
+  self.copied[rec.id] = { addrs = addrs, flags = flags }
+end
+
+--- The addresses (leaf first) and flags of stack id (unwind.c's), or nil.
+function Unwinder:stack(id)
+  if id >= COPIED then
+    local c = self.copied[id]
+    return c and c.addrs, c and c.flags
+  end
+  local v = self.stacks:get(id)
+  if not v then
+    return nil
+  end
+  local addrs = {}
+  for i = 0, math.min(v.n, M.FRAMES + 1) - 1 do
+    addrs[#addrs + 1] = tonumber(v.ip[i])
+  end
+  return addrs, v.flags
+end
+
+--- Counters: walks, whole, truncated, copied (unwound in user space),
+--- copies_lost, not_stored, frames; files (tables loaded), dropped (for
+--- the cap), bytes (of tables in the kernel).
+function Unwinder:stats()
+  local t = self.bpf:get_table("dn_uw_stats")
+  local names = { "walks", "whole", "truncated", "copied", "copies_lost", "not_stored", "frames" }
+  local out = {}
+  for i, n in ipairs(names) do
+    out[n] = tonumber(t:sum(i - 1))
+  end
+  local files = 0
+  for _, f in pairs(self.loaded) do
+    files = files + (f.id and 1 or 0)
+  end
+  out.files, out.dropped, out.table_bytes = files, self.dropped, self.bytes
+  return out
+end
+
+M.Unwinder = Unwinder
+return M
