@@ -40,6 +40,17 @@
  * to user space when the walk meets an unknown mapping */
 #define DN_UW_FRAMES 127
 #define DN_UW_COPY 8192
+/* a page of a table in the kernel: rows it holds, its bytes (and a
+ * quarter's, when a page with more rows is split), and the mappings a
+ * 64 KiB region of a process's addresses holds */
+#define DN_UW_PAGE_ROWS 32
+#define DN_UW_PAGE 1024
+#define DN_UW_PART 256
+#define DN_UW_SPLIT 0xffff
+#define DN_UW_QUARTER 0x80000000U
+#define DN_UW_REGION_MAPS 2
+/* the words a user stack template keeps (unwind.c, DN_USTACK_REUSE) */
+#define DN_UWT_READS 16
 #endif
 
 /* One row of an unwind table: from pc (the file's virtual address) up to
@@ -53,6 +64,31 @@ DN_RECORD(dn_uw_row, {
 	s8 rbp;
 	u8 aux; /* DN_UW_PLT: the byte of the stub from which 8 more */
 	u8 pad;
+})
+
+/* A page of a file's unwind table in the kernel (unwind.c's dn_uw_pages):
+ * key (file, address >> 10, or for a quarter of a split page
+ * DN_UW_QUARTER | address >> 8); the rows from the page's start, the one
+ * in effect there first (off 0). */
+DN_RECORD(dn_uw_page_key, { u32 file, page; })
+DN_RECORD(dn_uw_prow, {
+	u16 off; /* from the page's (or quarter's) start */
+	u8 kind;
+	s8 rbp;
+	s32 cfa; /* DN_UW_PLT: the stub's byte from which 8 more */
+})
+DN_RECORD(dn_uw_page, {
+	u32 n; /* rows; DN_UW_SPLIT: see the quarters */
+	u32 pad;
+	struct dn_uw_prow r[DN_UW_PAGE_ROWS];
+})
+
+/* Where a walk of a user stack began (unwind.c's templates): the
+ * registers at kernel entry, and the template's way (two per place). */
+DN_RECORD(dn_uwt_key, {
+	u32 tgid;
+	u32 way;
+	u64 ip, sp, bp;
 })
 
 /* A user stack copied to user space to be unwound there (unwind.c's

@@ -218,7 +218,7 @@ static __always_inline u32 dn_leaf_unwind(u32 tgid, u64 *out, u64 *at)
 }
 #endif
 
-#ifdef DN_USTACK_REUSE
+#if defined(DN_USTACK_REUSE) && !defined(DN_DWARF_UNWIND)
 /*
  * User stack reuse. The kernel's frame-pointer walk of a user stack is a
  * function of the registers saved at kernel entry (ip, sp, bp) and of the
@@ -724,7 +724,8 @@ static __always_inline void dn_offcpu_stacks_of(void *ctx, struct dn_offcpu_thre
 	/* walked from the unwind tables once every hook has run (unwind.c):
 	 * dn_uw_deliver gives the id */
 	__builtin_memset(th->leaf, 0, sizeof(th->leaf));
-	th->ustack = dn_uw_begin(tgid, (u32)bpf_get_current_pid_tgid()) == 0 ? DN_UW_PENDING : DN_UW_FAILED;
+	s32 uw = dn_uw_begin(tgid, (u32)bpf_get_current_pid_tgid());
+	th->ustack = uw == 0 ? DN_UW_PENDING : uw;
 #elif defined(DN_USTACK_REUSE)
 	th->ustack = dn_ustack_id(ctx, tgid, th->leaf);
 #else
@@ -736,7 +737,7 @@ static __always_inline void dn_offcpu_stacks_of(void *ctx, struct dn_offcpu_thre
 		dn_leaf_count(dn_leaf_unwind(tgid, th->leaf, leaf_at));
 #endif
 #endif
-	if (th->ustack < 0)
+	if (th->ustack < 0 && th->ustack != DN_UW_PENDING)
 		dn_offcpu_missed_inc(0, th->ustack);
 #endif
 }

@@ -39,27 +39,10 @@
 #ifndef DN_UW_STEP
 #define DN_UW_STEP 8
 #endif
-#define DN_UW_PAGE_ROWS 32
-#define DN_UW_REGION_MAPS 2
-#define DN_UW_QUARTER 0x80000000U
-#define DN_UW_SPLIT 0xffff
 /* the id of a stack that a walk could not begin (never stored) */
 #define DN_UW_FAILED (-14)
 
-struct dn_uw_page_key {
-	u32 file, page;
-};
-struct dn_uw_prow {
-	u16 off; /* from the page's (or quarter's) start */
-	u8 kind;
-	s8 rbp;
-	s32 cfa; /* DN_UW_PLT: the stub's byte from which 8 more */
-};
-struct dn_uw_page {
-	u32 n; /* rows; DN_UW_SPLIT: see the quarters */
-	u32 pad;
-	struct dn_uw_prow r[DN_UW_PAGE_ROWS];
-};
+/* struct dn_uw_page_key, dn_uw_prow, dn_uw_page: dn_records.h */
 struct dn_uw_map {
 	u64 start, end, bias;
 	u32 file, pad;
@@ -93,8 +76,39 @@ struct dn_uw_state {
 	u32 is_return; /* ip is a return address (look up ip - 1) */
 	u32 calls;     /* tail calls so far */
 	u32 bp_lost;
+	u32 gen;    /* the process's mappings' generation (dn_uw_procs) */
+	u32 nreads; /* words the walk read (kept: the first DN_UWT_READS) */
+	s32 expect; /* verify mode: the id a template gave (0: none) */
+	u32 pad;
+	struct dn_uwt_key key; /* the registers, as a template's key */
+	u64 rd_addr[DN_UWT_READS];
+	u64 rd_val[DN_UWT_READS];
 	struct dn_uw_stack st;
 };
+
+#ifdef DN_USTACK_REUSE
+/*
+ * Stack reuse. A walk is a function of the registers saved at kernel
+ * entry (ip, sp, bp), of the tables (which change only when the process's
+ * mappings are loaded again: their generation) and of the words it read.
+ * A template keeps, for (tgid, ip, sp, bp), the stack id, the generation
+ * and every word read (at most DN_UWT_READS); when the same words are
+ * there again, the walk would give the same stack, and its id is reused
+ * without a walk. Two ways per key: a call that blocks from two callers
+ * in turn keeps both. -DDN_USTACK_VERIFY walks on every reuse too and
+ * counts disagreements.
+ */
+struct dn_uwt {
+	s32 id;
+	u32 n; /* words read */
+	u32 gen;
+	u32 pad;
+	u64 used; /* when last reused or made */
+	u64 addr[DN_UWT_READS];
+	u64 val[DN_UWT_READS];
+};
+BPF_F_TABLE("lru_hash", struct dn_uwt_key, struct dn_uwt, dn_uwt, 8192, 0);
+#endif
 
 BPF_F_TABLE("hash", struct dn_uw_page_key, struct dn_uw_page, dn_uw_pages, DN_UW_PAGES, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", struct dn_uw_region_key, struct dn_uw_region, dn_uw_regions, 1048576, BPF_F_NO_PREALLOC);
@@ -102,12 +116,16 @@ BPF_F_TABLE("hash", struct dn_uw_region_key, struct dn_uw_region, dn_uw_regions,
 BPF_F_TABLE("hash", u32, u32, dn_uw_procs, 65536, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", u32, struct dn_uw_stack, dn_uw_stacks, DN_UW_STACKS, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(dn_uw_state, struct dn_uw_state, 1);
+#ifdef DN_USTACK_REUSE
+BPF_PERCPU_ARRAY(dn_uwt_scratch, struct dn_uwt, 1);
+#endif
 BPF_PROG_ARRAY(dn_uw_progs, 1);
 BPF_RINGBUF_OUTPUT(dn_uw_miss, 512);
 /* [0] walks, [1] whole (to the entry point), [2] truncated, [3] copied
  * to user space, [4] copies lost (the ring was full), [5] stacks not
- * stored (the map full or a hash collision), [6] frames walked */
-BPF_PERCPU_ARRAY(dn_uw_stats, u64, 8);
+ * stored (the map full or a hash collision), [6] frames walked, [7]
+ * stacks reused, [8] reuses a walk disagreed with (verify mode) */
+BPF_PERCPU_ARRAY(dn_uw_stats, u64, 9);
 /* a sequence for the ids of copied stacks */
 BPF_PERCPU_ARRAY(dn_uw_seq, u32, 1);
 
@@ -120,9 +138,72 @@ static __always_inline void dn_uw_count(int i, u64 by)
 
 static __always_inline void dn_uw_deliver(u32 tid, s32 id);
 
+#ifdef DN_USTACK_REUSE
+/* Do template t's words hold its values now? */
+static __always_inline int dn_uwt_match(struct dn_uwt *t, u32 gen)
+{
+	if (t->gen != gen || t->n > DN_UWT_READS)
+		return 0;
+	u32 n = t->n;
+#pragma unroll
+	for (int i = 0; i < DN_UWT_READS; i++) {
+		u64 v = 0;
+		if (i < n && (bpf_probe_read_user(&v, 8, (void *)t->addr[i]) < 0 || v != t->val[i]))
+			return 0;
+	}
+	return 1;
+}
+
+/* The id of a template of s->key whose words are all there still (its
+ * use time updated), or 0. */
+static __always_inline s32 dn_uwt_find(struct dn_uw_state *s)
+{
+#pragma unroll
+	for (int w = 0; w < 2; w++) {
+		s->key.way = w;
+		struct dn_uwt *t = dn_uwt.lookup(&s->key);
+		if (t && dn_uwt_match(t, s->gen)) {
+			t->used = bpf_ktime_get_ns();
+			return t->id;
+		}
+	}
+	return 0;
+}
+
+/* Keep what the walk that gave id read as a template of s->key: in a
+ * free way, else in the one used least recently. */
+static __always_inline void dn_uwt_keep(struct dn_uw_state *s, s32 id)
+{
+	if (id < 0 || s->nreads > DN_UWT_READS || (s->st.flags & ~DN_UW_F_TRUNC))
+		return;
+	s->key.way = 0;
+	struct dn_uwt *t0 = dn_uwt.lookup(&s->key);
+	u64 used0 = t0 ? t0->used : 0;
+	s->key.way = 1;
+	struct dn_uwt *t1 = dn_uwt.lookup(&s->key);
+	if (t1 && (!t0 || used0 <= t1->used))
+		s->key.way = 0;
+	int zero = 0;
+	struct dn_uwt *t = dn_uwt_scratch.lookup(&zero);
+	if (!t)
+		return;
+	t->id = id;
+	t->n = s->nreads;
+	t->gen = s->gen;
+	t->used = bpf_ktime_get_ns();
+#pragma unroll
+	for (int i = 0; i < DN_UWT_READS; i++) {
+		t->addr[i] = s->rd_addr[i];
+		t->val[i] = s->rd_val[i];
+	}
+	dn_uwt.update(&s->key, t);
+}
+#endif
+
 /* Begin a walk of the current task's user stack (a thread of tgid, tid):
- * the registers it saved at kernel entry. Returns 0, or DN_UW_FAILED. */
-static __always_inline int dn_uw_begin(u32 tgid, u32 tid)
+ * the registers it saved at kernel entry. Returns 0 (its id comes once
+ * the walk ends), a reused stack's id, or DN_UW_FAILED. */
+static __always_inline s32 dn_uw_begin(u32 tgid, u32 tid)
 {
 	int zero = 0;
 	struct dn_uw_state *s = dn_uw_state.lookup(&zero);
@@ -140,9 +221,30 @@ static __always_inline int dn_uw_begin(u32 tgid, u32 tid)
 	s->is_return = 0;
 	s->calls = 0;
 	s->bp_lost = 0;
+	s->nreads = 0;
+	s->expect = 0;
 	s->st.n = 0;
 	s->st.flags = 0;
 	s->st.hash = 0xcbf29ce484222325ULL;
+	u32 *gen = dn_uw_procs.lookup(&tgid);
+	s->gen = gen ? *gen : 0;
+#ifdef DN_USTACK_REUSE
+	s->key.tgid = tgid;
+	s->key.way = 0;
+	s->key.ip = s->ip;
+	s->key.sp = s->sp;
+	s->key.bp = s->bp;
+	s32 id = gen ? dn_uwt_find(s) : 0;
+	if (id > 0) {
+		dn_uw_count(7, 1);
+#ifndef DN_USTACK_VERIFY
+		s->active = 0;
+		return id;
+#else
+		s->expect = id;
+#endif
+	}
+#endif
 	s->active = 1;
 	return 0;
 }
@@ -202,6 +304,20 @@ static __always_inline u32 dn_uw_find_row(u32 file, u64 pc, s32 *cfa, s8 *rbp)
 	return kind;
 }
 
+/* Read the word at addr into *v, kept for a template. */
+static __always_inline int dn_uw_read(struct dn_uw_state *s, u64 addr, u64 *v)
+{
+	if (bpf_probe_read_user(v, 8, (void *)addr) < 0)
+		return -1;
+	u32 i = s->nreads;
+	if (i < DN_UWT_READS) {
+		s->rd_addr[i & (DN_UWT_READS - 1)] = addr;
+		s->rd_val[i & (DN_UWT_READS - 1)] = *v;
+	}
+	s->nreads = i + 1;
+	return 0;
+}
+
 /* outcome of one frame */
 #define DN_UW_GO 0
 #define DN_UW_DONE 1 /* whole: the outermost frame */
@@ -233,8 +349,8 @@ static __always_inline int dn_uw_frame(struct dn_uw_state *s)
 	if (kind == DN_UW_SIGNAL) {
 		/* the rt_sigframe's ucontext is at sp: uc_mcontext at 40, and in
 		 * it rbp at 80, rsp at 120, rip at 128 */
-		if (bpf_probe_read_user(w, 8, (void *)(s->sp + 120)) < 0 ||
-		    bpf_probe_read_user(&w[1], 16, (void *)(s->sp + 160)) < 0) {
+		if (dn_uw_read(s, s->sp + 120, &w[0]) < 0 || dn_uw_read(s, s->sp + 160, &w[1]) < 0 ||
+		    dn_uw_read(s, s->sp + 168, &w[2]) < 0) {
 			s->st.flags |= DN_UW_F_FAULT;
 			return DN_UW_CUT;
 		}
@@ -261,7 +377,7 @@ static __always_inline int dn_uw_frame(struct dn_uw_state *s)
 		return DN_UW_CUT;
 	}
 	u64 ra = 0;
-	if (bpf_probe_read_user(&ra, 8, (void *)(cfa - 8)) < 0) {
+	if (dn_uw_read(s, cfa - 8, &ra) < 0) {
 		s->st.flags |= DN_UW_F_FAULT;
 		return DN_UW_CUT;
 	}
@@ -269,7 +385,7 @@ static __always_inline int dn_uw_frame(struct dn_uw_state *s)
 		s->bp_lost = 1;
 	} else if (rrbp) {
 		u64 bp = 0;
-		if (bpf_probe_read_user(&bp, 8, (void *)(cfa + 8 * (s64)rrbp)) < 0) {
+		if (dn_uw_read(s, cfa + 8 * (s64)rrbp, &bp) < 0) {
 			s->bp_lost = 1;
 		} else {
 			s->bp = bp;
@@ -300,6 +416,8 @@ static __always_inline void dn_uw_finish(struct dn_uw_state *s)
 	u64 h = s->st.hash ^ s->st.flags;
 	s->st.hash = h;
 	s32 id = (s32)((u32)(h ^ (h >> 32)) & 0x3fffffff);
+	if (!id)
+		id = 1; /* 0: no stack */
 	struct dn_uw_stack *have = dn_uw_stacks.lookup(&id);
 	if (have) {
 		if (have->hash != h) {
@@ -312,6 +430,15 @@ static __always_inline void dn_uw_finish(struct dn_uw_state *s)
 	}
 	dn_uw_count(s->st.flags ? 2 : 1, 1);
 	dn_uw_count(6, s->st.n);
+#ifdef DN_USTACK_REUSE
+	if (s->expect) {
+		/* verify mode: the template gave expect */
+		if (id != s->expect)
+			dn_uw_count(8, 1);
+	} else {
+		dn_uwt_keep(s, id);
+	}
+#endif
 	dn_uw_deliver(s->tid, id);
 }
 

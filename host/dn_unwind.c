@@ -38,6 +38,8 @@
 #include <gelf.h>
 #include <libelf.h>
 
+#include <bcc/libbpf.h>
+
 #include "dn.h"
 
 /* a table larger than this is refused (one line names the file) */
@@ -205,9 +207,9 @@ bad:
 static int plt_expr(const Dwarf_Op *ops, size_t n, int *at)
 {
 	if (n != 9 || ops[0].atom != DW_OP_breg7 || ops[0].number != 8 || ops[1].atom != DW_OP_breg16 ||
-	    ops[1].number != 0 || ops[2].atom != DW_OP_lit15 || ops[3].atom != DW_OP_and ||
-	    ops[4].atom < DW_OP_lit0 || ops[4].atom > DW_OP_lit31 || ops[5].atom != DW_OP_ge ||
-	    ops[6].atom != DW_OP_lit3 || ops[7].atom != DW_OP_shl || ops[8].atom != DW_OP_plus)
+	    ops[1].number != 0 || ops[2].atom != DW_OP_lit15 || ops[3].atom != DW_OP_and || ops[4].atom < DW_OP_lit0 ||
+	    ops[4].atom > DW_OP_lit31 || ops[5].atom != DW_OP_ge || ops[6].atom != DW_OP_lit3 ||
+	    ops[7].atom != DW_OP_shl || ops[8].atom != DW_OP_plus)
 		return 0;
 	*at = ops[4].atom - DW_OP_lit0;
 	return 1;
@@ -381,7 +383,8 @@ static int walk_section(struct builder *b, Dwarf_CFI *cfi, Elf *elf, Elf_Data *d
 				}
 			enc = c ? c->enc : DW_EH_PE_absptr;
 			if (c && c->ok &&
-			    read_ptr(p, end, enc, sh_addr + (uint64_t)(p - (const uint8_t *)data->d_buf), 1, &loc) == 0 &&
+			    read_ptr(p, end, enc, sh_addr + (uint64_t)(p - (const uint8_t *)data->d_buf), 1, &loc) ==
+			            0 &&
 			    read_ptr(p + enc_size(enc), end, enc & 0x0f, 0, 0, &range) == 0 && range > 0 &&
 			    range < (1ull << 32) && loc != 0) {
 				if (fde_rows(b, cfi, loc, loc + range) < 0 ||
@@ -599,6 +602,149 @@ static int l_uw_build_id(lua_State *L)
 	return 1;
 }
 
+/* --- the table in the kernel: pages ------------------------------------ */
+
+/* The index of the last row at or before pc, or -1. */
+static long row_at(const struct dn_uw_row *r, size_t n, uint64_t pc)
+{
+	size_t lo = 0, hi = n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (r[mid].pc <= pc)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return (long)lo - 1;
+}
+
+/* Fill page value v with the rows of [base, base + unit) (the one in
+ * effect at base first); rows past what a value holds stop a walk. */
+static void fill_page(struct dn_uw_page *v, const struct dn_uw_row *r, size_t n, uint64_t base, uint64_t unit)
+{
+	long i = row_at(r, n, base);
+	uint32_t k = 0;
+
+	memset(v, 0, sizeof(*v));
+	if (i < 0)
+		i = 0;
+	for (; (size_t)i < n && k < DN_UW_PAGE_ROWS; i++) {
+		const struct dn_uw_row *x = &r[i];
+
+		if (x->pc >= base + unit)
+			break;
+		v->r[k].off = x->pc > base ? (uint16_t)(x->pc - base) : 0;
+		v->r[k].kind = x->kind;
+		v->r[k].rbp = x->rbp;
+		v->r[k].cfa = x->kind == DN_UW_PLT ? x->aux : x->cfa;
+		k++;
+	}
+	if (k == DN_UW_PAGE_ROWS && (size_t)i < n && r[i].pc < base + unit) {
+		v->r[k - 1].kind = DN_UW_STOP;
+		v->r[k - 1].cfa = 0;
+		v->r[k - 1].rbp = 0;
+	}
+	v->n = k;
+}
+
+/* Rows of [base, base + unit). */
+static size_t rows_in(const struct dn_uw_row *r, size_t n, uint64_t base, uint64_t unit)
+{
+	long a = row_at(r, n, base), b = row_at(r, n, base + unit - 1);
+
+	if (a < 0)
+		a = 0;
+	return b < a ? 0 : (size_t)(b - a + 1);
+}
+
+struct page_out {
+	int fd;
+	uint32_t file;
+	struct dn_uw_page_key *keys;
+	size_t nkeys, cap;
+	int err;
+};
+
+static void put_page(struct page_out *o, uint32_t page, const struct dn_uw_page *v)
+{
+	struct dn_uw_page_key k = { o->file, page };
+
+	if (o->err)
+		return;
+	if (o->fd >= 0 && bpf_update_elem(o->fd, &k, (void *)v, 0) != 0) {
+		o->err = errno;
+		return;
+	}
+	if (o->nkeys == o->cap) {
+		size_t cap = o->cap ? 2 * o->cap : 256;
+		void *p = realloc(o->keys, cap * sizeof(*o->keys));
+
+		if (!p) {
+			o->err = ENOMEM;
+			return;
+		}
+		o->keys = p;
+		o->cap = cap;
+	}
+	o->keys[o->nkeys++] = k;
+}
+
+/* Write the pages of rows r[0..n) of file o->file into the map. */
+static void dn_uw_pages(const struct dn_uw_row *r, size_t n, struct page_out *o)
+{
+	uint64_t last = UINT64_MAX;
+	struct dn_uw_page v;
+	size_t i;
+
+	for (i = 0; i < n && !o->err; i++) {
+		uint64_t stop = i + 1 < n ? r[i + 1].pc : (uint64_t)r[i].pc + 1, p;
+
+		if (r[i].kind == DN_UW_STOP && i + 1 < n)
+			continue;
+		for (p = r[i].pc / DN_UW_PAGE; p <= (stop - 1) / DN_UW_PAGE && !o->err; p++) {
+			uint64_t base = p * DN_UW_PAGE, q;
+
+			if (last != UINT64_MAX && p <= last)
+				continue;
+			last = p;
+			if (rows_in(r, n, base, DN_UW_PAGE) <= DN_UW_PAGE_ROWS) {
+				fill_page(&v, r, n, base, DN_UW_PAGE);
+				put_page(o, (uint32_t)p, &v);
+				continue;
+			}
+			memset(&v, 0, sizeof(v));
+			v.n = DN_UW_SPLIT;
+			put_page(o, (uint32_t)p, &v);
+			for (q = 0; q < DN_UW_PAGE / DN_UW_PART; q++) {
+				uint64_t qb = base + q * DN_UW_PART;
+
+				fill_page(&v, r, n, qb, DN_UW_PART);
+				put_page(o, DN_UW_QUARTER | (uint32_t)(qb / DN_UW_PART), &v);
+			}
+		}
+	}
+}
+
+/* core.uw_load(map_fd, file, rows) -> keys written (packed struct
+ * dn_uw_page_key) | nil, why, errno. map_fd < 0: the keys only. */
+static int l_uw_load(lua_State *L)
+{
+	struct page_out o = { (int)luaL_checkinteger(L, 1), (uint32_t)luaL_checkinteger(L, 2), NULL, 0, 0, 0 };
+	size_t len;
+	const char *rows = luaL_checklstring(L, 3, &len);
+
+	dn_uw_pages((const struct dn_uw_row *)rows, len / sizeof(struct dn_uw_row), &o);
+	if (o.err) {
+		free(o.keys);
+		return dn_vm_fail(L, o.err, "unwind table not loaded: %s", strerror(o.err));
+	}
+	lua_pushlstring(L, (const char *)o.keys, o.nkeys * sizeof(*o.keys));
+	free(o.keys);
+	return 1;
+}
+
 /* core.uw_file_key(path) -> "MAJ:MIN:INO" as /proc/PID/maps writes the
  * file's device and inode | nil, why */
 static int l_uw_file_key(lua_State *L)
@@ -617,10 +763,8 @@ static int l_uw_file_key(lua_State *L)
 void dn_unwind_open(lua_State *L)
 {
 	static const luaL_Reg fns[] = {
-		{ "uw_file_key", l_uw_file_key },
-		{ "uw_table", l_uw_table },
-		{ "uw_build_id", l_uw_build_id },
-		{ NULL, NULL },
+		{ "uw_file_key", l_uw_file_key }, { "uw_load", l_uw_load }, { "uw_table", l_uw_table },
+		{ "uw_build_id", l_uw_build_id }, { NULL, NULL },
 	};
 
 	dn_vm_setfuncs(L, fns);

@@ -36,6 +36,8 @@ local SPEC = {
     { name = "stack_reuse", metavar = "MODE", default = "on", help = "on: reuse a kernel or user stack when a "
       .. "thread blocks where it blocked before (checked in the kernel); off: walk every stack; verify: reuse "
       .. "and also walk, counting disagreements" },
+    { name = "unwind", metavar = "HOW", help = "how user stacks are walked: dwarf (from each file's unwind "
+      .. "tables, .eh_frame: whole on binaries without frame pointers) or fp (frame pointers)" },
     { name = "folded", flag = "-f", metavar = "FILE", help = "folded stacks to FILE (flamegraph.pl, speedscope)" },
     { name = "svg", metavar = "FILE", help = "an SVG flame graph to FILE" },
     { name = "pprof", metavar = "FILE", help = "a pprof profile to FILE (gzipped protobuf: go tool pprof, "
@@ -85,7 +87,7 @@ end
 local function tracer_opts(o, states)
   return { min_us = o.min_us, max_us = o.max_us, states = states, user_only = o.user_only,
     kernel_only = o.kernel_only, stack_depth = o.stack_depth, stack_storage = o.stack_storage,
-    stack_reuse = o.stack_reuse,
+    stack_reuse = o.stack_reuse, unwind = o.unwind,
     threads = o.user_threads_only and "user" or o.kernel_threads_only and "kernel" or nil,
     kernel_threads = o.kernel_threads or o.kernel_threads_only }
 end
@@ -125,6 +127,9 @@ end
 local function check(o)
   if o.stack_reuse and not ({ on = true, off = true, verify = true })[o.stack_reuse] then
     fail(string.format("--stack-reuse takes on, off or verify, not '%s'", o.stack_reuse))
+  end
+  if o.unwind and not ({ dwarf = true, fp = true })[o.unwind] then
+    fail(string.format("--unwind takes dwarf or fp, not '%s'", o.unwind))
   end
   if o.user_only and o.kernel_only then
     fail("-U and -K exclude each other")

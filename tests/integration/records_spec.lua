@@ -56,35 +56,48 @@ describe("records shared by C and Lua", function()
 
   it("and as the BPF compiler lays out the maps and events that hold them", function()
     local compose = require("denet.compose")
-    local p = compose.build{ features = { offcpu = {}, monitor = {} }, name = "records", autoattach = false }
-    local m = p.bpf.m
-    -- map keys and leaves
-    for _, c in ipairs({
-      { table = "dn_tracked", leaf = "dn_task" },
-      { table = "dn_ut", key = "dn_ut_key", leaf = "dn_ut" },
-      { table = "dn_kt", key = "dn_kt_key" },
-      { table = "dn_leaf_rules", key = "dn_leaf_key" },
+    -- user stacks by frame pointers (--unwind fp), and from unwind tables
+    for _, case in ipairs({
+      { unwind = "fp", maps = {
+        { table = "dn_tracked", leaf = "dn_task" },
+        { table = "dn_ut", key = "dn_ut_key", leaf = "dn_ut" },
+        { table = "dn_kt", key = "dn_kt_key" },
+        { table = "dn_leaf_rules", key = "dn_leaf_key" },
+      }, rings = {
+        { table = "dn_tree_events", record = "dn_tree_event" },
+        { table = "dn_kt_learn", record = "dn_kt_rec" },
+        { table = "dn_ut_learn", record = "dn_ut_rec" },
+        { table = "dn_leaf_ask", record = "dn_leaf_ask" },
+      } },
+      { unwind = "dwarf", maps = {
+        { table = "dn_uw_pages", key = "dn_uw_page_key", leaf = "dn_uw_page" },
+        { table = "dn_uwt", key = "dn_uwt_key" },
+      }, rings = {
+        { table = "dn_uw_miss", record = "dn_uw_copy" },
+      } },
     }) do
-      local info = m:table_info(c.table)
-      for _, part in ipairs({ "key", "leaf" }) do
-        if c[part] then
-          local d = ctypes.from_desc(info[part .. "_desc"], info[part .. "_size"])
-          same_layout(c[part], d.ct, desc_fields(info[part .. "_desc"]), c.table .. " " .. part)
+      local p = compose.build{ features = { offcpu = { unwind = case.unwind }, monitor = {} }, name = "records",
+        autoattach = false }
+      local m = p.bpf.m
+      -- map keys and leaves
+      for _, c in ipairs(case.maps) do
+        local info = m:table_info(c.table)
+        assert.is_not_nil(info, c.table)
+        for _, part in ipairs({ "key", "leaf" }) do
+          if c[part] then
+            local d = ctypes.from_desc(info[part .. "_desc"], info[part .. "_size"])
+            same_layout(c[part], d.ct, desc_fields(info[part .. "_desc"]), c.table .. " " .. part)
+          end
         end
       end
+      -- records sent through ring buffers
+      for _, c in ipairs(case.rings) do
+        local fields = m:table_info(c.table).fields
+        local d = ctypes.from_fields(fields)
+        same_layout(c.record, d.ct, field_names(fields), c.table)
+      end
+      p.bpf:close()
     end
-    -- records sent through ring buffers
-    for _, c in ipairs({
-      { table = "dn_tree_events", record = "dn_tree_event" },
-      { table = "dn_kt_learn", record = "dn_kt_rec" },
-      { table = "dn_ut_learn", record = "dn_ut_rec" },
-      { table = "dn_leaf_ask", record = "dn_leaf_ask" },
-    }) do
-      local fields = m:table_info(c.table).fields
-      local d = ctypes.from_fields(fields)
-      same_layout(c.record, d.ct, field_names(fields), c.table)
-    end
-    p.bpf:close()
     -- the task iterator's record
     local s = compose.build{ parts = { "snapshot" }, name = "records", autoattach = false }
     local info = s.bpf.m:table_info("dn_snap_buf")

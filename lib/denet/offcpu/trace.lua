@@ -21,16 +21,18 @@ M.Tracer = Tracer
 --- The options a tracer takes (and their meaning): roots, tid (targets,
 --- the run's), min_us, max_us (block length), states (a state mask),
 --- user_only, kernel_only (one kind of stack), stack_storage,
---- stack_reuse ("on", "off", "verify"), stack_depth (frames kept),
+--- stack_reuse ("on", "off", "verify"), unwind ("dwarf", "fp": how user
+--- stacks are walked), stack_depth (frames kept),
 --- threads ("user" or "kernel": only those), kernel_threads (the verdict
 --- may name one).
-M.OPTS = { "min_us", "max_us", "states", "user_only", "kernel_only", "stack_storage", "stack_reuse",
+M.OPTS = { "min_us", "max_us", "states", "user_only", "kernel_only", "stack_storage", "stack_reuse", "unwind",
   "stack_depth", "threads", "kernel_threads" }
 
 --- The -D flags of opts: what changes the program's shape (the stack
 --- kinds, their reuse, the stack map's size).
 function M.plan(opts)
   local f = stacks.cflags{ user_only = opts.user_only, kernel_only = opts.kernel_only, reuse = opts.stack_reuse,
+    unwind = opts.unwind,
     storage = opts.stack_storage }
   -- the syscall a thread blocked in is read from the registers it saved
   -- at kernel entry: off-CPU analysis alone runs no program per syscall
@@ -136,7 +138,11 @@ function M.new(ctx, opts, pre)
   self.engine = stacks.start(self.bpf, self.program)
   self:capture()
   -- the traced processes' mappings for the unwinder (a held command's
-  -- are taken at its exec)
+  -- are taken at its exec; the tables of what it maps are ready first)
+  local cmd = ctx.target and ctx.target.cmd
+  if cmd and cmd[1] then
+    self.engine:preload(cmd[1])
+  end
   for pid in pairs(self.tree.live) do
     if not ctx.proc or pid ~= ctx.proc.pid then
       self.engine:process(pid)

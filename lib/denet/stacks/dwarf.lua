@@ -30,11 +30,9 @@ M.FRAMES = 127 -- DN_UW_FRAMES
 local ROW = ffi.typeof("struct dn_uw_row")
 local ROW_PTR = ffi.typeof("const struct dn_uw_row *")
 local ROW_SIZE = ffi.sizeof(ROW)
-local PAGE_ROWS = 32 -- DN_UW_PAGE_ROWS (unwind.c)
-local PAGE, PART = 1024, 256 -- a page's bytes, and a quarter's
 local REGION_MAPS = 2 -- DN_UW_REGION_MAPS
-local SPLIT = 0xffff
-local QUARTER = 0x80000000
+local KEY_PTR = ffi.typeof("const struct dn_uw_page_key *")
+local KEY_SIZE = ffi.sizeof("struct dn_uw_page_key")
 local COPIED = 0x40000000 -- the ids of stacks copied to user space
 -- flags of a stack (unwind.c)
 M.F_TRUNC, M.F_NOTABLE, M.F_DEEP, M.F_FAULT = 1, 2, 4, 8
@@ -139,67 +137,6 @@ local function row_at(t, pc)
 end
 M.row_at = row_at
 
--- The page values of table t: { [page key] = { {off, kind, rbp, cfa}... } }
--- (keys as unwind.c's dn_uw_pages: page number, or QUARTER | quarter
--- number for a split page), and the number of values.
-local function pages_of(t)
-  local out, count = {}, 0
-  local function add(key, unit, base, first, last)
-    -- the rows of [base, base + unit): the one in effect at base first
-    local list = {}
-    local i = first
-    local r = t.rows[i]
-    list[1] = { 0, r.kind, r.rbp, r.kind == C.DN_UW_PLT and r.aux or r.cfa }
-    for j = first + 1, last do
-      r = t.rows[j]
-      local off = r.pc - base
-      if off >= unit then
-        break
-      end
-      list[#list + 1] = { off, r.kind, r.rbp, r.kind == C.DN_UW_PLT and r.aux or r.cfa }
-    end
-    if #list > PAGE_ROWS then
-      -- (never seen: a row a byte or two) the rest of it stops a walk
-      for j = PAGE_ROWS + 1, #list do
-        list[j] = nil
-      end
-      list[PAGE_ROWS] = { list[PAGE_ROWS][1], C.DN_UW_STOP, 0, 0 }
-    end
-    out[key] = list
-    count = count + 1
-    return list
-  end
-  for i = 0, t.n - 1 do
-    local r = t.rows[i]
-    local stop = i + 1 < t.n and t.rows[i + 1].pc or r.pc + 1
-    if r.kind ~= C.DN_UW_STOP or i + 1 == t.n then
-      local p0, p1 = math.floor(r.pc / PAGE), math.floor((stop - 1) / PAGE)
-      for p = p0, p1 do
-        if not out[p] then
-          local base = p * PAGE
-          local first = row_at(t, base) or i
-          -- rows in the page
-          local n, j = 0, first
-          while j < t.n and t.rows[j].pc < base + PAGE do
-            n, j = n + 1, j + 1
-          end
-          if n <= PAGE_ROWS then
-            add(p, PAGE, base, first, j - 1)
-          else
-            out[p] = SPLIT
-            count = count + 1
-            for q = 0, PAGE / PART - 1 do
-              local qb = base + q * PART
-              add(QUARTER + p * (PAGE / PART) + q, PART, qb, row_at(t, qb) or first, j - 1)
-            end
-          end
-        end
-      end
-    end
-  end
-  return out, count
-end
-
 local Unwinder = {}
 Unwinder.__index = Unwinder
 
@@ -229,7 +166,7 @@ end
 
 -- Drop the file least recently loaded (its pages), for room.
 function Unwinder:drop_oldest()
-  local oldest, ok
+  local oldest
   for key, f in pairs(self.loaded) do
     if f.id and (not oldest or f.tick < self.loaded[oldest].tick) then
       oldest = key
@@ -239,17 +176,18 @@ function Unwinder:drop_oldest()
     return false
   end
   local f = self.loaded[oldest]
-  for k in pairs(f.keys) do
-    ok = pcall(self.pages.delete, self.pages, { file = f.id, page = k })
+  local keys = ffi.cast(KEY_PTR, f.keys)
+  for i = 0, #f.keys / KEY_SIZE - 1 do
+    core.map_delete(self.pages.fd, keys + i)
   end
   self.bytes = self.bytes - f.bytes
   self.dropped = self.dropped + 1
   self.loaded[oldest] = { dropped = true, tick = f.tick }
-  return ok ~= nil
+  return true
 end
 
 --- Load table t (of file key) into the kernel: its file id, or 0 when it
---- has none.
+--- has none (or no room under the cap).
 function Unwinder:load(key, t)
   self.tick = self.tick + 1
   local f = self.loaded[key]
@@ -257,33 +195,24 @@ function Unwinder:load(key, t)
     f.tick = self.tick
     return f.id
   end
-  if not t.rows or (f and f.dropped and self.bytes >= self.max_bytes) then
+  if not t.rows then
     return 0
   end
-  local pages, count = pages_of(t)
-  local bytes = count * self.page_bytes
+  -- its size, from the pages it makes (counted without writing them)
+  local keys = core.uw_load(-1, 0, t.hold)
+  local bytes = #keys / KEY_SIZE * self.page_bytes
   while self.bytes + bytes > self.max_bytes and self:drop_oldest() do
   end
-  if self.bytes + bytes > self.max_bytes then
+  if not keys or self.bytes + bytes > self.max_bytes then
     return 0
   end
   local id = self.next_file
   self.next_file = id + 1
-  local v = self.pages.leaf.ct()
-  for page, list in pairs(pages) do
-    ffi.fill(v, ffi.sizeof(v))
-    if list == SPLIT then
-      v.n = SPLIT
-    else
-      v.n = #list
-      for i, r in ipairs(list) do
-        local o = v.r[i - 1]
-        o.off, o.kind, o.rbp, o.cfa = r[1], r[2], r[3], r[4]
-      end
-    end
-    self.pages:set({ file = id, page = page }, v)
+  keys = core.uw_load(self.pages.fd, id, t.hold)
+  if not keys then
+    return 0
   end
-  self.loaded[key] = { id = id, keys = pages, bytes = bytes, tick = self.tick }
+  self.loaded[key] = { id = id, keys = keys, bytes = bytes, tick = self.tick }
   self.bytes = self.bytes + bytes
   return id
 end
@@ -367,9 +296,38 @@ function Unwinder:load_proc(pid)
     self.regions:set({ tgid = pid, region = g }, v)
   end
   self.region_keys[pid] = regions
-  self.procs:set(pid, 1)
+  -- a new generation: templates of the old mappings no longer match
+  self.gen = (self.gen or 0) + 1
+  self.procs:set(pid, self.gen)
   self.proc_at[pid] = maps
   return maps
+end
+
+--- Before a held command runs: the tables of its executable (argv0, found
+--- on PATH) and of the libraries the loader will map for it are built and
+--- loaded, so its first blocks need only its mappings.
+function Unwinder:preload(argv0)
+  local exe = argv0 and (argv0:find("/", 1, true) and argv0 or core.which(argv0))
+  if not exe then
+    return
+  end
+  local files = { exe }
+  local ldso = "/lib64/ld-linux-x86-64.so.2"
+  local q = "'" .. exe:gsub("'", "'\\''") .. "'"
+  local f = core.stat(ldso) and io.popen(ldso .. " --list " .. q .. " 2>/dev/null")
+  if f then
+    for line in f:lines() do
+      local path = line:match("=> (/%S+)") or line:match("^%s*(/%S+) %(")
+      files[#files + 1] = path
+    end
+    f:close()
+  end
+  for _, path in ipairs(files) do
+    local key = core.uw_file_key(path)
+    if key then
+      self:load(key, M.table_of(path, key))
+    end
+  end
 end
 
 --- A traced process exec'd or begins to be traced: its mappings now.
@@ -484,11 +442,13 @@ function Unwinder:stack(id)
 end
 
 --- Counters: walks, whole, truncated, copied (unwound in user space),
---- copies_lost, not_stored, frames; files (tables loaded), dropped (for
+--- copies_lost, not_stored, frames, reused (stacks reused from templates),
+--- wrong (reuses a walk disagreed with, in verify mode); files (tables loaded), dropped (for
 --- the cap), bytes (of tables in the kernel).
 function Unwinder:stats()
   local t = self.bpf:get_table("dn_uw_stats")
-  local names = { "walks", "whole", "truncated", "copied", "copies_lost", "not_stored", "frames" }
+  local names = { "walks", "whole", "truncated", "copied", "copies_lost", "not_stored", "frames", "reused",
+    "wrong" }
   local out = {}
   for i, n in ipairs(names) do
     out[n] = tonumber(t:sum(i - 1))

@@ -39,17 +39,16 @@ local CFLAGS_OPTS = { "user_only", "kernel_only", "reuse", "storage", "unwind" }
 --- / kernel_only (one kind of stack only), reuse ("on" default: reuse a
 --- stack when a thread blocks where it blocked before, checked in the
 --- kernel; "off": walk every stack; "verify": reuse and walk, counting
---- disagreements), storage (stack map size), unwind ("fp" default: user
---- stacks walked by frame pointers, with the callers libc's functions
---- hide recovered from .eh_frame; "dwarf": walked from the files' unwind
---- tables in the kernel, whole without frame pointers, not yet the
---- default). These change the program's shape; the composer drops
+--- disagreements), storage (stack map size), unwind ("dwarf" default: user
+--- stacks walked in the kernel from the files' unwind tables, whole
+--- without frame pointers; "fp": by frame pointers, with the callers
+--- libc's functions hide recovered from .eh_frame). These change the program's shape; the composer drops
 --- what the kernel cannot do, with a note.
 function M.cflags(opts)
   require("denet.errors").check_opts("stacks.cflags", opts, CFLAGS_OPTS)
   opts = opts or {}
   local reuse = opts.reuse or "on"
-  local dwarf = opts.unwind == "dwarf"
+  local dwarf = (opts.unwind or "dwarf") == "dwarf"
   local f = {}
   if opts.user_only then
     f[#f + 1] = "-DDN_NO_KSTACK"
@@ -63,12 +62,13 @@ function M.cflags(opts)
   end
   if opts.storage then
     f[#f + 1] = "-DDN_STACK_STORAGE=" .. tonumber(opts.storage)
+    f[#f + 1] = dwarf and not opts.kernel_only and "-DDN_UW_STACKS=" .. tonumber(opts.storage) or nil
   end
   if reuse ~= "off" and not opts.user_only then
     f[#f + 1] = "-DDN_KSTACK_REUSE"
     f[#f + 1] = reuse == "verify" and "-DDN_KSTACK_VERIFY" or nil
   end
-  if reuse ~= "off" and not opts.kernel_only and not dwarf then
+  if reuse ~= "off" and not opts.kernel_only then
     f[#f + 1] = "-DDN_USTACK_REUSE"
     f[#f + 1] = reuse == "verify" and "-DDN_USTACK_VERIFY" or nil
   end
@@ -88,13 +88,21 @@ function M.start(bpf, program)
   if program:has_flag("-DDN_LEAF_UNWIND") then
     self.leaf_buf = M.unwind.learner(bpf)
   end
-  if program:has_flag("-DDN_USTACK_REUSE") then
-    self.ut_buf, self.ut_counts = M.user.learner(bpf)
-  end
   if program:has_flag("-DDN_DWARF_UNWIND") then
     self.dwarf = M.dwarf.start(bpf)
+    self.dwarf.reuse = program:has_flag("-DDN_USTACK_REUSE")
+  elseif program:has_flag("-DDN_USTACK_REUSE") then
+    self.ut_buf, self.ut_counts = M.user.learner(bpf)
   end
   return self
+end
+
+--- A held command is about to run (argv0, its program): the unwinder's
+--- tables of what it maps, ready before it blocks.
+function Engine:preload(argv0)
+  if self.dwarf then
+    self.dwarf:preload(argv0)
+  end
 end
 
 --- Process pid exec'd, or begins to be traced: its mappings for the
@@ -109,10 +117,16 @@ end
 --- { kstack_reuse = {...}, ustack_reuse = {...}, leaf_unwind = {...} }
 --- (any may be absent).
 function Engine:stats()
+  local uw = self.dwarf and self.dwarf:stats()
+  local ureuse = self.ut_buf and M.user.stats(self.bpf, self.ut_counts)
+  if uw and self.dwarf.reuse then
+    -- (templates are made in the kernel: none is late)
+    ureuse = { reused = uw.reused, walked = uw.walks, wrong = uw.wrong, late = 0 }
+  end
   return { kstack_reuse = self.kt_buf and M.kernel.stats(self.bpf) or nil,
-    ustack_reuse = self.ut_buf and M.user.stats(self.bpf, self.ut_counts) or nil,
+    ustack_reuse = ureuse,
     leaf_unwind = self.leaf_buf and M.unwind.stats(self.bpf) or nil,
-    unwind = self.dwarf and self.dwarf:stats() or nil }
+    unwind = uw or nil }
 end
 
 local Resolver = {}
