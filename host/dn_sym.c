@@ -28,8 +28,11 @@
 #include <sys/stat.h>
 
 #include <dwarf.h>
+#include <elfutils/debuginfod.h>
 #include <elfutils/libdw.h>
+#include <elfutils/libdwelf.h>
 #include <fcntl.h>
+#include <gelf.h>
 #include <libelf.h>
 #include <unistd.h>
 
@@ -141,6 +144,68 @@ static int esym_cmp(const void *a, const void *b)
 	return x->size > y->size ? -1 : x->size < y->size;
 }
 
+/* Has the file a symbol table of its own (not stripped)? */
+static int has_symtab(Elf *elf)
+{
+	Elf_Scn *scn = NULL;
+	GElf_Shdr sh;
+
+	while ((scn = elf_nextscn(elf, scn)) != NULL)
+		if (gelf_getshdr(scn, &sh) && sh.sh_type == SHT_SYMTAB)
+			return 1;
+	return 0;
+}
+
+/* A stripped file with no debug file here: its symbols from a debuginfod
+ * server, by build-id, when DEBUGINFOD_URLS names one (libdebuginfod,
+ * which keeps what it fetched in its cache). */
+static void debuginfod_syms(struct elf_tab *t, struct bcc_symbol_option *opt)
+{
+	const char *urls = getenv("DEBUGINFOD_URLS");
+	unsigned char id[64];
+	const void *bid = NULL;
+	ssize_t len = 0;
+	char *path = NULL;
+	Elf *elf;
+	int fd;
+
+	if (!urls || !urls[0])
+		return;
+	elf_version(EV_CURRENT);
+	fd = open(t->path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	elf = elf_begin(fd, ELF_C_READ_MMAP, NULL);
+	if (elf && !has_symtab(elf))
+		len = dwelf_elf_gnu_build_id(elf, &bid);
+	if (len > 0 && (size_t)len <= sizeof(id))
+		memcpy(id, bid, (size_t)len);
+	if (elf)
+		elf_end(elf);
+	close(fd);
+	if (len <= 0 || (size_t)len > sizeof(id))
+		return;
+	/* a debug file here (as bcc looks for it by build-id) was read already */
+	char local[PATH_MAX];
+	int o = snprintf(local, sizeof(local), "/usr/lib/debug/.build-id/%02x/", id[0]);
+	for (ssize_t i = 1; i < len && o < (int)sizeof(local) - 8; i++)
+		o += snprintf(local + o, sizeof(local) - (size_t)o, "%02x", id[i]);
+	snprintf(local + o, sizeof(local) - (size_t)o, ".debug");
+	if (access(local, R_OK) == 0)
+		return;
+	debuginfod_client *c = debuginfod_begin();
+	if (!c)
+		return;
+	fd = debuginfod_find_debuginfo(c, id, (int)len, &path);
+	debuginfod_end(c);
+	if (fd < 0)
+		return;
+	close(fd);
+	opt->use_debug_file = 0;
+	bcc_elf_foreach_sym(path, sym_cb, opt, t);
+	free(path);
+}
+
 static void tab_load(struct elf_tab *t)
 {
 	struct bcc_symbol_option opt = {
@@ -156,6 +221,7 @@ static void tab_load(struct elf_tab *t)
 	} else {
 		bcc_elf_foreach_sym(t->path, sym_cb, &opt, t);
 		bcc_elf_foreach_load_section(t->path, seg_cb, t);
+		debuginfod_syms(t, &opt);
 	}
 	if (t->nsyms)
 		qsort(t->syms, t->nsyms, sizeof(*t->syms), esym_cmp);

@@ -760,11 +760,28 @@ static int l_uw_file_key(lua_State *L)
 	return 1;
 }
 
+char *dn_demangle(const char *name);
+
+/* core.demangle(name) -> the C++ name demangled | name as it is */
+static int l_demangle(lua_State *L)
+{
+	const char *name = luaL_checkstring(L, 1);
+	char *d = dn_demangle(name);
+
+	if (!d) {
+		lua_settop(L, 1);
+		return 1;
+	}
+	lua_pushstring(L, d);
+	free(d);
+	return 1;
+}
+
 void dn_unwind_open(lua_State *L)
 {
 	static const luaL_Reg fns[] = {
-		{ "uw_file_key", l_uw_file_key }, { "uw_load", l_uw_load }, { "uw_table", l_uw_table },
-		{ "uw_build_id", l_uw_build_id }, { NULL, NULL },
+		{ "demangle", l_demangle }, { "uw_file_key", l_uw_file_key }, { "uw_load", l_uw_load },
+		{ "uw_table", l_uw_table }, { "uw_build_id", l_uw_build_id }, { NULL, NULL },
 	};
 
 	dn_vm_setfuncs(L, fns);

@@ -38,6 +38,9 @@ local SPEC = {
       .. "and also walk, counting disagreements" },
     { name = "unwind", metavar = "HOW", help = "how user stacks are walked: dwarf (from each file's unwind "
       .. "tables, .eh_frame: whole on binaries without frame pointers) or fp (frame pointers)" },
+    { name = "unwind_max", long = "--unwind-max-mb", type = "positive", metavar = "MIB",
+      help = "most kernel memory the unwind tables take (default 256); past it the files least recently "
+        .. "loaded are dropped, and stacks through them are marked truncated" },
     { name = "folded", flag = "-f", metavar = "FILE", help = "folded stacks to FILE (flamegraph.pl, speedscope)" },
     { name = "svg", metavar = "FILE", help = "an SVG flame graph to FILE" },
     { name = "pprof", metavar = "FILE", help = "a pprof profile to FILE (gzipped protobuf: go tool pprof, "
@@ -87,7 +90,7 @@ end
 local function tracer_opts(o, states)
   return { min_us = o.min_us, max_us = o.max_us, states = states, user_only = o.user_only,
     kernel_only = o.kernel_only, stack_depth = o.stack_depth, stack_storage = o.stack_storage,
-    stack_reuse = o.stack_reuse, unwind = o.unwind,
+    stack_reuse = o.stack_reuse, unwind = o.unwind, unwind_max_mb = o.unwind_max,
     threads = o.user_threads_only and "user" or o.kernel_threads_only and "kernel" or nil,
     kernel_threads = o.kernel_threads or o.kernel_threads_only }
 end

@@ -11,14 +11,16 @@ set -euo pipefail
 PACKAGES=(
   # build
   build-essential cmake pkg-config
-  libbpfcc-dev libbpf-dev libluajit-5.1-dev luajit libelf-dev libdw-dev libreadline-dev
+  libbpfcc-dev libbpf-dev libluajit-5.1-dev luajit libelf-dev libdw-dev libdebuginfod-dev libreadline-dev
   libmicrohttpd-dev libprotobuf-c-dev protobuf-c-compiler zlib1g-dev
   # run-time Lua modules
   lua-cjson lua-argparse
   # tests
   lua-busted bpftool libclang-rt-14-dev python3-pytest systemtap-sdt-dev
-  # ground truth for stacks (eu-stack)
-  elfutils
+  # ground truth for stacks (eu-stack), and glibc's own function names
+  elfutils libc6-dbg
+  # a debuginfod server on loopback, for symbols fetched by build-id
+  debuginfod
   # lint (tools/lint.sh) and the fuzz targets (make fuzz)
   lua-check clang-format clang git shellcheck pyflakes3
   # export tests: a real Prometheus, protoc to decode pprof, a browser for the reports

@@ -108,10 +108,20 @@ function M.calibrate(cpus)
   return out
 end
 
---- The user stack of a thread of process pid from its saved registers
---- (denet.stacks.unwind.walk): addrs, leaf first, and the frames a
---- frame-pointer walk loses.
-M.user_stack = require("denet.stacks.unwind").walk
+--- The user stack of a thread of process pid from its saved registers:
+--- addrs, leaf first; leaf, the frames a frame-pointer walk loses (none
+--- here); and whether the walk stopped short of the entry point. Walked
+--- from the files' unwind tables (denet.stacks.dwarf); by frame pointers
+--- (denet.stacks.unwind) where the code at the IP has no table (JIT code).
+function M.user_stack(pid, ip, sp, bp)
+  local dwarf = require("denet.stacks.dwarf")
+  local addrs, flags = dwarf.walk(pid, ip, sp, bp)
+  if addrs and not (#addrs == 1 and flags == dwarf.F_NOTABLE) then
+    return addrs, {}, flags ~= 0
+  end
+  local fp, leaf = require("denet.stacks.unwind").walk(pid, ip, sp, bp)
+  return fp, leaf, false
+end
 
 ---------------------------------------------------------------------------
 -- reading threads
@@ -321,7 +331,7 @@ function M.take(pids, exclude, opts)
       local o = offset[t.cpu] or any
       t.since_ns = o and t.exec_start + o
       if t.regs and not (opts and opts.stacks == false) then
-        t.uaddrs, t.uleaf = M.user_stack(t.pid, t.regs.ip, t.regs.sp, t.regs.bp)
+        t.uaddrs, t.uleaf, t.utrunc = M.user_stack(t.pid, t.regs.ip, t.regs.sp, t.regs.bp)
       end
     end
   end

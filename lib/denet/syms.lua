@@ -132,6 +132,21 @@ end
 
 --- Resolve a user address of pid: name|nil, offset, module. offset is
 --- from the symbol, or the module's ELF address when no symbol covers it.
+-- C++ names demangled once each
+local demangled = {}
+local function demangle(name)
+  if not name or name:sub(1, 2) ~= "_Z" then
+    return name
+  end
+  local d = demangled[name]
+  if not d then
+    d = core.demangle(name)
+    demangled[name] = d
+  end
+  return d
+end
+M.demangle = demangle
+
 function M.resolve(pid, addr)
   local m = proc(pid)
   if not m then
@@ -141,7 +156,7 @@ function M.resolve(pid, addr)
   if name == nil then
     return nil
   end
-  return name or nil, off, module
+  return demangle(name or nil), off, module
 end
 
 local basename = require("denet.util").basename

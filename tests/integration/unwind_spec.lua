@@ -6,15 +6,17 @@ local dwarf = require("denet.stacks.dwarf")
 local unwind = require("denet.stacks.unwind")
 local syms = require("denet.syms")
 
--- eu-stack's addresses of process pid's main thread, leaf first
+-- eu-stack's addresses of process pid's main thread, leaf first, and
+-- their names (without symbol versions)
 local function eu_stack(pid)
   local code, out, err = H.sh("eu-stack -p " .. pid)
   assert.equals(0, code, err)
-  local addrs = {}
-  for a in out:gmatch("\n#%d+%s+0x(%x+)") do
+  local addrs, names = {}, {}
+  for a, name in out:gmatch("\n#%d+[ \t]+0x(%x+)[ \t]*([^\n]*)") do
     addrs[#addrs + 1] = tonumber(a, 16)
+    names[#names + 1] = name:match("^([^@%s]*)")
   end
-  return addrs
+  return addrs, names
 end
 
 -- Start argv (through sh, which execs it), with its output read here:
@@ -24,7 +26,7 @@ local function spawn(argv)
   for i, a in ipairs(argv) do
     q[i] = H.quote(a)
   end
-  local f = io.popen("echo $$; exec " .. table.concat(q, " "))
+  local f = io.popen("echo $$; exec " .. table.concat(q, " ") .. " 2>&1")
   local p = { pid = tonumber(f:read("*l")) }
   function p.line()
     return f:read("*l")
@@ -123,5 +125,219 @@ describe("unwind tables", function()
     assert.equals(0, flags)
     assert.same(want, got)
     assert.is_true(#got >= 4)
+  end)
+
+  -- Debian's own binaries, blocked, read by `offcpu --now` (the snapshot's
+  -- walk through /proc/PID/mem) and by eu-stack: frame for frame, by
+  -- address; by name where the file has symbols
+  local cjson = require("cjson")
+  local function now_vs_eu(pid, named)
+    local code, out, err = H.denet({ "script", "offcpu", "--now", "--json", "-p", tostring(pid) })
+    assert.equals(0, code, err)
+    local r = cjson.decode(out)
+    local t
+    for _, th in ipairs(r.threads) do
+      t = th.tid == pid and th or t
+    end
+    assert.is_not_nil(t, out)
+    local got = {}
+    for i = #t.user_addrs, 1, -1 do
+      got[#got + 1] = tonumber(t.user_addrs[i])
+    end
+    local want, names = eu_stack(pid)
+    assert.same(want, got)
+    assert.is_true(#got >= 5, #got .. " frames")
+    if named then
+      -- our frames are root first, "-", then the kernel's
+      local ours = {}
+      for i = #t.user_addrs, 1, -1 do
+        ours[#ours + 1] = t.frames[i]
+      end
+      assert.same(names, ours)
+    end
+    -- the files, with their build-ids
+    assert.is_string(r.modules["libc.so.6"].build_id)
+    return t
+  end
+
+  -- pid of a process started by `sh -c CMD &` that has become comm, once
+  -- it blocks (state S) in syscall nr
+  local function started(cmd, comm, nr)
+    local f = io.popen("sh -c " .. H.quote(cmd .. " >/dev/null 2>&1 & echo $!"))
+    local pid = tonumber(f:read("*l"))
+    f:close()
+    for _ = 1, 1000 do
+      local c = core.read_file("/proc/" .. pid .. "/comm") or ""
+      local sc = core.read_file("/proc/" .. pid .. "/syscall") or ""
+      if c:match("^" .. comm) and sc:match("^" .. nr .. " ")
+          and (core.read_file("/proc/" .. pid .. "/stat") or ""):match("%) S ") then
+        return pid
+      end
+      require("denet").sleep(0.01)
+    end
+    error(cmd .. " never blocked")
+  end
+
+  it("--now on Debian's sleep, git and python3 gives eu-stack's frames", function()
+    local pid = started("exec /usr/bin/sleep 30", "sleep", 230)
+    local ok, e = pcall(now_vs_eu, pid, false)
+    os.execute("kill " .. pid)
+    assert(ok, e)
+    -- git waiting for input (a pipe nobody writes to)
+    local repo = H.tmpdir()
+    assert.equals(0, (H.sh("git init -q " .. H.quote(repo))))
+    pid = started("sleep 60 | exec git -C " .. H.quote(repo) .. " cat-file --batch", "git", 0)
+    ok, e = pcall(now_vs_eu, pid, false)
+    os.execute("kill " .. pid)
+    assert(ok, e)
+    -- python3: the interpreter's C frames, named
+    pid = started("exec python3 -c 'import time; time.sleep(30)'", "python3", 230)
+    ok, e = pcall(now_vs_eu, pid, true)
+    os.execute("kill " .. pid)
+    assert(ok, e)
+  end)
+
+  it("a PLT stub's rule: the return address at sp, and at sp + 8 once the stub pushed", function()
+    local ffi = require("ffi")
+    local t = dwarf.table_of(H.fixture("deep_nofp"), "plt-test")
+    local plt
+    for i = 0, t.n - 1 do
+      if t.rows[i].kind == 3 then -- DN_UW_PLT
+        plt = t.rows[i]
+      end
+    end
+    assert.is_not_nil(plt, "no PLT row")
+    -- a stub of .plt past the first (16 bytes each), at bias 0
+    local stub = plt.pc + 16
+    local maps = { { start = 0, ["end"] = 2 ^ 40, bias = 0, table = t } }
+    local sp = 0x7fff0000
+    local words = { [sp] = 0x1111, [sp + 8] = 0x2222 }
+    local function read(a)
+      return words[a]
+    end
+    -- (the words above are not code: the walk stops at the next frame)
+    local a1 = dwarf.unwind(maps, read, stub, sp, nil)
+    assert.equals(0x1111, a1[2])
+    local a2 = dwarf.unwind(maps, read, stub + plt.aux, sp, nil)
+    assert.equals(0x2222, a2[2])
+    assert.is_true(ffi.sizeof("struct dn_uw_row") == 12)
+  end)
+
+  -- the user frames of an offcpu report's sleeps of comm, each stack's
+  -- frames up to "-" joined, with their block counts
+  local function sleeps(r, comm)
+    local out = {}
+    for _, st in ipairs(r.stacks) do
+      if st.category == "sleep" and st.comm == comm then
+        local user = table.concat(st.frames, ";"):match("^(.-);%-;")
+        out[user] = (out[user] or 0) + st.count
+      end
+    end
+    return out
+  end
+
+  local function offcpu(args, argv)
+    local all = { "script", "offcpu", "--json" }
+    for _, a in ipairs(args) do
+      all[#all + 1] = a
+    end
+    all[#all + 1] = "--"
+    for _, a in ipairs(argv) do
+      all[#all + 1] = a
+    end
+    local code, out, err = H.denet(all)
+    assert.equals(0, code, err)
+    return cjson.decode(out)
+  end
+
+  it("offcpu: programs without frame pointers, every frame to _start from the first block", function()
+    for _, c in ipairs({
+      { "deep_nofp", "_start;__libc_start_main;__libc_start_call_main;main;level1;level2;level3;__nanosleep;"
+        .. "clock_nanosleep" },
+      -- blocking inside a signal handler: through the signal frame
+      { "sig_nofp", "_start;__libc_start_main;__libc_start_call_main;main;trigger;raise;"
+        .. "__pthread_kill_implementation;__restore_rt;handler;in_handler;__nanosleep;clock_nanosleep" },
+      -- C++, names demangled
+      { "cxx_nofp", "_start;__libc_start_main;__libc_start_call_main;main;fx::Sleeper::run(int);fx::nap(long);"
+        .. "__nanosleep;clock_nanosleep" },
+    }) do
+      for _, mode in ipairs({ "on", "verify" }) do
+        local r = offcpu({ "--stack-reuse", mode }, { H.fixture(c[1]), "6", "10" })
+        local got = sleeps(r, c[1])
+        assert.same({ [c[2]] = 6 }, got)
+        assert.equals(0, r.ustack_reuse.wrong, c[1])
+        assert.is_string(r.modules[c[1]].build_id)
+      end
+    end
+  end)
+
+  it("offcpu: tables past --unwind-max-mb are dropped, and their stacks marked truncated", function()
+    local r = offcpu({ "--unwind-max-mb", "0.05" }, { H.fixture("deep_nofp"), "3", "10" })
+    local n = 0
+    for user, count in pairs(sleeps(r, "deep_nofp")) do
+      assert.matches("^%[truncated%];", user)
+      n = n + count
+    end
+    assert.equals(3, n)
+    assert.is_true(r.truncated_stacks >= 3)
+  end)
+
+  it("--now in a signal handler and in C++ gives eu-stack's frames", function()
+    for _, c in ipairs({ "sig_nofp", "cxx_nofp" }) do
+      local pid = started("exec " .. H.quote(H.fixture(c)) .. " 1 30000", c, 230)
+      local ok, e = pcall(now_vs_eu, pid, false)
+      os.execute("kill " .. pid)
+      assert(ok, e)
+    end
+  end)
+
+  it("symbols of a stripped program from its debug file: under .build-id, and from a debuginfod server", function()
+    local dir = H.tmpdir()
+    local exe, dbg = dir .. "/stripped", dir .. "/stripped.debug"
+    assert.equals(0, (H.sh(string.format("cp %s %s && objcopy --only-keep-debug %s %s && strip -s %s",
+      H.quote(H.fixture("deep_nofp")), H.quote(exe), H.quote(exe), H.quote(dbg), H.quote(exe)))))
+    local bid = core.uw_build_id(exe)
+    local want = "_start;__libc_start_main;__libc_start_call_main;main;level1;level2;level3;__nanosleep;"
+      .. "clock_nanosleep"
+    -- stripped, no debug file: module+offset, and the build-id to look it up
+    local r = offcpu({}, { exe, "2", "10" })
+    local user = next(sleeps(r, "stripped"))
+    assert.matches("^stripped%+0x%x+;__libc_start_main;", user)
+    assert.equals(bid, r.modules.stripped.build_id)
+    -- its debug file where debuggers look for it
+    local bdir = "/usr/lib/debug/.build-id/" .. bid:sub(1, 2)
+    local bpath = bdir .. "/" .. bid:sub(3) .. ".debug"
+    assert.is_nil(core.stat(bpath), "a debug file is there already")
+    os.execute("mkdir -p " .. bdir .. " && cp " .. H.quote(dbg) .. " " .. bpath)
+    local ok, e = pcall(function()
+      assert.same({ [want] = 2 }, sleeps(offcpu({}, { exe, "2", "10" }), "stripped"))
+    end)
+    os.remove(bpath)
+    assert(ok, e)
+    -- from Debian's debuginfod, serving the debug file on loopback
+    local srv = H.tmpdir()
+    os.execute("cp " .. H.quote(dbg) .. " " .. H.quote(srv))
+    local port = 20000 + core.ids().pid % 20000
+    local d = io.popen(string.format("debuginfod -F %s -p %d -d %s/db.sqlite >/dev/null 2>&1 & echo $!",
+      H.quote(srv), port, H.quote(srv)))
+    local dpid = d:read("*l")
+    d:close()
+    ok, e = pcall(function()
+      local url = string.format("http://127.0.0.1:%d", port)
+      -- ready once it serves the file (it scans the folder first)
+      for _ = 1, 600 do
+        local c = H.sh(string.format("curl -sf -o /dev/null %s/buildid/%s/debuginfo", url, bid))
+        if c == 0 then
+          break
+        end
+        require("denet").sleep(0.05)
+      end
+      local code, out, err = H.denet({ "script", "offcpu", "--json", "--", exe, "2", "10" },
+        string.format("DEBUGINFOD_URLS=%s DEBUGINFOD_CACHE_PATH=%s ", url, H.quote(H.tmpdir())))
+      assert.equals(0, code, err)
+      assert.same({ [want] = 2 }, sleeps(cjson.decode(out), "stripped"))
+    end)
+    os.execute("kill " .. dpid)
+    assert(ok, e)
   end)
 end)

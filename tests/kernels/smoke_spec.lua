@@ -53,6 +53,23 @@ describe("on this kernel", function()
       string.format("%.3f vs rusage %.3f", last.cpu_time_secs, ru))
   end)
 
+  it("denet script offcpu: a program without frame pointers, its stacks whole to _start from the first block",
+    function()
+      local r = json_of({ "script", "offcpu", "--json", "--", H.fixture("deep_nofp"), "5", "20" })
+      local n = 0
+      for _, st in ipairs(r.stacks) do
+        if st.category == "sleep" and st.comm == "deep_nofp" then
+          local user = table.concat(st.frames, ";"):match("^(.-);%-;")
+          -- (glibc's __libc_start_call_main is named by its debug file, which
+          -- the image does not have)
+          assert.matches("^_start;__libc_start_main;[^;]+;main;level1;level2;level3;__nanosleep;clock_nanosleep$",
+            user)
+          n = n + st.count
+        end
+      end
+      assert.equals(5, n)
+    end)
+
   it("denet script offcpu: sleeps with their stack, stack reuse verified", function()
     local r = json_of({ "script", "offcpu", "--json", "--stack-reuse", "verify", "--", H.fixture("sleep_loop"), "40",
       "20" })

@@ -39,7 +39,7 @@ end
 
 -- A thread of the snapshot as the report shows it (stacks and category
 -- when it is blocked).
-local function thread_entry(t, st, taken_ns, opts)
+local function thread_entry(t, st, taken_ns, opts, modules)
   local r = { pid = t.pid, tid = t.tid, comm = t.comm, state = t.state, kernel = t.kernel or nil,
     cpu_time_us = t.runtime_ns and t.runtime_ns / 1000 }
   if t.state == "R" then
@@ -51,6 +51,16 @@ local function thread_entry(t, st, taken_ns, opts)
   r.category = classify.category(st, sysname, kf)
   r.blocked_for_us = t.since_ns and math.max(0, taken_ns - t.since_ns) / 1000
   r.user, r.user_mods, r.kernel_frames = uf, mods, kf
+  -- the user frames' addresses, root first (as eu-stack -p gives them,
+  -- leaf first), and the files they are in
+  if t.uaddrs and #uf > 0 then
+    local addrs = {}
+    for i = #t.uaddrs, 1, -1 do
+      addrs[#addrs + 1] = string.format("0x%x", t.uaddrs[i])
+    end
+    r.user_addrs = addrs
+    stacks.frames.modules_of(t.pid, t.uaddrs, modules)
+  end
   r.frames = stacks.frames.join(uf, kf)
   r.site = stacks.frames.site(r) or (sysname and sysname .. "()") or (kf[#kf] and kf[#kf] .. "()") or nil
   return r
@@ -65,13 +75,13 @@ function M.now(opts)
   errors.check_opts("offcpu.now", opts, NOW_OPTS)
   local pids = target_pids(opts)
   local taken_ns = core.monotonic_ns()
-  local threads = {}
+  local threads, modules = {}, {}
   for _, t in ipairs(require("denet.snapshot").take(pids, core.ids().pid)) do
     local st = require("denet.snapshot").trace_state(t.state_word)
     local kept = (not opts.tid or t.tid == opts.tid) and not (opts.threads == "user" and t.kernel)
       and not (opts.threads == "kernel" and not t.kernel) and classify.state_kept(opts.states, st)
     if kept then
-      threads[#threads + 1] = thread_entry(t, st, taken_ns, opts)
+      threads[#threads + 1] = thread_entry(t, st, taken_ns, opts, modules)
     end
   end
   -- blocked threads first, the longest blocked first
@@ -82,7 +92,8 @@ function M.now(opts)
     end
     return a.tid < b.tid
   end)
-  local report = { kind = "offcpu_now", threads = threads, verdict = "no thread is blocked" }
+  local report = { kind = "offcpu_now", threads = threads, verdict = "no thread is blocked",
+    modules = next(modules) and modules or nil }
   for _, t in ipairs(threads) do
     if t.blocked_for_us and (opts.kernel_threads or not t.kernel) then
       report.verdict = string.format("%s (tid %d) has been %s for %s%s", t.comm, t.tid,

@@ -206,6 +206,13 @@ local function unseen_text(w, report)
     w("%d stacks could not be read (shown as [Missed ... Stack]): %s", report.lost_stacks,
       table.concat(parts, ", "))
   end
+  if (report.truncated_stacks or 0) > 0 then
+    w("")
+    w("%d blocks have a user stack that stops short of the entry point (shown from [truncated]): a frame whose "
+      .. "rule the walk cannot apply, in a file without an unwind table%s, or a stack read that faulted",
+      report.truncated_stacks, (report.unwind.dropped or 0) > 0 and string.format(" (%d files' tables dropped "
+      .. "for the cap, --unwind-max-mb)", report.unwind.dropped) or "")
+  end
   if (report.missed_switches or 0) > 0 then
     w("")
     w("%d context switches were not seen (the kernel skipped the program while another BPF program or a map "

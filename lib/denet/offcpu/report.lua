@@ -325,6 +325,16 @@ function M.report(t)
   local report = { kind = "offcpu", duration_us = math.floor((now_ns - t0_ns) / 1000),
     threads = thread_list(t, threads), stacks = list, syscalls = sys }
   unseen(t, report)
+  -- the files of the user frames, with their build-ids
+  report.modules = t.resolver and t.resolver:files()
+  -- blocks whose user stack stops short of the entry point
+  if report.unwind then
+    local n = 0
+    for _, s in ipairs(list) do
+      n = n + (s.frames[1] == "[truncated]" and s.count or 0)
+    end
+    report.truncated_stacks = n
+  end
   report.sites = M.sites(list)
   report.verdict = M.verdict(report, t.opts.kernel_threads)
   return report

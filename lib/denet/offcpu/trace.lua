@@ -22,10 +22,12 @@ M.Tracer = Tracer
 --- the run's), min_us, max_us (block length), states (a state mask),
 --- user_only, kernel_only (one kind of stack), stack_storage,
 --- stack_reuse ("on", "off", "verify"), unwind ("dwarf", "fp": how user
---- stacks are walked), stack_depth (frames kept),
+--- stacks are walked), unwind_max_mb (the cap on the unwind tables in the
+--- kernel), stack_depth (frames kept),
 --- threads ("user" or "kernel": only those), kernel_threads (the verdict
 --- may name one).
 M.OPTS = { "min_us", "max_us", "states", "user_only", "kernel_only", "stack_storage", "stack_reuse", "unwind",
+  "unwind_max_mb",
   "stack_depth", "threads", "kernel_threads" }
 
 --- The -D flags of opts: what changes the program's shape (the stack
@@ -135,7 +137,8 @@ function M.new(ctx, opts, pre)
   if not ctx.proc then
     self:seed_blocked(pre)
   end
-  self.engine = stacks.start(self.bpf, self.program)
+  self.engine = stacks.start(self.bpf, self.program,
+    { max_bytes = opts.unwind_max_mb and opts.unwind_max_mb * 2 ^ 20 })
   self:capture()
   -- the traced processes' mappings for the unwinder (a held command's
   -- are taken at its exec; the tables of what it maps are ready first)
@@ -211,9 +214,9 @@ local function restack(preblocked, pre_tid, opts)
   for tid, t in pairs(preblocked) do
     local p = pre_tid[tid]
     if p and p.exec_start == t.exec_start and p.uaddrs then
-      t.uaddrs, t.uleaf = p.uaddrs, p.uleaf
+      t.uaddrs, t.uleaf, t.utrunc = p.uaddrs, p.uleaf, p.utrunc
     elseif t.regs then
-      t.uaddrs, t.uleaf = snapshot.user_stack(t.pid, t.regs.ip, t.regs.sp, t.regs.bp)
+      t.uaddrs, t.uleaf, t.utrunc = snapshot.user_stack(t.pid, t.regs.ip, t.regs.sp, t.regs.bp)
     end
   end
 end

@@ -275,6 +275,9 @@ function Unwinder:load_proc(pid)
   local regions = {}
   for _, m in ipairs(maps) do
     m.file = m.table and self:load(m.key, m.table) or 0
+    -- (a table not in the kernel, past the cap, is none for a copy either:
+    -- a stack is the same whichever way it was walked)
+    m.table = m.file ~= 0 and m.table or nil
     for g = math.floor(m.start / 65536), math.floor((m["end"] - 1) / 65536) do
       local list = regions[g] or {}
       regions[g] = list
@@ -396,6 +399,33 @@ function M.unwind(maps, read, ip, sp, bp)
     addrs[#addrs + 1] = ip
   end
   return addrs, bit.bor(flags, M.F_DEEP)
+end
+
+-- the mappings walk() read last, by pid, for a second (a snapshot walks
+-- every thread of a process in a row)
+local walk_maps = {}
+
+--- The user stack of a thread of process pid, from its saved registers,
+--- read through /proc/PID/mem (no ptrace stop): addresses (leaf first) and
+--- flags (F_*), as the kernel's walk gives them; nil when the process
+--- cannot be read.
+function M.walk(pid, ip, sp, bp)
+  local now = core.monotonic()
+  local c = walk_maps[pid]
+  if not c or now - c.at > 1 then
+    c = { at = now, maps = M.proc_maps(pid) }
+    walk_maps[pid] = c
+  end
+  local read, close = require("denet.stacks.unwind").memory(pid)
+  if not read or not c.maps or not ip or ip == 0 then
+    if close then
+      close()
+    end
+    return nil
+  end
+  local addrs, flags = M.unwind(c.maps, read, ip, sp, bp)
+  close()
+  return addrs, flags
 end
 
 -- A stack copied by the kernel (a struct dn_uw_copy): its process's

@@ -79,6 +79,28 @@ function M.user(pid, addrs, depth, leaf)
   return M.keep_last(out, depth), M.keep_last(mods, depth)
 end
 
+local build_ids = {}
+
+--- The files user addresses of process pid are in, into `into`
+--- (basename -> { path, build_id }), so that a frame shown as
+--- module+0xOFFSET can be symbolized later, elsewhere. Returns into.
+function M.modules_of(pid, addrs, into)
+  into = into or {}
+  for _, a in ipairs(addrs or {}) do
+    local _, _, module = syms.resolve(pid, a)
+    local base = module and util.basename(module)
+    if base and not into[base] then
+      local bid = build_ids[module]
+      if bid == nil then
+        bid = module:sub(1, 1) == "/" and require("denet.core").uw_build_id(module) or ""
+        build_ids[module] = bid or ""
+      end
+      into[base] = { path = module, build_id = bid ~= "" and bid or nil }
+    end
+  end
+  return into
+end
+
 --- Kernel frames of addrs (leaf first), root first, without the tracing
 --- machinery's frames at the leaf.
 function M.kernel(addrs, depth)

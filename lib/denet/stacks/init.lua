@@ -79,8 +79,9 @@ local Engine = {}
 Engine.__index = Engine
 
 --- Start the learners program (a denet.compose program) was built with:
---- kernel and user stack templates, unwind rules. Returns the engine.
-function M.start(bpf, program)
+--- kernel and user stack templates, unwind rules, the unwinder's tables
+--- (opts.max_bytes: their cap in the kernel). Returns the engine.
+function M.start(bpf, program, opts)
   local self = setmetatable({ bpf = bpf }, Engine)
   if program:has_flag("-DDN_KSTACK_REUSE") then
     self.kt_buf = M.kernel.learner(bpf, program:has_flag("-DDN_SWITCH_RAW"))
@@ -89,7 +90,7 @@ function M.start(bpf, program)
     self.leaf_buf = M.unwind.learner(bpf)
   end
   if program:has_flag("-DDN_DWARF_UNWIND") then
-    self.dwarf = M.dwarf.start(bpf)
+    self.dwarf = M.dwarf.start(bpf, { max_bytes = opts and opts.max_bytes })
     self.dwarf.reuse = program:has_flag("-DDN_USTACK_REUSE")
   elseif program:has_flag("-DDN_USTACK_REUSE") then
     self.ut_buf, self.ut_counts = M.user.learner(bpf)
@@ -141,7 +142,8 @@ local RESOLVER_OPTS = { "depth", "user_only", "kernel_only", "unwinder" }
 function M.resolver(bpf, name, opts)
   require("denet.errors").check_opts("stacks.resolver", opts, RESOLVER_OPTS)
   opts = opts or {}
-  return setmetatable({ map = bpf:get_table(name), opts = opts, ucache = {}, umods = {}, kcache = {} }, Resolver)
+  return setmetatable({ map = bpf:get_table(name), opts = opts, ucache = {}, umods = {}, kcache = {}, modules = {} },
+    Resolver)
 end
 
 --- User frames (root first) and their in-the-program flags of stack id of
@@ -155,14 +157,17 @@ function Resolver:user(tgid, id, leaf)
     local uw = self.opts.unwinder
     if uw and id >= 0 then
       local addrs, flags = uw:stack(id)
-      uf, self.umods[key] = M.frames.user(tgid, addrs or {}, self.opts.depth)
+      local mods
+      uf, mods = M.frames.user(tgid, addrs or {})
+      M.frames.modules_of(tgid, addrs, self.modules)
       if not addrs then
         uf = { "[Missed User Stack]" }
       elseif flags ~= 0 then
         -- the walk stopped short of the entry point
         table.insert(uf, 1, "[truncated]")
-        table.insert(self.umods[key], 1, false)
+        table.insert(mods, 1, false)
       end
+      uf, self.umods[key] = M.frames.keep_last(uf, self.opts.depth), M.frames.keep_last(mods, self.opts.depth)
     elseif id >= 0 then
       uf, self.umods[key] = M.frames.user(tgid, self.map:stack_walk(id), self.opts.depth, leaf)
     elseif self.opts.kernel_only or id == M.STACK_NONE then
@@ -173,6 +178,12 @@ function Resolver:user(tgid, id, leaf)
     self.ucache[key] = uf
   end
   return uf, self.umods[key]
+end
+
+--- The files of the user frames resolved so far: basename -> { path,
+--- build_id }, or nil when none.
+function Resolver:files()
+  return next(self.modules) and self.modules or nil
 end
 
 --- Kernel frames (root first) of stack id; "[Missed Kernel Stack]" when
@@ -197,7 +208,13 @@ end
 function M.of_snapshot(t, depth, kernel_only)
   local uf, mods = {}, nil
   if not kernel_only and t.uaddrs and #t.uaddrs > 0 then
-    uf, mods = M.frames.user(t.pid, t.uaddrs, depth, t.uleaf)
+    uf, mods = M.frames.user(t.pid, t.uaddrs, nil, t.uleaf)
+    if t.utrunc then
+      -- the walk stopped short of the entry point
+      table.insert(uf, 1, "[truncated]")
+      table.insert(mods, 1, false)
+    end
+    uf, mods = M.frames.keep_last(uf, depth), M.frames.keep_last(mods, depth)
   end
   return uf, mods, M.frames.kernel_of_snapshot(t, depth)
 end
