@@ -207,6 +207,20 @@ void dn_pprof_open(lua_State *L);
 void dn_records_open(lua_State *L);
 void dn_unwind_open(lua_State *L);
 
+/* dn_srcline.c: source lines and inlined functions ----------------------- */
+
+struct dn_srcframe {
+	const char *name; /* the function (C++: mangled); NULL: unknown */
+	const char *file; /* its source file, or NULL */
+	int line;
+	int inlined; /* inlined into the next frame */
+};
+/* The frames at file address vaddr of the file at path (inode ino: files
+ * are opened once), innermost first, into out (at most max): the
+ * functions inlined there, then the one they are inlined into. Returns
+ * how many (0: no DWARF for it). The strings live as long as the process. */
+int dn_srcline(const char *path, uint64_t ino, uint64_t vaddr, struct dn_srcframe *out, int max);
+
 /* dn_unwind.c: unwind tables from call frame information ---------------- */
 
 #include <libelf.h>

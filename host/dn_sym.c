@@ -729,6 +729,42 @@ static int l_usyms_frame_rule(lua_State *L)
 	return 3;
 }
 
+/* us:srcinfo(addr, is_return) -> { {name, file, line, inlined}, ... }
+ * innermost first (see dn_srcline.c) | nil when there is no DWARF for it.
+ * A return address is looked up one byte back (the call before it). */
+static int l_usyms_srcinfo(lua_State *L)
+{
+	struct dn_sym_maps **ud = luaL_checkudata(L, 1, USYMS_MT);
+	uint64_t addr = dn_vm_checku64(L, 2), vaddr = 0;
+	int is_return = lua_toboolean(L, 3), n, i;
+	struct mapping *mp = *ud ? maps_locate(*ud, addr, &vaddr) : NULL;
+	struct dn_srcframe fr[16];
+
+	if (!mp || mp->tab->is_vdso ||
+	    (n = dn_srcline(mp->tab->path, mp->tab->ino, vaddr - (is_return ? 1 : 0), fr, 16)) <= 0) {
+		lua_pushnil(L);
+		return 1;
+	}
+	lua_createtable(L, n, 0);
+	for (i = 0; i < n; i++) {
+		lua_createtable(L, 0, 4);
+		if (fr[i].name) {
+			lua_pushstring(L, fr[i].name);
+			lua_setfield(L, -2, "name");
+		}
+		if (fr[i].file) {
+			lua_pushstring(L, fr[i].file);
+			lua_setfield(L, -2, "file");
+			lua_pushinteger(L, fr[i].line);
+			lua_setfield(L, -2, "line");
+		}
+		lua_pushboolean(L, fr[i].inlined);
+		lua_setfield(L, -2, "inlined");
+		lua_rawseti(L, -2, i + 1);
+	}
+	return 1;
+}
+
 /* core.usyms(pid) -> captured mappings | nil, msg, errno */
 static int l_usyms(lua_State *L)
 {
@@ -970,6 +1006,7 @@ void dn_sym_open(lua_State *L)
 	static const luaL_Reg umethods[] = {
 		{ "resolve", l_usyms_resolve },
 		{ "frame_rule", l_usyms_frame_rule },
+		{ "srcinfo", l_usyms_srcinfo },
 		{ "count", l_usyms_count },
 		{ NULL, NULL },
 	};

@@ -84,7 +84,8 @@ static int l_cputime(lua_State *L)
  * libbcc) sits idle: give its heap back (malloc_trim) and page its
  * libraries out of our resident set (MADV_PAGEOUT; clean file pages, so
  * nothing is lost, and a later compile faults them back in). Only mappings
- * of libLLVM, libclang and libbcc are touched. */
+ * of libLLVM, libclang and libbcc.so (the compiler's copy of libbcc) are
+ * touched. */
 static int l_release_compiler_memory(lua_State *L)
 {
 	FILE *f = fopen("/proc/self/maps", "re");
@@ -102,7 +103,8 @@ static int l_release_compiler_memory(lua_State *L)
 
 		if (!path || sscanf(line, "%llx-%llx", &start, &end) != 2)
 			continue;
-		if (!strstr(path, "libLLVM") && !strstr(path, "libclang") && !strstr(path, "libbcc"))
+		/* (not libbcc_bpf: its map calls serve the whole run) */
+		if (!strstr(path, "libLLVM") && !strstr(path, "libclang") && !strstr(path, "/libbcc.so"))
 			continue;
 		if (madvise((void *)(uintptr_t)start, (size_t)(end - start), 21 /* MADV_PAGEOUT */) == 0)
 			total += end - start;

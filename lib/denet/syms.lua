@@ -130,6 +130,14 @@ function M.frame_rule(pid, addr, is_return)
   return kind, cfa, ra
 end
 
+--- The source lines and inlined functions at a user address of pid (a
+--- return address when is_return), innermost first: { {name, file,
+--- line, inlined}, ... } from the file's DWARF, or nil.
+function M.srcinfo(pid, addr, is_return)
+  local m = proc(pid)
+  return m and m:srcinfo(addr, is_return) or nil
+end
+
 --- Resolve a user address of pid: name|nil, offset, module. offset is
 --- from the symbol, or the module's ELF address when no symbol covers it.
 -- C++ names demangled once each

@@ -151,7 +151,8 @@ describe("unwind tables", function()
       -- our frames are root first, "-", then the kernel's
       local ours = {}
       for i = #t.user_addrs, 1, -1 do
-        ours[#ours + 1] = t.frames[i]
+        -- (a frame eu-stack leaves unnamed is module+offset here)
+        ours[#ours + 1] = names[#ours + 1] == "" and t.frames[i]:match("^[^+;]+%+0x%x+$") and "" or t.frames[i]
       end
       assert.same(names, ours)
     end
@@ -186,12 +187,12 @@ describe("unwind tables", function()
     -- git waiting for input (a pipe nobody writes to)
     local repo = H.tmpdir()
     assert.equals(0, (H.sh("git init -q " .. H.quote(repo))))
-    pid = started("sleep 60 | exec git -C " .. H.quote(repo) .. " cat-file --batch", "git", 0)
+    pid = started("sleep 60 | exec /usr/bin/git -C " .. H.quote(repo) .. " cat-file --batch", "git", 0)
     ok, e = pcall(now_vs_eu, pid, false)
     os.execute("kill " .. pid)
     assert(ok, e)
     -- python3: the interpreter's C frames, named
-    pid = started("exec python3 -c 'import time; time.sleep(30)'", "python3", 230)
+    pid = started("exec /usr/bin/python3 -c 'import time; time.sleep(30)'", "python3", 230)
     ok, e = pcall(now_vs_eu, pid, true)
     os.execute("kill " .. pid)
     assert(ok, e)
@@ -257,12 +258,17 @@ describe("unwind tables", function()
       -- blocking inside a signal handler: through the signal frame
       { "sig_nofp", "_start;__libc_start_main;__libc_start_call_main;main;trigger;raise;"
         .. "__pthread_kill_implementation;__restore_rt;handler;in_handler;__nanosleep;clock_nanosleep" },
-      -- C++, names demangled
-      { "cxx_nofp", "_start;__libc_start_main;__libc_start_call_main;main;fx::Sleeper::run(int);fx::nap(long);"
-        .. "__nanosleep;clock_nanosleep" },
+      -- C++, names demangled, functions inlined (the std::function call,
+      -- sleep_for) as frames of their own
+      { "cxx_nofp", "_start;__libc_start_main;__libc_start_call_main;main;fx::Sleeper::run(int);"
+        .. "std::function<void ()>::operator()() const;fx::nap(long);"
+        .. "void std::this_thread::sleep_for<long, std::ratio<1l, 1000l> >(std::chrono::duration<long, "
+        .. "std::ratio<1l, 1000l> > const&);__nanosleep;clock_nanosleep" },
     }) do
       for _, mode in ipairs({ "on", "verify" }) do
-        local r = offcpu({ "--stack-reuse", mode }, { H.fixture(c[1]), "6", "10" })
+        -- (blocks long enough for user space to read the process's mappings
+        -- while the first is blocked, on a loaded machine)
+        local r = offcpu({ "--stack-reuse", mode }, { H.fixture(c[1]), "6", "60" })
         local got = sleeps(r, c[1])
         assert.same({ [c[2]] = 6 }, got)
         assert.equals(0, r.ustack_reuse.wrong, c[1])
@@ -338,6 +344,63 @@ describe("unwind tables", function()
       assert.same({ [want] = 2 }, sleeps(cjson.decode(out), "stripped"))
     end)
     os.execute("kill " .. dpid)
+    assert(ok, e)
+  end)
+
+  it("an inlined function is a frame of its own, with the lines of each frame, as eu-stack -i -s shows", function()
+    -- the fixture's lines the frames must show
+    local src = H.slurp(H.source .. "/tests/fixtures/nofp/inline_nofp.c")
+    local line_of = {}
+    local n = 0
+    for l in (src .. "\n"):gmatch("([^\n]*)\n") do
+      n = n + 1
+      local mark = l:match("LINE%-([%w_]+)")
+      if mark then
+        line_of[mark] = n
+      end
+    end
+    local r = offcpu({}, { H.fixture("inline_nofp"), "3", "60" })
+    local st
+    for _, x in ipairs(r.stacks) do
+      if x.category == "sleep" and x.comm == "inline_nofp" then
+        st = x
+      end
+    end
+    assert.is_not_nil(st)
+    assert.equals(3, st.count)
+    local user = table.concat(st.frames, ";"):match("^(.-);%-;")
+    assert.equals("_start;__libc_start_main;__libc_start_call_main;main;outer;wait_here;__nanosleep;clock_nanosleep",
+      user)
+    assert.equals("inline_nofp.c:" .. line_of.outer, st.user_lines[5])
+    assert.equals("inline_nofp.c:" .. line_of.wait_here, st.user_lines[6])
+    -- the text report shows them
+    local code, text = H.denet({ "script", "offcpu", "--", H.fixture("inline_nofp"), "1", "60" })
+    assert.equals(0, code)
+    assert.matches("wait_here %(inline_nofp%.c:" .. line_of.wait_here .. "%)", text)
+    -- eu-stack -i -s on the process blocked: the same functions and lines
+    local pid = started("exec " .. H.quote(H.fixture("inline_nofp")) .. " 1 30000", "inline_nofp", 230)
+    local ok, e = pcall(function()
+      local c, out, err = H.sh("eu-stack -i -s -p " .. pid)
+      assert.equals(0, c, err)
+      local eu = {}
+      for name, file, line in out:gmatch("\n#%d+[ \t]+0x%x+[ \t]+([%w_]+)\n[ \t]+([^\n:]+):(%d+)") do
+        if file:match("inline_nofp%.c$") then
+          eu[#eu + 1] = name .. " " .. line
+        end
+      end
+      local c2, out2, err2 = H.denet({ "script", "offcpu", "--now", "--json", "-p", tostring(pid) })
+      assert.equals(0, c2, err2)
+      local t = cjson.decode(out2).threads[1]
+      local ours = {}
+      for i = #t.user_lines, 1, -1 do
+        if t.user_lines[i]:match("^inline_nofp%.c:") then
+          ours[#ours + 1] = t.frames[i] .. " " .. t.user_lines[i]:match(":(%d+)$")
+        end
+      end
+      assert.same(eu, ours)
+      assert.equals(3, #ours) -- wait_here, outer, main
+    end)
+    os.execute("kill " .. pid)
     assert(ok, e)
   end)
 end)

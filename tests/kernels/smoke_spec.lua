@@ -55,7 +55,9 @@ describe("on this kernel", function()
 
   it("denet script offcpu: a program without frame pointers, its stacks whole to _start from the first block",
     function()
-      local r = json_of({ "script", "offcpu", "--json", "--", H.fixture("deep_nofp"), "5", "20" })
+      -- (blocks long enough for the process's mappings to be read while it
+      -- is blocked, in an emulated guest)
+      local r = json_of({ "script", "offcpu", "--json", "--", H.fixture("deep_nofp"), "5", "200" })
       local n = 0
       for _, st in ipairs(r.stacks) do
         if st.category == "sleep" and st.comm == "deep_nofp" then

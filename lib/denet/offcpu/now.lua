@@ -45,12 +45,13 @@ local function thread_entry(t, st, taken_ns, opts, modules)
   if t.state == "R" then
     return r
   end
-  local uf, mods, kf = stacks.of_snapshot(t, opts.stack_depth)
+  local uf, mods, kf, lines = stacks.of_snapshot(t, opts.stack_depth)
   local sysname = t.syscall >= 0 and sysnames.name(t.syscall) or nil
   r.syscall = sysname or ""
   r.category = classify.category(st, sysname, kf)
   r.blocked_for_us = t.since_ns and math.max(0, taken_ns - t.since_ns) / 1000
   r.user, r.user_mods, r.kernel_frames = uf, mods, kf
+  r.user_lines = require("denet.offcpu.report").lines_or_nil(lines)
   -- the user frames' addresses, root first (as eu-stack -p gives them,
   -- leaf first), and the files they are in
   if t.uaddrs and #uf > 0 then

@@ -187,8 +187,10 @@ local function places_text(w, report, top)
     local s = report.stacks[i]
     w("  %s %d (tid %d): %.1f ms in %d blocks, %s%s", s.comm, s.pid, s.tid, s.us / 1000, s.count, s.category,
       s.syscall ~= "" and (" in " .. s.syscall) or "")
+    local lines = s.user_lines or {}
     for j = #s.frames, 1, -1 do
-      w("      %s", s.frames[j])
+      local l = lines[j]
+      w("      %s%s", s.frames[j], l and l ~= "" and (" (" .. l .. ")") or "")
     end
   end
 end

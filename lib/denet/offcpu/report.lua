@@ -85,16 +85,16 @@ local function frames_of(t, k)
     t.snap_frames = t.snap_frames or {}
     local f = t.snap_frames[k.tid]
     if not f then
-      local uf, mods, kf = stacks.of_snapshot(snap, t.opts.stack_depth, t.opts.kernel_only
+      local uf, mods, kf, lines = stacks.of_snapshot(snap, t.opts.stack_depth, t.opts.kernel_only
         or k.ustack ~= stacks.STACK_SNAPSHOT)
-      f = { uf, mods, t.opts.user_only and {} or kf }
+      f = { uf, mods, t.opts.user_only and {} or kf, lines }
       t.snap_frames[k.tid] = f
     end
-    return f[1], f[2], f[3]
+    return f[1], f[2], f[3], f[4]
   end
   local r = resolver(t)
-  local uf, mods = r:user(k.tgid, k.ustack, k.leaf)
-  return uf, mods, r:kernel(k.kstack)
+  local uf, mods, lines = r:user(k.tgid, k.ustack, k.leaf)
+  return uf, mods, r:kernel(k.kstack), lines
 end
 
 -- The kernel frames of an entry's block (root first).
@@ -228,6 +228,16 @@ local function account(threads, comms, by_sys, e, cat, sysname)
   return th
 end
 
+--- The source lines of user frames ("file.c:LINE" or "" each), or nil
+--- when none is known.
+function M.lines_or_nil(lines)
+  for _, l in ipairs(lines or {}) do
+    if l ~= "" then
+      return lines
+    end
+  end
+end
+
 -- The stacks of the entries, merged where they name the same frames, and
 -- the thread and syscall totals.
 local function stacks_of(t, entries, threads, comms)
@@ -236,7 +246,7 @@ local function stacks_of(t, entries, threads, comms)
     local k = e.k
     local cat, sysname = category_of(t, k)
     local th = account(threads, comms, by_sys, e, cat, sysname)
-    local uf, mods, kf = frames_of(t, k)
+    local uf, mods, kf, lines = frames_of(t, k)
     local frames = stacks.frames.join(uf, kf)
     -- two kernel stack ids can name the same frames (one taken while
     -- another tracer's frame sat at the leaf): one entry
@@ -248,7 +258,7 @@ local function stacks_of(t, entries, threads, comms)
     else
       list[#list + 1] = { pid = k.tgid, tid = k.tid, comm = th.comm, category = cat, syscall = sysname or "",
         us = e.total_ns / 1000, count = e.count, max_us = e.max_ns / 1000, frames = frames, user = uf,
-        user_mods = mods }
+        user_mods = mods, user_lines = M.lines_or_nil(lines) }
       merged[mkey] = list[#list]
     end
   end

@@ -440,7 +440,13 @@ function Unwinder:on_copy(rec)
     known = known or (ip >= m.start and ip < m["end"])
   end
   if not known then
-    maps = self:load_proc(pid) or maps or {}
+    local now = self:load_proc(pid)
+    if not now then
+      -- gone before its mappings could be read: its frames in files
+      -- mapped since the last read are unknown
+      self.gone = (self.gone or 0) + 1
+    end
+    maps = now or maps or {}
   end
   local sp0, len, data = tonumber(rec.sp), rec.len, rec.data
   local function read(addr)
@@ -473,7 +479,8 @@ end
 
 --- Counters: walks, whole, truncated, copied (unwound in user space),
 --- copies_lost, not_stored, frames, reused (stacks reused from templates),
---- wrong (reuses a walk disagreed with, in verify mode); files (tables loaded), dropped (for
+--- wrong (reuses a walk disagreed with, in verify mode), gone (copies of
+--- processes that exited before their mappings could be read); files (tables loaded), dropped (for
 --- the cap), bytes (of tables in the kernel).
 function Unwinder:stats()
   local t = self.bpf:get_table("dn_uw_stats")
@@ -487,7 +494,7 @@ function Unwinder:stats()
   for _, f in pairs(self.loaded) do
     files = files + (f.id and 1 or 0)
   end
-  out.files, out.dropped, out.table_bytes = files, self.dropped, self.bytes
+  out.files, out.dropped, out.table_bytes, out.gone = files, self.dropped, self.bytes, self.gone or 0
   return out
 end
 

@@ -56,9 +56,12 @@ function M.user_names(pid, addrs, opts)
 end
 
 --- User frames of process pid, root first, and for each whether it is in
---- the program itself (not the runtime), for naming call sites. addrs:
---- leaf first; leaf: the frames the walk lost below the first (spliced in
---- after it); depth: keep that many frames nearest the block.
+--- the program itself (not the runtime), for naming call sites, and its
+--- source line ("file.c:LINE", or "" when unknown). Where the file has
+--- DWARF, a function inlined at an address is a frame of its own (as
+--- `perf report --inline` and `eu-stack -i` show it). addrs: leaf first;
+--- leaf: the frames the walk lost below the first (spliced in after it);
+--- depth: keep that many frames nearest the block.
 function M.user(pid, addrs, depth, leaf)
   if leaf and leaf[1] and #addrs > 0 then
     local all = { addrs[1] }
@@ -70,13 +73,23 @@ function M.user(pid, addrs, depth, leaf)
     end
     addrs = all
   end
-  local out, mods = {}, {}
+  local out, mods, lines = {}, {}, {}
   for i = #addrs, 1, -1 do -- root first
-    out[#out + 1] = syms.usym(pid, addrs[i])
+    local name = syms.usym(pid, addrs[i])
     local _, _, module = syms.resolve(pid, addrs[i])
-    mods[#out] = not M.is_runtime_module(module)
+    local mine = not M.is_runtime_module(module)
+    local info = syms.srcinfo(pid, addrs[i], i > 1)
+    local n = info and #info or 0
+    -- the function the address is in (named by the symbol table), then
+    -- what was inlined into it, innermost last
+    for j = math.max(n, 1), 1, -1 do
+      local f = info and info[j]
+      out[#out + 1] = (j == n and not (f and f.inlined) or not f or not f.name) and name or syms.demangle(f.name)
+      mods[#out] = mine
+      lines[#out] = f and f.file and (util.basename(f.file) .. ":" .. f.line) or ""
+    end
   end
-  return M.keep_last(out, depth), M.keep_last(mods, depth)
+  return M.keep_last(out, depth), M.keep_last(mods, depth), M.keep_last(lines, depth)
 end
 
 local build_ids = {}

@@ -142,11 +142,12 @@ local RESOLVER_OPTS = { "depth", "user_only", "kernel_only", "unwinder" }
 function M.resolver(bpf, name, opts)
   require("denet.errors").check_opts("stacks.resolver", opts, RESOLVER_OPTS)
   opts = opts or {}
-  return setmetatable({ map = bpf:get_table(name), opts = opts, ucache = {}, umods = {}, kcache = {}, modules = {} },
-    Resolver)
+  return setmetatable({ map = bpf:get_table(name), opts = opts, ucache = {}, umods = {}, ulines = {}, kcache = {},
+    modules = {} }, Resolver)
 end
 
---- User frames (root first) and their in-the-program flags of stack id of
+--- User frames (root first), their in-the-program flags and source lines
+--- ("file.c:LINE" or "") of stack id of
 --- process tgid; leaf: the frames the walk lost (addresses). A kernel
 --- thread's (STACK_NONE) are none; a stack not read is "[Missed User
 --- Stack]".
@@ -155,29 +156,32 @@ function Resolver:user(tgid, id, leaf)
   local uf = self.ucache[key]
   if not uf then
     local uw = self.opts.unwinder
+    local mods, lines = {}, {}
     if uw and id >= 0 then
       local addrs, flags = uw:stack(id)
-      local mods
-      uf, mods = M.frames.user(tgid, addrs or {})
+      uf, mods, lines = M.frames.user(tgid, addrs or {})
       M.frames.modules_of(tgid, addrs, self.modules)
       if not addrs then
-        uf = { "[Missed User Stack]" }
+        uf, mods, lines = { "[Missed User Stack]" }, { false }, { "" }
       elseif flags ~= 0 then
         -- the walk stopped short of the entry point
         table.insert(uf, 1, "[truncated]")
         table.insert(mods, 1, false)
+        table.insert(lines, 1, "")
       end
-      uf, self.umods[key] = M.frames.keep_last(uf, self.opts.depth), M.frames.keep_last(mods, self.opts.depth)
     elseif id >= 0 then
-      uf, self.umods[key] = M.frames.user(tgid, self.map:stack_walk(id), self.opts.depth, leaf)
+      uf, mods, lines = M.frames.user(tgid, self.map:stack_walk(id), nil, leaf)
     elseif self.opts.kernel_only or id == M.STACK_NONE then
       uf = {}
     else
-      uf = { "[Missed User Stack]" }
+      uf, mods, lines = { "[Missed User Stack]" }, { false }, { "" }
     end
+    local depth = self.opts.depth
+    uf = M.frames.keep_last(uf, depth)
+    self.umods[key], self.ulines[key] = M.frames.keep_last(mods, depth), M.frames.keep_last(lines, depth)
     self.ucache[key] = uf
   end
-  return uf, self.umods[key]
+  return uf, self.umods[key], self.ulines[key]
 end
 
 --- The files of the user frames resolved so far: basename -> { path,
@@ -204,19 +208,20 @@ function Resolver:kernel(id)
 end
 
 --- Frames of a thread a snapshot read (denet.snapshot): user frames and
---- flags, kernel frames, root first.
+--- flags, kernel frames, root first, and the user frames' source lines.
 function M.of_snapshot(t, depth, kernel_only)
-  local uf, mods = {}, nil
+  local uf, mods, lines = {}, nil, nil
   if not kernel_only and t.uaddrs and #t.uaddrs > 0 then
-    uf, mods = M.frames.user(t.pid, t.uaddrs, nil, t.uleaf)
+    uf, mods, lines = M.frames.user(t.pid, t.uaddrs, nil, t.uleaf)
     if t.utrunc then
       -- the walk stopped short of the entry point
       table.insert(uf, 1, "[truncated]")
       table.insert(mods, 1, false)
+      table.insert(lines, 1, "")
     end
-    uf, mods = M.frames.keep_last(uf, depth), M.frames.keep_last(mods, depth)
+    uf, mods, lines = M.frames.keep_last(uf, depth), M.frames.keep_last(mods, depth), M.frames.keep_last(lines, depth)
   end
-  return uf, mods, M.frames.kernel_of_snapshot(t, depth)
+  return uf, mods, M.frames.kernel_of_snapshot(t, depth), lines
 end
 
 --- Read the kernel's symbols now, if not yet (a tracer does it while it
