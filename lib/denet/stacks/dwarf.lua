@@ -344,7 +344,8 @@ end
 --- read(addr); and its flags (F_*).
 function M.unwind(maps, read, ip, sp, bp)
   local addrs, flags = { ip }, 0
-  local is_return, bp_lost = false, false
+  -- (no rbp known: a rule from it stops the walk)
+  local is_return, bp_lost = false, bp == nil
   while #addrs <= M.FRAMES do
     local m
     for _, x in ipairs(maps) do
