@@ -79,6 +79,48 @@ print("; ".join("%s stacks: %d reused, %d walked, %d reused stacks the walk disa
                 % (k, r[k + "stack_reuse"]["reused"], r[k + "stack_reuse"]["walked"], r[k + "stack_reuse"]["wrong"])
                 for k in ("k", "u")))' "$tmp/verify.json")
 
+# How deep are the load's user stacks? perf is built without frame
+# pointers: denet's (from the verify run) against bpftrace's ustack.
+depth() {
+  /usr/bin/python3 -c '
+import json, re, sys
+kind, path = sys.argv[1], sys.argv[2]
+stacks = []  # (count, user frames leaf first)
+if kind == "denet":
+    r = json.load(open(path))
+    for s in r["stacks"]:
+        if s["comm"] == "sched-pipe":
+            user = s["frames"][:s["frames"].index("-")] if "-" in s["frames"] else s["frames"]
+            stacks.append((s["count"], list(reversed(user))))
+else:
+    text = open(path).read()
+    for body, n in re.findall(r"@\[\n(.*?)\]: (\d+)", text, re.S):
+        stacks.append((int(n), [l.strip() for l in body.strip().splitlines()]))
+total = sum(n for n, _ in stacks) or 1
+whole = sum(n for n, f in stacks if any(x.startswith("__libc_start_main") for x in f))
+frames = sum(n * len(f) for n, f in stacks) / total
+top = max(stacks, key=lambda x: x[0])[1] if stacks else []
+print("%.0f%% of the blocks reach __libc_start_main, %.1f user frames on average; the most frequent: %s"
+      % (100.0 * whole / total, frames, " <- ".join(top)))' "$@"
+}
+"$denet" script offcpu -d 120 --json >"$tmp/depth.json" 2>/dev/null &
+bg=$!
+until [ "$(prog_stats | awk '{print $2}')" -gt 0 ]; do sleep 0.05; done
+bench >/dev/null
+kill -INT $bg
+wait $bg 2>/dev/null || true
+bg=
+bpftrace -e 'tracepoint:sched:sched_switch /comm == "sched-pipe"/ { @[ustack] = count(); }' \
+  >"$tmp/depth.bt" 2>/dev/null &
+bg=$!
+until [ "$(prog_stats | awk '{print $2}')" -gt 0 ]; do sleep 0.05; done
+bench >/dev/null
+kill -INT $bg
+wait $bg 2>/dev/null || true
+bg=
+depth_denet=$(depth denet "$tmp/depth.json")
+depth_bt=$(depth bpftrace "$tmp/depth.bt")
+
 base=$(awk '$1 == "bare" {print $2}' "$tmp/res" | med)
 {
   echo "# Off-CPU tracing: perf bench sched pipe -l $loops"
@@ -106,4 +148,8 @@ base=$(awk '$1 == "bare" {print $2}' "$tmp/res" | med)
   echo "switch of the load is another process's."
   echo
   echo "Stack reuse checked (--stack-reuse verify, one more run of the load): $verify."
+  echo
+  echo "User stacks of the load (Debian's perf, built without frame pointers): denet (from unwind tables):"
+  echo "$depth_denet."
+  echo "bpftrace (frame pointers): $depth_bt."
 } | tee "$out/offcpu.md"

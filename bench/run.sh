@@ -6,4 +6,5 @@ build=$(cd "${1:-$here/../build}" && pwd)
 "$here/startup.sh" "$build"
 "$here/monitor.sh" "$build"
 "$here/offcpu.sh" "$build"
+"$here/unwind.sh" "$build"
 "$here/syscalls.sh" "$build"

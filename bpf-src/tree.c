@@ -114,6 +114,11 @@ static __always_inline int dn_wanted(u32 tgid, u32 tid)
 static __always_inline void dn_offcpu_thread_start(u32 tid, u32 tgid);
 static __always_inline void dn_offcpu_thread_exit(u32 tid);
 #endif
+#ifdef DN_DWARF_UNWIND
+/* defined by unwind.c: what a forked or exec'd process maps */
+static __always_inline void dn_uw_on_fork(u32 parent, u32 child);
+static __always_inline void dn_uw_on_exec(u32 tgid);
+#endif
 #ifdef DN_INSYS_HASH
 /* defined by insys.c: a thread's record goes with the thread */
 static __always_inline void dn_insys_thread_exit(u32 tid);
@@ -131,6 +136,10 @@ static __always_inline int dn_on_newtask(void *ctx, u32 child, u64 clone_flags)
 #ifdef DN_HOOK_OFFCPU
 	if (dn_wanted(parent, (u32)cur))
 		dn_offcpu_thread_start(child, (clone_flags & DN_CLONE_THREAD) ? parent : child);
+#endif
+#ifdef DN_DWARF_UNWIND
+	if (!(clone_flags & DN_CLONE_THREAD))
+		dn_uw_on_fork(parent, child);
 #endif
 	if (!dn_is_tracked(parent))
 		return 0;
@@ -163,6 +172,9 @@ static __always_inline int dn_on_newtask(void *ctx, u32 child, u64 clone_flags)
 static __always_inline int dn_on_exec(void *ctx, u32 old_pid, u32 pid, struct dn_tree_event *e)
 {
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+#ifdef DN_DWARF_UNWIND
+	dn_uw_on_exec(tgid);
+#endif
 	struct dn_task *t = dn_is_tracked(tgid);
 	if (!t)
 		return 0;

@@ -76,10 +76,10 @@ struct dn_uw_state {
 	u32 is_return; /* ip is a return address (look up ip - 1) */
 	u32 calls;     /* tail calls so far */
 	u32 bp_lost;
-	u32 gen;    /* the process's mappings' generation (dn_uw_procs) */
-	u32 nreads; /* words the walk read (kept: the first DN_UWT_READS) */
-	s32 expect; /* verify mode: the id a template gave (0: none) */
-	u32 pad;
+	u32 gen;               /* the process's mappings' generation (dn_uw_procs) */
+	u32 map_tgid;          /* whose regions hold its mappings (itself, or its parent) */
+	u32 nreads;            /* words the walk read (kept: the first DN_UWT_READS) */
+	s32 expect;            /* verify mode: the id a template gave (0: none) */
 	struct dn_uwt_key key; /* the registers, as a template's key */
 	u64 rd_addr[DN_UWT_READS];
 	u64 rd_val[DN_UWT_READS];
@@ -112,8 +112,14 @@ BPF_F_TABLE("lru_hash", struct dn_uwt_key, struct dn_uwt, dn_uwt, 8192, 0);
 
 BPF_F_TABLE("hash", struct dn_uw_page_key, struct dn_uw_page, dn_uw_pages, DN_UW_PAGES, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", struct dn_uw_region_key, struct dn_uw_region, dn_uw_regions, 1048576, BPF_F_NO_PREALLOC);
-/* tgid -> 1: its mappings are loaded (an address in none is not mapped) */
-BPF_F_TABLE("hash", u32, u32, dn_uw_procs, 65536, BPF_F_NO_PREALLOC);
+/* tgid -> its mappings are loaded (an address in none is not mapped):
+ * their generation, and for a process forked since (before user space
+ * loaded its own), the process whose regions it shares */
+struct dn_uw_proc {
+	u32 gen;
+	u32 alias;
+};
+BPF_F_TABLE("hash", u32, struct dn_uw_proc, dn_uw_procs, 65536, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", u32, struct dn_uw_stack, dn_uw_stacks, DN_UW_STACKS, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(dn_uw_state, struct dn_uw_state, 1);
 #ifdef DN_USTACK_REUSE
@@ -126,6 +132,14 @@ BPF_RINGBUF_OUTPUT(dn_uw_miss, 512);
  * stored (the map full or a hash collision), [6] frames walked, [7]
  * stacks reused, [8] reuses a walk disagreed with (verify mode) */
 BPF_PERCPU_ARRAY(dn_uw_stats, u64, 9);
+/* copies of each process's stacks to user space: a bucket of
+ * DN_UW_COPY_BURST, one more every DN_UW_COPY_GAP ns */
+struct dn_uw_bucket {
+	u64 last, tokens;
+};
+BPF_F_TABLE("lru_hash", u32, struct dn_uw_bucket, dn_uw_asked, 4096, 0);
+#define DN_UW_COPY_GAP 2000000ULL
+#define DN_UW_COPY_BURST 16
 /* a sequence for the ids of copied stacks */
 BPF_PERCPU_ARRAY(dn_uw_seq, u32, 1);
 
@@ -226,8 +240,9 @@ static __always_inline s32 dn_uw_begin(u32 tgid, u32 tid)
 	s->st.n = 0;
 	s->st.flags = 0;
 	s->st.hash = 0xcbf29ce484222325ULL;
-	u32 *gen = dn_uw_procs.lookup(&tgid);
-	s->gen = gen ? *gen : 0;
+	struct dn_uw_proc *gen = dn_uw_procs.lookup(&tgid);
+	s->gen = gen ? gen->gen : 0;
+	s->map_tgid = gen && gen->alias ? gen->alias : tgid;
 #ifdef DN_USTACK_REUSE
 	s->key.tgid = tgid;
 	s->key.way = 0;
@@ -328,7 +343,7 @@ static __always_inline int dn_uw_read(struct dn_uw_state *s, u64 addr, u64 *v)
 static __always_inline int dn_uw_frame(struct dn_uw_state *s)
 {
 	u64 bias = 0;
-	s64 file = dn_uw_find_map(s->tgid, s->ip, &bias);
+	s64 file = dn_uw_find_map(s->map_tgid, s->ip, &bias);
 	if (file < 0)
 		return DN_UW_MISS;
 	if (!file) {
@@ -446,17 +461,40 @@ static __always_inline void dn_uw_finish(struct dn_uw_state *s)
  * its own (bit 30 set: never a hash id). */
 static __always_inline void dn_uw_copy_out(struct dn_uw_state *s)
 {
-	s->active = 0;
+	/* at most DN_UW_COPY_BURST copies of a process at once, then one
+	 * every DN_UW_COPY_GAP ns (a process that blocks 100 000 times a
+	 * second would fill the ring before user space has loaded its
+	 * mappings); without one, the stack is what was walked, from the IP,
+	 * marked truncated at the unknown mapping */
+	u64 now = bpf_ktime_get_ns();
+	struct dn_uw_bucket *b = dn_uw_asked.lookup(&s->tgid), fresh = { now, DN_UW_COPY_BURST };
 	int zero = 0;
 	u32 *seq = dn_uw_seq.lookup(&zero);
-	struct dn_uw_copy *c = dn_uw_miss.ringbuf_reserve(sizeof(struct dn_uw_copy));
+	struct dn_uw_copy *c = NULL;
+	if (!b) {
+		dn_uw_asked.update(&s->tgid, &fresh);
+		b = dn_uw_asked.lookup(&s->tgid);
+	}
+	if (b) {
+		u64 t = b->tokens + (now - b->last) / DN_UW_COPY_GAP;
+		b->tokens = t > DN_UW_COPY_BURST ? DN_UW_COPY_BURST : t;
+		b->last = now;
+		if (b->tokens > 0) {
+			b->tokens--;
+			c = dn_uw_miss.ringbuf_reserve(sizeof(struct dn_uw_copy));
+		}
+	}
 	if (!seq || !c) {
 		if (c)
 			dn_uw_miss.ringbuf_discard(c, 0);
 		dn_uw_count(4, 1);
-		dn_uw_deliver(s->tid, -12);
+		if (s->st.n == 0)
+			dn_uw_push(s);
+		s->st.flags |= DN_UW_F_NOTABLE;
+		dn_uw_finish(s);
 		return;
 	}
+	s->active = 0;
 	*seq += 1;
 	s32 id = (s32)(0x40000000U | ((bpf_get_smp_processor_id() & 0xff) << 22) | (*seq & 0x3fffff));
 	c->tgid = s->tgid;
@@ -485,7 +523,7 @@ int dn_uw_walk(void *ctx)
 	struct dn_uw_state *s = dn_uw_state.lookup(&zero);
 	if (!s || !s->active)
 		return 0;
-	u32 *known = dn_uw_procs.lookup(&s->tgid);
+	struct dn_uw_proc *known = dn_uw_procs.lookup(&s->tgid);
 	if (!known) {
 		dn_uw_copy_out(s);
 		return 0;
@@ -517,6 +555,26 @@ int dn_uw_walk(void *ctx)
 	s->st.flags |= DN_UW_F_DEEP;
 	dn_uw_finish(s);
 	return 0;
+}
+
+/* tree.c's hooks: a process forked (not a thread) maps what its parent
+ * maps until it execs or maps more (an address in none of the parent's
+ * mappings then copies its stack, and user space loads its own); one that
+ * exec'd has none loaded. */
+static __always_inline void dn_uw_on_fork(u32 parent, u32 child)
+{
+	struct dn_uw_proc *p = dn_uw_procs.lookup(&parent);
+	if (!p)
+		return;
+	struct dn_uw_proc c = { p->gen, p->alias ? p->alias : parent };
+	dn_uw_procs.update(&child, &c);
+}
+
+static __always_inline void dn_uw_on_exec(u32 tgid)
+{
+	dn_uw_procs.delete(&tgid);
+	/* a new program: its first blocks may be copied at once */
+	dn_uw_asked.delete(&tgid);
 }
 
 /* From the sched_switch probe, once every hook has run. */

@@ -39,6 +39,7 @@
 #include <libelf.h>
 
 #include <bcc/libbpf.h>
+#include <bpf/bpf.h>
 
 #include "dn.h"
 
@@ -659,13 +660,38 @@ static size_t rows_in(const struct dn_uw_row *r, size_t n, uint64_t base, uint64
 	return b < a ? 0 : (size_t)(b - a + 1);
 }
 
+/* pages written to the map in batches (one syscall for many) */
+#define DN_UW_BATCH 1024
+
 struct page_out {
 	int fd;
 	uint32_t file;
-	struct dn_uw_page_key *keys;
+	struct dn_uw_page_key *keys; /* every key written */
 	size_t nkeys, cap;
+	struct dn_uw_page *vals; /* the batch's values (its keys: the last of keys) */
+	size_t nbatch;
 	int err;
 };
+
+/* Write the batch of pages waiting. */
+static void flush_pages(struct page_out *o)
+{
+	__u32 count = (__u32)o->nbatch;
+
+	if (o->err || o->nbatch == 0 || o->fd < 0) {
+		o->nbatch = 0;
+		return;
+	}
+	if (bpf_map_update_batch(o->fd, o->keys + o->nkeys - o->nbatch, o->vals, &count, NULL) != 0) {
+		/* (kernels without batches for hash maps: one at a time) */
+		size_t i;
+
+		for (i = 0; i < o->nbatch && !o->err; i++)
+			if (bpf_update_elem(o->fd, &o->keys[o->nkeys - o->nbatch + i], &o->vals[i], 0) != 0)
+				o->err = errno;
+	}
+	o->nbatch = 0;
+}
 
 static void put_page(struct page_out *o, uint32_t page, const struct dn_uw_page *v)
 {
@@ -673,10 +699,6 @@ static void put_page(struct page_out *o, uint32_t page, const struct dn_uw_page 
 
 	if (o->err)
 		return;
-	if (o->fd >= 0 && bpf_update_elem(o->fd, &k, (void *)v, 0) != 0) {
-		o->err = errno;
-		return;
-	}
 	if (o->nkeys == o->cap) {
 		size_t cap = o->cap ? 2 * o->cap : 256;
 		void *p = realloc(o->keys, cap * sizeof(*o->keys));
@@ -689,6 +711,18 @@ static void put_page(struct page_out *o, uint32_t page, const struct dn_uw_page 
 		o->cap = cap;
 	}
 	o->keys[o->nkeys++] = k;
+	if (o->fd < 0)
+		return;
+	if (!o->vals) {
+		o->vals = malloc(DN_UW_BATCH * sizeof(*o->vals));
+		if (!o->vals) {
+			o->err = ENOMEM;
+			return;
+		}
+	}
+	o->vals[o->nbatch++] = *v;
+	if (o->nbatch == DN_UW_BATCH)
+		flush_pages(o);
 }
 
 /* Write the pages of rows r[0..n) of file o->file into the map. */
@@ -731,11 +765,13 @@ static void dn_uw_pages(const struct dn_uw_row *r, size_t n, struct page_out *o)
  * dn_uw_page_key) | nil, why, errno. map_fd < 0: the keys only. */
 static int l_uw_load(lua_State *L)
 {
-	struct page_out o = { (int)luaL_checkinteger(L, 1), (uint32_t)luaL_checkinteger(L, 2), NULL, 0, 0, 0 };
+	struct page_out o = { (int)luaL_checkinteger(L, 1), (uint32_t)luaL_checkinteger(L, 2), NULL, 0, 0, NULL, 0, 0 };
 	size_t len;
 	const char *rows = luaL_checklstring(L, 3, &len);
 
 	dn_uw_pages((const struct dn_uw_row *)rows, len / sizeof(struct dn_uw_row), &o);
+	flush_pages(&o);
+	free(o.vals);
 	if (o.err) {
 		free(o.keys);
 		return dn_vm_fail(L, o.err, "unwind table not loaded: %s", strerror(o.err));

@@ -218,8 +218,12 @@ function M.build(spec)
     autoattach = spec.autoattach, before_attach = function(b)
       write_configs(b, set, opts_of)
       if flag_set["-DDN_DWARF_UNWIND"] then
-        -- the user stack walker's chain of tail calls, before any switch
-        require("denet.stacks.dwarf").arm(b, flag_set["-DDN_SWITCH_RAW"])
+        -- the user stack walker's chain of tail calls, before any switch,
+        -- and what feeds it (kept on the program: features load the
+        -- processes they trace into it before the probes go live)
+        local dwarf = require("denet.stacks.dwarf")
+        dwarf.arm(b, flag_set["-DDN_SWITCH_RAW"])
+        b.unwinder = dwarf.start(b)
       end
       if spec.before_attach then
         spec.before_attach(b)

@@ -247,10 +247,10 @@ function Run:_build()
     end,
     -- the window begins as the probes go live: no block a program
     -- records starts before it
-    before_attach = function()
+    before_attach = function(bpf)
       for _, f in ipairs(self:active()) do
         if f.d.before_attach then
-          self.pre[f.name] = f.d.before_attach(f.opts, self.target)
+          self.pre[f.name] = f.d.before_attach(f.opts, self.target, bpf)
         end
       end
       self.t0_ns = core.monotonic_ns()

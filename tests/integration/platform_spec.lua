@@ -219,14 +219,20 @@ local function beside(cmdline)
   local pidfile = H.tmpfile(".pid")
   os.execute(string.format("(exec %s >/dev/null 2>&1) & echo $! > %s", cmdline, pidfile))
   local pid = tonumber(H.slurp(pidfile))
-  assert.is_true(H.wait_attached(pid), cmdline)
-  return function()
+  -- stopped whatever happens: Ctrl-C, then SIGKILL if it is still there
+  local function stop()
     os.execute("kill -INT " .. pid .. " 2>/dev/null")
     local t1 = core.monotonic()
     while core.read_stat(pid) and core.monotonic() - t1 < 10 do
       denet.sleep(0.05)
     end
+    os.execute("kill -KILL " .. pid .. " 2>/dev/null")
   end
+  if not H.wait_attached(pid) then
+    stop()
+    error(cmdline .. ": never attached")
+  end
+  return stop
 end
 
 describe("beside other tracers", function()
@@ -241,7 +247,11 @@ describe("beside other tracers", function()
 
   it("the same counts and stacks while a second denet and bpftrace trace the same events", function()
     local stop1 = beside(H.quote(H.bin) .. " script offcpu -d 120")
-    local stop2 = beside("bpftrace -e 'tracepoint:raw_syscalls:sys_enter { @[comm] = count(); }'")
+    local ok2, stop2 = pcall(beside, "bpftrace -e 'tracepoint:raw_syscalls:sys_enter { @[comm] = count(); }'")
+    if not ok2 then
+      stop1()
+      error(stop2, 0)
+    end
     local ok, err = pcall(function()
       assert_mix((json_of({ "script", "syscalls", "--json", "-T", "50", "--", H.fixture("syscall_mix") })))
       assert_sleeps((json_of({ "script", "offcpu", "--json", "--", H.fixture("sleep_loop"), "10", "50" })))

@@ -25,9 +25,10 @@
 --                 (which parts are in, map sizes, stack kinds); a list
 --   prepare(opts) runs before the program is built (loads what must be
 --                 ready as the probes go live)
---   before_attach(opts, target)  once the program is loaded, right before
---                 its probes go live (to read what the window starts
---                 from); what it returns is start's `pre`
+--   before_attach(opts, target, bpf)  once the program is loaded, right
+--                 before its probes go live (to read what the window
+--                 starts from, to fill maps); what it returns is start's
+--                 `pre`
 --   start(ctx, opts, pre)  once the program is loaded, attached and the
 --                 targets known; returns the feature's state. ctx: the
 --                 run (bpf, program, tree, proc, target, t0_ns)

@@ -63,6 +63,10 @@ return {
     ctx:every(0.25, function()
       t:capture()
     end)
+    -- the unwinder's mappings of processes that have exited go
+    ctx:every(2, function()
+      t.engine:sweep()
+    end)
     -- the report names kernel frames: read the kernel's symbols while
     -- tracing, once the start's burst of stacks to learn is through
     if not opts.user_only then

@@ -107,13 +107,32 @@ end
 --- begins. Once the probes are live they are read again without stacks,
 --- so the gap in which a block can end unseen is short; a block that went
 --- on since keeps the stack read here. Returns the threads (start's pre).
-function M.before_attach(opts, target)
+function M.before_attach(opts, target, bpf)
   if not target or (target.cmd and #target.cmd > 0) then
     return nil
   end
   local pids = target_pids(target)
   if pids and #pids == 0 then
     return nil
+  end
+  -- the targets' mappings (every process's, machine-wide) and their
+  -- files' tables, for the unwinder, before tracing starts
+  local uw = bpf and bpf.unwinder
+  if uw then
+    uw.max_bytes = opts.unwind_max_mb and opts.unwind_max_mb * 2 ^ 20 or uw.max_bytes
+    local self_pid = core.ids().pid
+    local all = pids
+    if not all then
+      all = {}
+      for _, name in ipairs(core.list_dir("/proc") or {}) do
+        all[#all + 1] = tonumber(name:match("^%d+$"))
+      end
+    end
+    for _, pid in ipairs(all) do
+      if pid ~= self_pid then
+        uw:load_proc(pid)
+      end
+    end
   end
   -- every CPU's clock offset, so the read after needs none measured
   local all = {}
@@ -148,7 +167,7 @@ function M.new(ctx, opts, pre)
   end
   for pid in pairs(self.tree.live) do
     if not ctx.proc or pid ~= ctx.proc.pid then
-      self.engine:process(pid)
+      self.engine:process(pid, true)
     end
   end
   return self

@@ -301,7 +301,7 @@ function Unwinder:load_proc(pid)
   self.region_keys[pid] = regions
   -- a new generation: templates of the old mappings no longer match
   self.gen = (self.gen or 0) + 1
-  self.procs:set(pid, self.gen)
+  self.procs:set(pid, { gen = self.gen, alias = 0 })
   self.proc_at[pid] = maps
   return maps
 end
@@ -329,6 +329,33 @@ function Unwinder:preload(argv0)
     local key = core.uw_file_key(path)
     if key then
       self:load(key, M.table_of(path, key))
+    end
+  end
+end
+
+--- Process pid exited: its mappings go (the kernel's map of them, and
+--- what user space kept).
+function Unwinder:forget(pid)
+  for g in pairs(self.region_keys[pid] or {}) do
+    pcall(self.regions.delete, self.regions, { tgid = pid, region = g })
+  end
+  pcall(self.procs.delete, self.procs, pid)
+  self.region_keys[pid], self.proc_at[pid] = nil, nil
+end
+
+--- Forget the processes that have exited since the last sweep (their
+--- stacks copied to user space were unwound by then: one sweep late).
+function Unwinder:sweep()
+  local gone = self.exited or {}
+  for pid, maps in pairs(gone) do
+    if self.proc_at[pid] == maps then
+      self:forget(pid)
+    end
+  end
+  self.exited = {}
+  for pid, maps in pairs(self.proc_at) do
+    if not core.stat("/proc/" .. pid) then
+      self.exited[pid] = maps
     end
   end
 end

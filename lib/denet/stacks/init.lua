@@ -90,12 +90,20 @@ function M.start(bpf, program, opts)
     self.leaf_buf = M.unwind.learner(bpf)
   end
   if program:has_flag("-DDN_DWARF_UNWIND") then
-    self.dwarf = M.dwarf.start(bpf, { max_bytes = opts and opts.max_bytes })
+    self.dwarf = bpf.unwinder or M.dwarf.start(bpf)
+    self.dwarf.max_bytes = opts and opts.max_bytes or self.dwarf.max_bytes
     self.dwarf.reuse = program:has_flag("-DDN_USTACK_REUSE")
   elseif program:has_flag("-DDN_USTACK_REUSE") then
     self.ut_buf, self.ut_counts = M.user.learner(bpf)
   end
   return self
+end
+
+--- Drop the unwinder's mappings of processes that have exited.
+function Engine:sweep()
+  if self.dwarf then
+    self.dwarf:sweep()
+  end
 end
 
 --- A held command is about to run (argv0, its program): the unwinder's
@@ -106,10 +114,11 @@ function Engine:preload(argv0)
   end
 end
 
---- Process pid exec'd, or begins to be traced: its mappings for the
---- unwinder (when the program walks from unwind tables).
-function Engine:process(pid)
-  if self.dwarf then
+--- Process pid exec'd or forked, or begins to be traced: its mappings
+--- for the unwinder (when the program walks from unwind tables);
+--- unless_loaded: not when they were loaded already.
+function Engine:process(pid, unless_loaded)
+  if self.dwarf and not (unless_loaded and self.dwarf.proc_at[pid]) then
     self.dwarf:exec(pid)
   end
 end
