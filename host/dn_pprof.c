@@ -6,7 +6,7 @@
  *   { sample_types = { {type, unit}, ... }, period_type = {type, unit},
  *     period = n, default_sample_type = "type", time_nanos = n,
  *     duration_nanos = n, comments = { "...", ... },
- *     samples = { { stack = { {name, file}, ... } (leaf first),
+ *     samples = { { stack = { {name, file [, line]}, ... } (leaf first),
  *                   values = { n, ... },
  *                   labels = { {key, str} | {key, num, unit}, ... } }, ... } }
  * Strings are interned into the string table; each distinct (name, file)
@@ -165,11 +165,13 @@ static int64_t intern(struct builder *b, const char *s)
 	return (int64_t)b->nstrings++;
 }
 
-/* the location id of frame (name, file), made on first sight */
-static uint64_t frame_location(struct builder *b, const char *name, const char *file)
+/* the location id of frame (name, file, source line: 0 when unknown),
+ * made on first sight */
+static uint64_t frame_location(struct builder *b, const char *name, const char *file, int64_t lineno)
 {
 	int64_t ni = intern(b, name), fi = intern(b, file);
-	uint64_t h = (fnv(&fi, sizeof(fi), fnv(&ni, sizeof(ni), 14695981039346656037ULL))) | 1;
+	uint64_t h =
+	        fnv(&lineno, sizeof(lineno), fnv(&fi, sizeof(fi), fnv(&ni, sizeof(ni), 14695981039346656037ULL))) | 1;
 	size_t j;
 	Function *f;
 	Location *l;
@@ -181,7 +183,8 @@ static uint64_t frame_location(struct builder *b, const char *name, const char *
 	}
 	for (j = h & (b->funcs.cap - 1); b->funcs.keys[j]; j = (j + 1) & (b->funcs.cap - 1)) {
 		f = b->functions[b->funcs.vals[j]];
-		if (b->funcs.keys[j] == h && f->name == ni && f->filename == fi)
+		if (b->funcs.keys[j] == h && f->name == ni && f->filename == fi &&
+		    b->locations[b->funcs.vals[j]]->line[0]->line == lineno)
 			return f->id;
 	}
 	if (b->nfuncs == b->capfuncs) {
@@ -215,6 +218,7 @@ static uint64_t frame_location(struct builder *b, const char *name, const char *
 	f->system_name = ni;
 	f->filename = fi;
 	line->function_id = f->id;
+	line->line = lineno;
 	l->id = f->id;
 	l->n_line = 1;
 	l->line = arena_alloc(&b->a, sizeof(Line *));
@@ -277,7 +281,12 @@ static Sample *sample(struct builder *b, lua_State *L, int t)
 	s->location_id = arena_alloc(&b->a, sizeof(uint64_t) * (size_t)n);
 	for (i = 0; i < n && s->location_id; i++) {
 		lua_rawgeti(L, sub, i + 1);
-		s->location_id[i] = frame_location(b, field_str(L, lua_gettop(L), 1), field_str(L, lua_gettop(L), 2));
+		int fr = lua_gettop(L);
+
+		lua_rawgeti(L, fr, 3);
+		int64_t lineno = (int64_t)lua_tonumber(L, -1);
+		lua_pop(L, 1);
+		s->location_id[i] = frame_location(b, field_str(L, fr, 1), field_str(L, fr, 2), lineno);
 		lua_pop(L, 1);
 	}
 	s->n_location_id = (size_t)n;

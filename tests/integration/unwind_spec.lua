@@ -373,10 +373,17 @@ describe("unwind tables", function()
       user)
     assert.equals("inline_nofp.c:" .. line_of.outer, st.user_lines[5])
     assert.equals("inline_nofp.c:" .. line_of.wait_here, st.user_lines[6])
-    -- the text report shows them
-    local code, text = H.denet({ "script", "offcpu", "--", H.fixture("inline_nofp"), "1", "60" })
+    -- the text report shows them, and a pprof profile has them
+    local pb = H.tmpfile(".pb.gz")
+    local code, text = H.denet({ "script", "offcpu", "--pprof", pb, "--", H.fixture("inline_nofp"), "1", "60" })
     assert.equals(0, code)
     assert.matches("wait_here %(inline_nofp%.c:" .. line_of.wait_here .. "%)", text)
+    local pc, decoded, perr = H.sh("zcat " .. H.quote(pb) .. " | protoc --decode perftools.profiles.Profile -I "
+      .. H.quote(H.source .. "/proto") .. " " .. H.quote(H.source .. "/proto/profile.proto"))
+    assert.equals(0, pc, perr)
+    assert.matches('string_table: "inline_nofp.c"', decoded, 1, true)
+    assert.matches("\n    line: " .. line_of.wait_here .. "\n", decoded, 1, true)
+    assert.matches("\n    line: " .. line_of.outer .. "\n", decoded, 1, true)
     -- eu-stack -i -s on the process blocked: the same functions and lines
     local pid = started("exec " .. H.quote(H.fixture("inline_nofp")) .. " 1 30000", "inline_nofp", 230)
     local ok, e = pcall(function()

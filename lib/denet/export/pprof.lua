@@ -6,32 +6,30 @@
 --
 -- Two sample types: off-CPU time in nanoseconds (the default) and the
 -- number of blocks. Each stack is a sample, leaf first: kernel frames
--- (file "[kernel.kallsyms]") under user frames (file: their module).
+-- (file "[kernel.kallsyms]") under user frames (file and line: their
+-- source's, where DWARF has it).
 -- Labels: thread ("comm:tid"), pid and tid (numbers), category, syscall.
 local core = require("denet.core")
 local errors = require("denet.errors")
 
 local M = {}
 
-local function basename(p)
-  return type(p) == "string" and require("denet.util").basename(p) or ""
-end
-
 --- The profile table core.pprof_write takes, from an off-CPU report.
 function M.profile(report)
   local samples = {}
   for _, s in ipairs(report.stacks or {}) do
-    local nuser = #(s.user or {})
-    local mods = s.user_mods or {}
+    local lines = s.user_lines or {}
     local stack = {}
-    -- frames run from the root: user frames, "-", kernel frames
+    -- frames run from the root: user frames, "-", kernel frames; a user
+    -- frame's file is its source file where DWARF has its line
     local kernel = false
     local at = {}
     for i, f in ipairs(s.frames) do
       if f == "-" then
         kernel = true
       else
-        at[#at + 1] = { f, kernel and "[kernel.kallsyms]" or basename(i <= nuser and mods[i] or nil) }
+        local file, line = (lines[i] or ""):match("^(.*):(%d+)$")
+        at[#at + 1] = { f, kernel and "[kernel.kallsyms]" or file or "", tonumber(line) }
       end
     end
     for i = #at, 1, -1 do
