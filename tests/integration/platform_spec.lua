@@ -38,8 +38,9 @@ local function assert_mix(r)
   assert.equals(777, row(r.syscalls, "openat").errors.ENOENT)
 end
 
--- sleep_loop 10 50: 500 ms asleep in 10 blocks in nap(), __schedule the leaf
-local function assert_sleeps(r)
+-- sleep_loop 10 50 FILE: 500 ms asleep in 10 blocks in nap() (FILE: how
+-- long they took, as the fixture's clock saw them), __schedule the leaf
+local function assert_sleeps(r, took)
   local t
   for _, th in ipairs(r.threads) do
     if th.comm == "sleep_loop" then
@@ -47,7 +48,7 @@ local function assert_sleeps(r)
     end
   end
   assert.is_not_nil(t)
-  assert.is_true(H.sleeps_within(r, t.by_category.sleep or 0, 500000, 50000))
+  assert.is_true(H.sleeps_within(r, t.by_category.sleep or 0, tonumber(H.slurp(took)), 50000))
   assert.is_true(H.blocks_within(r, row(r.syscalls, "clock_nanosleep").blocks, 10))
   local s = r.stacks[1]
   assert.equals("__schedule", s.frames[#s.frames])
@@ -75,8 +76,9 @@ describe("features forced off (DENET_DISABLE)", function()
   end)
 
   it("offcpu: the same sleeps and stacks without task storage, stack reuse, ring buffer or BTF", function()
-    local r, err = json_of({ "script", "offcpu", "--json", "--", H.fixture("sleep_loop"), "10", "50" }, ALL)
-    assert_sleeps(r)
+    local took = H.tmpfile(".us")
+    local r, err = json_of({ "script", "offcpu", "--json", "--", H.fixture("sleep_loop"), "10", "50", took }, ALL)
+    assert_sleeps(r, took)
     assert.is_nil(r.kstack_reuse)
     assert.matches("no stack reuse", err)
     assert.matches("kernel threads cannot be told apart", err)
@@ -239,10 +241,11 @@ describe("beside other tracers", function()
   it("the same stacks with an ftrace event on sched_switch: no tracing frame, __schedule the leaf", function()
     local en = require("denet.sys").tracefs() .. "/events/sched/sched_switch/enable"
     H.write(en, "1")
-    local ok, r = pcall(json_of, { "script", "offcpu", "--json", "--", H.fixture("sleep_loop"), "10", "50" })
+    local took = H.tmpfile(".us")
+    local ok, r = pcall(json_of, { "script", "offcpu", "--json", "--", H.fixture("sleep_loop"), "10", "50", took })
     H.write(en, "0")
     assert.is_true(ok, tostring(r))
-    assert_sleeps(r)
+    assert_sleeps(r, took)
   end)
 
   it("the same counts and stacks while a second denet and bpftrace trace the same events", function()
@@ -254,7 +257,8 @@ describe("beside other tracers", function()
     end
     local ok, err = pcall(function()
       assert_mix((json_of({ "script", "syscalls", "--json", "-T", "50", "--", H.fixture("syscall_mix") })))
-      assert_sleeps((json_of({ "script", "offcpu", "--json", "--", H.fixture("sleep_loop"), "10", "50" })))
+      local took = H.tmpfile(".us")
+      assert_sleeps((json_of({ "script", "offcpu", "--json", "--", H.fixture("sleep_loop"), "10", "50", took })), took)
     end)
     stop2()
     stop1()
