@@ -65,13 +65,20 @@ kill $idle
 
 # Are reused stacks right? Once more in verify mode: every reused
 # stack is also walked, and disagreements are counted.
-"$denet" script offcpu -d 120 --stack-reuse verify --json >"$tmp/verify.json" 2>"$tmp/verify.err" &
-bg=$!
-until [ "$(prog_stats | awk '{print $2}')" -gt 0 ]; do sleep 0.05; done
-bench >/dev/null
-kill -INT $bg
-wait $bg 2>/dev/null || true
-bg=
+# trace_load OUT CMD...: run the tracer CMD (its stdout to OUT) through
+# one run of the load
+trace_load() {
+  local o=$1
+  shift
+  "$@" >"$o" 2>/dev/null &
+  bg=$!
+  until [ "$(prog_stats | awk '{print $2}')" -gt 0 ]; do sleep 0.05; done
+  bench >/dev/null
+  kill -INT $bg
+  wait $bg 2>/dev/null || true
+  bg=
+}
+trace_load "$tmp/verify.json" "$denet" script offcpu -d 120 --stack-reuse verify --json
 verify=$(/usr/bin/python3 -c '
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -80,7 +87,7 @@ print("; ".join("%s stacks: %d reused, %d walked, %d reused stacks the walk disa
                 for k in ("k", "u")))' "$tmp/verify.json")
 
 # How deep are the load's user stacks? perf is built without frame
-# pointers: denet's (from the verify run) against bpftrace's ustack.
+# pointers: denet's against bpftrace's ustack.
 depth() {
   /usr/bin/python3 -c '
 import json, re, sys
@@ -103,21 +110,8 @@ top = max(stacks, key=lambda x: x[0])[1] if stacks else []
 print("%.0f%% of the blocks reach __libc_start_main, %.1f user frames on average; the most frequent: %s"
       % (100.0 * whole / total, frames, " <- ".join(top)))' "$@"
 }
-"$denet" script offcpu -d 120 --json >"$tmp/depth.json" 2>/dev/null &
-bg=$!
-until [ "$(prog_stats | awk '{print $2}')" -gt 0 ]; do sleep 0.05; done
-bench >/dev/null
-kill -INT $bg
-wait $bg 2>/dev/null || true
-bg=
-bpftrace -e 'tracepoint:sched:sched_switch /comm == "sched-pipe"/ { @[ustack] = count(); }' \
-  >"$tmp/depth.bt" 2>/dev/null &
-bg=$!
-until [ "$(prog_stats | awk '{print $2}')" -gt 0 ]; do sleep 0.05; done
-bench >/dev/null
-kill -INT $bg
-wait $bg 2>/dev/null || true
-bg=
+trace_load "$tmp/depth.json" "$denet" script offcpu -d 120 --json
+trace_load "$tmp/depth.bt" bpftrace -e 'tracepoint:sched:sched_switch /comm == "sched-pipe"/ { @[ustack] = count(); }'
 depth_denet=$(depth denet "$tmp/depth.json")
 depth_bt=$(depth bpftrace "$tmp/depth.bt")
 

@@ -225,7 +225,8 @@ int dn_srcline(const char *path, uint64_t ino, uint64_t vaddr, struct dn_srcfram
 
 #include <libelf.h>
 /* The rows of elf's .eh_frame (or .debug_frame), sorted and merged, into
- * *rows (malloc'd; the caller frees) and *n: 0; or -1 with why. */
+ * *rows (malloc'd, NULL when there are none; the caller frees) and *n: 0;
+ * or -1 with why. */
 int dn_uw_build_elf(Elf *elf, struct dn_uw_row **rows, size_t *n, char *why, size_t wn);
 
 /* dn_sym.c: the user-space resolver, also used by C unit tests ----------- */

@@ -496,10 +496,7 @@ int dn_uw_build_elf(Elf *elf, struct dn_uw_row **rows, size_t *n, char *why, siz
 	if (walk_section(&b, cfi, elf, data, is_eh ? sh.sh_addr : 0, is_eh, why, wn) < 0)
 		goto out;
 	finish(&b);
-	if (b.n == 0) {
-		snprintf(why, wn, "its call frame information describes no code");
-		goto out;
-	}
+	/* (no FDE at all is a table with no rows: a stub library) */
 	*rows = b.rows;
 	*n = b.n;
 	b.rows = NULL;
@@ -526,6 +523,26 @@ static void build_id_hex(Elf *elf, char *out, size_t on)
 		snprintf(out + 2 * i, 3, "%02x", ((const unsigned char *)id)[i]);
 }
 
+/* The ELF file at path, open (its descriptor into *fd), or NULL with
+ * nil, why, errno pushed. */
+static Elf *open_elf(lua_State *L, const char *path, int *fd)
+{
+	Elf *elf;
+
+	elf_version(EV_CURRENT);
+	*fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (*fd < 0) {
+		dn_vm_fail(L, errno, "%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	elf = elf_begin(*fd, ELF_C_READ_MMAP, NULL);
+	if (!elf) {
+		close(*fd);
+		dn_vm_fail(L, EINVAL, "%s: not an ELF file", path);
+	}
+	return elf;
+}
+
 /* core.uw_table(path) -> rows (packed struct dn_uw_row, sorted), build-id
  * (hex, "" when none), executable load segments { {offset, vaddr, memsz} }
  * | nil, why */
@@ -536,18 +553,11 @@ static int l_uw_table(lua_State *L)
 	struct dn_uw_row *rows;
 	GElf_Phdr segs[16];
 	size_t n, i, nph = 0, nsegs = 0;
-	Elf *elf;
 	int fd, rc;
+	Elf *elf = open_elf(L, path, &fd);
 
-	elf_version(EV_CURRENT);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return dn_vm_fail(L, errno, "%s: %s", path, strerror(errno));
-	elf = elf_begin(fd, ELF_C_READ_MMAP, NULL);
-	if (!elf) {
-		close(fd);
-		return dn_vm_fail(L, EINVAL, "%s: not an ELF file", path);
-	}
+	if (!elf)
+		return 3;
 	build_id_hex(elf, bid, sizeof(bid));
 	/* the executable load segments: where the file's addresses are mapped */
 	if (elf_getphdrnum(elf, &nph) == 0)
@@ -584,18 +594,11 @@ static int l_uw_build_id(lua_State *L)
 {
 	const char *path = luaL_checkstring(L, 1);
 	char bid[128];
-	Elf *elf;
 	int fd;
+	Elf *elf = open_elf(L, path, &fd);
 
-	elf_version(EV_CURRENT);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return dn_vm_fail(L, errno, "%s: %s", path, strerror(errno));
-	elf = elf_begin(fd, ELF_C_READ_MMAP, NULL);
-	if (!elf) {
-		close(fd);
-		return dn_vm_fail(L, EINVAL, "%s: not an ELF file", path);
-	}
+	if (!elf)
+		return 3;
 	build_id_hex(elf, bid, sizeof(bid));
 	elf_end(elf);
 	close(fd);

@@ -130,6 +130,24 @@ function H.denet(args, prefix)
   return H.sh((prefix or "") .. H.quote(H.bin) .. " " .. table.concat(q, " "))
 end
 
+--- `denet script offcpu --json OPTS -- ARGV`: its report, decoded (it
+--- must exit 0).
+function H.offcpu(opts, argv)
+  local args = { "script", "offcpu", "--json" }
+  for _, o in ipairs(opts) do
+    args[#args + 1] = o
+  end
+  args[#args + 1] = "--"
+  for _, a in ipairs(argv) do
+    args[#args + 1] = a
+  end
+  local code, out, err = H.denet(args)
+  if code ~= 0 then
+    error(string.format("denet exited %s: %s", tostring(code), err), 2)
+  end
+  return require("cjson").decode(out)
+end
+
 -- Tests that drop privileges run this install, readable by every user,
 -- not the checkout (which may sit in a 0700 folder).
 H.readable = os.getenv("DENET_READABLE")

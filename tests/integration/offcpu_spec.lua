@@ -2,19 +2,7 @@
 -- category, the functions in the stacks, the filters, and the outputs.
 local cjson = require("cjson")
 
-local function offcpu(opts, argv)
-  local args = { "script", "offcpu", "--json" }
-  for _, o in ipairs(opts) do
-    args[#args + 1] = o
-  end
-  args[#args + 1] = "--"
-  for _, a in ipairs(argv) do
-    args[#args + 1] = a
-  end
-  local code, out, err = H.denet(args)
-  assert.equals(0, code, err)
-  return cjson.decode(out)
-end
+local offcpu = H.offcpu
 
 local function thread(report, comm, pick)
   local found = {}

@@ -237,19 +237,7 @@ describe("unwind tables", function()
     return out
   end
 
-  local function offcpu(args, argv)
-    local all = { "script", "offcpu", "--json" }
-    for _, a in ipairs(args) do
-      all[#all + 1] = a
-    end
-    all[#all + 1] = "--"
-    for _, a in ipairs(argv) do
-      all[#all + 1] = a
-    end
-    local code, out, err = H.denet(all)
-    assert.equals(0, code, err)
-    return cjson.decode(out)
-  end
+  local offcpu = H.offcpu
 
   it("offcpu: programs without frame pointers, every frame to _start from the first block", function()
     for _, c in ipairs({

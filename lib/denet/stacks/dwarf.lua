@@ -89,9 +89,10 @@ local function from_cache(bid)
 end
 
 --- The unwind table of the file at path (key: how the file is known, its
---- device and inode): { rows, n, segs, bid } or { why } when its call
---- frame information cannot be read (said once on stderr).
-function M.table_of(path, key)
+--- device and inode; name: how a message names it, path by default):
+--- { rows, n, segs, bid } or { why } when its call frame information
+--- cannot be read (said once on stderr).
+function M.table_of(path, key, name)
   local t = tables[key]
   if t then
     return t
@@ -108,10 +109,11 @@ function M.table_of(path, key)
       end
     else
       t = { why = b or "unreadable" }
-      if not said[path] then
-        said[path] = true
+      name = name or path
+      if not said[name] then
+        said[name] = true
         io.stderr:write(string.format("denet: no unwind table for %s: %s; its frames are marked truncated\n",
-          path, t.why))
+          name, t.why))
       end
     end
   end
@@ -256,7 +258,7 @@ function M.proc_maps(pid)
   for _, m in ipairs(maps or {}) do
     -- (the mapped file itself, whatever its path says now)
     local t = m.path:sub(1, 1) == "/" and M.table_of("/proc/" .. pid .. "/map_files/"
-      .. string.format("%x-%x", m.start, m["end"]), m.key)
+      .. string.format("%x-%x", m.start, m["end"]), m.key, m.path)
     m.table = t and t.rows and t or nil
     m.bias = bias_of(m, t and t.segs)
   end
