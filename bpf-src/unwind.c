@@ -34,7 +34,7 @@
 #define DN_UW_STACKS 16384
 #endif
 #ifndef DN_UW_PAGES
-#define DN_UW_PAGES 262144
+#define DN_UW_PAGES 1048576 /* (~264 bytes each: the 256 MiB cap) */
 #endif
 #ifndef DN_UW_STEP
 #define DN_UW_STEP 8

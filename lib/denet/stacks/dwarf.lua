@@ -156,7 +156,7 @@ end
 function M.start(bpf, opts)
   opts = opts or {}
   local self = setmetatable({ bpf = bpf, pages = bpf:get_table("dn_uw_pages"), procs = bpf:get_table("dn_uw_procs"),
-    regions = bpf:get_table("dn_uw_regions"), region_keys = {},
+    regions = bpf:get_table("dn_uw_regions"), region_keys = {}, loaded_at = {},
     stacks = bpf:get_table("dn_uw_stacks"), loaded = {}, next_file = 1, bytes = 0, dropped = 0,
     max_bytes = opts.max_bytes or 256 * 2 ^ 20, copied = {}, proc_at = {}, lru = {}, tick = 0,
     page_bytes = ffi.sizeof(bpf:get_table("dn_uw_pages").leaf.ct) + 64 }, Unwinder)
@@ -301,6 +301,7 @@ function Unwinder:load_proc(pid)
     self.regions:set({ tgid = pid, region = g }, v)
   end
   self.region_keys[pid] = regions
+  self.loaded_at[pid] = core.monotonic()
   -- a new generation: templates of the old mappings no longer match
   self.gen = (self.gen or 0) + 1
   self.procs:set(pid, { gen = self.gen, alias = 0 })
@@ -342,7 +343,7 @@ function Unwinder:forget(pid)
     pcall(self.regions.delete, self.regions, { tgid = pid, region = g })
   end
   pcall(self.procs.delete, self.procs, pid)
-  self.region_keys[pid], self.proc_at[pid] = nil, nil
+  self.region_keys[pid], self.proc_at[pid], self.loaded_at[pid] = nil, nil, nil
 end
 
 --- Forget the processes that have exited since the last sweep (their
@@ -469,7 +470,12 @@ function Unwinder:on_copy(rec)
   for _, m in ipairs(maps or {}) do
     known = known or (ip >= m.start and ip < m["end"])
   end
-  if not known then
+  -- a copy means the kernel did not know the address: what user space
+  -- holds is missing it or stale (the process exec'd since: its old image
+  -- may have had something mapped there), so it is read again, once in a
+  -- burst of copies
+  local fresh = core.monotonic() - (self.loaded_at[pid] or 0) < 0.05
+  if not (known and fresh) then
     local now = self:load_proc(pid)
     if not now then
       -- gone before its mappings could be read: its frames in files
