@@ -120,6 +120,10 @@ struct dn_uw_proc {
 	u32 alias;
 };
 BPF_F_TABLE("hash", u32, struct dn_uw_proc, dn_uw_procs, 65536, BPF_F_NO_PREALLOC);
+/* tgid -> how many times it exec'd: user space reads it before and after
+ * it reads a process's mappings, and drops what it loaded when an exec
+ * came in between (the mappings read may be of the image before) */
+BPF_F_TABLE("lru_hash", u32, u32, dn_uw_execs, 65536, 0);
 BPF_F_TABLE("hash", u32, struct dn_uw_stack, dn_uw_stacks, DN_UW_STACKS, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(dn_uw_state, struct dn_uw_state, 1);
 #ifdef DN_USTACK_REUSE
@@ -529,6 +533,15 @@ int dn_uw_walk(void *ctx)
 		return 0;
 	}
 	if (s->calls == 0) {
+		/* a process forked since: its parent's mappings are its own
+		 * until the parent's change (an exec, a reload) */
+		if (known->alias) {
+			struct dn_uw_proc *parent = dn_uw_procs.lookup(&known->alias);
+			if (!parent || parent->gen != known->gen) {
+				dn_uw_copy_out(s);
+				return 0;
+			}
+		}
 		dn_uw_count(0, 1);
 		dn_uw_push(s);
 	}
@@ -572,6 +585,11 @@ static __always_inline void dn_uw_on_fork(u32 parent, u32 child)
 
 static __always_inline void dn_uw_on_exec(u32 tgid)
 {
+	u32 one = 1, *n = dn_uw_execs.lookup(&tgid);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	else
+		dn_uw_execs.update(&tgid, &one);
 	dn_uw_procs.delete(&tgid);
 	/* a new program: its first blocks may be copied at once */
 	dn_uw_asked.delete(&tgid);

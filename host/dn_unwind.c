@@ -776,8 +776,13 @@ static int l_uw_load(lua_State *L)
 	flush_pages(&o);
 	free(o.vals);
 	if (o.err) {
+		size_t i;
+
+		/* none of it: a table in part would cut walks where rows are missing */
+		for (i = 0; o.fd >= 0 && i < o.nkeys; i++)
+			bpf_delete_elem(o.fd, &o.keys[i]);
 		free(o.keys);
-		return dn_vm_fail(L, o.err, "unwind table not loaded: %s", strerror(o.err));
+		return dn_vm_fail(L, o.err, "%s", strerror(o.err));
 	}
 	lua_pushlstring(L, (const char *)o.keys, o.nkeys * sizeof(*o.keys));
 	free(o.keys);

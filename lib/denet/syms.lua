@@ -100,6 +100,17 @@ function M.capture(pid)
   return true
 end
 
+--- Process pid was forked by ppid: it has ppid's capture (the same
+--- mappings, at fork) until it is captured itself; read now when ppid has
+--- none.
+function M.inherit(pid, ppid)
+  if procs[ppid] then
+    procs[pid] = procs[ppid]
+  else
+    M.capture(pid)
+  end
+end
+
 --- Forget a capture (the pid may be reused).
 function M.forget(pid)
   procs[pid] = nil

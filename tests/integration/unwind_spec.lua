@@ -265,6 +265,28 @@ describe("unwind tables", function()
     end
   end)
 
+  it("offcpu: a forked process's stacks stay whole when its parent execs another program", function()
+    -- the subshell shares its parent's mappings in the kernel until the
+    -- parent execs; without address randomization python3 then maps its
+    -- code where dash's was, so the subshell's later waits would be walked
+    -- by python3's rules
+    local script = "sleep 0.3; (for i in 1 2 3 4; do sleep 0.2; done) & "
+      .. "exec /usr/bin/python3 -c 'import time; time.sleep(1.2)'"
+    local r = offcpu({}, { "setarch", "-R", "/bin/sh", "-c", script })
+    local n = 0
+    for _, st in ipairs(r.stacks) do
+      local all = table.concat(st.frames, ";")
+      if st.comm == "sh" and all:find(";do_wait;", 1, true) then
+        local user = all:match("^(.-);%-;")
+        assert.matches("^dash%+0x%x+;__libc_start_main;__libc_start_call_main;dash%+0x%x+;.*;wait4$", user)
+        n = n + st.count
+      end
+    end
+    -- (the subshell's four; the parent's wait for the first sleep is
+    -- reported under the name of what it exec'd next)
+    assert.equals(4, n)
+  end)
+
   it("offcpu: tables past --unwind-max-mb are dropped, and their stacks marked truncated", function()
     local r = offcpu({ "--unwind-max-mb", "0.05" }, { H.fixture("deep_nofp"), "3", "10" })
     local n = 0
@@ -274,6 +296,37 @@ describe("unwind tables", function()
     end
     assert.equals(3, n)
     assert.is_true(r.truncated_stacks >= 3)
+  end)
+
+  it("a table the kernel's map has no room for is not loaded at all, and said so once", function()
+    local ffi = require("ffi")
+    local records = require("denet.records")
+    local libc = "/lib/x86_64-linux-gnu/libc.so.6"
+    local ks, vs = ffi.sizeof(records.type("dn_uw_page_key")), ffi.sizeof(records.type("dn_uw_page"))
+    local fd = assert(core.map_create(1, "uw_small", ks, vs, 8, 0))
+    local function count()
+      local _, _, n = core.map_dump(fd, ks, vs)
+      return n
+    end
+    local t = dwarf.table_of(libc, core.uw_file_key(libc))
+    -- (libc's table makes hundreds of pages: 8 fit)
+    local keys, why = core.uw_load(fd, 7, t.hold)
+    assert.is_nil(keys)
+    assert.is_string(why)
+    assert.equals(0, count())
+    -- the unwinder: no file id, a message once, counted
+    local said = {}
+    local stderr = io.stderr
+    io.stderr = { write = function(_, m) said[#said + 1] = m end } -- luacheck: ignore
+    local u = setmetatable({ pages = { fd = fd }, loaded = {}, next_file = 7, bytes = 0, dropped = 0, tick = 0,
+      max_bytes = 2 ^ 30, page_bytes = 1024 }, dwarf.Unwinder)
+    local a, b = u:load("k1", t, libc), u:load("k2", t, "/other")
+    io.stderr = stderr -- luacheck: ignore
+    core.close_fd(fd)
+    assert.same({ 0, 0 }, { a, b })
+    assert.equals(1, #said)
+    assert.matches("unwind table of " .. libc:gsub("%p", "%%%0") .. " could not be loaded", said[1])
+    assert.equals(2, u.not_loaded)
   end)
 
   it("--now in a signal handler and in C++ gives eu-stack's frames", function()

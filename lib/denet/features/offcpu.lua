@@ -76,10 +76,12 @@ return {
   end,
   -- a traced process exec'd: the capture of its old image must not name
   -- the new one's frames (the command's own exec included: it was held
-  -- as a copy of denet)
+  -- as a copy of denet); one forked maps what its parent did
   on_process = function(t, ev)
     if ev.kind == "exec" then
       t:exec(ev.pid)
+    elseif ev.kind == "fork" then
+      t:fork(ev.pid, ev.ppid)
     end
   end,
   stop = function(t)

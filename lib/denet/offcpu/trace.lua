@@ -326,6 +326,13 @@ function Tracer:exec(pid)
   end
 end
 
+--- Process pid was forked by ppid: until it execs, its frames are named
+--- from what its parent mapped (it may exit before its own mappings are
+--- read: a shell's subshell, a command substitution).
+function Tracer:fork(pid, ppid)
+  syms.inherit(pid, ppid)
+end
+
 --- Blocks that ended so far, and stacks that could not be read (for a
 --- live status; the report has the details).
 function Tracer:counts()

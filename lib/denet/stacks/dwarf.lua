@@ -156,7 +156,7 @@ end
 function M.start(bpf, opts)
   opts = opts or {}
   local self = setmetatable({ bpf = bpf, pages = bpf:get_table("dn_uw_pages"), procs = bpf:get_table("dn_uw_procs"),
-    regions = bpf:get_table("dn_uw_regions"), region_keys = {}, loaded_at = {},
+    regions = bpf:get_table("dn_uw_regions"), execs = bpf:get_table("dn_uw_execs"), region_keys = {}, loaded_at = {},
     stacks = bpf:get_table("dn_uw_stacks"), loaded = {}, next_file = 1, bytes = 0, dropped = 0,
     max_bytes = opts.max_bytes or 256 * 2 ^ 20, copied = {}, proc_at = {}, lru = {}, tick = 0,
     page_bytes = ffi.sizeof(bpf:get_table("dn_uw_pages").leaf.ct) + 64 }, Unwinder)
@@ -188,14 +188,17 @@ function Unwinder:drop_oldest()
   return true
 end
 
---- Load table t (of file key) into the kernel: its file id, or 0 when it
---- has none (or no room under the cap).
-function Unwinder:load(key, t)
+--- Load table t (of file key, named name in a message) into the kernel:
+--- its file id, or 0 when it has none (or no room under the cap, or the
+--- kernel refused it).
+function Unwinder:load(key, t, name)
   self.tick = self.tick + 1
   local f = self.loaded[key]
   if f and f.id then
     f.tick = self.tick
     return f.id
+  elseif f and f.failed then
+    return 0
   end
   if not t.rows then
     return 0
@@ -210,8 +213,17 @@ function Unwinder:load(key, t)
   end
   local id = self.next_file
   self.next_file = id + 1
-  keys = core.uw_load(self.pages.fd, id, t.hold)
+  local why
+  keys, why = core.uw_load(self.pages.fd, id, t.hold)
   if not keys then
+    -- (the kernel's map full, or its memory cgroup's limit: said once)
+    if not self.load_failed then
+      self.load_failed = true
+      io.stderr:write(string.format("denet: the unwind table of %s could not be loaded into the kernel (%s); "
+        .. "its frames are marked truncated\n", name or key, why))
+    end
+    self.not_loaded = (self.not_loaded or 0) + 1
+    self.loaded[key] = { failed = true, tick = self.tick }
     return 0
   end
   self.loaded[key] = { id = id, keys = keys, bytes = bytes, tick = self.tick }
@@ -268,6 +280,21 @@ end
 --- Load process pid's executable mappings (and their files' tables) into
 --- the kernel. Returns its mappings as loaded, or nil when it is gone.
 function Unwinder:load_proc(pid)
+  -- (an exec while the mappings are read and loaded: they may be the old
+  -- image's, and the kernel's hook dropped the process before they were
+  -- in; read again)
+  for _ = 1, 3 do
+    local execs = self.execs:get(pid)
+    local maps = self:_load_proc(pid)
+    if not maps or self.execs:get(pid) == execs then
+      return maps
+    end
+    pcall(self.procs.delete, self.procs, pid)
+  end
+  return nil
+end
+
+function Unwinder:_load_proc(pid)
   local maps = M.proc_maps(pid)
   if not maps then
     return nil
@@ -276,7 +303,7 @@ function Unwinder:load_proc(pid)
   -- each 64 KiB region's mappings
   local regions = {}
   for _, m in ipairs(maps) do
-    m.file = m.table and self:load(m.key, m.table) or 0
+    m.file = m.table and self:load(m.key, m.table, m.path) or 0
     -- (a table not in the kernel, past the cap, is none for a copy either:
     -- a stack is the same whichever way it was walked)
     m.table = m.file ~= 0 and m.table or nil
@@ -331,7 +358,7 @@ function Unwinder:preload(argv0)
   for _, path in ipairs(files) do
     local key = core.uw_file_key(path)
     if key then
-      self:load(key, M.table_of(path, key))
+      self:load(key, M.table_of(path, key), path)
     end
   end
 end
@@ -517,7 +544,7 @@ end
 --- copies_lost, not_stored, frames, reused (stacks reused from templates),
 --- wrong (reuses a walk disagreed with, in verify mode), gone (copies of
 --- processes that exited before their mappings could be read); files (tables loaded), dropped (for
---- the cap), bytes (of tables in the kernel).
+--- the cap), not_loaded (tables the kernel refused), bytes (of tables in the kernel).
 function Unwinder:stats()
   local t = self.bpf:get_table("dn_uw_stats")
   local names = { "walks", "whole", "truncated", "copied", "copies_lost", "not_stored", "frames", "reused",
@@ -531,6 +558,7 @@ function Unwinder:stats()
     files = files + (f.id and 1 or 0)
   end
   out.files, out.dropped, out.table_bytes, out.gone = files, self.dropped, self.bytes, self.gone or 0
+  out.not_loaded = self.not_loaded or 0
   return out
 end
 
