@@ -97,6 +97,8 @@ DN_RECORD(dn_uw_copy, {
 	u32 tgid, tid;
 	s32 id;
 	u32 len;
+	u32 execs; /* the process's image (dn_uw_stack's execs) */
+	u32 pad;
 	u64 ip, sp, bp;
 	u8 data[DN_UW_COPY];
 })

@@ -64,6 +64,8 @@ struct dn_uw_region {
 struct dn_uw_stack {
 	u64 hash;
 	u32 n, flags;
+	u32 execs; /* the process's execs (dn_uw_execs) when it was walked: its image */
+	u32 pad;
 	u64 ip[DN_UW_FRAMES + 1];
 };
 
@@ -118,6 +120,8 @@ BPF_F_TABLE("hash", struct dn_uw_region_key, struct dn_uw_region, dn_uw_regions,
 struct dn_uw_proc {
 	u32 gen;
 	u32 alias;
+	u32 execs; /* dn_uw_execs when its mappings were read */
+	u32 pad;
 };
 BPF_F_TABLE("hash", u32, struct dn_uw_proc, dn_uw_procs, 65536, BPF_F_NO_PREALLOC);
 /* tgid -> how many times it exec'd: user space reads it before and after
@@ -243,8 +247,13 @@ static __always_inline s32 dn_uw_begin(u32 tgid, u32 tid)
 	s->expect = 0;
 	s->st.n = 0;
 	s->st.flags = 0;
-	s->st.hash = 0xcbf29ce484222325ULL;
 	struct dn_uw_proc *gen = dn_uw_procs.lookup(&tgid);
+	/* which image of the process the stack is of: its names are those of
+	 * the mappings read for that image (a stack of the same addresses
+	 * after an exec is another stack) */
+	u32 *execs = gen ? NULL : dn_uw_execs.lookup(&tgid);
+	s->st.execs = gen ? gen->execs : (execs ? *execs : 0);
+	s->st.hash = 0xcbf29ce484222325ULL ^ s->st.execs;
 	s->gen = gen ? gen->gen : 0;
 	s->map_tgid = gen && gen->alias ? gen->alias : tgid;
 #ifdef DN_USTACK_REUSE
@@ -504,6 +513,7 @@ static __always_inline void dn_uw_copy_out(struct dn_uw_state *s)
 	c->tgid = s->tgid;
 	c->tid = s->tid;
 	c->id = id;
+	c->execs = s->st.execs;
 	c->ip = s->ip0;
 	c->sp = s->sp0;
 	c->bp = s->bp0;
@@ -576,10 +586,12 @@ int dn_uw_walk(void *ctx)
  * exec'd has none loaded. */
 static __always_inline void dn_uw_on_fork(u32 parent, u32 child)
 {
+	/* (a new process: what a former one of that pid counted goes) */
+	dn_uw_execs.delete(&child);
 	struct dn_uw_proc *p = dn_uw_procs.lookup(&parent);
 	if (!p)
 		return;
-	struct dn_uw_proc c = { p->gen, p->alias ? p->alias : parent };
+	struct dn_uw_proc c = { p->gen, p->alias ? p->alias : parent, 0, 0 };
 	dn_uw_procs.update(&child, &c);
 }
 

@@ -480,7 +480,12 @@ int dn_uw_build_elf(Elf *elf, struct dn_uw_row **rows, size_t *n, char *why, siz
 		}
 	}
 	if (!scn) {
-		snprintf(why, wn, "it has no call frame information (.eh_frame or .debug_frame)");
+		GElf_Shdr go;
+
+		snprintf(why, wn, "%s",
+		         section_named(elf, ".gopclntab", &go)
+		                 ? "a Go binary: it has only .gopclntab, no call frame information"
+		                 : "it has no call frame information (.eh_frame or .debug_frame)");
 		goto out;
 	}
 	if (sh.sh_size > (256u << 20)) {

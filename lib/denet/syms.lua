@@ -91,12 +91,47 @@ function M.kernel_frames(addrs)
   return out
 end
 
+-- Images of a process: when a stack engine numbers them (M.image_of), a
+-- capture is labelled with the image it is of, and one of an image the
+-- process has left (by exec) is kept, as "pid#image", for the stacks
+-- walked while the process ran it.
+local labels = {} -- pid -> the image of procs[pid]
+local retired, retired_keys, RETIRED_MAX = {}, {}, 4096
+
+--- function(pid) -> the number of the image process pid runs now (nil:
+--- unknown); set by a stack engine that counts execs.
+M.image_of = nil
+
+local function retire(pid)
+  local label = labels[pid]
+  if label == nil or not procs[pid] then
+    return
+  end
+  local key = pid .. "#" .. label
+  if not retired[key] then
+    retired_keys[#retired_keys + 1] = key
+    if #retired_keys > RETIRED_MAX then
+      retired[table.remove(retired_keys, 1)] = nil
+    end
+  end
+  retired[key] = procs[pid]
+end
+
 function M.capture(pid)
+  local image_of = M.image_of
+  local image = image_of and image_of(pid)
   local m, err = core.usyms(pid)
   if not m then
     return nil, err
   end
-  procs[pid] = m
+  -- (an exec while it was read: of which image is not known)
+  if image_of and image_of(pid) ~= image then
+    image = nil
+  end
+  if labels[pid] ~= image then
+    retire(pid)
+  end
+  procs[pid], labels[pid] = m, image
   return true
 end
 
@@ -105,18 +140,35 @@ end
 --- none.
 function M.inherit(pid, ppid)
   if procs[ppid] then
-    procs[pid] = procs[ppid]
+    -- (a process's first image: numbered 0)
+    procs[pid], labels[pid] = procs[ppid], M.image_of and 0 or nil
   else
     M.capture(pid)
   end
 end
 
---- Forget a capture (the pid may be reused).
+--- Forget a capture (the pid may be reused, or it exec'd: a capture of a
+--- numbered image is kept for that image's stacks).
 function M.forget(pid)
-  procs[pid] = nil
+  retire(pid)
+  procs[pid], labels[pid] = nil, nil
+end
+
+--- What to resolve a stack of process pid walked in its image number
+--- image with: pid itself (its capture now), or the capture kept of that
+--- image.
+function M.at(pid, image)
+  if image == nil or labels[pid] == image then
+    return pid
+  end
+  local key = pid .. "#" .. image
+  return retired[key] and key or pid
 end
 
 local function proc(pid)
+  if type(pid) == "string" then
+    return retired[pid]
+  end
   local m = procs[pid]
   if not m then
     m = core.usyms(pid)
@@ -135,7 +187,7 @@ function M.frame_rule(pid, addr, is_return)
     return nil
   end
   local kind, cfa, ra = m:frame_rule(addr, is_return)
-  if kind == nil and m:resolve(addr) == nil and M.capture(pid) then
+  if kind == nil and type(pid) == "number" and m:resolve(addr) == nil and M.capture(pid) then
     kind, cfa, ra = procs[pid]:frame_rule(addr, is_return)
   end
   return kind, cfa, ra

@@ -34,6 +34,7 @@ local REGION_MAPS = 2 -- DN_UW_REGION_MAPS
 local KEY_PTR = ffi.typeof("const struct dn_uw_page_key *")
 local KEY_SIZE = ffi.sizeof("struct dn_uw_page_key")
 local COPIED = 0x40000000 -- the ids of stacks copied to user space
+local EINVAL = 22
 -- flags of a stack (unwind.c)
 M.F_TRUNC, M.F_NOTABLE, M.F_DEEP, M.F_FAULT = 1, 2, 4, 8
 
@@ -91,7 +92,8 @@ end
 --- The unwind table of the file at path (key: how the file is known, its
 --- device and inode; name: how a message names it, path by default):
 --- { rows, n, segs, bid } or { why } when its call frame information
---- cannot be read (said once on stderr).
+--- cannot be read (said once on stderr); nil when path is a mapping in
+--- /proc that went before it was opened.
 function M.table_of(path, key, name)
   local t = tables[key]
   if t then
@@ -101,6 +103,11 @@ function M.table_of(path, key, name)
   t = bid and bid ~= "" and (tables[bid] or from_cache(bid))
   if not t then
     local rows, b, segs = core.uw_table(path)
+    if not rows and segs ~= EINVAL and path:sub(1, 6) == "/proc/" then
+      -- (the mapping went, by an exec or an unmap, before it was opened:
+      -- nothing is known of the file)
+      return nil
+    end
     if rows then
       local n = #rows / ROW_SIZE
       t = { rows = ffi.cast(ROW_PTR, rows), n = n, hold = rows, segs = segs, bid = b }
@@ -157,9 +164,17 @@ function M.start(bpf, opts)
   opts = opts or {}
   local self = setmetatable({ bpf = bpf, pages = bpf:get_table("dn_uw_pages"), procs = bpf:get_table("dn_uw_procs"),
     regions = bpf:get_table("dn_uw_regions"), execs = bpf:get_table("dn_uw_execs"), region_keys = {}, loaded_at = {},
+    proc_execs = {}, old_maps = {},
     stacks = bpf:get_table("dn_uw_stacks"), loaded = {}, next_file = 1, bytes = 0, dropped = 0,
     max_bytes = opts.max_bytes or 256 * 2 ^ 20, copied = {}, proc_at = {}, lru = {}, tick = 0,
     page_bytes = ffi.sizeof(bpf:get_table("dn_uw_pages").leaf.ct) + 64 }, Unwinder)
+  -- captures of a process's mappings are labelled with its image, so
+  -- stacks walked before an exec keep their names
+  local execs = self.execs
+  syms.image_of = function(pid)
+    local ok, n = pcall(execs.get, execs, pid)
+    return ok and (n or 0) or nil
+  end
   self.buf = bpf:get_table("dn_uw_miss"):open_ring_buffer(function(rec)
     self:on_copy(rec)
   end, { type = records.cname("dn_uw_copy") })
@@ -200,7 +215,7 @@ function Unwinder:load(key, t, name)
   elseif f and f.failed then
     return 0
   end
-  if not t.rows then
+  if not (t and t.rows) then
     return 0
   end
   -- its size, from the pages it makes (counted without writing them)
@@ -268,9 +283,13 @@ end
 function M.proc_maps(pid)
   local maps = exec_maps(pid)
   for _, m in ipairs(maps or {}) do
-    -- (the mapped file itself, whatever its path says now)
+    -- (the mapped file itself, whatever its path says now; or the path,
+    -- when the mapping went and the path is still that file)
     local t = m.path:sub(1, 1) == "/" and M.table_of("/proc/" .. pid .. "/map_files/"
       .. string.format("%x-%x", m.start, m["end"]), m.key, m.path)
+    if m.path:sub(1, 1) == "/" and not t and core.uw_file_key(m.path) == m.key then
+      t = M.table_of(m.path, m.key)
+    end
     m.table = t and t.rows and t or nil
     m.bias = bias_of(m, t and t.segs)
   end
@@ -285,7 +304,7 @@ function Unwinder:load_proc(pid)
   -- in; read again)
   for _ = 1, 3 do
     local execs = self.execs:get(pid)
-    local maps = self:_load_proc(pid)
+    local maps = self:_load_proc(pid, execs or 0)
     if not maps or self.execs:get(pid) == execs then
       return maps
     end
@@ -294,7 +313,7 @@ function Unwinder:load_proc(pid)
   return nil
 end
 
-function Unwinder:_load_proc(pid)
+function Unwinder:_load_proc(pid, execs)
   local maps = M.proc_maps(pid)
   if not maps then
     return nil
@@ -329,9 +348,15 @@ function Unwinder:_load_proc(pid)
   end
   self.region_keys[pid] = regions
   self.loaded_at[pid] = core.monotonic()
+  -- the mappings of the image it left (for copies of its stacks made
+  -- before the exec)
+  if self.proc_at[pid] and self.proc_execs[pid] ~= execs then
+    self.old_maps[pid] = { execs = self.proc_execs[pid], maps = self.proc_at[pid] }
+  end
+  self.proc_execs[pid] = execs
   -- a new generation: templates of the old mappings no longer match
   self.gen = (self.gen or 0) + 1
-  self.procs:set(pid, { gen = self.gen, alias = 0 })
+  self.procs:set(pid, { gen = self.gen, alias = 0, execs = execs })
   self.proc_at[pid] = maps
   return maps
 end
@@ -371,6 +396,7 @@ function Unwinder:forget(pid)
   end
   pcall(self.procs.delete, self.procs, pid)
   self.region_keys[pid], self.proc_at[pid], self.loaded_at[pid] = nil, nil, nil
+  self.proc_execs[pid], self.old_maps[pid] = nil, nil
 end
 
 --- Forget the processes that have exited since the last sweep (their
@@ -392,8 +418,16 @@ end
 
 --- A traced process exec'd or begins to be traced: its mappings now.
 function Unwinder:exec(pid)
-  self.proc_at[pid] = nil
   self:load_proc(pid)
+end
+
+--- The mappings read of process pid's image number execs, or nil.
+function Unwinder:maps_of(pid, execs)
+  if self.proc_execs[pid] == execs then
+    return self.proc_at[pid]
+  end
+  local o = self.old_maps[pid]
+  return o and o.execs == execs and o.maps or nil
 end
 
 --- The user stack (addresses, leaf first) that the rules of maps (as
@@ -490,8 +524,8 @@ end
 -- mappings are loaded (once for a burst of misses), and it is unwound
 -- here.
 function Unwinder:on_copy(rec)
-  local pid = rec.tgid
-  local maps = self.proc_at[pid]
+  local pid, execs = rec.tgid, rec.execs
+  local maps = self:maps_of(pid, execs)
   local ip = tonumber(rec.ip)
   local known = false
   for _, m in ipairs(maps or {}) do
@@ -503,14 +537,15 @@ function Unwinder:on_copy(rec)
   -- burst of copies
   local fresh = core.monotonic() - (self.loaded_at[pid] or 0) < 0.05
   if not (known and fresh) then
-    local now = self:load_proc(pid)
-    if not now then
+    if not self:load_proc(pid) then
       -- gone before its mappings could be read: its frames in files
       -- mapped since the last read are unknown
       self.gone = (self.gone or 0) + 1
     end
-    maps = now or maps or {}
+    maps = self:maps_of(pid, execs) or maps
   end
+  -- (a copy of an image whose mappings were never read, such as a held
+  -- command's before its exec: its first frame only, marked)
   local sp0, len, data = tonumber(rec.sp), rec.len, rec.data
   local function read(addr)
     local o = addr - sp0
@@ -519,15 +554,16 @@ function Unwinder:on_copy(rec)
     end
     return tonumber(ffi.cast("const uint64_t *", data + o)[0])
   end
-  local addrs, flags = M.unwind(maps, read, ip, sp0, tonumber(rec.bp))
-  self.copied[rec.id] = { addrs = addrs, flags = flags }
+  local addrs, flags = M.unwind(maps or {}, read, ip, sp0, tonumber(rec.bp))
+  self.copied[rec.id] = { addrs = addrs, flags = flags, execs = execs }
 end
 
---- The addresses (leaf first) and flags of stack id (unwind.c's), or nil.
+--- The addresses (leaf first), flags and image number (see
+--- denet.syms.at) of stack id (unwind.c's), or nil.
 function Unwinder:stack(id)
   if id >= COPIED then
     local c = self.copied[id]
-    return c and c.addrs, c and c.flags
+    return c and c.addrs, c and c.flags, c and c.execs
   end
   local v = self.stacks:get(id)
   if not v then
@@ -537,7 +573,7 @@ function Unwinder:stack(id)
   for i = 0, math.min(v.n, M.FRAMES + 1) - 1 do
     addrs[#addrs + 1] = tonumber(v.ip[i])
   end
-  return addrs, v.flags
+  return addrs, v.flags, v.execs
 end
 
 --- Counters: walks, whole, truncated, copied (unwound in user space),

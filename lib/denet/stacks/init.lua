@@ -14,6 +14,8 @@
 -- denet.stacks.user (user stack templates), denet.stacks.unwind (callers
 -- found from .eh_frame, in the kernel and through /proc/PID/mem),
 -- denet.stacks.frames (names, call sites).
+local syms = require("denet.syms")
+
 local M = {}
 
 M.kernel = require("denet.stacks.kernel")
@@ -167,9 +169,11 @@ function Resolver:user(tgid, id, leaf)
     local uw = self.opts.unwinder
     local mods, lines = {}, {}
     if uw and id >= 0 then
-      local addrs, flags = uw:stack(id)
-      uf, mods, lines = M.frames.user(tgid, addrs or {})
-      M.frames.modules_of(tgid, addrs, self.modules)
+      local addrs, flags, image = uw:stack(id)
+      -- (named from the mappings of the image it was walked in)
+      local who = syms.at(tgid, image)
+      uf, mods, lines = M.frames.user(who, addrs or {})
+      M.frames.modules_of(who, addrs, self.modules)
       if not addrs then
         uf, mods, lines = { "[Missed User Stack]" }, { false }, { "" }
       elseif flags ~= 0 then
@@ -235,6 +239,6 @@ end
 
 --- Read the kernel's symbols now, if not yet (a tracer does it while it
 --- waits, so its report does not).
-M.load_kernel_symbols = require("denet.syms").load_kernel
+M.load_kernel_symbols = syms.load_kernel
 
 return M
