@@ -219,7 +219,7 @@ DN_RECORD(dn_psample, {
 	u64 vsize;     /* bytes */
 	u64 rss_pages;
 	u64 rchar, wchar, read_bytes, write_bytes, cancelled_write_bytes;
-	u64 pss_kb;
-	u64 nvcsw, nivcsw; /* from status, when asked */
+	u64 pss_kb, uss_kb; /* from smaps_rollup, when asked (DN_PS_PSS) */
+	u64 nvcsw, nivcsw;  /* from status, when asked */
 	char comm[16];
 })

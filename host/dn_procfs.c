@@ -222,6 +222,8 @@ static int pent_sample(struct pent *p, struct dn_psample *s, int want)
 		if (fd >= 0) {
 			if (reread(fd, buf, sizeof(buf)) > 0) {
 				s->pss_kb = field_after(buf, "\nPss:");
+				/* USS: the pages only this process maps */
+				s->uss_kb = field_after(buf, "\nPrivate_Clean:") + field_after(buf, "\nPrivate_Dirty:");
 				s->flags |= DN_PS_PSS;
 			}
 			close(fd);

@@ -36,6 +36,10 @@ local ARGS = {
     help = "I/O counted from each process's start, not from when monitoring began" },
   { name = "write_env", type = "bool", help = "an `env` record first (host, kernel, CPU model and cores)" },
   { name = "stats", metavar = "FILE", help = "write the summary record to FILE (the JSONL holds samples only)" },
+  { name = "benchmark_tsv", metavar = "FILE", help = "write the summary as Snakemake's benchmark file to FILE (the "
+    .. "columns, units and formats of its `benchmark:` directive; docs/workflows.md)" },
+  { name = "format", metavar = "FMT", help = "with stats: the summary as text (default), json, or snakemake "
+    .. "(Snakemake's benchmark TSV)" },
   { name = "plugin", metavar = "NAME[:K=V,...]", help = "run a plugin on the samples (repeatable; see denet list)" },
   { name = "allow_untrusted", type = "bool", help = "load files that fail the ownership check (docs/security.md)" },
   { name = "plugin_budget", metavar = "S", help = "a plugin's hook call may run S seconds (default 2; 0: no limit)" },
@@ -62,7 +66,7 @@ end
 local USAGE = [[
 usage: denet [options] run [options] -- CMD [ARGS...]
        denet [options] attach [options] PID
-       denet stats FILE [--json] [-o OUT]
+       denet stats FILE [--json | --format text|json|snakemake] [-o OUT]
 
 options:
 ]] .. args_mod.option_lines(ARGS) .. "\n"
@@ -269,9 +273,11 @@ local function print_summary(s, out)
     { "total time", string.format("%.2f s", s.total_time_secs) },
     { "samples", tostring(s.sample_count) },
     { "CPU time", string.format("%.3f s", s.cpu_time_secs) },
-    { "average CPU", string.format("%.1f %%", s.avg_cpu_usage) },
+    { "average CPU", string.format("%.1f %% (time-weighted %.1f %%)", s.avg_cpu_usage,
+      s.avg_cpu_usage_time_weighted or s.avg_cpu_usage) },
     { "peak RSS", human_bytes(s.peak_mem_rss_kb * 1024) },
     { "peak PSS", human_bytes((s.peak_mem_pss_kb or 0) * 1024) },
+    { "peak USS", human_bytes((s.peak_mem_uss_kb or 0) * 1024) },
     { "disk read", human_bytes(s.total_disk_read_bytes) },
     { "disk written", human_bytes(s.total_disk_write_bytes) },
     { "read (syscalls)", human_bytes(s.total_syscall_read_bytes) },
@@ -296,6 +302,10 @@ local function stats(o)
   if not o.file then
     errors.raise("stats needs a FILE: denet stats FILE [--json] [-o OUT]")
   end
+  local fmt = o.format or (o.json and "json") or "text"
+  if fmt ~= "text" and fmt ~= "json" and fmt ~= "snakemake" then
+    errors.raise(string.format("--format is text, json or snakemake, not '%s'", fmt))
+  end
   local html = o.html and denet.open_output(o.html)
   local sum, n, bad, records = summary_mod.from_file(o.file)
   if n == 0 then
@@ -319,14 +329,15 @@ local function stats(o)
     html:write(require("denet.export.html").stats(samples, s, "denet run: " .. o.file))
     html:close()
   end
+  local text = fmt == "snakemake" and require("denet.export.snakemake").tsv(s) or json.encode(s) .. "\n"
   if o.out then
     local f = denet.open_output(o.out)
-    f:write(json.encode(s), "\n")
+    f:write(text)
     f:close()
   end
-  if o.json then
-    io.stdout:write(json.encode(s), "\n")
-  elseif not o.out or not o.quiet then
+  if fmt == "json" or (fmt == "snakemake" and not o.out) then
+    io.stdout:write(text)
+  elseif fmt == "text" and (not o.out or not o.quiet) then
     print_summary(s, io.stdout)
   end
   return 0
@@ -373,14 +384,20 @@ local function outputs(o)
   if not o.quiet and not o.json and core.isatty(2) then
     display = Display.new(o.no_update and "lines" or "update", core.monotonic())
   end
-  return Out.new(list, true), o.stats and open_out(o.stats), display
+  -- (opened now, written at the end)
+  local tsv = o.benchmark_tsv and denet.open_output(o.benchmark_tsv)
+  return Out.new(list, true), o.stats and open_out(o.stats), display, tsv
 end
 
 -- The summary where it was asked for, and on a terminal.
-local function end_outputs(o, run, s, stats_file)
+local function end_outputs(o, run, s, stats_file, tsv)
   if stats_file then
     Out.new({ stats_file }):write(s)
     core.close_fd(stats_file.fd)
+  end
+  if tsv then
+    tsv:write(require("denet.export.snakemake").tsv(s))
+    tsv:close()
   end
   if not o.quiet and not o.json then
     print_summary(s, io.stderr)
@@ -394,7 +411,7 @@ end
 -- `denet run` / `denet attach`: the monitor's run.
 local function monitor(o, host)
   local target, n = checked(o)
-  local out, stats_file, display = outputs(o)
+  local out, stats_file, display, tsv = outputs(o)
   -- plugins are loaded (and their arguments checked) before anything runs
   local run
   run = require("denet.runner").new{
@@ -434,7 +451,7 @@ local function monitor(o, host)
     display:done()
   end
   out:close()
-  end_outputs(o, run, s, stats_file)
+  end_outputs(o, run, s, stats_file, tsv)
   if run.proc then
     return exit_code or signal_code
   end

@@ -27,6 +27,8 @@ PACKAGES=(
   prometheus protobuf-compiler chromium nodejs curl
   # kernel headers for libbcc (see DEVELOPERS notes in docs/troubleshooting.md)
   linux-headers-amd64
+  # workflows: Snakemake's own benchmark files beside denet's (tests/python)
+  snakemake
   # anchors and benchmark tools
   bpftrace bpfcc-tools python3 python3-bpfcc python3-psutil hyperfine stress-ng sysstat linux-perf time
 )

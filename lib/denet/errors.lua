@@ -34,17 +34,21 @@ function M.where(level)
   end
 end
 
--- Build a user error. code defaults to 2. The host builds the same value
--- for its own refusals (dn_vm_user_error), so tostring gives the message.
-function M.user(message, code)
+-- Build a user error. code defaults to 2; errno, when the failure is the
+-- system's (a file or command not found, a process gone), travels with it
+-- to programs that drive denet (the Python binding raises the matching
+-- OSError). The host builds the same value for its own refusals
+-- (dn_vm_user_error), so tostring gives the message.
+function M.user(message, code, errno)
   local e = core.user_error(message, code or 2)
   e.where = M.where(2)
+  e.errno = errno
   return e
 end
 
 -- Raise a user error.
-function M.raise(message, code)
-  error(M.user(message, code), 0)
+function M.raise(message, code, errno)
+  error(M.user(message, code, errno), 0)
 end
 
 -- A script-level failure that already names its place (a BPF compile

@@ -243,9 +243,9 @@ function M.spawn(argv, opts)
     error("denet.spawn: argv must be a non-empty list of strings", 2)
   end
   errors.check_opts("denet.spawn", opts, SPAWN_OPTS)
-  local c, msg = core.spawn(argv, opts)
+  local c, msg, errno = core.spawn(argv, opts)
   if not c then
-    errors.raise(msg)
+    errors.raise(msg, 2, errno)
   end
   return setmetatable({ c = c, pid = c:pid(), argv = argv }, Proc)
 end

@@ -103,6 +103,8 @@ function M.from_record(rec, ident, fams)
     ident, nil, kb(a.mem_rss_kb))
   add(family(fams, "denet_memory_pss_bytes", "gauge", "bytes", "proportional set size, summed over the tree"), "",
     ident, nil, kb(a.mem_pss_kb))
+  add(family(fams, "denet_memory_uss_bytes", "gauge", "bytes",
+    "unique set size (pages no other process maps), summed over the tree"), "", ident, nil, kb(a.mem_uss_kb))
   add(family(fams, "denet_memory_virtual_bytes", "gauge", "bytes", "virtual memory size, summed over the tree"),
     "", ident, nil, kb(a.mem_vms_kb))
   add(family(fams, "denet_disk_read_bytes", "counter", "bytes", "bytes read from storage by the tree"), "_total",

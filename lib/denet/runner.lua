@@ -190,7 +190,7 @@ function Run:_prepare_target()
     for _, pid in ipairs(t.pids) do
       local _, _, _, state = core.read_stat(pid)
       if not state or state == string.byte("Z") then
-        errors.raise(string.format("no such process: %d", pid))
+        errors.raise(string.format("no such process: %d", pid), 2, 3) -- (ESRCH)
       end
     end
     self.root, self.mode = t.pids[1], "attach"

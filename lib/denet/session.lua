@@ -16,7 +16,9 @@
 --   {"op": "quit"}
 --
 -- A failure is {"ok": false, "error": "<the one line denet prints>",
--- "code": 2} (1 for a bug, with its traceback in "error"). Records travel as
+-- "code": 2, "errno": n} (1 for a bug, with its traceback in "error";
+-- errno when the system said why: a file or command not found, a process
+-- gone, a file with no data). Records travel as
 -- the JSON text denet writes, so integers stay exact. While it waits for a
 -- request the event loop keeps running (buffers drained, samples taken on
 -- the schedule: step and finish give every one taken since the last
@@ -29,6 +31,8 @@ local errors = require("denet.errors")
 local json = require("denet.json")
 
 local M = {}
+
+local ESRCH, ENODATA = 3, 61
 
 local Server = {}
 Server.__index = Server
@@ -89,7 +93,7 @@ function OPS.start(self, req)
     end
     local _, _, _, state = core.read_stat(pid)
     if not state or state == string.byte("Z") then
-      errors.raise(string.format("no such process: %d", pid))
+      errors.raise(string.format("no such process: %d", pid), 2, ESRCH)
     end
   end
   self.session = require("denet.runner").new(session_opts(req, self))
@@ -193,7 +197,7 @@ function OPS.summary_file(_, req)
   local summary = require("denet.monitor.summary")
   local s, n = summary.from_file(tostring(req.path))
   if n == 0 then
-    errors.raise(string.format("%s holds no samples: nothing to summarize", tostring(req.path)))
+    errors.raise(string.format("%s holds no samples: nothing to summarize", tostring(req.path)), 2, ENODATA)
   end
   return { summary = json.encode(s:result()) }
 end
@@ -275,7 +279,7 @@ function M.serve(input, output)
         res.ok = true
         reply = res
       elseif type(res) == "table" then
-        reply = { ok = false, error = tostring(res.message or res), code = res.code or 2 }
+        reply = { ok = false, error = tostring(res.message or res), code = res.code or 2, errno = rawget(res, "errno") }
       else
         reply = { ok = false, error = tostring(res), code = 1 }
       end

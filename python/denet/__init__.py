@@ -12,13 +12,24 @@ Samples, metadata and summaries cross the API as JSON strings, as in the
 original; the built-ins' reports as dicts. Every call goes to denet itself
 (a `denet session` process, see _session.py): with BPF privileges the
 monitor uses BPF, without them /proc, as the command line does.
-Failures raise DenetError (a RuntimeError) with denet's one-line message.
+Failures raise the built-in exceptions the original raises, which are also
+DenetError (a RuntimeError) with denet's one-line message: OSError and its
+subclasses for files, commands and processes (FileNotFoundError,
+PermissionError, ProcessLookupError), ValueError for a bad argument;
+a timeout raises subprocess.TimeoutExpired.
 """
 
+import errno
 import json
 import os
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
 
-from ._session import DenetError, Session, once
+from ._session import DenetError, DenetValueError, Session, error_of, once
 from .analysis import (
     aggregate_metrics,
     convert_format,
@@ -33,6 +44,7 @@ __version__ = "0.7.0"
 
 __all__ = [
     "DenetError",
+    "DenetValueError",
     "ProcessMonitor",
     "execute_with_monitoring",
     "generate_summary_from_file",
@@ -104,6 +116,89 @@ def _format(samples, fmt):
     raise ValueError("format must be 'jsonl', 'json' or 'csv', not %r" % (fmt,))
 
 
+def _argv(cmd):
+    """The command as a list: a string is split as a shell splits it
+    (shlex); an empty one is a ValueError."""
+    if isinstance(cmd, (str, bytes, os.PathLike)) and not isinstance(cmd, (list, tuple)):
+        cmd = os.fsdecode(cmd)
+        argv = shlex.split(cmd)
+    elif isinstance(cmd, (list, tuple)):
+        argv = [os.fsdecode(a) if isinstance(a, (bytes, os.PathLike)) else str(a) for a in cmd]
+    else:
+        raise DenetValueError("the command must be a list of arguments or a string, not %s" % type(cmd).__name__)
+    if not argv:
+        raise DenetValueError("the command is empty: give a list like ['sleep', '1']")
+    return argv
+
+
+def _check_command(argv):
+    """Raise what running argv would: FileNotFoundError when its program
+    is not found (on PATH, or at the path given), PermissionError when it
+    is not executable."""
+    prog = argv[0]
+    if "/" in prog:
+        if not os.path.exists(prog):
+            raise error_of("cannot execute '%s': no such file" % prog, 2, errno.ENOENT, prog)
+        if os.path.isdir(prog) or not os.access(prog, os.X_OK):
+            raise error_of("cannot execute '%s': permission denied" % prog, 2, errno.EACCES, prog)
+    elif shutil.which(prog) is None:
+        raise error_of("cannot execute '%s': command not found" % prog, 2, errno.ENOENT, prog)
+
+
+def _interval(elapsed, base_ms, max_ms):
+    """denet's adaptive interval (s) at elapsed seconds: base for the
+    first second, then a linear ramp to max by 10 s."""
+    base, top = max(base_ms, 1) / 1000.0, max(max_ms, base_ms, 1) / 1000.0
+    if elapsed <= 1:
+        return base
+    return min(top, base + (top - base) * (elapsed - 1) / 9)
+
+
+def _descendants(pid):
+    """The processes below pid (from /proc), deepest last."""
+    children = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _end_tree(proc, grace=2.0):
+    """End process proc (a Popen) and everything below it: SIGTERM, then
+    SIGKILL after grace seconds; reaps proc."""
+    if proc.poll() is not None:
+        return
+    pids = [proc.pid] + _descendants(proc.pid)
+    for sig in (signal.SIGTERM, signal.SIGCONT):
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except OSError:
+                pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    for p in [proc.pid] + _descendants(proc.pid) + pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+    proc.wait()
+
+
 class ProcessMonitor:
     """Monitor a command (started now, watched from its first instruction)
     or, with from_pid, a running process; its descendants too unless
@@ -115,8 +210,11 @@ class ProcessMonitor:
                  output_format="jsonl", store_in_memory=True, quiet=False, include_children=True,
                  write_metadata=False, write_env=False, offcpu=False, syscalls=False, plugins=None, *, pid=None,
                  stdout_file=None, stderr_file=None):
-        if pid is None and (not isinstance(cmd, (list, tuple)) or len(cmd) == 0):
-            raise DenetError("the command is empty: give a list like ['sleep', '1']")
+        if pid is None:
+            cmd = _argv(cmd)
+            _check_command(cmd)
+        # sample_once() may be called from several threads at once
+        self._lock = threading.RLock()
         self._store = store_in_memory
         self._quiet = quiet
         self._samples = []
@@ -171,18 +269,23 @@ class ProcessMonitor:
 
     def sample_once(self):
         """Take one sample now: its JSON string, or None once the process
-        is gone."""
-        if not self._running:
-            return None
-        s = self._session.request("sample")["sample"]
-        if s is None:
-            self._running = False
-            self._finish()
-            return None
-        self._took(s)
-        return s
+        is gone. Safe from several threads: each call gets a whole sample."""
+        with self._lock:
+            if not self._running:
+                return None
+            s = self._session.request("sample")["sample"]
+            if s is None:
+                self._running = False
+                self._finish()
+                return None
+            self._took(s)
+            return s
 
     def _finish(self):
+        with self._lock:
+            self._finish_locked()
+
+    def _finish_locked(self):
         if self._summary is None and not self._session.closed:
             reply = self._session.request("finish")
             for s in reply.get("samples") or []:
@@ -193,11 +296,25 @@ class ProcessMonitor:
                 self._out.close()
             self._session.close()
 
+    def _set_exit_code(self, code):
+        """The exit code of a process watched by pid, known to its parent
+        (execute_with_monitoring): into exit_code and the summary."""
+        self.exit_code = code
+        if self._summary is not None:
+            try:
+                s = json.loads(self._summary)
+            except ValueError:
+                return
+            if isinstance(s, dict) and s.get("exit_code") is None:
+                s["exit_code"] = code
+                self._summary = json.dumps(s)
+
     def is_running(self):
-        if not self._running:
-            return False
-        self._running = self._session.request("running")["running"]
-        return self._running
+        with self._lock:
+            if not self._running:
+                return False
+            self._running = self._session.request("running")["running"]
+            return self._running
 
     def get_pid(self):
         return self._pid
@@ -252,36 +369,81 @@ class ProcessMonitor:
             pass
 
 
+def _held(argv, stdout, stderr):
+    """Start argv stopped before its first instruction (a shell that stops
+    itself, then execs it on SIGCONT): the Popen, once it is stopped."""
+    proc = subprocess.Popen(["/bin/sh", "-c", 'kill -STOP $$; exec "$@"', "sh"] + argv, stdout=stdout,
+                            stderr=stderr)
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)
+    if not os.WIFSTOPPED(status):
+        # (it ended instead: Popen must not wait for it again)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc
+
+
 def execute_with_monitoring(cmd, stdout_file=None, stderr_file=None, timeout=None, base_interval_ms=100,
                             max_interval_ms=1000, store_in_memory=True, output_file=None, output_format="jsonl",
                             since_process_start=False, pause_for_attachment=True, quiet=False,
                             include_children=True, write_metadata=False, offcpu=False, syscalls=False,
                             plugins=None):
-    """Run cmd to completion under the monitor (attached before its first
-    instruction: denet starts it held) and return (exit_code, monitor).
-    stdout_file/stderr_file: where its output goes. timeout (seconds): it
-    is stopped and TimeoutError raised."""
-    mon = ProcessMonitor(cmd, base_interval_ms, max_interval_ms, since_process_start, output_file, output_format,
-                         store_in_memory, quiet, include_children, write_metadata, False, offcpu, syscalls,
-                         plugins, stdout_file=stdout_file, stderr_file=stderr_file)
-    if timeout is None:
-        mon.run()
-        return mon.exit_code, mon
-    import time
-
-    deadline = time.monotonic() + timeout
-    while mon._running:
-        left = deadline - time.monotonic()
-        if left <= 0:
+    """Run cmd (a list, or a string split as a shell would) to completion
+    under the monitor and return (exit_code, monitor), as the original
+    does: the command is started (stopped before its first instruction
+    with pause_for_attachment, so nothing it does is missed), followed
+    with ProcessMonitor.from_pid(...) and sample_once() on denet's adaptive
+    schedule. stdout_file/stderr_file: where its output goes. timeout
+    (seconds): the command and its children are ended, then
+    subprocess.TimeoutExpired is raised. Any failure while it is monitored
+    (an interrupt too) ends the command before it goes on."""
+    argv = _argv(cmd)
+    _check_command(argv)
+    files = [open(f, "w") if f else None for f in (stdout_file, stderr_file)]
+    proc = mon = None
+    try:
+        if pause_for_attachment:
+            proc = _held(argv, files[0], files[1])
+        else:
+            proc = subprocess.Popen(argv, stdout=files[0], stderr=files[1])
+        t0 = time.monotonic()
+        mon = ProcessMonitor.from_pid(pid=proc.pid, base_interval_ms=base_interval_ms,
+                                      max_interval_ms=max_interval_ms, since_process_start=since_process_start,
+                                      output_file=output_file, output_format=output_format,
+                                      store_in_memory=store_in_memory, quiet=quiet,
+                                      include_children=include_children, write_metadata=write_metadata,
+                                      offcpu=offcpu, syscalls=syscalls, plugins=plugins)
+        if pause_for_attachment and proc.returncode is None:
+            os.kill(proc.pid, signal.SIGCONT)
+        while proc.poll() is None:
+            elapsed = time.monotonic() - t0
+            if timeout is not None and elapsed >= timeout:
+                _end_tree(proc)
+                raise subprocess.TimeoutExpired(argv, timeout)
+            if mon.sample_once() is None and proc.poll() is None:
+                # (the monitor lost it: a zombie not reaped yet)
+                proc.wait()
+                break
+            left = _interval(elapsed, base_interval_ms, max_interval_ms)
+            if timeout is not None:
+                left = min(left, max(0.0, timeout - (time.monotonic() - t0)))
+            try:
+                proc.wait(timeout=left)
+            except subprocess.TimeoutExpired:
+                pass
+        # what happened since the last sample, and the summary
+        mon.sample_once()
+        mon._finish()
+        mon._set_exit_code(proc.returncode)
+        return proc.returncode, mon
+    except BaseException:
+        if proc is not None:
+            _end_tree(proc)
+        if mon is not None:
             mon.close()
-            raise TimeoutError("Process timed out after %ss" % timeout)
-        reply = mon._session.request("step", seconds=min(_STEP, left))
-        for s in reply["samples"]:
-            mon._took(s)
-        if reply["state"] != "running":
-            mon._running = False
-    mon._finish()
-    return mon.exit_code, mon
+        raise
+    finally:
+        for f in files:
+            if f:
+                f.close()
 
 
 def generate_summary_from_file(path):

@@ -10,19 +10,62 @@ Python only; Python then asks the session to abort (the command denet
 started gets SIGTERM) before the KeyboardInterrupt goes on.
 """
 
+import errno
 import json
 import os
 import shutil
 import signal
 import subprocess
+import threading
 
 
 class DenetError(RuntimeError):
-    """A failure denet reports: the same one line the command line prints."""
+    """A failure denet reports: the same one line the command line prints.
+    What is raised is also the built-in exception a caller already
+    catches, where there is one (see error_of): an OSError subclass when
+    the system said why, a ValueError for a bad argument."""
 
     def __init__(self, message, code=2):
         super().__init__(message)
         self.code = code
+
+
+class DenetValueError(DenetError, ValueError):
+    """A bad argument (an empty command, an unknown format)."""
+
+
+# errno -> the OSError subclass Python itself raises for it
+_OS_KINDS = {
+    errno.ENOENT: FileNotFoundError,
+    errno.EACCES: PermissionError,
+    errno.EPERM: PermissionError,
+    errno.ESRCH: ProcessLookupError,
+    errno.EISDIR: IsADirectoryError,
+    errno.ENOTDIR: NotADirectoryError,
+}
+_os_classes = {}
+
+
+def _os_class(kind):
+    cls = _os_classes.get(kind)
+    if cls is None:
+
+        def init(self, err, message, code=2, filename=None):
+            OSError.__init__(self, err, message, *([filename] if filename is not None else []))
+            self.code = code
+
+        cls = type("Denet" + kind.__name__, (DenetError, kind), {"__init__": init, "__module__": __name__})
+        _os_classes[kind] = cls
+    return cls
+
+
+def error_of(message, code=2, err=None, filename=None):
+    """The exception for a failure: a DenetError that is also the OSError
+    subclass of errno err (FileNotFoundError for ENOENT, ...) when err is
+    given."""
+    if not err:
+        return DenetError(message, code)
+    return _os_class(_OS_KINDS.get(err, OSError))(err, message, code, filename)
 
 
 def denet_binary():
@@ -62,22 +105,26 @@ class Session:
         self._w = os.fdopen(req_w, "w", buffering=1)
         self._r = os.fdopen(rep_r, "r")
         self.closed = False
+        # one request at a time: a monitor may be used from several threads
+        self.lock = threading.RLock()
 
     def request(self, op, **fields):
         """Send one request and return its reply (a dict); raise DenetError
-        with denet's message when it failed. An interruption (Ctrl-C) while
-        waiting aborts what the session runs, then goes on."""
-        if self.closed:
-            raise DenetError("this denet session is closed")
-        fields["op"] = op
-        self._w.write(json.dumps(fields) + "\n")
-        try:
-            reply = self._read()
-        except BaseException:
-            self.abort()
-            raise
+        (see error_of) with denet's message when it failed. An interruption
+        (Ctrl-C) while waiting aborts what the session runs, then goes on."""
+        with self.lock:
+            if self.closed:
+                raise DenetError("this denet session is closed")
+            fields["op"] = op
+            self._w.write(json.dumps(fields) + "\n")
+            try:
+                reply = self._read()
+            except BaseException:
+                self.abort()
+                raise
         if not reply.get("ok"):
-            raise DenetError(reply.get("error", "denet failed"), reply.get("code", 2))
+            raise error_of(reply.get("error", "denet failed"), reply.get("code", 2), reply.get("errno"),
+                           fields.get("path"))
         return reply
 
     def _read(self):

@@ -427,4 +427,36 @@ describe("the Lua API", function()
     assert.is_true(seen[3].aggregated.process_count >= 1)
     assert.is_true(math.abs(summary.cpu_time_secs - 0.5) < 0.05, "cpu " .. summary.cpu_time_secs)
   end)
+
+  it("USS: the private pages of a process that touched 48 MiB, as smaps_rollup says at the same moment", function()
+    local runner = require("denet.runner")
+    local core = require("denet.core")
+    local got, peak = {}, 0
+    local r
+    r = runner.new{ target = { cmd = { H.fixture("mem_grow"), "48", "1", "10" } },
+      features = { monitor = { interval = 0.05, max_interval = 0.05, pss_interval = 0.001 } }, on_record = function(rec)
+        local text = rec.kind == "tree" and core.read_file("/proc/" .. r.root .. "/smaps_rollup")
+        peak = rec.kind == "tree" and math.max(peak, rec.aggregated.mem_uss_kb) or peak
+        local rss = text and tonumber(text:match("\nRss:%s*(%d+)"))
+        -- (only where the memory stood still between the two reads: the
+        -- resident set the sample saw is the kernel's now)
+        if rss and rec.aggregated.mem_uss_kb > 0 and math.abs(rss - rec.aggregated.mem_rss_kb) <= 0.01 * rss then
+          local clean, dirty = text:match("\nPrivate_Clean:%s*(%d+)"), text:match("\nPrivate_Dirty:%s*(%d+)")
+          got[#got + 1] = { rec.aggregated.mem_uss_kb, tonumber(clean) + tonumber(dirty), rec.aggregated.mem_rss_kb }
+        end
+      end }
+    r:start()
+    r:run_to_end()
+    local summary = r:finish()
+    local held = 0
+    for _, g in ipairs(got) do
+      -- (the kernel's figure, read just after the sample's)
+      assert.is_true(math.abs(g[1] - g[2]) <= 0.02 * g[2], string.format("uss %d vs kernel %d", g[1], g[2]))
+      assert.is_true(g[1] <= g[3])
+      held = math.max(held, g[1])
+    end
+    assert.is_true(#got >= 2, "samples compared: " .. #got)
+    assert.is_true(held >= 48 * 1024, "uss " .. held)
+    assert.equals(peak, summary.peak_mem_uss_kb)
+  end)
 end)

@@ -82,7 +82,7 @@ describe("cpu-clock sampling", function()
     local p = denet.spawn({ H.fixture("busy"), "1" })
     local b = BPF.new{ text = [[
 #include <uapi/linux/bpf_perf_event.h>
-BPF_STACK_TRACE(stacks, 1024);
+BPF_STACK_TRACE(stacks, 16384);
 BPF_HASH(samples, int, u64, 1024);
 int on_sample(struct bpf_perf_event_data *ctx) {
   if ((bpf_get_current_pid_tgid() >> 32) != TARGET) return 0;
@@ -100,13 +100,20 @@ int on_sample(struct bpf_perf_event_data *ctx) {
     assert.is_true(syms.capture(p.pid))
     local code, ru = p:wait()
     assert.equals(0, code)
-    local total, in_spin = 0, 0
+    local total, walked, in_spin, other = 0, 0, 0, {}
     local stacks = b:get_table("stacks")
     for id, n in b:get_table("samples"):items() do
       total = total + tonumber(n)
-      local frames = syms.frames(stacks:stack_walk(id), p.pid)
-      if frames[1] == "busy_spin" or frames[2] == "busy_spin" then
-        in_spin = in_spin + tonumber(n)
+      -- (a stack whose hash bucket another stack took first has no id:
+      -- -EEXIST; the loop's few IPs make a few stacks)
+      if id >= 0 then
+        walked = walked + tonumber(n)
+        local frames = syms.frames(stacks:stack_walk(id), p.pid)
+        if frames[1] == "busy_spin" or frames[2] == "busy_spin" then
+          in_spin = in_spin + tonumber(n)
+        else
+          other[#other + 1] = tonumber(n) .. "x " .. table.concat(frames, ";")
+        end
       end
     end
     -- cpu-clock samples the CPU the process ran on: 99 per second of the
@@ -115,7 +122,9 @@ int on_sample(struct bpf_perf_event_data *ctx) {
     assert.is_true(want > 20, "cpu " .. (ru.utime + ru.stime))
     assert.is_true(math.abs(total - want) <= 0.2 * want, string.format("samples %d for %.0f expected", total, want))
     -- the process has exited: names came from the captured mappings
-    assert.is_true(in_spin >= 0.9 * total, string.format("%d of %d in busy_spin", in_spin, total))
+    assert.is_true(walked >= 0.5 * total, string.format("%d of %d samples have a stack", walked, total))
+    assert.is_true(in_spin >= 0.9 * walked, string.format("%d of %d in busy_spin; the others: %s", in_spin, walked,
+      table.concat(other, " | ")))
     b:close()
   end)
 end)

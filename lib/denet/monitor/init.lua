@@ -262,10 +262,11 @@ function Monitor:_depart(st, rusage)
 end
 
 -- Add one live process's metrics to the tree's sums.
-local function tally(agg, m, pss_kb)
+local function tally(agg, m)
   agg.mem_rss_kb = agg.mem_rss_kb + m.mem_rss_kb
   agg.mem_vms_kb = agg.mem_vms_kb + m.mem_vms_kb
-  agg.mem_pss_kb = agg.mem_pss_kb + (pss_kb or 0)
+  agg.mem_pss_kb = agg.mem_pss_kb + (m.mem_pss_kb or 0)
+  agg.mem_uss_kb = agg.mem_uss_kb + (m.mem_uss_kb or 0)
   agg.thread_count = agg.thread_count + m.thread_count
   agg.fd_count = agg.fd_count + (m.fd_count or 0)
   agg.process_count = agg.process_count + 1
@@ -351,7 +352,7 @@ function Monitor:_reuse(s, st, sm)
   m.cpu_usage = 0
   m.uptime_secs = math.max(0, math.floor(sm.now - st.snap.starttime / TCK))
   st.prev_t = sm.now
-  tally(sm.agg, m, st.pss_kb)
+  tally(sm.agg, m)
   if s.pid == self.root then
     sm.parent = m
   else
@@ -382,7 +383,7 @@ function Monitor:_keep(s, st, sm)
     st.ctx = { tonumber(s.nvcsw), tonumber(s.nivcsw) }
   end
   if band(s.flags, PSS) ~= 0 then
-    st.pss_kb = tonumber(s.pss_kb)
+    st.pss_kb, st.uss_kb = tonumber(s.pss_kb), tonumber(s.uss_kb)
   end
   return c, snap
 end
@@ -401,10 +402,11 @@ function Monitor:_account(s, st, c, snap, sm)
   local m = account.process(st, c, snap, sm.now, sm.aopts)
   m.ts_ms = sm.ts_ms
   m.mem_pss_kb = st.pss_kb
+  m.mem_uss_kb = st.uss_kb
   m.fd_count = snap.fd_count
   m.ctx_switches_voluntary = ctxv and (ctxv[1] - (st.base.nvcsw or 0)) or nil
   m.ctx_switches_involuntary = ctxv and (ctxv[2] - (st.base.nivcsw or 0)) or nil
-  tally(sm.agg, m, st.pss_kb)
+  tally(sm.agg, m)
   st.m = m
   if s.pid == self.root then
     sm.parent = m
@@ -486,7 +488,7 @@ function Monitor:sample(opts)
     now = now, ts_ms = math.floor(core.realtime() * 1000), ctx = ctx, gen = gen, tot = zero_counters(),
     children = json.array(), aopts = { tck = TCK, page_kb = PAGE_KB, t0_boot = self.t0_boot, prev_t = self.prev_t },
     agg = {
-      cpu_usage = 0, mem_rss_kb = 0, mem_vms_kb = 0, mem_pss_kb = 0,
+      cpu_usage = 0, mem_rss_kb = 0, mem_vms_kb = 0, mem_pss_kb = 0, mem_uss_kb = 0,
       disk_read_bytes = 0, disk_write_bytes = 0, syscall_read_bytes = 0, syscall_write_bytes = 0,
       page_faults_cached = 0, page_faults_disk = 0, thread_count = 0, fd_count = 0,
       ctx_switches_voluntary = 0, ctx_switches_involuntary = 0, process_count = 0,

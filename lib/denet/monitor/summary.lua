@@ -54,7 +54,8 @@ local Summary = {}
 Summary.__index = Summary
 
 function M.new()
-  return setmetatable({ n = 0, max_processes = 0, max_threads = 0, peak_rss = 0, peak_pss = 0, weighted = 0,
+  return setmetatable({ n = 0, max_processes = 0, max_threads = 0, peak_rss = 0, peak_pss = 0, peak_uss = 0,
+    peak_vms = 0, weighted = 0,
     span = 0, disk_r = 0, disk_w = 0, sys_r = 0, sys_w = 0, net_rx = 0, net_tx = 0, pf_cached = nil,
     pf_disk = nil, cpu_sum = 0 }, Summary)
 end
@@ -89,12 +90,17 @@ function Summary:add(rec)
   self.max_threads = math.max(self.max_threads, tonumber(a.thread_count) or 0)
   self.peak_rss = math.max(self.peak_rss, tonumber(a.mem_rss_kb) or 0)
   self.peak_pss = math.max(self.peak_pss, tonumber(a.mem_pss_kb) or 0)
+  self.peak_uss = math.max(self.peak_uss, tonumber(a.mem_uss_kb) or 0)
+  self.peak_vms = math.max(self.peak_vms, tonumber(a.mem_vms_kb) or 0)
   self.disk_r = math.max(self.disk_r, tonumber(a.disk_read_bytes) or 0)
   self.disk_w = math.max(self.disk_w, tonumber(a.disk_write_bytes) or 0)
   self.sys_r = math.max(self.sys_r, tonumber(a.syscall_read_bytes) or 0)
   self.sys_w = math.max(self.sys_w, tonumber(a.syscall_write_bytes) or 0)
-  self.net_rx = math.max(self.net_rx, tonumber(a.sys_net_rx_bytes) or 0)
-  self.net_tx = math.max(self.net_tx, tonumber(a.sys_net_tx_bytes) or 0)
+  -- (the original's flat samples count the network as net_rx_bytes and
+  -- net_tx_bytes; its trees, and denet, as sys_net_*)
+  local flat = kind == "sample"
+  self.net_rx = math.max(self.net_rx, tonumber(a.sys_net_rx_bytes) or flat and tonumber(a.net_rx_bytes) or 0)
+  self.net_tx = math.max(self.net_tx, tonumber(a.sys_net_tx_bytes) or flat and tonumber(a.net_tx_bytes) or 0)
   if tonumber(a.page_faults_cached) then
     self.pf_cached = math.max(self.pf_cached or 0, tonumber(a.page_faults_cached))
   end
@@ -132,9 +138,14 @@ function Summary:result(exit_code, final)
     max_threads = self.max_threads,
     peak_mem_rss_kb = self.peak_rss,
     peak_mem_pss_kb = self.peak_pss,
-    -- time-weighted (samples come at uneven intervals)
-    avg_cpu_usage = round(self.span > 0 and self.weighted / self.span or (self.n > 0 and self.cpu_sum / self.n or 0),
-      2),
+    peak_mem_uss_kb = self.peak_uss,
+    peak_mem_vms_kb = self.peak_vms,
+    -- the mean of the samples' cpu_usage (the original's figure), and
+    -- weighted by the time each sample covers (truer when samples come at
+    -- uneven intervals, as the adaptive schedule's do)
+    avg_cpu_usage = round(self.n > 0 and self.cpu_sum / self.n or 0, 2),
+    avg_cpu_usage_time_weighted = round(self.span > 0 and self.weighted / self.span or
+      (self.n > 0 and self.cpu_sum / self.n or 0), 2),
     cpu_time_secs = round(cpu_time, 3),
     total_disk_read_bytes = top(self.disk_r, f.disk_read_bytes),
     total_disk_write_bytes = top(self.disk_w, f.disk_write_bytes),
@@ -161,9 +172,9 @@ end
 --- read.
 function M.read(path)
   local errors = require("denet.errors")
-  local f, err = io.open(path, "r")
+  local f, err, errno = io.open(path, "r")
   if not f then
-    errors.raise(string.format("cannot read %s: %s", path, (err or "?"):gsub("^[^:]*: ", "")))
+    errors.raise(string.format("cannot read %s: %s", path, (err or "?"):gsub("^[^:]*: ", "")), 2, errno)
   end
   local text = f:read("*a")
   f:close()
