@@ -8,6 +8,7 @@
 #   make test-load  the whole suite (as make test) while stress-ng keeps both CPUs busy
 #   make test-private  the suite from a clone in a 0700 folder (as mktemp -d makes)
 #   make bench   the benchmarks in bench/ (writes bench/results/)
+#   make wheel   the Python package with denet inside, for pip (dist/denet-*.whl)
 # The set-up step (tools/setup.sh) needs root: it installs Debian packages.
 
 BUILD ?= build
@@ -16,7 +17,7 @@ FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 JOBS ?= $(shell nproc)
 
-.PHONY: setup build demo test test-kernels test-load test-private asan fuzz bench install clean
+.PHONY: setup build demo test test-kernels test-load test-private asan fuzz bench install wheel clean
 
 setup:
 	bash tools/setup.sh
@@ -56,6 +57,9 @@ bench: build
 
 install: build
 	cmake --install $(BUILD)
+
+wheel: build
+	DENET_BUILD_DIR=$(abspath $(BUILD)) /usr/bin/python3 -m build --wheel --no-isolation --outdir dist .
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

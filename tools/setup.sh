@@ -29,6 +29,8 @@ PACKAGES=(
   linux-headers-amd64
   # workflows: Snakemake's own benchmark files beside denet's (tests/python)
   snakemake
+  # the wheel (make wheel, pip install .): built offline with Debian's tools
+  python3-build python3-venv python3-wheel python3-setuptools python3-pip
   # anchors and benchmark tools
   bpftrace bpfcc-tools python3 python3-bpfcc python3-psutil hyperfine stress-ng sysstat linux-perf time
 )

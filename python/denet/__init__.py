@@ -154,35 +154,41 @@ def _interval(elapsed, base_ms, max_ms):
     return min(top, base + (top - base) * (elapsed - 1) / 9)
 
 
+def _stat(pid):
+    """(ppid, start time) of pid from /proc/PID/stat, or None."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _descendants(pid):
-    """The processes below pid (from /proc), deepest last."""
+    """The processes below pid (from /proc): {pid: start time}."""
     children = {}
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name) as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(name))
-    out, todo = [], [pid]
+        st = _stat(int(name)) if name.isdigit() else None
+        if st:
+            children.setdefault(st[0], []).append((int(name), st[1]))
+    out, todo = {}, [pid]
     while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
+        for c, start in children.get(todo.pop(), []):
+            out[c] = start
             todo.append(c)
     return out
 
 
 def _end_tree(proc, grace=2.0):
     """End process proc (a Popen) and everything below it: SIGTERM, then
-    SIGKILL after grace seconds; reaps proc."""
+    SIGKILL after grace seconds to those still there (the same processes:
+    their start times are checked, a pid may be another's by then); reaps
+    proc."""
     if proc.poll() is not None:
         return
-    pids = [proc.pid] + _descendants(proc.pid)
+    tree = _descendants(proc.pid)
     for sig in (signal.SIGTERM, signal.SIGCONT):
-        for p in pids:
+        for p in [proc.pid] + list(tree):
             try:
                 os.kill(p, sig)
             except OSError:
@@ -190,12 +196,16 @@ def _end_tree(proc, grace=2.0):
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        pass
-    for p in [proc.pid] + _descendants(proc.pid) + pids:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except OSError:
-            pass
+        if proc.poll() is None:
+            tree.update(_descendants(proc.pid))
+            proc.kill()
+    for p, start in tree.items():
+        st = _stat(p)
+        if st and st[1] == start:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
     proc.wait()
 
 

@@ -69,11 +69,15 @@ def error_of(message, code=2, err=None, filename=None):
 
 
 def denet_binary():
-    """The denet executable: $DENET_BIN, the one installed with this
-    package, or `denet` on PATH."""
+    """The denet executable: $DENET_BIN, the one inside this package (a
+    wheel), the one installed with it (make install), or `denet` on
+    PATH."""
     env = os.environ.get("DENET_BIN")
     if env:
         return env
+    inside = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_denet", "bin", "denet")
+    if os.access(inside, os.X_OK):
+        return inside
     try:
         from ._config import DENET_BIN  # written at install
 
