@@ -213,13 +213,15 @@ class ProcessMonitor:
     """Monitor a command (started now, watched from its first instruction)
     or, with from_pid, a running process; its descendants too unless
     include_children=False. offcpu=True and syscalls=True add denet's
-    off-CPU and syscall figures to each sample and to the summary;
-    plugins=["name:key=value", ...] runs denet plugins on the samples."""
+    off-CPU and syscall figures to each sample and to the summary
+    (enable_ebpf=True, the original's keyword: both, where BPF can be used;
+    without it the monitor runs on and says so); plugins=["name:key=value",
+    ...] runs denet plugins on the samples."""
 
     def __init__(self, cmd, base_interval_ms=100, max_interval_ms=1000, since_process_start=False, output_file=None,
                  output_format="jsonl", store_in_memory=True, quiet=False, include_children=True,
                  write_metadata=False, write_env=False, offcpu=False, syscalls=False, plugins=None, *, pid=None,
-                 stdout_file=None, stderr_file=None):
+                 stdout_file=None, stderr_file=None, enable_ebpf=False):
         if pid is None:
             cmd = _argv(cmd)
             _check_command(cmd)
@@ -238,7 +240,7 @@ class ProcessMonitor:
                 base_interval_ms=base_interval_ms, max_interval_ms=max_interval_ms,
                 since_process_start=since_process_start, include_children=include_children,
                 write_env=write_env, offcpu=offcpu, syscalls=syscalls, plugins=list(plugins or []),
-                stdout=stdout_file, stderr=stderr_file)
+                stdout=stdout_file, stderr=stderr_file, enable_ebpf=enable_ebpf)
         except BaseException:
             self._session.close()
             raise
@@ -251,11 +253,12 @@ class ProcessMonitor:
     @staticmethod
     def from_pid(pid, base_interval_ms=100, max_interval_ms=1000, since_process_start=False, output_file=None,
                  output_format="jsonl", store_in_memory=True, quiet=False, include_children=True,
-                 write_metadata=False, write_env=False, offcpu=False, syscalls=False, plugins=None):
+                 write_metadata=False, write_env=False, offcpu=False, syscalls=False, plugins=None,
+                 enable_ebpf=False):
         """Monitor the running process pid (and its descendants)."""
         return ProcessMonitor(None, base_interval_ms, max_interval_ms, since_process_start, output_file,
                               output_format, store_in_memory, quiet, include_children, write_metadata, write_env,
-                              offcpu, syscalls, plugins, pid=pid)
+                              offcpu, syscalls, plugins, pid=pid, enable_ebpf=enable_ebpf)
 
     # -- sampling ---------------------------------------------------------
 
@@ -395,7 +398,7 @@ def execute_with_monitoring(cmd, stdout_file=None, stderr_file=None, timeout=Non
                             max_interval_ms=1000, store_in_memory=True, output_file=None, output_format="jsonl",
                             since_process_start=False, pause_for_attachment=True, quiet=False,
                             include_children=True, write_metadata=False, offcpu=False, syscalls=False,
-                            plugins=None):
+                            plugins=None, enable_ebpf=False):
     """Run cmd (a list, or a string split as a shell would) to completion
     under the monitor and return (exit_code, monitor), as the original
     does: the command is started (stopped before its first instruction
@@ -420,7 +423,7 @@ def execute_with_monitoring(cmd, stdout_file=None, stderr_file=None, timeout=Non
                                       output_file=output_file, output_format=output_format,
                                       store_in_memory=store_in_memory, quiet=quiet,
                                       include_children=include_children, write_metadata=write_metadata,
-                                      offcpu=offcpu, syscalls=syscalls, plugins=plugins)
+                                      offcpu=offcpu, syscalls=syscalls, plugins=plugins, enable_ebpf=enable_ebpf)
         if pause_for_attachment and proc.returncode is None:
             os.kill(proc.pid, signal.SIGCONT)
         while proc.poll() is None:

@@ -322,6 +322,18 @@ describe("denet run", function()
     assert.is_true(n >= 3)
   end)
 
+  it("--enable-ebpf adds off-CPU time and syscall counts, as --offcpu --syscalls do", function()
+    local code, recs = run({ "--enable-ebpf" }, { H.fixture("sleep_loop"), "5", "20" })
+    assert.equals(0, code)
+    local e = summary_of(recs).ebpf
+    assert.is_true(e.offcpu.total_time_ns >= 5 * 20e6)
+    local n = 0
+    for _, t in ipairs(e.syscalls.top_syscalls) do
+      n = t.name == "clock_nanosleep" and t.count or n
+    end
+    assert.is_true(n >= 5, "clock_nanosleep " .. n)
+  end)
+
   it("--write-env writes an env record first", function()
     local code, recs = run({ "--write-env" }, { H.fixture("exit_with"), "0" })
     assert.equals(0, code)

@@ -4,6 +4,7 @@ execute_with_monitoring through ProcessMonitor.from_pid and sample_once,
 the original's summary figures, and one monitor used from several
 threads."""
 
+import glob
 import json
 import os
 import subprocess
@@ -231,3 +232,31 @@ def test_one_monitor_sampled_from_three_threads_gives_whole_samples():
     # the run goes on to its end; afterwards every call says it is over
     mon.run()
     assert mon.sample_once() is None
+
+
+# -- --enable-ebpf -------------------------------------------------------------
+
+def test_enable_ebpf_adds_off_cpu_time_and_syscall_counts():
+    # 5 sleeps of 20 ms
+    mon = denet.ProcessMonitor([fx("sleep_loop"), "5", "20"], 50, 100, quiet=True, enable_ebpf=True)
+    mon.run()
+    e = json.loads(mon.get_summary())["ebpf"]
+    assert e["offcpu"]["total_time_ns"] >= 5 * 20e6
+    top = {t["name"]: t["count"] for t in e["syscalls"]["top_syscalls"]}
+    assert top.get("clock_nanosleep", 0) >= 5, top
+
+
+def test_enable_ebpf_without_bpf_privileges_still_runs_the_command(tmp):
+    marker = os.path.join(tmp, "ran")
+    os.chmod(tmp, 0o777)
+    readable = os.environ["DENET_READABLE"]
+    site = glob.glob(os.path.join(readable, "lib", "python3*", "*-packages"))
+    code = ("import denet\n"
+            "mon = denet.ProcessMonitor(['sh', '-c', 'echo ran > %s'], 100, 1000, quiet=True, enable_ebpf=True)\n"
+            "mon.run()\n" % marker)
+    env = dict(os.environ, PYTHONPATH=site[0], DENET_BIN=os.path.join(readable, "bin", "denet"))
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c",
+                        code], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert open(marker).read() == "ran\n"
+    assert "--enable-ebpf: BPF cannot be used here" in r.stderr

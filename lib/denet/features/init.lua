@@ -112,11 +112,18 @@ end
 --- The features of a monitor run: monitor_opts for the monitor, and each
 --- feature whose flag is set in `flags` (a table: flags.offcpu = true),
 --- with the options its monitor form takes from run_opts (the run's own
---- options: prometheus, ...). Returns { name = options }.
+--- options: prometheus, ...). flags.enable_ebpf (the original's flag) sets
+--- every one of them where BPF can be used, and where it cannot says so
+--- and adds none: the monitor runs as without it. Returns { name = options }.
 function M.for_monitor(monitor_opts, flags, run_opts)
   local out = { monitor = monitor_opts }
+  local all = flags.enable_ebpf and require("denet.tree").bpf_usable()
+  if flags.enable_ebpf and not all then
+    io.stderr:write("denet: --enable-ebpf: BPF cannot be used here (see denet doctor): no off-CPU or syscall "
+      .. "figures\n")
+  end
   for _, d in ipairs(M.list("monitor")) do
-    if flags[d.monitor.flag] then
+    if flags[d.monitor.flag] or all then
       out[d.name] = d.monitor.options and d.monitor.options(run_opts or {}) or {}
     end
   end
