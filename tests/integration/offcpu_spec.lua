@@ -177,9 +177,17 @@ describe("denet script offcpu", function()
     }
     local r = offcpu({}, { H.fixture("leaf_calls"), "20" })
     local main = thread(r, "leaf_calls")
+    -- what to look at when it fails: the main thread's stacks
+    local seen = {}
+    for _, s in ipairs(r.stacks) do
+      if s.tid == main.tid and #seen < 8 then
+        seen[#seen + 1] = string.format("%s x%d %.0f us: %s", s.category, s.count, s.us, table.concat(s.frames, ";"))
+      end
+    end
+    seen = table.concat(seen, "\n") .. "\nunwind: " .. cjson.encode(r.unwind or {})
     for _, c in ipairs(CALLS) do
       local with, total = time_in(r, main.tid, c)
-      assert.is_true(total > 150000, string.format("%s: %d us in all", c.layer, total))
+      assert.is_true(total > 150000, string.format("%s: %d us in all\n%s", c.layer, total, seen))
       -- only a first block, before the rule for its IP is learnt, may lack it
       assert.is_true(with >= 0.85 * total, string.format("%s: %d of %d us", c.layer, with, total))
     end
