@@ -22,6 +22,7 @@ a timeout raises subprocess.TimeoutExpired.
 import errno
 import json
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -309,18 +310,24 @@ class ProcessMonitor:
                 self._out.close()
             self._session.close()
 
-    def _set_exit_code(self, code):
-        """The exit code of a process watched by pid, known to its parent
-        (execute_with_monitoring): into exit_code and the summary."""
+    def _set_exit_code(self, code, cpu_secs=None):
+        """What the parent of a process watched by pid knows of it
+        (execute_with_monitoring): its exit code, and the CPU time its
+        rusage counts (itself and the children it reaped, to the end),
+        into exit_code and the summary."""
         self.exit_code = code
         if self._summary is not None:
             try:
                 s = json.loads(self._summary)
             except ValueError:
                 return
-            if isinstance(s, dict) and s.get("exit_code") is None:
+            if not isinstance(s, dict):
+                return
+            if s.get("exit_code") is None:
                 s["exit_code"] = code
-                self._summary = json.dumps(s)
+            if cpu_secs is not None and cpu_secs > (s.get("cpu_time_secs") or 0):
+                s["cpu_time_secs"] = round(cpu_secs, 3)
+            self._summary = json.dumps(s)
 
     def is_running(self):
         with self._lock:
@@ -382,6 +389,35 @@ class ProcessMonitor:
             pass
 
 
+def _wait4(proc, timeout):
+    """Wait up to timeout seconds (None: no limit) for proc (a Popen) to
+    end, and reap it with wait4: its rusage (its own CPU and that of the
+    children it waited for), or None while it runs. Sets proc.returncode."""
+    if proc.returncode is not None:
+        return None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        fd = None
+    try:
+        while True:
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                return ru
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            if fd is not None:
+                select.select([fd], [], [], left)
+            else:
+                time.sleep(0.005 if left is None else min(0.005, left))
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def _held(argv, stdout, stderr):
     """Start argv stopped before its first instruction (a shell that stops
     itself, then execs it on SIGCONT): the Popen, once it is stopped."""
@@ -426,26 +462,25 @@ def execute_with_monitoring(cmd, stdout_file=None, stderr_file=None, timeout=Non
                                       offcpu=offcpu, syscalls=syscalls, plugins=plugins, enable_ebpf=enable_ebpf)
         if pause_for_attachment and proc.returncode is None:
             os.kill(proc.pid, signal.SIGCONT)
-        while proc.poll() is None:
+        ru = None
+        while proc.returncode is None:
             elapsed = time.monotonic() - t0
             if timeout is not None and elapsed >= timeout:
                 _end_tree(proc)
                 raise subprocess.TimeoutExpired(argv, timeout)
-            if mon.sample_once() is None and proc.poll() is None:
+            if mon.sample_once() is None:
                 # (the monitor lost it: a zombie not reaped yet)
-                proc.wait()
+                ru = _wait4(proc, None)
                 break
             left = _interval(elapsed, base_interval_ms, max_interval_ms)
             if timeout is not None:
                 left = min(left, max(0.0, timeout - (time.monotonic() - t0)))
-            try:
-                proc.wait(timeout=left)
-            except subprocess.TimeoutExpired:
-                pass
-        # what happened since the last sample, and the summary
+            ru = _wait4(proc, left)
+        # what happened since the last sample, and the summary, with the
+        # kernel's own count of the CPU the command and what it reaped used
         mon.sample_once()
         mon._finish()
-        mon._set_exit_code(proc.returncode)
+        mon._set_exit_code(proc.returncode, ru and ru.ru_utime + ru.ru_stime)
         return proc.returncode, mon
     except BaseException:
         if proc is not None:
