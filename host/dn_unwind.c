@@ -30,6 +30,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <dwarf.h>
@@ -49,15 +50,146 @@
 
 struct cie_enc {
 	uint64_t off;
-	uint8_t enc; /* the FDE pointer encoding ('R'), DW_EH_PE_absptr if none */
-	uint8_t ok;  /* its augmentation was understood */
+	uint8_t enc;   /* the FDE pointer encoding ('R'), DW_EH_PE_absptr if none */
+	uint8_t ok;    /* its augmentation was understood */
+	uint8_t z;     /* 'z': its FDEs have augmentation data before their rules */
+	uint8_t small; /* its initial rules name no register past DN_UW_MAX_REG */
 };
+
+/* libdw makes room for every register up to the highest one a program of
+ * rules names, at every lookup: a crafted register number in the millions
+ * costs seconds and gigabytes. x86-64's are below 130. */
+#define DN_UW_MAX_REG 1024
+
+static int get_uleb(const uint8_t **pp, const uint8_t *end, uint64_t *v)
+{
+	const uint8_t *p = *pp;
+	uint64_t r = 0;
+	int shift = 0;
+
+	while (p < end) {
+		uint8_t byte = *p++;
+
+		if (shift < 64)
+			r |= (uint64_t)(byte & 0x7f) << shift;
+		shift += 7;
+		if (!(byte & 0x80)) {
+			*pp = p;
+			*v = r;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+/* 0 when a program of call frame rules [p, end) names a register past
+ * DN_UW_MAX_REG; 1 otherwise (an opcode not known here: libdw decides). */
+static int cfa_regs_small(const uint8_t *p, const uint8_t *end, size_t addr_size)
+{
+	while (p < end) {
+		uint8_t op = *p++;
+		uint64_t reg = 0, v = 0;
+		int nregs = 0, nvals = 0, block = 0;
+
+		if ((op & 0xc0) == 0x40 || (op & 0xc0) == 0xc0)
+			continue; /* advance_loc, restore: no operand */
+		if ((op & 0xc0) == 0x80) {
+			if (get_uleb(&p, end, &v))
+				return 1;
+			continue; /* offset: the register is in the opcode */
+		}
+		switch (op) {
+		case 0x00:
+		case 0x0a:
+		case 0x0b:
+		case 0x2d:
+			break;
+		case 0x01:
+			p += addr_size;
+			break;
+		case 0x02:
+			p += 1;
+			break;
+		case 0x03:
+			p += 2;
+			break;
+		case 0x04:
+			p += 4;
+			break;
+		case 0x06:
+		case 0x07:
+		case 0x08:
+		case 0x0d:
+			nregs = 1;
+			break;
+		case 0x05:
+		case 0x0c:
+		case 0x11:
+		case 0x12:
+		case 0x14:
+		case 0x15:
+		case 0x2f:
+			nregs = 1;
+			nvals = 1;
+			break;
+		case 0x09:
+			nregs = 2;
+			break;
+		case 0x0e:
+		case 0x13:
+		case 0x2e:
+			nvals = 1;
+			break;
+		case 0x0f:
+			block = 1;
+			break;
+		case 0x10:
+		case 0x16:
+			nregs = 1;
+			block = 1;
+			break;
+		default:
+			return 1;
+		}
+		for (; nregs > 0; nregs--) {
+			if (get_uleb(&p, end, &reg))
+				return 1;
+			if (reg >= DN_UW_MAX_REG)
+				return 0;
+		}
+		for (; nvals > 0; nvals--)
+			if (get_uleb(&p, end, &v))
+				return 1;
+		if (block) {
+			if (get_uleb(&p, end, &v) || v > (uint64_t)(end - p))
+				return 1;
+			p += v;
+		}
+	}
+	return 1;
+}
 
 struct builder {
 	struct dn_uw_row *rows;
 	size_t n, cap;
 	int too_many;
+	int slow; /* FDEs given up as too costly (see fde_rows) */
 };
+
+/* An FDE whose rules take libdw longer than this to read (a crafted file:
+ * a rule of a register numbered in the millions makes each lookup clear
+ * that many slots) ends there; past DN_UW_SLOW_FDES of them the file has
+ * no table. A real FDE takes microseconds. */
+#define DN_UW_FDE_NS 100000000ull
+#define DN_UW_SLOW_FDES 1
+
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
 
 static int add_row(struct builder *b, uint64_t pc, int kind, int64_t cfa, int rbp, int aux)
 {
@@ -155,12 +287,14 @@ static int read_ptr(const uint8_t *p, const uint8_t *end, uint8_t enc, uint64_t 
 /* The FDE pointer encoding a CIE's augmentation names. */
 static struct cie_enc cie_encoding(const Dwarf_CIE *c, uint64_t off, int eh)
 {
-	struct cie_enc r = { off, eh ? DW_EH_PE_absptr : DW_EH_PE_absptr, 1 };
+	struct cie_enc r = { off, eh ? DW_EH_PE_absptr : DW_EH_PE_absptr, 1, 0, 1 };
 	const char *a = c->augmentation;
 	const uint8_t *p = c->augmentation_data, *end = p ? p + c->augmentation_data_size : NULL;
 
+	r.small = (uint8_t)cfa_regs_small(c->initial_instructions, c->initial_instructions_end, 8);
 	if (!a || a[0] == '\0')
 		return r;
+	r.z = a[0] == 'z';
 	if (a[0] != 'z' || !p) {
 		r.ok = 0;
 		return r;
@@ -293,9 +427,13 @@ static void frame_row(Dwarf_Frame *f, int *kind, int64_t *cfa, int *rbp, int *au
 /* The rows of one FDE's range [lo, hi). */
 static int fde_rows(struct builder *b, Dwarf_CFI *cfi, uint64_t lo, uint64_t hi)
 {
-	uint64_t a = lo;
+	uint64_t a = lo, t0 = now_ns();
 
 	while (a < hi) {
+		if (now_ns() - t0 > DN_UW_FDE_NS) {
+			b->slow++;
+			return add_row(b, a, DN_UW_STOP, 0, 0, 0);
+		}
 		Dwarf_Frame *f = NULL;
 		Dwarf_Addr s = 0, e = 0;
 		bool signal = false;
@@ -388,8 +526,25 @@ static int walk_section(struct builder *b, Dwarf_CFI *cfi, Elf *elf, Elf_Data *d
 			            0 &&
 			    read_ptr(p + enc_size(enc), end, enc & 0x0f, 0, 0, &range) == 0 && range > 0 &&
 			    range < (1ull << 32) && loc != 0) {
-				if (fde_rows(b, cfi, loc, loc + range) < 0 ||
-				    add_row(b, loc + range, DN_UW_STOP, 0, 0, 0) < 0) {
+				/* its rules: after the range (and augmentation data) */
+				const uint8_t *q = p + enc_size(enc) + enc_size(enc & 0x0f);
+				uint64_t alen = 0;
+				int small = c->small && q <= end && (!c->z || get_uleb(&q, end, &alen) == 0) &&
+				            alen <= (uint64_t)(end - q) && cfa_regs_small(q + alen, end, enc_size(enc));
+
+				if (!small) {
+					/* no table for this function: its frames end the walk */
+					if (add_row(b, loc, DN_UW_STOP, 0, 0, 0) < 0) {
+						rc = -1;
+						break;
+					}
+				} else if (fde_rows(b, cfi, loc, loc + range) < 0 ||
+				           add_row(b, loc + range, DN_UW_STOP, 0, 0, 0) < 0) {
+					rc = -1;
+					break;
+				}
+				if (b->slow >= DN_UW_SLOW_FDES) {
+					snprintf(why, wn, "its call frame information is too costly to read");
 					rc = -1;
 					break;
 				}
