@@ -82,14 +82,24 @@ static int get_uleb(const uint8_t **pp, const uint8_t *end, uint64_t *v)
 	return -1;
 }
 
+/* The operands of each extended call frame opcode (0x00-0x2f): r a
+ * register, v a number (LEB128), b a block, a an address, 1 2 4 bytes;
+ * NULL: not known here. */
+static const char *const cfa_operands[0x30] = {
+	[0x00] = "",   [0x01] = "a",  [0x02] = "1",  [0x03] = "2",  [0x04] = "4",  [0x05] = "rv", [0x06] = "r",
+	[0x07] = "r",  [0x08] = "r",  [0x09] = "rr", [0x0a] = "",   [0x0b] = "",   [0x0c] = "rv", [0x0d] = "r",
+	[0x0e] = "v",  [0x0f] = "b",  [0x10] = "rb", [0x11] = "rv", [0x12] = "rv", [0x13] = "v",  [0x14] = "rv",
+	[0x15] = "rv", [0x16] = "rb", [0x2d] = "",   [0x2e] = "v",  [0x2f] = "rv",
+};
+
 /* 0 when a program of call frame rules [p, end) names a register past
  * DN_UW_MAX_REG; 1 otherwise (an opcode not known here: libdw decides). */
 static int cfa_regs_small(const uint8_t *p, const uint8_t *end, size_t addr_size)
 {
 	while (p < end) {
 		uint8_t op = *p++;
-		uint64_t reg = 0, v = 0;
-		int nregs = 0, nvals = 0, block = 0;
+		const char *o;
+		uint64_t v = 0;
 
 		if ((op & 0xc0) == 0x40 || (op & 0xc0) == 0xc0)
 			continue; /* advance_loc, restore: no operand */
@@ -98,72 +108,27 @@ static int cfa_regs_small(const uint8_t *p, const uint8_t *end, size_t addr_size
 				return 1;
 			continue; /* offset: the register is in the opcode */
 		}
-		switch (op) {
-		case 0x00:
-		case 0x0a:
-		case 0x0b:
-		case 0x2d:
-			break;
-		case 0x01:
-			p += addr_size;
-			break;
-		case 0x02:
-			p += 1;
-			break;
-		case 0x03:
-			p += 2;
-			break;
-		case 0x04:
-			p += 4;
-			break;
-		case 0x06:
-		case 0x07:
-		case 0x08:
-		case 0x0d:
-			nregs = 1;
-			break;
-		case 0x05:
-		case 0x0c:
-		case 0x11:
-		case 0x12:
-		case 0x14:
-		case 0x15:
-		case 0x2f:
-			nregs = 1;
-			nvals = 1;
-			break;
-		case 0x09:
-			nregs = 2;
-			break;
-		case 0x0e:
-		case 0x13:
-		case 0x2e:
-			nvals = 1;
-			break;
-		case 0x0f:
-			block = 1;
-			break;
-		case 0x10:
-		case 0x16:
-			nregs = 1;
-			block = 1;
-			break;
-		default:
+		o = op < 0x30 ? cfa_operands[op] : NULL;
+		if (!o)
 			return 1;
-		}
-		for (; nregs > 0; nregs--) {
-			if (get_uleb(&p, end, &reg))
-				return 1;
-			if (reg >= DN_UW_MAX_REG)
-				return 0;
-		}
-		for (; nvals > 0; nvals--)
+		for (; *o; o++) {
+			size_t skip = *o == 'a' ? addr_size : *o >= '1' && *o <= '4' ? (size_t)(*o - '0') : 0;
+
+			if (skip) {
+				if ((size_t)(end - p) < skip)
+					return 1;
+				p += skip;
+				continue;
+			}
 			if (get_uleb(&p, end, &v))
 				return 1;
-		if (block) {
-			if (get_uleb(&p, end, &v) || v > (uint64_t)(end - p))
-				return 1;
-			p += v;
+			if (*o == 'r' && v >= DN_UW_MAX_REG)
+				return 0;
+			if (*o == 'b') {
+				if (v > (uint64_t)(end - p))
+					return 1;
+				p += v;
+			}
 		}
 	}
 	return 1;
@@ -469,6 +434,29 @@ static int same_rule(const struct dn_uw_row *a, const struct dn_uw_row *b)
 /* Walk the CFI section data (eh: .eh_frame at address sh_addr, else
  * .debug_frame) for its FDEs, adding each one's rows and a stop row at
  * its end. */
+/* The rows of the FDE whose body (after its CIE pointer) is [p, end), at
+ * section address at, of CIE c: none when its encoding is not understood;
+ * a stop row alone when its rules name a register past DN_UW_MAX_REG. */
+static int fde_entry(struct builder *b, Dwarf_CFI *cfi, const struct cie_enc *c, const uint8_t *p, const uint8_t *end,
+                     uint64_t at)
+{
+	uint8_t enc = c->enc;
+	uint64_t loc, range, alen = 0;
+	const uint8_t *q = p + enc_size(enc) + enc_size(enc & 0x0f);
+
+	if (!c->ok || read_ptr(p, end, enc, at, 1, &loc) != 0 ||
+	    read_ptr(p + enc_size(enc), end, enc & 0x0f, 0, 0, &range) != 0 || range == 0 || range >= (1ull << 32) ||
+	    loc == 0)
+		return 0;
+	/* its rules: after the range (and its augmentation data) */
+	if (!c->small || q > end || (c->z && get_uleb(&q, end, &alen) != 0) || alen > (uint64_t)(end - q) ||
+	    !cfa_regs_small(q + alen, end, enc_size(enc)))
+		return add_row(b, loc, DN_UW_STOP, 0, 0, 0); /* its frames end the walk */
+	if (fde_rows(b, cfi, loc, loc + range) < 0)
+		return -1;
+	return add_row(b, loc + range, DN_UW_STOP, 0, 0, 0);
+}
+
 static int walk_section(struct builder *b, Dwarf_CFI *cfi, Elf *elf, Elf_Data *data, uint64_t sh_addr, int eh,
                         char *why, size_t wn)
 {
@@ -511,8 +499,6 @@ static int walk_section(struct builder *b, Dwarf_CFI *cfi, Elf *elf, Elf_Data *d
 		} else {
 			const struct cie_enc *c = NULL;
 			const uint8_t *p = ent.fde.start, *end = ent.fde.end;
-			uint64_t loc, range;
-			uint8_t enc;
 			size_t i;
 
 			for (i = 0; i < ncies; i++)
@@ -520,34 +506,15 @@ static int walk_section(struct builder *b, Dwarf_CFI *cfi, Elf *elf, Elf_Data *d
 					c = &cies[i];
 					break;
 				}
-			enc = c ? c->enc : DW_EH_PE_absptr;
-			if (c && c->ok &&
-			    read_ptr(p, end, enc, sh_addr + (uint64_t)(p - (const uint8_t *)data->d_buf), 1, &loc) ==
-			            0 &&
-			    read_ptr(p + enc_size(enc), end, enc & 0x0f, 0, 0, &range) == 0 && range > 0 &&
-			    range < (1ull << 32) && loc != 0) {
-				/* its rules: after the range (and augmentation data) */
-				const uint8_t *q = p + enc_size(enc) + enc_size(enc & 0x0f);
-				uint64_t alen = 0;
-				int small = c->small && q <= end && (!c->z || get_uleb(&q, end, &alen) == 0) &&
-				            alen <= (uint64_t)(end - q) && cfa_regs_small(q + alen, end, enc_size(enc));
-
-				if (!small) {
-					/* no table for this function: its frames end the walk */
-					if (add_row(b, loc, DN_UW_STOP, 0, 0, 0) < 0) {
-						rc = -1;
-						break;
-					}
-				} else if (fde_rows(b, cfi, loc, loc + range) < 0 ||
-				           add_row(b, loc + range, DN_UW_STOP, 0, 0, 0) < 0) {
-					rc = -1;
-					break;
-				}
-				if (b->slow >= DN_UW_SLOW_FDES) {
-					snprintf(why, wn, "its call frame information is too costly to read");
-					rc = -1;
-					break;
-				}
+			if (c &&
+			    fde_entry(b, cfi, c, p, end, sh_addr + (uint64_t)(p - (const uint8_t *)data->d_buf)) < 0) {
+				rc = -1;
+				break;
+			}
+			if (b->slow >= DN_UW_SLOW_FDES) {
+				snprintf(why, wn, "its call frame information is too costly to read");
+				rc = -1;
+				break;
 			}
 		}
 		off = next;
