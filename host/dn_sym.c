@@ -22,6 +22,8 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -564,14 +566,69 @@ static void ksyms_release(void *obj)
 	*ud = NULL;
 }
 
-/* core.ksyms() -> kernel symbol table (read now) */
+/*
+ * The kernel's symbols read on a thread of their own: parsing
+ * /proc/kallsyms (a few hundred thousand lines) takes tens of
+ * milliseconds here and a second or more on a slow or busy machine, and
+ * a tracer's loop must not stop that long while the processes it follows
+ * start and exit. One read at a time; core.ksyms() takes its result.
+ */
+static struct {
+	pthread_t thread;
+	int started; /* a thread was started and not yet joined */
+	struct dn_ksyms *result;
+	int err;
+} kread;
+
+static void *ksyms_thread(void *arg)
+{
+	(void)arg;
+	kread.result = dn_ksyms_load("/proc/kallsyms");
+	kread.err = kread.result ? 0 : errno;
+	return NULL;
+}
+
+/* core.ksyms_start() -> true: begin reading the kernel's symbols in the
+ * background (no-op when a read is under way); false when no thread
+ * could be started (core.ksyms() then reads them itself). */
+static int l_ksyms_start(lua_State *L)
+{
+	sigset_t all, old;
+	int rc;
+
+	if (kread.started) {
+		lua_pushboolean(L, 1);
+		return 1;
+	}
+	/* (the thread takes no signal: they go to the loop's thread) */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	rc = pthread_create(&kread.thread, NULL, ksyms_thread, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	kread.started = rc == 0;
+	lua_pushboolean(L, rc == 0);
+	return 1;
+}
+
+/* core.ksyms() -> kernel symbol table: the background read's (waited
+ * for), else read now */
 static int l_ksyms(lua_State *L)
 {
 	struct dn_ksyms **ud = lua_newuserdata(L, sizeof(*ud));
+	int err;
 
-	*ud = dn_ksyms_load("/proc/kallsyms");
+	if (kread.started) {
+		pthread_join(kread.thread, NULL);
+		kread.started = 0;
+		*ud = kread.result;
+		err = kread.err;
+		kread.result = NULL;
+	} else {
+		*ud = dn_ksyms_load("/proc/kallsyms");
+		err = errno;
+	}
 	if (!*ud)
-		return dn_vm_fail(L, errno, "cannot read kernel symbols (/proc/kallsyms): %s", strerror(errno));
+		return dn_vm_fail(L, err, "cannot read kernel symbols (/proc/kallsyms): %s", strerror(err));
 	luaL_getmetatable(L, KSYMS_MT);
 	lua_setmetatable(L, -2);
 	dn_cleanup_add(ud, ksyms_release);
@@ -1015,6 +1072,7 @@ void dn_sym_open(lua_State *L)
 	/* clang-format off */
 	static const luaL_Reg fns[] = {
 		{ "ksyms", l_ksyms },
+		{ "ksyms_start", l_ksyms_start },
 		{ "usyms", l_usyms },
 		{ "usyms_parse", l_usyms_parse },
 		{ "resolve_symname", l_resolve_symname },

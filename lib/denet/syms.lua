@@ -19,10 +19,13 @@ local function kernel()
   return kcache
 end
 
---- Read the kernel's symbols now, if not yet (a tracer does it while it
---- waits, so that its report does not).
+--- Read the kernel's symbols in the background, if not yet (a tracer
+--- starts it while it waits, so that its report does not; the loop goes
+--- on meanwhile). The first kernel frame named waits for the read.
 function M.load_kernel()
-  kernel()
+  if not kcache then
+    core.ksyms_start()
+  end
 end
 
 --- The kernel's symbol table (host/dn_sym.c): :resolve(addr) -> name,

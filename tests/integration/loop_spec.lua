@@ -5,6 +5,7 @@
 -- is not freed while any frame of the loop holds it (the sanitizer build
 -- runs these too).
 local cjson = require("cjson")
+local ffi = require("ffi")
 local core = require("denet.core")
 local denet = require("denet")
 local BPF = require("denet.bpf")
@@ -173,4 +174,40 @@ return { description = "sleeps in on_process",
       .. "the event loop %(at most 4%)", failed)
     assert.equals(1, select(2, failed:gsub("\n", "")), failed)
   end)
+
+  -- A tracer reads them while the processes it follows start and exit:
+  -- parsing /proc/kallsyms takes a second or more on a slow machine, and
+  -- a loop stopped that long misses whole short-lived processes.
+  it("reads the kernel's symbols on a thread of their own: starting costs a fraction of a read, the table is the same",
+    function()
+      local t0 = core.monotonic()
+      local inline = core.ksyms()
+      local read_s = core.monotonic() - t0
+      local start_s = math.huge
+      local threaded
+      for _ = 1, 3 do
+        t0 = core.monotonic()
+        assert.is_true(core.ksyms_start())
+        -- (a second start while one reads is the same read)
+        assert.is_true(core.ksyms_start())
+        start_s = math.min(start_s, core.monotonic() - t0)
+        threaded = core.ksyms()
+      end
+      assert.is_true(start_s < read_s / 5, string.format("start %.6f s, a read %.6f s", start_s, read_s))
+      -- the same names at the addresses of a few functions the kernel has
+      -- (64-bit addresses: a double would round them)
+      local function u64(hex)
+        return ffi.cast("uint64_t", tonumber(hex:sub(1, -9), 16)) * 2 ^ 32 + tonumber(hex:sub(-8), 16)
+      end
+      local text = core.read_file("/proc/kallsyms", 64 * 2 ^ 20)
+      local n = 0
+      for addr, name in text:gmatch("(%x+) [Tt] ([%w_]+)\n") do
+        n = n + 1
+        if n % 997 == 0 then
+          assert.equals(inline:resolve(u64(addr)), threaded:resolve(u64(addr)), name)
+        end
+      end
+      assert.is_true(n > 1000, "text symbols: " .. n)
+      assert.equals("schedule", (threaded:resolve(u64(text:match("(%x+) T schedule\n")))))
+    end)
 end)

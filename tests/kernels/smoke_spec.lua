@@ -91,7 +91,9 @@ describe("on this kernel", function()
       seen[i] = string.format("%s %s x%s %.0f us: %s", st.comm, st.category, tostring(st.count), st.us or 0,
         table.concat(st.frames, ";"))
     end
-    seen = table.concat(seen, "\n")
+    -- (and the unwinder's counts: walked, copied, stacks of processes gone
+    -- before their mappings were read)
+    seen = table.concat(seen, "\n") .. "\nunwind: " .. cjson.encode(r.unwind or {})
     assert.equals("__schedule", s.frames[#s.frames], seen)
     local nap = false
     for _, f in ipairs(s.frames) do

@@ -68,7 +68,9 @@ return {
       t.engine:sweep()
     end)
     -- the report names kernel frames: read the kernel's symbols while
-    -- tracing, once the start's burst of stacks to learn is through
+    -- tracing (on a thread of their own: the loop must keep up with the
+    -- processes that start and exit meanwhile), once the start's burst of
+    -- stacks to learn is through
     if not opts.user_only then
       ctx:after(0.2, require("denet.syms").load_kernel)
     end
