@@ -30,7 +30,9 @@
 #define DN_PT_REGS_SIZE 168
 #define DN_PT_REGS_BP 32
 #define DN_PT_REGS_R11 48
+#define DN_PT_REGS_R10 56
 #define DN_PT_REGS_CX 88
+#define DN_PT_REGS_DX 96
 #define DN_PT_REGS_ORIG_AX 120
 #define DN_PT_REGS_IP 128
 #define DN_PT_REGS_FLAGS 144

@@ -56,8 +56,8 @@ local ARGS = {
   { name = "prometheus_linger", metavar = "S", help = "at the end, keep serving the final "
     .. "figures until a scrape has them, S seconds at most (default 0)" },
   { name = "version", flag = "-V", type = "bool", help = "print the version and exit" },
-  { name = "enable_ebpf", type = "bool", help = "the original's flag: --offcpu and --syscalls where BPF can be "
-    .. "used (without it, said once; the monitor runs on)" },
+  { name = "enable_ebpf", type = "bool", help = "the original's flag: --offcpu, --syscalls and --network where BPF "
+    .. "can be used (without it, said once; the monitor runs on)" },
 }
 -- the features the monitor can add (--offcpu, --syscalls), from the registry
 for i, a in ipairs(require("denet.features").monitor_args()) do

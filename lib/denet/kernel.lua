@@ -51,6 +51,10 @@ M.LIST = {
     probe = function()
       return M.has("btf")
     end },
+  { name = "sock_length", since = "6.3", what = "the socket layer's send and receive tracepoints",
+    probe = function()
+      return sys.tracepoint_exists("sock", "sock_send_length") and sys.tracepoint_exists("sock", "sock_recv_length")
+    end },
   { name = "kprobes", since = "4.1", what = "kprobes (optional: scripts that ask for them)",
     probe = function()
       return sys.has_kprobes()

@@ -139,6 +139,12 @@ function M.from_record(rec, ident, fams)
     if type(ebpf.offcpu) == "table" then
       M.add_offcpu(fams, ebpf.offcpu, ident)
     end
+    if type(ebpf.network) == "table" then
+      add(family(fams, "denet_network_received_bytes", "counter", "bytes",
+        "bytes the tree received over TCP/UDP sockets (BPF)"), "_total", ident, nil, ebpf.network.rx_bytes)
+      add(family(fams, "denet_network_sent_bytes", "counter", "bytes",
+        "bytes the tree sent over TCP/UDP sockets (BPF)"), "_total", ident, nil, ebpf.network.tx_bytes)
+    end
     if type(ebpf.syscalls) == "table" and not fams.syscalls_done then
       -- a record holds the top syscalls only (a live run adds the full
       -- report instead, with add_syscalls)

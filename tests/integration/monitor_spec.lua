@@ -334,6 +334,47 @@ describe("denet run", function()
     assert.is_true(n >= 5, "clock_nanosleep " .. n)
   end)
 
+  -- net_bytes N SIZE sends and receives 2 x N x SIZE bytes over IP
+  -- sockets (UDP with a peek before each receive, TCP), and N x SIZE over
+  -- a Unix socketpair, which is not network
+  it("--enable-ebpf counts each process's network bytes exactly: peeks and Unix sockets left out, exited ones kept",
+    function()
+      local sh = string.format("%s 10 1000 && %s 5 1000 write", H.quote(H.fixture("net_bytes")),
+        H.quote(H.fixture("net_bytes")))
+      local code, recs = run({ "--enable-ebpf" }, { "sh", "-c", sh })
+      assert.equals(0, code)
+      local n = summary_of(recs).ebpf.network
+      assert.equals("socket", n.source)
+      assert.equals(30000, n.rx_bytes)
+      assert.equals(30000, n.tx_bytes)
+      local per = {}
+      for pid, v in pairs(n.per_pid) do
+        assert.equals(v.rx_bytes, v.tx_bytes, pid)
+        per[#per + 1] = v.tx_bytes
+      end
+      table.sort(per)
+      -- (the shell sent nothing)
+      assert.same({ 10000, 20000 }, per)
+    end)
+
+  it("network bytes before 6.3 come from the socket syscalls: read and write on a socket are not seen", function()
+    local stats = H.tmpfile(".stats")
+    local function bytes(mode)
+      local code, _, err = H.denet({ "run", "-q", "-o", "/dev/null", "--stats", stats, "--network", "--",
+        H.fixture("net_bytes"), "10", "1000", mode }, "DENET_DISABLE=sock_length ")
+      assert.equals(0, code, err)
+      assert.matches("sock_length", err)
+      local n = cjson.decode(H.slurp(stats)).ebpf.network
+      assert.equals("syscalls", n.source)
+      assert.equals(n.rx_bytes, n.tx_bytes)
+      return n.tx_bytes
+    end
+    -- send/recv: all of it (the peeks left out, from the saved flags)
+    assert.equals(20000, bytes("send"))
+    -- TCP by write/read: only UDP's sendto/recvfrom are seen
+    assert.equals(10000, bytes("write"))
+  end)
+
   it("--write-env writes an env record first", function()
     local code, recs = run({ "--write-env" }, { H.fixture("exit_with"), "0" })
     assert.equals(0, code)

@@ -53,6 +53,18 @@ describe("on this kernel", function()
       string.format("%.3f vs rusage %.3f", last.cpu_time_secs, ru))
   end)
 
+  it("denet run --network: a process's network bytes, exact (the socket syscalls' variant before 6.3)", function()
+    local o = H.tmpfile(".stats")
+    local code, _, err = H.denet({ "run", "-q", "-o", "/dev/null", "--stats", o, "--network", "--",
+      H.fixture("net_bytes"), "10", "1000" })
+    assert.equals(0, code, err)
+    local n = cjson.decode(H.slurp(o)).ebpf.network
+    assert.equals(kernel.has("sock_length") and "socket" or "syscalls", n.source)
+    -- UDP and TCP both ways, the peeks and the Unix socket left out
+    assert.equals(20000, n.rx_bytes)
+    assert.equals(20000, n.tx_bytes)
+  end)
+
   it("denet script offcpu: a program without frame pointers, its stacks whole to _start from the first block",
     function()
       -- (blocks long enough for the process's mappings to be read while it

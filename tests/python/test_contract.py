@@ -246,6 +246,16 @@ def test_enable_ebpf_adds_off_cpu_time_and_syscall_counts():
     assert top.get("clock_nanosleep", 0) >= 5, top
 
 
+def test_enable_ebpf_counts_network_bytes_per_process():
+    # net_bytes 10 1000: 20000 bytes each way over UDP and TCP, a peek before
+    # each UDP receive and 10000 bytes over a Unix socketpair, none counted
+    mon = denet.ProcessMonitor([fx("net_bytes"), "10", "1000"], 50, 100, quiet=True, enable_ebpf=True)
+    mon.run()
+    n = json.loads(mon.get_summary())["ebpf"]["network"]
+    assert (n["rx_bytes"], n["tx_bytes"]) == (20000, 20000), n
+    assert [(v["rx_bytes"], v["tx_bytes"]) for v in n["per_pid"].values()] == [(20000, 20000)]
+
+
 def test_enable_ebpf_without_bpf_privileges_still_runs_the_command(tmp):
     marker = os.path.join(tmp, "ran")
     os.chmod(tmp, 0o777)

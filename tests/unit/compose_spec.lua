@@ -49,11 +49,22 @@ describe("the feature registry", function()
     for _, a in ipairs(features.monitor_args()) do
       flags[#flags + 1] = a.name
     end
-    assert.same({ "offcpu", "syscalls" }, flags)
+    assert.same({ "offcpu", "syscalls", "network" }, flags)
     local f = features.for_monitor({ interval = 0.1 }, { syscalls = true }, { prometheus = "0" })
     assert.same({ interval = 0.1 }, f.monitor)
     assert.same({ latency = true }, f.syscalls)
     assert.is_nil(f.offcpu)
+    assert.is_nil(f.network)
+  end)
+
+  it("plans network bytes from the socket tracepoints, or the socket syscalls where the kernel lacks them", function()
+    local flags = compose.plan({ "network" })
+    assert.equals(not kernel.has("sock_length"), has(flags, "-DDN_NET_SYSCALLS"))
+    with_disabled("sock_length", function()
+      local f, notes = compose.plan({ "network" })
+      assert.is_true(has(f, "-DDN_NET_SYSCALLS"))
+      assert.matches("socket syscalls", table.concat(notes, "\n"))
+    end)
   end)
 end)
 

@@ -72,4 +72,17 @@ describe("denet.metrics", function()
       end
     end
   end)
+
+  it("a record's network bytes from BPF: two counters; a recorded file's odd values add nothing", function()
+    local s = samples(metrics.from_record({ kind = "tree", aggregated = { ebpf = {
+      network = { rx_bytes = 20000, tx_bytes = 30000, per_pid = { ["7"] = { rx_bytes = 20000, tx_bytes = 30000 } } },
+    } } }, IDENT))
+    assert.equals(20000, s['denet_network_received_bytes_total{target="app",pid="42"}'])
+    assert.equals(30000, s['denet_network_sent_bytes_total{target="app",pid="42"}'])
+    local t = samples(metrics.from_record({ kind = "tree", aggregated = { ebpf = {
+      network = { rx_bytes = "x", tx_bytes = {} } } } }, IDENT))
+    for k in pairs(t) do
+      assert.is_nil(k:match("^denet_network"), k)
+    end
+  end)
 end)

@@ -53,7 +53,7 @@ local M = {}
 --- Every feature, in the order lists show them and a run starts them
 --- (off-CPU analysis first: it reads the threads blocked as tracing
 --- begins, the sooner the better).
-M.NAMES = { "tree", "switch", "insys", "unwind", "offcpu", "syscalls", "monitor", "snapshot" }
+M.NAMES = { "tree", "switch", "insys", "unwind", "offcpu", "syscalls", "network", "monitor", "snapshot" }
 
 local loaded = {}
 
@@ -119,8 +119,8 @@ function M.for_monitor(monitor_opts, flags, run_opts)
   local out = { monitor = monitor_opts }
   local all = flags.enable_ebpf and require("denet.tree").bpf_usable()
   if flags.enable_ebpf and not all then
-    io.stderr:write("denet: --enable-ebpf: BPF cannot be used here (see denet doctor): no off-CPU or syscall "
-      .. "figures\n")
+    io.stderr:write("denet: --enable-ebpf: BPF cannot be used here (see denet doctor): no off-CPU, syscall or "
+      .. "per-process network figures\n")
   end
   for _, d in ipairs(M.list("monitor")) do
     if flags[d.monitor.flag] or all then
