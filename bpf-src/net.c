@@ -95,7 +95,7 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 		 * (r10), recvmsg's 3rd (rdx), as the task saved them */
 		u64 flags = 0;
 		bpf_probe_read_kernel(&flags, 8,
-				      (void *)(ctx->args[0] + (nr == DN_NR_RECVFROM ? DN_PT_REGS_R10 : DN_PT_REGS_DX)));
+		                      (void *)(ctx->args[0] + (nr == DN_NR_RECVFROM ? DN_PT_REGS_R10 : DN_PT_REGS_DX)));
 		if (flags & DN_MSG_PEEK)
 			return 0;
 	}
