@@ -297,7 +297,11 @@ describe("unwind tables", function()
       if (st.comm == "sh" or st.comm == "python3") and all:find(";do_wait;", 1, true) then
         local user = all:match("^(.-);%-;")
         assert.matches("^dash%+0x%x+;__libc_start_main;__libc_start_call_main;dash%+0x%x+;.*;wait4$", user)
-        n = n + st.count
+        -- (a preemption inside wait4 on a busy machine is a runqueue
+        -- block with the same stacks, not another wait)
+        if st.category ~= "runqueue" then
+          n = n + st.count
+        end
       end
     end
     -- the subshell's four waits, and its parent's for the first sleep,
