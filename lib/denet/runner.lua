@@ -378,9 +378,12 @@ function Run:running()
   if self.ended or self.exited then
     return false
   end
-  if self.proc then
+  local attached = self.mode == "attach" and self.root
+  if self.proc or attached then
+    -- (attached: a zombie its parent has not reaped yet has exited too)
     local _, _, _, state = core.read_stat(self.root)
-    return state ~= nil and state ~= string.byte("Z")
+    local alive = state ~= nil and state ~= string.byte("Z")
+    return alive and not (attached and self.end_requested)
   end
   return self.end_requested == nil
 end
@@ -393,6 +396,8 @@ function Run:sample_now()
   if not m or not self:running() then
     if self.proc and not self:running() then
       self.exited = true
+    elseif self.mode == "attach" and not self.end_requested then
+      self:request_end("exit")
     end
     return nil
   end

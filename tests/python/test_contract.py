@@ -234,6 +234,57 @@ def test_one_monitor_sampled_from_three_threads_gives_whole_samples():
     assert mon.sample_once() is None
 
 
+# -- an attached process that exits unreaped ----------------------------------
+
+def wait_zombie(pid, limit=20.0):
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        with open("/proc/%d/stat" % pid) as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        time.sleep(0.01)
+    raise AssertionError("process %d did not exit" % pid)
+
+
+def test_an_attached_process_that_exited_unreaped_gives_no_sample():
+    # (it exits when told: a line on its stdin)
+    proc = subprocess.Popen(["sh", "-c", "read x"], stdin=subprocess.PIPE)
+    try:
+        mon = denet.ProcessMonitor.from_pid(proc.pid, 50, 500, quiet=True)
+        first = json.loads(mon.sample_once())
+        assert first["aggregated"]["mem_rss_kb"] > 0
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        # its parent (this test) has not reaped it: a zombie, with no memory
+        wait_zombie(proc.pid)
+        assert mon.sample_once() is None
+        assert mon.is_running() is False
+    finally:
+        proc.wait()
+
+
+def test_run_of_an_attached_process_ends_when_it_exits_unreaped_and_other_threads_run_meanwhile():
+    proc = subprocess.Popen(["sh", "-c", "read x"], stdin=subprocess.PIPE)
+    try:
+        mon = denet.ProcessMonitor.from_pid(proc.pid, 50, 500, quiet=True)
+        worker = threading.Thread(target=mon.run, daemon=True)
+        worker.start()
+        ticks, start = 0, time.monotonic()
+        while time.monotonic() - start < 0.3:
+            ticks += 1
+            time.sleep(0.01)
+        assert ticks > 3, "run() held the interpreter"
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        wait_zombie(proc.pid)
+        worker.join(timeout=20)
+        assert not worker.is_alive(), "run() went on after the process exited"
+        samples = [json.loads(x) for x in mon.get_samples()]
+        assert samples and all(x["aggregated"]["mem_rss_kb"] > 0 for x in samples)
+    finally:
+        proc.wait()
+
+
 # -- --enable-ebpf -------------------------------------------------------------
 
 def test_enable_ebpf_adds_off_cpu_time_and_syscall_counts():

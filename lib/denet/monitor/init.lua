@@ -592,11 +592,12 @@ function Monitor:schedule(emit)
   local timer
   timer = self.ctx:timer(function()
     local now = core.monotonic()
-    local rec = self:sample()
+    -- (an attached process that exited measures nothing: no sample of
+    -- its zombie)
+    local rec = not self:_check_root_gone() and self:sample()
     if rec then
       emit(rec)
     end
-    self:_check_root_gone()
     repeat
       deadline = deadline + M.interval_at(deadline - self.t0_mono, self.base, self.max)
       self.late = self.late + (deadline <= now and 1 or 0)
@@ -606,11 +607,19 @@ function Monitor:schedule(emit)
   timer:at(deadline)
 end
 
+--- Attached (no command of its own): has the process exited? It is gone,
+--- or a zombie its parent has not reaped yet; the run ends then. Returns
+--- true once it has.
 function Monitor:_check_root_gone()
-  if not self.proc and not self.procs[self.root] and not self.root_gone then
+  if self.proc or self.root_gone then
+    return self.root_gone
+  end
+  local _, _, _, state = core.read_stat(self.root)
+  if not self.procs[self.root] or not state or state == string.byte("Z") then
     self.root_gone = true
     self.ctx:request_end("exit")
   end
+  return self.root_gone
 end
 
 --- The command has exited (run mode) and is about to be reaped: its
