@@ -50,8 +50,9 @@ local function feature_line(name)
   for _, f in ipairs(kernel.LIST) do
     if f.name == name then
       local off = kernel.disabled()[name]
-      return string.format("%s %s (%s)", off and "DENET_DISABLE turns off" or "this kernel has no", f.what,
-        off and name or (f.since .. "+"))
+      -- ("has no the BPF ring buffer": the article goes)
+      return string.format("%s %s (%s)", off and "DENET_DISABLE turns off" or "this kernel has no",
+        off and f.what or (f.what:gsub("^the ", "")), off and name or (f.since .. "+"))
     end
   end
   return name

@@ -51,7 +51,8 @@ M.LIST = {
     probe = function()
       return M.has("btf")
     end },
-  { name = "sock_length", since = "6.3", what = "the socket layer's send and receive tracepoints",
+  { name = "sock_length", since = "6.3",
+    what = "the socket layer's send and receive tracepoints (sock:sock_send_length, sock_recv_length)",
     probe = function()
       return sys.tracepoint_exists("sock", "sock_send_length") and sys.tracepoint_exists("sock", "sock_recv_length")
     end },

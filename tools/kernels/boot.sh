@@ -9,7 +9,8 @@
 # The initramfs is busybox plus the virtio and squashfs modules of that
 # kernel; it mounts the image, tmpfs on /tmp, /run, /var and
 # /lib/modules (where build/source point at the flavour's Debian headers),
-# proc, sys, tracefs, debugfs, bpffs and cgroup2, then switch_root's.
+# proc, sys, tracefs, debugfs, bpffs and cgroup2, brings up the loopback,
+# then switch_root's.
 set -euo pipefail
 
 kdir=$(realpath "$1")
@@ -92,6 +93,8 @@ mount -t tracefs tracefs /newroot/sys/kernel/tracing
 mount -t debugfs debugfs /newroot/sys/kernel/debug
 mount -t bpf bpf /newroot/sys/fs/bpf
 mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup
+# the loopback, as any system brings it up (tests send over 127.0.0.1)
+ip link set lo up
 cmd=$(sed -n 's/.*denet\.cmd=\([^ ]*\).*/\1/p' /newroot/proc/cmdline | base64 -d)
 exec switch_root /newroot /bin/sh -c "cd /root; export HOME=/root PATH=/usr/bin:/bin:/usr/sbin:/sbin; $cmd; echo DENET-GUEST-EXIT \$?; poweroff -f"
 INIT
