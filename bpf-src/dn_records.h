@@ -51,6 +51,10 @@
 #define DN_UW_REGION_MAPS 2
 /* the words a user stack template keeps (unwind.c, DN_USTACK_REUSE) */
 #define DN_UWT_READS 16
+/* Python frames a stack keeps (python.c), and the flag of a frame that
+ * entered the interpreter from C (the last of a _PyEval_EvalFrameDefault) */
+#define DN_PY_FRAMES 64
+#define DN_PY_ENTRY 0x80000000U
 #endif
 
 /* One row of an unwind table: from pc (the file's virtual address) up to
@@ -101,6 +105,35 @@ DN_RECORD(dn_uw_copy, {
 	u32 pad;
 	u64 ip, sp, bp;
 	u8 data[DN_UW_COPY];
+})
+
+/* A Python stack (python.c's dn_py_stacks), innermost frame first: each
+ * frame's code object, the instruction it is at (code units from the
+ * code's start; DN_PY_ENTRY set on the frame a C call of the interpreter
+ * began with) and the code's co_firstlineno then (checked again when the
+ * code object is read: its memory may have been reused since). */
+DN_RECORD(dn_py_frame, {
+	u64 code;
+	u32 instr;
+	s32 first;
+})
+DN_RECORD(dn_py_stack, {
+	u64 hash;
+	u32 n, flags; /* flags: DN_PY_F_* (python.c) */
+	u32 tgid, pad;
+	struct dn_py_frame f[DN_PY_FRAMES];
+})
+/* A Python process (python.c's dn_py_procs): where its runtime state and
+ * the type of code objects are (addresses in it). */
+DN_RECORD(dn_py_proc, {
+	u64 runtime;
+	u64 code_type;
+})
+/* A Python stack stored for the first time: its code objects are to be
+ * read while the process lives (python.c's dn_py_new). */
+DN_RECORD(dn_py_new_rec, {
+	u32 tgid;
+	s32 id;
 })
 
 /* One tracked process (thread group) of tree.c's dn_tracked, keyed by

@@ -32,6 +32,8 @@ struct dn_offcpu_key {
 	s32 ustack, kstack;
 	u32 state;
 	s32 syscall;
+	s32 pystack; /* its Python frames (python.c; 0: none) */
+	u32 pad;
 	u64 leaf[DN_LEAF_FRAMES]; /* frames the user stack walk lost (DN_LEAF_UNWIND) */
 };
 
@@ -52,6 +54,8 @@ struct dn_offcpu_thread {
 	s32 ustack, kstack;
 	u32 state;   /* prev_state & DN_TASK_STATE_MASK; 0: preempted */
 	s32 syscall; /* -1: not in a syscall */
+	s32 pystack; /* its Python frames (python.c; 0: none) */
+	u32 pad2;
 	u64 leaf[DN_LEAF_FRAMES];
 	/* how long the current block had lasted when tracing began (user
 	 * space writes it for threads blocked then; 0 for blocks seen) */
@@ -642,6 +646,7 @@ static __always_inline void dn_offcpu_end_block(struct dn_offcpu_thread *th, u32
 		k.kstack = th->kstack;
 		k.state = th->state;
 		k.syscall = th->syscall;
+		k.pystack = th->pystack;
 #pragma unroll
 		for (int i = 0; i < DN_LEAF_FRAMES; i++)
 			k.leaf[i] = th->leaf[i];
@@ -726,6 +731,10 @@ static __always_inline void dn_offcpu_stacks_of(void *ctx, struct dn_offcpu_thre
 	__builtin_memset(th->leaf, 0, sizeof(th->leaf));
 	s32 uw = dn_uw_begin(tgid, (u32)bpf_get_current_pid_tgid());
 	th->ustack = uw == 0 ? DN_UW_PENDING : uw;
+#ifdef DN_PYTHON
+	/* its Python frames, read before the native walk (python.c) */
+	th->pystack = dn_py_begin(tgid, (u32)bpf_get_current_pid_tgid()) ? DN_UW_PENDING : 0;
+#endif
 #elif defined(DN_USTACK_REUSE)
 	th->ustack = dn_ustack_id(ctx, tgid, th->leaf);
 #else
@@ -741,6 +750,17 @@ static __always_inline void dn_offcpu_stacks_of(void *ctx, struct dn_offcpu_thre
 		dn_offcpu_missed_inc(0, th->ustack);
 #endif
 }
+
+#ifdef DN_PYTHON
+/* The Python frames of thread tid's block: their stack's id (0: none;
+ * < 0: not stored). */
+static __always_inline void dn_py_deliver(u32 tid, s32 id)
+{
+	struct dn_offcpu_thread *th = dn_offcpu_threads.lookup(&tid);
+	if (th && th->pystack == DN_UW_PENDING)
+		th->pystack = id;
+}
+#endif
 
 #ifdef DN_DWARF_UNWIND
 /* The walk of thread tid's user stack (begun at its switch-out) is over:

@@ -133,7 +133,8 @@ BPF_PERCPU_ARRAY(dn_uw_state, struct dn_uw_state, 1);
 #ifdef DN_USTACK_REUSE
 BPF_PERCPU_ARRAY(dn_uwt_scratch, struct dn_uwt, 1);
 #endif
-BPF_PROG_ARRAY(dn_uw_progs, 1);
+/* [0] the walk (dn_uw_walk); [1] the Python walk before it (python.c) */
+BPF_PROG_ARRAY(dn_uw_progs, 2);
 BPF_RINGBUF_OUTPUT(dn_uw_miss, 512);
 /* [0] walks, [1] whole (to the entry point), [2] truncated, [3] copied
  * to user space, [4] copies lost (the ring was full), [5] stacks not
@@ -584,8 +585,16 @@ int dn_uw_walk(void *ctx)
  * maps until it execs or maps more (an address in none of the parent's
  * mappings then copies its stack, and user space loads its own); one that
  * exec'd has none loaded. */
+#ifdef DN_PYTHON
+static __always_inline void dn_py_on_fork(u32 parent, u32 child);
+static __always_inline void dn_py_on_exec(u32 tgid);
+#endif
+
 static __always_inline void dn_uw_on_fork(u32 parent, u32 child)
 {
+#ifdef DN_PYTHON
+	dn_py_on_fork(parent, child);
+#endif
 	/* (a new process: what a former one of that pid counted goes) */
 	dn_uw_execs.delete(&child);
 	struct dn_uw_proc *p = dn_uw_procs.lookup(&parent);
@@ -597,6 +606,9 @@ static __always_inline void dn_uw_on_fork(u32 parent, u32 child)
 
 static __always_inline void dn_uw_on_exec(u32 tgid)
 {
+#ifdef DN_PYTHON
+	dn_py_on_exec(tgid);
+#endif
 	u32 one = 1, *n = dn_uw_execs.lookup(&tgid);
 	if (n)
 		__sync_fetch_and_add(n, 1);
@@ -607,16 +619,34 @@ static __always_inline void dn_uw_on_exec(u32 tgid)
 	dn_uw_asked.delete(&tgid);
 }
 
+/* A walk begun cannot run (its program is not loaded yet). */
+static __always_inline void dn_uw_abandon(void)
+{
+	int zero = 0;
+	struct dn_uw_state *s = dn_uw_state.lookup(&zero);
+	if (!s || !s->active)
+		return;
+	s->active = 0;
+	dn_uw_deliver(s->tid, DN_UW_FAILED);
+}
+
+#ifdef DN_PYTHON
+static __always_inline void dn_py_run(void *ctx);
+#endif
+
 /* From the sched_switch probe, once every hook has run. */
 static __always_inline void dn_uw_run(void *ctx)
 {
+#ifdef DN_PYTHON
+	/* (its program calls the walk's) */
+	dn_py_run(ctx);
+#endif
 	int zero = 0;
 	struct dn_uw_state *s = dn_uw_state.lookup(&zero);
 	if (!s || !s->active)
 		return;
 	dn_uw_progs.call(ctx, 0);
 	/* no program in the chain (not loaded yet) */
-	s->active = 0;
-	dn_uw_deliver(s->tid, DN_UW_FAILED);
+	dn_uw_abandon();
 }
 #endif

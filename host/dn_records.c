@@ -31,8 +31,8 @@ static const struct {
 	const char *name;
 	long value;
 } constants[] = {
-	DN_CONST(DN_LEAF_FRAMES), DN_CONST(DN_UT_FRAMES), DN_CONST(DN_KT_SLOTS),
-	DN_CONST(DN_KT_INNER),    DN_CONST(DN_KT_OUTER),  DN_CONST(DN_SNAP_KFRAMES),
+	DN_CONST(DN_LEAF_FRAMES), DN_CONST(DN_UT_FRAMES),    DN_CONST(DN_KT_SLOTS),  DN_CONST(DN_KT_INNER),
+	DN_CONST(DN_KT_OUTER),    DN_CONST(DN_SNAP_KFRAMES), DN_CONST(DN_PY_FRAMES), DN_CONST(DN_PY_ENTRY),
 };
 
 /* core.record_constants() -> { DN_KT_SLOTS = 32, ... } */

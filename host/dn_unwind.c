@@ -733,6 +733,52 @@ static int l_uw_build_id(lua_State *L)
 	return 1;
 }
 
+/* core.elf_symbols(path, {names}) -> { name = address } (of the names
+ * found in .dynsym or .symtab, any type), the file's type ("exec" or
+ * "dyn") | nil, why */
+static int l_elf_symbols(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	Elf_Scn *scn = NULL;
+	GElf_Ehdr eh;
+	int fd;
+	Elf *elf;
+
+	luaL_checktype(L, 2, LUA_TTABLE);
+	elf = open_elf(L, path, &fd);
+	if (!elf)
+		return 3;
+	lua_newtable(L);
+	while ((scn = elf_nextscn(elf, scn)) != NULL) {
+		GElf_Shdr sh;
+		Elf_Data *data;
+		size_t i, n;
+
+		if (!gelf_getshdr(scn, &sh) || (sh.sh_type != SHT_DYNSYM && sh.sh_type != SHT_SYMTAB) ||
+		    !sh.sh_entsize || !(data = elf_getdata(scn, NULL)))
+			continue;
+		n = sh.sh_size / sh.sh_entsize;
+		for (i = 0; i < n; i++) {
+			GElf_Sym sym;
+			const char *name;
+
+			if (!gelf_getsym(data, (int)i, &sym) || sym.st_shndx == SHN_UNDEF ||
+			    !(name = elf_strptr(elf, sh.sh_link, sym.st_name)) || !*name)
+				continue;
+			lua_getfield(L, 2, name);
+			if (!lua_isnil(L, -1)) {
+				lua_pushnumber(L, (lua_Number)sym.st_value);
+				lua_setfield(L, -3, name);
+			}
+			lua_pop(L, 1);
+		}
+	}
+	lua_pushstring(L, gelf_getehdr(elf, &eh) && eh.e_type == ET_EXEC ? "exec" : "dyn");
+	elf_end(elf);
+	close(fd);
+	return 2;
+}
+
 /* --- the table in the kernel: pages ------------------------------------ */
 
 /* The index of the last row at or before pc, or -1. */
@@ -951,8 +997,13 @@ static int l_demangle(lua_State *L)
 void dn_unwind_open(lua_State *L)
 {
 	static const luaL_Reg fns[] = {
-		{ "demangle", l_demangle }, { "uw_file_key", l_uw_file_key }, { "uw_load", l_uw_load },
-		{ "uw_table", l_uw_table }, { "uw_build_id", l_uw_build_id }, { NULL, NULL },
+		{ "demangle", l_demangle },
+		{ "uw_file_key", l_uw_file_key },
+		{ "uw_load", l_uw_load },
+		{ "uw_table", l_uw_table },
+		{ "uw_build_id", l_uw_build_id },
+		{ "elf_symbols", l_elf_symbols },
+		{ NULL, NULL },
 	};
 
 	dn_vm_setfuncs(L, fns);

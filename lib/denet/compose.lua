@@ -223,8 +223,13 @@ function M.build(spec)
         -- and what feeds it (kept on the program: features load the
         -- processes they trace into it before the probes go live)
         local dwarf = require("denet.stacks.dwarf")
-        dwarf.arm(b, flag_set["-DDN_SWITCH_RAW"])
+        dwarf.arm(b, flag_set["-DDN_SWITCH_RAW"], flag_set["-DDN_PYTHON"])
         b.unwinder = dwarf.start(b)
+        if flag_set["-DDN_PYTHON"] then
+          -- the interpreters among the processes loaded, and their code
+          b.python = require("denet.stacks.python").start(b)
+          b.unwinder.python = b.python
+        end
       end
       if spec.before_attach then
         spec.before_attach(b)

@@ -17,6 +17,7 @@ local bit = require("bit")
 local ffi = require("ffi")
 local core = require("denet.core")
 local kernel = require("denet.kernel")
+local python = require("denet.stacks.python")
 
 local M = {}
 
@@ -332,6 +333,11 @@ function M.take(pids, exclude, opts)
       t.since_ns = o and t.exec_start + o
       if t.regs and not (opts and opts.stacks == false) then
         t.uaddrs, t.uleaf, t.utrunc = M.user_stack(t.pid, t.regs.ip, t.regs.sp, t.regs.bp)
+        -- a CPython's frames, read with the native ones
+        local py = python.of_process(t.pid)
+        if py then
+          t.pyframes, t.pycut = python.walk(t.pid, t.tid, py)
+        end
       end
     end
   end

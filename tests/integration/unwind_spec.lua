@@ -165,12 +165,19 @@ describe("unwind tables", function()
     assert.is_true(#got >= 5, #got .. " frames")
     if named then
       -- our frames are root first, "-", then the kernel's
-      local ours = {}
+      local ours, py = {}, 0
       for i = #t.user_addrs, 1, -1 do
-        -- (a frame eu-stack leaves unnamed is module+offset here)
-        ours[#ours + 1] = names[#ours + 1] == "" and t.frames[i]:match("^[^+;]+%+0x%x+$") and "" or t.frames[i]
+        -- (a frame eu-stack leaves unnamed is module+offset here; the
+        -- Python frame a one-line program runs stands where its
+        -- interpreter loop is)
+        local f = t.frames[i]
+        if f:match("^<module> %(<string>:1%)$") then
+          f, py = "_PyEval_EvalFrameDefault", py + 1
+        end
+        ours[#ours + 1] = names[#ours + 1] == "" and f:match("^[^+;]+%+0x%x+$") and "" or f
       end
       assert.same(names, ours)
+      assert.equals(named == "python" and 1 or 0, py)
     end
     -- the files, with their build-ids
     assert.is_string(r.modules["libc.so.6"].build_id)
@@ -207,9 +214,9 @@ describe("unwind tables", function()
     ok, e = pcall(now_vs_eu, pid, false)
     os.execute("kill " .. pid)
     assert(ok, e)
-    -- python3: the interpreter's C frames, named
+    -- python3: the interpreter's C frames, named, and its Python frame
     pid = started("exec /usr/bin/python3 -c 'import time; time.sleep(30)'", "python3", 230)
-    ok, e = pcall(now_vs_eu, pid, true)
+    ok, e = pcall(now_vs_eu, pid, "python")
     os.execute("kill " .. pid)
     assert(ok, e)
   end)

@@ -7,7 +7,7 @@
 -- Two sample types: off-CPU time in nanoseconds (the default) and the
 -- number of blocks. Each stack is a sample, leaf first: kernel frames
 -- (file "[kernel.kallsyms]") under user frames (file and line: their
--- source's, where DWARF has it).
+-- source's, where DWARF has it; a Python frame's function, file and line).
 -- Labels: thread ("comm:tid"), pid and tid (numbers), category, syscall.
 local core = require("denet.core")
 local errors = require("denet.errors")
@@ -28,7 +28,12 @@ function M.profile(report)
       if f == "-" then
         kernel = true
       else
-        local file, line = (lines[i] or ""):match("^(.*):(%d+)$")
+        local l = lines[i] or ""
+        local file, line = l:match("^(.*):(%d+)$")
+        -- a Python frame's label ("napper (script.py:12)"): its function
+        if l ~= "" and f:sub(-#l - 3) == " (" .. l .. ")" then
+          f = f:sub(1, -#l - 4)
+        end
         at[#at + 1] = { f, kernel and "[kernel.kallsyms]" or file or "", tonumber(line) }
       end
     end

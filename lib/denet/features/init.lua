@@ -53,7 +53,7 @@ local M = {}
 --- Every feature, in the order lists show them and a run starts them
 --- (off-CPU analysis first: it reads the threads blocked as tracing
 --- begins, the sooner the better).
-M.NAMES = { "tree", "switch", "insys", "unwind", "offcpu", "syscalls", "network", "monitor", "snapshot" }
+M.NAMES = { "tree", "switch", "insys", "unwind", "pyframes", "offcpu", "syscalls", "network", "monitor", "snapshot" }
 
 local loaded = {}
 

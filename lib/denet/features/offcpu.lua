@@ -33,7 +33,7 @@ return {
   bpf = {
     file = "offcpu.c",
     order = 50,
-    needs = { "tree", "insys", "unwind", "switch" },
+    needs = { "tree", "insys", "unwind", "pyframes", "switch" },
     cflags = cflags,
     variants = {
       { requires = { "btf" }, otherwise = { note = "kernel threads cannot be told apart: their missing user "
@@ -44,7 +44,7 @@ return {
         note = "kernel stacks are walked at every switch (no stack reuse)" },
       { flag = "-DDN_USTACK_REUSE", also = { "-DDN_USTACK_VERIFY" }, requires = { "task_pt_regs", "ringbuf" },
         note = "user stacks are walked at every switch (no stack reuse)" },
-      { flag = "-DDN_DWARF_UNWIND", requires = { "task_pt_regs", "ringbuf" },
+      { flag = "-DDN_DWARF_UNWIND", also = { "-DDN_PYTHON" }, requires = { "task_pt_regs", "ringbuf" },
         note = "user stacks are walked by frame pointers (functions without them are missing)" },
       { flag = "-DDN_LEAF_UNWIND", requires = { "task_pt_regs", "ringbuf" },
         note = "callers of functions without frame pointers (libc's) are missing from user stacks" },

@@ -45,7 +45,7 @@ local function thread_entry(t, st, taken_ns, opts, modules)
   if t.state == "R" then
     return r
   end
-  local uf, mods, kf, lines = stacks.of_snapshot(t, opts.stack_depth)
+  local uf, mods, kf, lines, pysite = stacks.of_snapshot(t, opts.stack_depth)
   local sysname = t.syscall >= 0 and sysnames.name(t.syscall) or nil
   r.syscall = sysname or ""
   r.category = classify.category(st, sysname, kf)
@@ -63,7 +63,7 @@ local function thread_entry(t, st, taken_ns, opts, modules)
     stacks.frames.modules_of(t.pid, t.uaddrs, modules)
   end
   r.frames = stacks.frames.join(uf, kf)
-  r.site = stacks.frames.site(r) or (sysname and sysname .. "()") or (kf[#kf] and kf[#kf] .. "()") or nil
+  r.site = pysite or stacks.frames.site(r) or (sysname and sysname .. "()") or (kf[#kf] and kf[#kf] .. "()") or nil
   return r
 end
 

@@ -190,7 +190,10 @@ local function places_text(w, report, top)
     local lines = s.user_lines or {}
     for j = #s.frames, 1, -1 do
       local l = lines[j]
-      w("      %s%s", s.frames[j], l and l ~= "" and (" (" .. l .. ")") or "")
+      local f = s.frames[j]
+      -- (a Python frame's label has its line already)
+      local shown = l and l ~= "" and f:sub(-#l - 3) ~= " (" .. l .. ")"
+      w("      %s%s", f, shown and (" (" .. l .. ")") or "")
     end
   end
 end

@@ -28,7 +28,8 @@ local function leaf_of(k)
 end
 
 local function entry_key(k)
-  return table.concat({ k.tgid, k.tid, k.ustack, k.kstack, k.state, k.syscall, table.concat(k.leaf, ",") }, ":")
+  return table.concat({ k.tgid, k.tid, k.ustack, k.kstack, k.state, k.syscall, table.concat(k.leaf, ","),
+    k.pystack or 0 }, ":")
 end
 
 -- The blocks of a tracer: those that ended (dn_offcpu) and those still in
@@ -42,7 +43,7 @@ local function entries_of(bpf, now_ns, min_ns, max_ns)
   local entries, by_key = {}, {}
   for key, v in bpf:get_table("dn_offcpu"):items() do
     local k = { tgid = key.tgid, tid = key.tid, ustack = key.ustack, kstack = key.kstack, state = key.state,
-      syscall = key.syscall, leaf = leaf_of(key) }
+      syscall = key.syscall, leaf = leaf_of(key), pystack = key.pystack }
     entries[#entries + 1] = { k = k, total_ns = tonumber(v.total_ns), count = tonumber(v.count),
       max_ns = tonumber(v.max_ns), min_ns = tonumber(v.min_ns), open = 0, open_ns = 0 }
     by_key[entry_key(k)] = entries[#entries]
@@ -53,7 +54,7 @@ local function entries_of(bpf, now_ns, min_ns, max_ns)
     local whole = d + tonumber(st.before)
     if start > 0 and tonumber(st.died) == 0 and whole >= min_ns and whole <= max_ns then
       local k = { tgid = st.tgid, tid = tid, ustack = st.ustack, kstack = st.kstack, state = st.state,
-        syscall = st.syscall, leaf = leaf_of(st) }
+        syscall = st.syscall, leaf = leaf_of(st), pystack = st.pystack }
       local e = by_key[entry_key(k)]
       if e then
         e.total_ns, e.count, e.max_ns = e.total_ns + d, e.count + 1, math.max(e.max_ns, whole)
@@ -71,7 +72,8 @@ end
 -- stack map, so a name found once is the name).
 local function resolver(t)
   t.resolver = t.resolver or stacks.resolver(t.bpf, "dn_offcpu_stacks", { depth = t.opts.stack_depth,
-    user_only = t.opts.user_only, kernel_only = t.opts.kernel_only, unwinder = t.engine.dwarf })
+    user_only = t.opts.user_only, kernel_only = t.opts.kernel_only, unwinder = t.engine.dwarf,
+    python = t.engine.python })
   return t.resolver
 end
 
@@ -85,16 +87,16 @@ local function frames_of(t, k)
     t.snap_frames = t.snap_frames or {}
     local f = t.snap_frames[k.tid]
     if not f then
-      local uf, mods, kf, lines = stacks.of_snapshot(snap, t.opts.stack_depth, t.opts.kernel_only
+      local uf, mods, kf, lines, site = stacks.of_snapshot(snap, t.opts.stack_depth, t.opts.kernel_only
         or k.ustack ~= stacks.STACK_SNAPSHOT)
-      f = { uf, mods, t.opts.user_only and {} or kf, lines }
+      f = { uf, mods, t.opts.user_only and {} or kf, lines, site }
       t.snap_frames[k.tid] = f
     end
-    return f[1], f[2], f[3], f[4]
+    return f[1], f[2], f[3], f[4], f[5]
   end
   local r = resolver(t)
-  local uf, mods, lines = r:user(k.tgid, k.ustack, k.leaf)
-  return uf, mods, r:kernel(k.kstack), lines
+  local uf, mods, lines, site = r:user(k.tgid, k.ustack, k.leaf, k.pystack)
+  return uf, mods, r:kernel(k.kstack), lines, site
 end
 
 -- The kernel frames of an entry's block (root first).
@@ -246,7 +248,7 @@ local function stacks_of(t, entries, threads, comms)
     local k = e.k
     local cat, sysname = category_of(t, k)
     local th = account(threads, comms, by_sys, e, cat, sysname)
-    local uf, mods, kf, lines = frames_of(t, k)
+    local uf, mods, kf, lines, site = frames_of(t, k)
     local frames = stacks.frames.join(uf, kf)
     -- two kernel stack ids can name the same frames (one taken while
     -- another tracer's frame sat at the leaf): one entry
@@ -258,7 +260,7 @@ local function stacks_of(t, entries, threads, comms)
     else
       list[#list + 1] = { pid = k.tgid, tid = k.tid, comm = th.comm, category = cat, syscall = sysname or "",
         us = e.total_ns / 1000, count = e.count, max_us = e.max_ns / 1000, frames = frames, user = uf,
-        user_mods = mods, user_lines = M.lines_or_nil(lines) }
+        user_mods = mods, user_lines = M.lines_or_nil(lines), site = site }
       merged[mkey] = list[#list]
     end
   end

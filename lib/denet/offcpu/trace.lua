@@ -303,6 +303,10 @@ function Tracer:capture()
   for pid in pairs(self.tree.live) do
     syms.capture(pid)
   end
+  -- (and the Python interpreters found before they began are checked)
+  if self.engine.python then
+    self.engine.python:tick()
+  end
 end
 
 --- Process pid exec'd: what was captured of its old image goes (its
@@ -318,6 +322,9 @@ function Tracer:exec(pid)
   local function capture()
     if self.tree.live[pid] then
       syms.capture(pid)
+    end
+    if self.engine.python then
+      self.engine.python:tick()
     end
   end
   capture()

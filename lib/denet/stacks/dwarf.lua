@@ -152,10 +152,15 @@ Unwinder.__index = Unwinder
 --- The program's tail-call chain: its walker loaded as a program of the
 --- sched_switch probe's type and put in dn_uw_progs (before the probes
 --- are attached).
-function M.arm(bpf, raw)
+function M.arm(bpf, raw, python)
   local BPF = require("denet.bpf")
-  local fd = bpf:load_func("dn_uw_walk", raw and BPF.RAW_TRACEPOINT or BPF.TRACEPOINT)
-  bpf:get_table("dn_uw_progs"):set(0, fd)
+  local kind = raw and BPF.RAW_TRACEPOINT or BPF.TRACEPOINT
+  local progs = bpf:get_table("dn_uw_progs")
+  progs:set(0, bpf:load_func("dn_uw_walk", kind))
+  if python then
+    -- (the Python frames are read first: bpf-src/python.c)
+    progs:set(1, bpf:load_func("dn_py_walk", kind))
+  end
 end
 
 --- Feed the program's unwinder (bpf: a program with -DDN_DWARF_UNWIND):
@@ -358,6 +363,9 @@ function Unwinder:_load_proc(pid, execs)
   self.gen = (self.gen or 0) + 1
   self.procs:set(pid, { gen = self.gen, alias = 0, execs = execs })
   self.proc_at[pid] = maps
+  if self.python then
+    self.python:process(pid, maps, execs)
+  end
   return maps
 end
 
@@ -397,6 +405,9 @@ function Unwinder:forget(pid)
   pcall(self.procs.delete, self.procs, pid)
   self.region_keys[pid], self.proc_at[pid], self.loaded_at[pid] = nil, nil, nil
   self.proc_execs[pid], self.old_maps[pid] = nil, nil
+  if self.python then
+    self.python:forget(pid)
+  end
 end
 
 --- Forget the processes that have exited since the last sweep (their

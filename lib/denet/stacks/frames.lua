@@ -156,6 +156,10 @@ end
 --- program }): the nearest frames of the program itself above the
 --- blocking call ("queue_pop() <- worker_loop()"), or nil.
 function M.site(stack)
+  if stack.site then
+    -- (one of Python frames: denet.stacks.python.site)
+    return stack.site
+  end
   local out = {}
   local mods = stack.user_mods or {}
   for i = #stack.user, 1, -1 do

@@ -23,6 +23,7 @@ M.user = require("denet.stacks.user")
 M.unwind = require("denet.stacks.unwind")
 M.frames = require("denet.stacks.frames")
 M.dwarf = require("denet.stacks.dwarf")
+M.python = require("denet.stacks.python")
 
 M.STACK_NONE = M.frames.STACK_NONE
 M.STACK_SNAPSHOT = M.frames.STACK_SNAPSHOT
@@ -35,7 +36,7 @@ M.LOST_WHY = {
   { "other", "for other reasons" },
 }
 
-local CFLAGS_OPTS = { "user_only", "kernel_only", "reuse", "storage", "unwind" }
+local CFLAGS_OPTS = { "user_only", "kernel_only", "reuse", "storage", "unwind", "python" }
 
 --- The -D flags of the stacks a tracer wants (bpf-src/offcpu.c): opts.user_only
 --- / kernel_only (one kind of stack only), reuse ("on" default: reuse a
@@ -44,7 +45,9 @@ local CFLAGS_OPTS = { "user_only", "kernel_only", "reuse", "storage", "unwind" }
 --- disagreements), storage (stack map size), unwind ("dwarf" default: user
 --- stacks walked in the kernel from the files' unwind tables, whole
 --- without frame pointers; "fp": by frame pointers, with the callers
---- libc's functions hide recovered from .eh_frame). These change the program's shape; the composer drops
+--- libc's functions hide recovered from .eh_frame), python (false: no
+--- Python frames; else, with "dwarf", the frames of CPython 3.11
+--- programs, read in the kernel: denet.stacks.python). These change the program's shape; the composer drops
 --- what the kernel cannot do, with a note.
 function M.cflags(opts)
   require("denet.errors").check_opts("stacks.cflags", opts, CFLAGS_OPTS)
@@ -59,6 +62,9 @@ function M.cflags(opts)
     f[#f + 1] = "-DDN_NO_USTACK"
   elseif dwarf then
     f[#f + 1] = "-DDN_DWARF_UNWIND"
+    if opts.python ~= false then
+      f[#f + 1] = "-DDN_PYTHON"
+    end
   else
     f[#f + 1] = "-DDN_LEAF_UNWIND"
   end
@@ -95,6 +101,7 @@ function M.start(bpf, program, opts)
     self.dwarf = bpf.unwinder or M.dwarf.start(bpf)
     self.dwarf.max_bytes = opts and opts.max_bytes or self.dwarf.max_bytes
     self.dwarf.reuse = program:has_flag("-DDN_USTACK_REUSE")
+    self.python = bpf.python
   elseif program:has_flag("-DDN_USTACK_REUSE") then
     self.ut_buf, self.ut_counts = M.user.learner(bpf)
   end
@@ -144,26 +151,29 @@ end
 local Resolver = {}
 Resolver.__index = Resolver
 
-local RESOLVER_OPTS = { "depth", "user_only", "kernel_only", "unwinder" }
+local RESOLVER_OPTS = { "depth", "user_only", "kernel_only", "unwinder", "python" }
 
 --- Frames of the stack ids of a stack map (table `name` of bpf), cached:
 --- opts.depth (frames kept nearest the block), user_only / kernel_only
 --- (the other kind was not taken: no frames, not a miss), unwinder (the
---- engine's denet.stacks.dwarf unwinder: user stack ids are its).
+--- engine's denet.stacks.dwarf unwinder: user stack ids are its), python
+--- (the engine's denet.stacks.python reader: Python stack ids are its).
 function M.resolver(bpf, name, opts)
   require("denet.errors").check_opts("stacks.resolver", opts, RESOLVER_OPTS)
   opts = opts or {}
-  return setmetatable({ map = bpf:get_table(name), opts = opts, ucache = {}, umods = {}, ulines = {}, kcache = {},
-    modules = {} }, Resolver)
+  return setmetatable({ map = bpf:get_table(name), opts = opts, ucache = {}, umods = {}, ulines = {}, usites = {},
+    kcache = {}, modules = {} }, Resolver)
 end
 
 --- User frames (root first), their in-the-program flags and source lines
 --- ("file.c:LINE" or "") of stack id of
---- process tgid; leaf: the frames the walk lost (addresses). A kernel
+--- process tgid; leaf: the frames the walk lost (addresses); pyid: its
+--- Python frames' stack (0 or nil: none), put in place of the
+--- interpreter's frames that ran them. A kernel
 --- thread's (STACK_NONE) are none; a stack not read is "[Missed User
---- Stack]".
-function Resolver:user(tgid, id, leaf)
-  local key = tgid .. ":" .. id .. ":" .. table.concat(leaf or {}, ",")
+--- Stack]". Fourth: the call site the Python frames give, or nil.
+function Resolver:user(tgid, id, leaf, pyid)
+  local key = tgid .. ":" .. id .. ":" .. table.concat(leaf or {}, ",") .. ":" .. (pyid or 0)
   local uf = self.ucache[key]
   if not uf then
     local uw = self.opts.unwinder
@@ -189,12 +199,21 @@ function Resolver:user(tgid, id, leaf)
     else
       uf, mods, lines = { "[Missed User Stack]" }, { false }, { "" }
     end
+    local pyf, cut
+    if self.opts.python and pyid and pyid > 0 then
+      pyf, cut = self.opts.python:frames(tgid, pyid)
+    end
+    if pyf then
+      local py
+      uf, mods, lines, py = M.python.merge(uf, mods, lines, pyf, cut)
+      self.usites[key] = M.python.site(uf, mods, py)
+    end
     local depth = self.opts.depth
     uf = M.frames.keep_last(uf, depth)
     self.umods[key], self.ulines[key] = M.frames.keep_last(mods, depth), M.frames.keep_last(lines, depth)
     self.ucache[key] = uf
   end
-  return uf, self.umods[key], self.ulines[key]
+  return uf, self.umods[key], self.ulines[key], self.usites[key]
 end
 
 --- The files of the user frames resolved so far: basename -> { path,
@@ -221,9 +240,11 @@ function Resolver:kernel(id)
 end
 
 --- Frames of a thread a snapshot read (denet.snapshot): user frames and
---- flags, kernel frames, root first, and the user frames' source lines.
+--- flags, kernel frames, root first, and the user frames' source lines;
+--- with a CPython 3.11's frames (read with the native ones) in place of
+--- the interpreter's, and the call site they give (fifth).
 function M.of_snapshot(t, depth, kernel_only)
-  local uf, mods, lines = {}, nil, nil
+  local uf, mods, lines, site = {}, nil, nil, nil
   if not kernel_only and t.uaddrs and #t.uaddrs > 0 then
     uf, mods, lines = M.frames.user(t.pid, t.uaddrs, nil, t.uleaf)
     if t.utrunc then
@@ -232,9 +253,14 @@ function M.of_snapshot(t, depth, kernel_only)
       table.insert(mods, 1, false)
       table.insert(lines, 1, "")
     end
+    if t.pyframes then
+      local at
+      uf, mods, lines, at = M.python.merge(uf, mods, lines, t.pyframes, t.pycut)
+      site = M.python.site(uf, mods, at)
+    end
     uf, mods, lines = M.frames.keep_last(uf, depth), M.frames.keep_last(mods, depth), M.frames.keep_last(lines, depth)
   end
-  return uf, mods, M.frames.kernel_of_snapshot(t, depth), lines
+  return uf, mods, M.frames.kernel_of_snapshot(t, depth), lines, site
 end
 
 --- Read the kernel's symbols now, if not yet (a tracer does it while it
