@@ -38,6 +38,8 @@ local SPEC = {
       .. "and also walk, counting disagreements" },
     { name = "unwind", metavar = "HOW", help = "how user stacks are walked: dwarf (from each file's unwind "
       .. "tables, .eh_frame: whole on binaries without frame pointers) or fp (frame pointers)" },
+    { name = "no_python", long = "--no-python-frames", type = "bool", help = "no Python frames in user stacks "
+      .. "(by default, CPython 3.11 programs show their functions and lines where the interpreter's frames are)" },
     { name = "unwind_max", long = "--unwind-max-mb", type = "positive", metavar = "MIB",
       help = "most kernel memory the unwind tables take (default 256); past it the files least recently "
         .. "loaded are dropped, and stacks through them are marked truncated" },
@@ -91,6 +93,7 @@ local function tracer_opts(o, states)
   return { min_us = o.min_us, max_us = o.max_us, states = states, user_only = o.user_only,
     kernel_only = o.kernel_only, stack_depth = o.stack_depth, stack_storage = o.stack_storage,
     stack_reuse = o.stack_reuse, unwind = o.unwind, unwind_max_mb = o.unwind_max,
+    python_frames = not o.no_python,
     threads = o.user_threads_only and "user" or o.kernel_threads_only and "kernel" or nil,
     kernel_threads = o.kernel_threads or o.kernel_threads_only }
 end

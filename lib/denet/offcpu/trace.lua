@@ -23,18 +23,18 @@ M.Tracer = Tracer
 --- user_only, kernel_only (one kind of stack), stack_storage,
 --- stack_reuse ("on", "off", "verify"), unwind ("dwarf", "fp": how user
 --- stacks are walked), unwind_max_mb (the cap on the unwind tables in the
---- kernel), stack_depth (frames kept),
+--- kernel), python_frames (false: none; denet.stacks.python), stack_depth (frames kept),
 --- threads ("user" or "kernel": only those), kernel_threads (the verdict
 --- may name one).
 M.OPTS = { "min_us", "max_us", "states", "user_only", "kernel_only", "stack_storage", "stack_reuse", "unwind",
-  "unwind_max_mb",
+  "unwind_max_mb", "python_frames",
   "stack_depth", "threads", "kernel_threads" }
 
 --- The -D flags of opts: what changes the program's shape (the stack
 --- kinds, their reuse, the stack map's size).
 function M.plan(opts)
   local f = stacks.cflags{ user_only = opts.user_only, kernel_only = opts.kernel_only, reuse = opts.stack_reuse,
-    unwind = opts.unwind,
+    unwind = opts.unwind, python = opts.python_frames,
     storage = opts.stack_storage }
   -- the syscall a thread blocked in is read from the registers it saved
   -- at kernel entry: off-CPU analysis alone runs no program per syscall
