@@ -82,6 +82,17 @@ describe("python frames", function()
       sel = sel or ((name == "select" or name == "__select") and i)
     end
     assert.is_true(inner ~= nil and sel ~= nil and inner < sel and sel < dash, table.concat(f, ";"))
+    -- pprof: a Python frame's function, file and line apart
+    local prof = require("denet.export.pprof").profile(r)
+    local found
+    for _, smp in ipairs(prof.samples) do
+      for _, loc in ipairs(smp.stack) do
+        if loc[1] == "inner_read" then
+          found = loc
+        end
+      end
+    end
+    assert.same({ "inner_read", "blocking.py", at("READ") }, found)
     -- no interpreter loop is left where Python frames stand
     for _, s in ipairs(r.stacks) do
       if want[tostring(s.tid)] then

@@ -175,6 +175,32 @@ describe("on this kernel", function()
     p:wait()
   end)
 
+  it("denet script offcpu: a Python program's functions and lines, as its own sys._current_frames()", function()
+    local out = H.tmpfile(".json")
+    local r = json_of({ "script", "offcpu", "--json", "--", "/usr/bin/python3", H.fixture("blocking.py"), out })
+    local want = cjson.decode((H.slurp(out)))
+    local n = 0
+    for tid, stack in pairs(want) do
+      local best
+      for _, s in ipairs(r.stacks) do
+        if s.tid == tonumber(tid) and (not best or s.us > best.us) then
+          best = s
+        end
+      end
+      assert.is_not_nil(best, "no stack of tid " .. tid)
+      local got = {}
+      for i = #best.frames, 1, -1 do
+        local name, line = best.frames[i]:match("^(.-) %([^()]+%.py:(%d+)%)$")
+        if name then
+          got[#got + 1] = { name, tonumber(line) }
+        end
+      end
+      assert.same(stack, got, table.concat(best.frames, ";"))
+      n = n + 1
+    end
+    assert.equals(5, n)
+  end)
+
   it("denet script syscalls -L: exact counts and the latency bucket", function()
     local r = json_of({ "script", "syscalls", "--json", "-L", "-T", "50", "--", H.fixture("syscall_mix") })
     assert.equals(102500, row(r.syscalls, "getppid").count)

@@ -3,7 +3,8 @@
 # denet installed under /opt/denet, its fixtures and the in-guest tests under
 # /opt/denet-tests, every shared library they need (by ldd), the Lua modules
 # busted uses, the syscall and errno headers denet names numbers from, the
-# Debian kernel headers of each flavour, and busybox for everything else.
+# Debian kernel headers of each flavour, Debian's python3 and its standard
+# library, and busybox for everything else.
 # One squashfs image for every kernel: the cloud kernel has no 9p, and a
 # packed image reads much faster than 9p under TCG.
 set -euo pipefail
@@ -57,6 +58,14 @@ copy_libs "$(realpath "$(dirname "$bcc_bpf")/libbcc.so.0")"
 mkdir -p "$stage/opt/denet-tests"
 cp -a "$build/fixtures" "$stage/opt/denet-tests/fixtures"
 cp -a "$src/tests/kernels" "$src/tests/helper.lua" "$stage/opt/denet-tests/"
+# Debian's python3 and its standard library, for the Python frames test
+cp "$src/tests/fixtures/python/blocking.py" "$stage/opt/denet-tests/fixtures/"
+copy /usr/bin/python3
+copy_libs /usr/bin/python3.11
+mkdir -p "$stage/usr/lib/python3.11"
+(cd /usr/lib/python3.11 && tar cf - --exclude=./test --exclude=./idlelib --exclude=./tkinter --exclude=./ensurepip \
+	--exclude=./lib2to3 --exclude=./pydoc_data --exclude=./dist-packages --exclude=./site-packages .) |
+	tar xf - -C "$stage/usr/lib/python3.11"
 for f in "$build"/fixtures/*; do
 	[ -x "$f" ] && [ ! -d "$f" ] && copy_libs "$f"
 done
