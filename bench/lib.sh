@@ -1,8 +1,25 @@
 # shellcheck shell=bash
 # Shared by the benchmarks that time a load under tracers (sourced).
-# The sourcing script defines bench (prints the load's time) and
-# prog_stats (prints "run_time_ns events" of the programs it measures);
-# bg holds the tracer running in the background.
+# The sourcing script defines bench (prints the load's time), and
+# prog_stats (prints "run_time_ns events" of the programs it measures)
+# unless the one below serves; bg holds the tracer running in the
+# background.
+
+# every tracing program loaded now (sched_switch, and the syscall, fork,
+# exec and exit tracepoints): "run_time_ns sched_switch_runs"
+prog_stats() {
+  bpftool prog show -j | /usr/bin/python3 -c '
+import json, sys
+t = c = 0
+for p in json.load(sys.stdin):
+    n = p.get("name", "")
+    if p.get("type") in ("tracepoint", "raw_tracepoint", "tracing"):
+        t += p.get("run_time_ns", 0)
+        # (a program loaded from the compile cache has its 15-byte kernel name)
+        if "sched_switch" in n or n.endswith("sched_sw"):
+            c += p.get("run_cnt", 0)
+print(t, c)'
+}
 
 # Turn kernel.bpf_stats_enabled on and make $tmp; on exit stop a tracer
 # still running, restore the setting and remove $tmp.

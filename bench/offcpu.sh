@@ -34,22 +34,6 @@ BT='tracepoint:sched:sched_switch {
 
 bench() { taskset -c 0 perf bench sched pipe -l "$loops" 2>/dev/null | awk '/Total time/ {print $3}'; }
 
-# every tracing program loaded now (sched_switch, and the syscall, fork,
-# exec and exit tracepoints): "run_time_ns sched_switch_runs"
-prog_stats() {
-  bpftool prog show -j | /usr/bin/python3 -c '
-import json, sys
-t = c = 0
-for p in json.load(sys.stdin):
-    n = p.get("name", "")
-    if p.get("type") in ("tracepoint", "raw_tracepoint", "tracing"):
-        t += p.get("run_time_ns", 0)
-        # (a program loaded from the compile cache has its 15-byte kernel name)
-        if "sched_switch" in n or n.endswith("sched_sw"):
-            c += p.get("run_cnt", 0)
-print(t, c)'
-}
-
 sleep 600 &
 idle=$!
 for _ in $(seq "$rounds"); do

@@ -26,19 +26,6 @@ bench() {
   taskset -c 0 /usr/bin/python3 "$here/python/pingpong.py" "$loops" | awk -v n="$loops" '{printf "%.2f", $1 * 1e6 / n}'
 }
 
-prog_stats() {
-  bpftool prog show -j | /usr/bin/python3 -c '
-import json, sys
-t = c = 0
-for p in json.load(sys.stdin):
-    n = p.get("name", "")
-    if p.get("type") in ("tracepoint", "raw_tracepoint", "tracing"):
-        t += p.get("run_time_ns", 0)
-        if "sched_switch" in n or n.endswith("sched_sw"):
-            c += p.get("run_cnt", 0)
-print(t, c)'
-}
-
 for _ in $(seq "$rounds"); do
   {
     echo "bare $(bench) 0"
