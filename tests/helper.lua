@@ -227,6 +227,19 @@ function H.deadlines(total_ms, base_ms, max_ms)
 end
 
 -- The items of a report's list by thread id (their tid field).
+--- The Python frames of a stack's frames (root first, as reports give
+--- them), innermost first: { { function, line } }.
+function H.py_frames(frames)
+  local out = {}
+  for i = #frames, 1, -1 do
+    local name, line = frames[i]:match("^(.-) %([^()]+%.py:(%d+)%)$")
+    if name then
+      out[#out + 1] = { name, tonumber(line) }
+    end
+  end
+  return out
+end
+
 function H.by_tid(list)
   local out = {}
   for _, t in ipairs(list) do

@@ -9,19 +9,6 @@ local python = require("denet.stacks.python")
 local PY = "/usr/bin/python3"
 local FIXTURE = H.source .. "/tests/fixtures/python/blocking.py"
 
--- The Python frames of a stack's frames (root first), innermost first:
--- { { name, line } }.
-local function py_frames(frames)
-  local out = {}
-  for i = #frames, 1, -1 do
-    local name, line = frames[i]:match("^(.-) %([^()]+%.py:(%d+)%)$")
-    if name then
-      out[#out + 1] = { name, tonumber(line) }
-    end
-  end
-  return out
-end
-
 -- Wait for the fixture's file (its threads are all blocked then).
 local function wait_file(path)
   for _ = 1, 6000 do
@@ -49,7 +36,7 @@ describe("python frames", function()
         end
       end
       assert.is_not_nil(best, "no stack of tid " .. tid)
-      assert.same(stack, py_frames(best.frames), table.concat(best.frames, ";"))
+      assert.same(stack, H.py_frames(best.frames), table.concat(best.frames, ";"))
       sites[stack[1][1] == "Condition.wait" and stack[3][1] or stack[1][1]] = best
     end
     -- what each waits on, and where, as the call sites say it
@@ -82,6 +69,10 @@ describe("python frames", function()
       sel = sel or ((name == "select" or name == "__select") and i)
     end
     assert.is_true(inner ~= nil and sel ~= nil and inner < sel and sel < dash, table.concat(f, ";"))
+    -- every block of the program walked, none cut short
+    assert.is_true(r.python_frames.walks >= 10, cjson.encode(r.python_frames))
+    assert.equals(0, r.python_frames.truncated)
+    assert.equals(0, r.python_frames.not_stored)
     -- pprof: a Python frame's function, file and line apart
     local prof = require("denet.export.pprof").profile(r)
     local found
@@ -121,7 +112,7 @@ describe("python frames", function()
       local stack = want[tostring(t.tid)]
       if stack then
         seen = seen + 1
-        assert.same(stack, py_frames(t.frames))
+        assert.same(stack, H.py_frames(t.frames))
         assert.equals(cats[stack[1][1]], t.category)
         -- (the sleeper sleeps 50 ms at a time: the others since the fixture saw them blocked)
         assert.is_true(t.blocked_for_us >= (stack[1][1] == "inner_sleep" and 0 or 1), tostring(t.blocked_for_us))

@@ -188,14 +188,7 @@ describe("on this kernel", function()
         end
       end
       assert.is_not_nil(best, "no stack of tid " .. tid)
-      local got = {}
-      for i = #best.frames, 1, -1 do
-        local name, line = best.frames[i]:match("^(.-) %([^()]+%.py:(%d+)%)$")
-        if name then
-          got[#got + 1] = { name, tonumber(line) }
-        end
-      end
-      assert.same(stack, got, table.concat(best.frames, ";"))
+      assert.same(stack, H.py_frames(best.frames), table.concat(best.frames, ";"))
       n = n + 1
     end
     assert.equals(5, n)

@@ -314,6 +314,7 @@ local function unseen(t, report)
   report.kstack_reuse, report.ustack_reuse = reuse.kstack_reuse, reuse.ustack_reuse
   report.leaf_unwind = reuse.leaf_unwind
   report.unwind = reuse.unwind
+  report.python_frames = reuse.python_frames
 end
 
 ---------------------------------------------------------------------------

@@ -133,8 +133,8 @@ function Engine:process(pid, unless_loaded)
 end
 
 --- Counters of stack reuse and unwinding, for the kinds in use:
---- { kstack_reuse = {...}, ustack_reuse = {...}, leaf_unwind = {...} }
---- (any may be absent).
+--- { kstack_reuse = {...}, ustack_reuse = {...}, leaf_unwind = {...},
+--- unwind = {...}, python_frames = {...} } (any may be absent).
 function Engine:stats()
   local uw = self.dwarf and self.dwarf:stats()
   local ureuse = self.ut_buf and M.user.stats(self.bpf, self.ut_counts)
@@ -145,7 +145,7 @@ function Engine:stats()
   return { kstack_reuse = self.kt_buf and M.kernel.stats(self.bpf) or nil,
     ustack_reuse = ureuse,
     leaf_unwind = self.leaf_buf and M.unwind.stats(self.bpf) or nil,
-    unwind = uw or nil }
+    unwind = uw or nil, python_frames = self.python and self.python:stats() or nil }
 end
 
 local Resolver = {}

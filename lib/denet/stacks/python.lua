@@ -467,17 +467,15 @@ function Reader:frames(tgid, id)
   return out, st.flags ~= 0
 end
 
---- Counters of the walker: { walks, no_thread, truncated, lost, frames }.
+--- Counters of the walker (python.c's dn_py_stats): { walks, no_thread,
+--- truncated, not_stored, frames, announcements_lost }.
 function Reader:stats()
   local t = self.bpf:get_table("dn_py_stats")
-  local function sum(i)
-    local n = 0
-    for _, v in ipairs(t:get_percpu(i) or {}) do
-      n = n + tonumber(v)
-    end
-    return n
+  local out = {}
+  for i, n in ipairs({ "walks", "no_thread", "truncated", "not_stored", "frames", "announcements_lost" }) do
+    out[n] = tonumber(t:sum(i - 1))
   end
-  return { walks = sum(0), no_thread = sum(1), truncated = sum(2), lost = sum(3), frames = sum(4) }
+  return out
 end
 
 ---------------------------------------------------------------------------
@@ -496,7 +494,6 @@ local function is_stdlib(file)
   return file and (file:match("/lib/python3[%.%d]*/") and not file:match("%-packages/")
     or file:match("^<frozen ")) and true or false
 end
-M.is_stdlib = is_stdlib
 
 local procs = {}
 
