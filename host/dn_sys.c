@@ -209,6 +209,61 @@ static int l_perf_event_probe(lua_State *L)
 	return 1;
 }
 
+/* core.perf_open(pid, type, config [, opts]) -> fd | nil, msg, errno: a
+ * counting perf event (no sampling) on task pid (-1: every task of
+ * opts.cpu), opened enabled. opts: inherit (follows the tasks pid
+ * creates from now on), inherit_thread (threads only), cpu (default -1).
+ * Read with core.perf_read, closed with core.perf_close. */
+static int l_perf_open(lua_State *L)
+{
+	struct perf_event_attr a;
+	int pid = (int)luaL_checkinteger(L, 1);
+	int cpu = -1, fd;
+
+	memset(&a, 0, sizeof(a));
+	a.size = sizeof(a);
+	a.type = (uint32_t)luaL_checkinteger(L, 2);
+	a.config = (uint64_t)luaL_checknumber(L, 3);
+	a.read_format = PERF_FORMAT_TOTAL_TIME_ENABLED | PERF_FORMAT_TOTAL_TIME_RUNNING;
+	a.exclude_hv = 1;
+	if (lua_istable(L, 4)) {
+		lua_getfield(L, 4, "inherit");
+		a.inherit = lua_toboolean(L, -1) ? 1 : 0;
+		lua_getfield(L, 4, "inherit_thread");
+		a.inherit_thread = lua_toboolean(L, -1) ? 1 : 0;
+		lua_getfield(L, 4, "cpu");
+		cpu = (int)luaL_optinteger(L, -1, -1);
+		lua_pop(L, 3);
+	}
+	fd = (int)syscall(SYS_perf_event_open, &a, pid, cpu, -1, PERF_FLAG_FD_CLOEXEC);
+	if (fd < 0)
+		return dn_vm_fail(L, errno, "perf_event_open: %s", strerror(errno));
+	lua_pushinteger(L, fd);
+	return 1;
+}
+
+/* core.perf_read(fd) -> count, time_enabled_ns, time_running_ns | nil,
+ * msg, errno. The count is the tasks' sum (inherited ones included). */
+static int l_perf_read(lua_State *L)
+{
+	uint64_t v[3];
+	ssize_t n = read((int)luaL_checkinteger(L, 1), v, sizeof(v));
+
+	if (n != (ssize_t)sizeof(v))
+		return dn_vm_fail(L, n < 0 ? errno : EIO, "perf counter read: %s", n < 0 ? strerror(errno) : "short read");
+	lua_pushnumber(L, (lua_Number)v[0]);
+	lua_pushnumber(L, (lua_Number)v[1]);
+	lua_pushnumber(L, (lua_Number)v[2]);
+	return 3;
+}
+
+/* core.perf_close(fd) */
+static int l_perf_close(lua_State *L)
+{
+	close((int)luaL_checkinteger(L, 1));
+	return 0;
+}
+
 /* core.strerror(errno) -> text */
 static int l_strerror(lua_State *L)
 {
@@ -353,6 +408,9 @@ void dn_sys_open(lua_State *L)
 		{ "caps", l_caps },
 		{ "isatty", l_isatty },
 		{ "perf_event_probe", l_perf_event_probe },
+		{ "perf_open", l_perf_open },
+		{ "perf_read", l_perf_read },
+		{ "perf_close", l_perf_close },
 		{ "strerror", l_strerror },
 		{ "stat", l_stat },
 		{ "open_nonblock", l_open_nonblock },

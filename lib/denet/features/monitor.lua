@@ -40,7 +40,7 @@ function State:resumed()
   local argv = target.cmd or procfs.cmdline(ctx.root) or {}
   self.metadata = { kind = "metadata", pid = ctx.root, cmd = json.array(argv), executable = procfs.exe(ctx.root)
     or (target.cmd and require("denet").which(target.cmd[1])) or "", t0_ms = self.m.t0_ms,
-    capabilities = env.capabilities(ctx.root) }
+    capabilities = self.m:capabilities() }
   self:emit(self.metadata)
   self.m:schedule(function(rec)
     self:emit(rec)

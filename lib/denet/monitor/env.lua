@@ -151,65 +151,9 @@ function M.record(pid)
   }
 end
 
--- "some avg10=1.23 ...\nfull avg10=0.10 ..." -> { some_avg10, full_avg10 }
-local function parse_psi(text)
-  local some = text and tonumber(text:match("some[^\n]-avg10=([%d.]+)") or "")
-  local full = text and tonumber(text:match("full[^\n]-avg10=([%d.]+)") or "")
-  if some and full then
-    return { some_avg10 = some, full_avg10 = full }
-  end
-end
-M.parse_psi = parse_psi
-
--- Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or
--- /sys/fs/cgroup/unified on hybrid systems), or nil.
-local function cgroup2_root()
-  local mi = core.read_file("/proc/self/mountinfo", 1048576) or ""
-  for line in mi:gmatch("[^\n]+") do
-    local mnt, fstype = line:match("^%S+ %S+ %S+ %S+ (%S+) .- %- (%S+) ")
-    if fstype == "cgroup2" then
-      return mnt
-    end
-  end
-end
-
--- The cgroup v2 memory.pressure file of pid, or nil.
-local function cgroup_psi_path(pid)
-  local cg = core.read_file("/proc/" .. pid .. "/cgroup") or ""
-  local path = cg:match("0::([^\n]+)")
-  local root = path and cgroup2_root()
-  if not root then
-    return nil
-  end
-  local f = root .. (path == "/" and "" or path) .. "/memory.pressure"
-  return core.stat(f) and f or nil
-end
-
---- The PSI memory pressure source of a run (the cgroup of pid, else the
---- system's /proc/pressure/memory) as a function returning psi_mem, or nil
---- when the kernel has no PSI.
-function M.psi_reader(pid)
-  local path = cgroup_psi_path(pid) or (core.stat("/proc/pressure/memory") and "/proc/pressure/memory")
-  if not path then
-    return nil
-  end
-  return function()
-    return parse_psi(core.read_file(path))
-  end
-end
-
---- The metadata's capability manifest (the original's shape): which
---- optional sources resolved, so readers know which fields to expect.
-function M.capabilities(pid)
-  local system = core.stat("/proc/pressure/memory") ~= nil
-  local per = cgroup_psi_path(pid) ~= nil
-  local reason
-  if not system then
-    reason = "kernel does not expose /proc/pressure/memory (PSI disabled?)"
-  elseif not per then
-    reason = "per-cgroup PSI unavailable (not in cgroup v2, or its memory.pressure unreadable)"
-  end
-  return { psi = { system = system, per_process = per, reason = reason } }
+--- The pressure figures of a run (denet.monitor.pressure).
+M.parse_psi = function(text)
+  return require("denet.monitor.pressure").parse(text)
 end
 
 return M

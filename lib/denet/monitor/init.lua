@@ -29,6 +29,7 @@ local procfs = require("denet.procfs")
 local json = require("denet.json")
 local account = require("denet.monitor.account")
 local env = require("denet.monitor.env")
+local sources = require("denet.monitor.sources")
 
 local M = {}
 
@@ -73,9 +74,12 @@ local zero_counters = account.zero
 --- smaps_rollup reads, default 5: the kernel walks every page table for
 --- it), refresh_interval (seconds between reads of processes that did not
 --- run, for their resident memory; default 2), no_polling (no samples
---- while it runs), write_env (an env record first).
+--- while it runs), write_env (an env record first), counters (false: no
+--- perf counters), hw_counters (say why when there are no hardware
+--- counters), energy (say why when there is no RAPL), gpu (NVIDIA GPUs
+--- through NVML).
 M.OPTS = { "interval", "max_interval", "exclude_children", "since_process_start", "pss_interval",
-  "refresh_interval", "no_polling", "write_env" }
+  "refresh_interval", "no_polling", "write_env", "counters", "hw_counters", "energy", "gpu" }
 
 --- The sampler of run ctx (denet.runner: its tree, proc or target pid,
 --- and emit(rec) for each sample), with the options above.
@@ -237,7 +241,7 @@ function Monitor:start()
     end
   end
   self.net0 = { net_bytes(self.root) }
-  self.psi = env.psi_reader(self.root)
+  self:_open_sources()
   self.prev_t = self.t0_boot
   self.last_pss_t = -math.huge
   self.last_full_t = -math.huge
@@ -259,6 +263,30 @@ function Monitor:_depart(st, rusage)
   self.tree:remove(st.pid)
   self.procs[st.pid] = nil
   self.gone_parents[st.pid] = self.samples
+end
+
+-- The tree's other sources (denet.monitor.sources): perf counters opened
+-- on its tasks (a command held before exec: its one task; attached: the
+-- threads of its processes), pressure, energy, GPUs.
+function Monitor:_open_sources()
+  local pids = self.exclude_children and { self.root } or parents_first(self.tree.live)
+  self.sources = sources.open({ root = self.root, pids = pids, run = self.proc ~= nil,
+    threads_only = self.exclude_children, opts = self.opts,
+    in_tree = function(pid)
+      return self.procs[pid] ~= nil or self.tree.live[pid] ~= nil
+    end })
+end
+
+--- Which optional sources resolved (the metadata's capabilities).
+function Monitor:capabilities()
+  return self.sources:capabilities()
+end
+
+-- The sources' figures of this sample into agg (dt: seconds since the
+-- last).
+function Monitor:_read_sources(agg, dt)
+  self.ncpu = self.ncpu or math.max(1, #require("denet.sys").online_cpus())
+  self.sources:read(agg, { cpu_share = (agg.cpu_usage or 0) / 100 / self.ncpu, dt = dt })
 end
 
 -- Add one live process's metrics to the tree's sums.
@@ -441,12 +469,9 @@ function Monitor:_aggregate(sm, dt)
   if parent then
     parent.sys_net_rx_bytes, parent.sys_net_tx_bytes = net[1], net[2]
   end
-  local psi = self.psi and self.psi()
-  if psi then
-    agg.psi_mem = psi
-    if parent then
-      parent.psi_mem = psi
-    end
+  self:_read_sources(agg, dt)
+  if parent and agg.psi_mem then
+    parent.psi_mem = agg.psi_mem
   end
   agg.processes_started = self.started
   agg.processes_exited = self.exited
@@ -471,6 +496,9 @@ function Monitor:_record(sm)
   rec.cpu_usage = agg.cpu_usage -- the root's own, measured like the tree's
   rec.cpu_time_secs = agg.cpu_time_secs
   rec.process_count = agg.process_count
+  for _, k in ipairs(sources.FIELDS) do
+    rec[k] = agg[k]
+  end
   return rec
 end
 
@@ -656,6 +684,8 @@ function Monitor:totals()
   local totals = self:sample({ quiet = true })
   totals.lost_events = self.tree:lost()
   totals.samples_late = self.late
+  totals.counters = self.sources:totals()
+  self.sources:close()
   return totals
 end
 

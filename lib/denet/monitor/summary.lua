@@ -110,7 +110,80 @@ function Summary:add(rec)
   if tonumber(a.cpu_time_secs) then
     self.cpu_time = math.max(self.cpu_time or 0, tonumber(a.cpu_time_secs))
   end
+  self.rss_start = self.rss_start or tonumber(a.mem_rss_kb)
+  self:_add_sources(a)
   return kind
+end
+
+-- sum the numeric fields of t into acc[key]
+local function sum_into(acc, key, t)
+  if type(t) ~= "table" then
+    return
+  end
+  local s = acc[key] or {}
+  for k, v in pairs(t) do
+    if type(v) == "number" then
+      s[k] = (s[k] or 0) + v
+    end
+  end
+  acc[key] = s
+end
+
+-- The sources' fields of a sample (denet.monitor.sources): counters and
+-- energy are per interval (summed), pressure counted per sample.
+function Summary:_add_sources(a)
+  sum_into(self, "perf_sw", a.perf_sw)
+  sum_into(self, "perf_hw", a.perf)
+  sum_into(self, "energy", a.rapl)
+  local psi = a.psi_mem
+  if type(psi) == "table" and tonumber(psi.some_avg10) then
+    self.psi_n = (self.psi_n or 0) + 1
+    self.psi_some = (self.psi_some or 0) + (tonumber(psi.some_avg10) > 0 and 1 or 0)
+  end
+  if type(a.gpu) == "table" and type(a.gpu.system_metrics) == "table" then
+    self.gpu = self.gpu or require("denet.monitor.gpu").summary()
+    self.gpu:add(a.gpu)
+  end
+end
+
+-- The run's counters: final (exact, read at the end) or the samples' sums.
+local function perf_counters(self, final)
+  local sw = final and final.sw or self.perf_sw
+  local hw = final and final.hw or self.perf_hw
+  if not sw and not hw then
+    return nil
+  end
+  local r = {}
+  for k, v in pairs(sw or {}) do
+    r[k] = v
+  end
+  for k, v in pairs(hw or {}) do
+    r[k] = v
+  end
+  if r.task_clock_ns then
+    r.task_clock_secs = round(r.task_clock_ns / 1e9, 6)
+  end
+  if hw and (hw.cycles or 0) > 0 then
+    r.ipc = round((hw.instructions or 0) / hw.cycles, 3)
+  end
+  if hw and (hw.cache_refs or 0) > 0 then
+    r.cache_miss_rate = round((hw.cache_misses or 0) / hw.cache_refs, 4)
+  end
+  return r, hw
+end
+
+-- The summary's memory_characterization (denet.monitor.verdict), from
+-- the counters where there are any, else from the samples' page faults.
+function Summary:_characterize(pc, hw, cpu_time, wall)
+  local minor = pc and pc.page_faults_minor or self.pf_cached
+  local major = pc and pc.page_faults_major or self.pf_disk
+  if not (pc or minor) then
+    return nil
+  end
+  return require("denet.monitor.verdict").characterize{ hw = hw,
+    cpu_secs = pc and pc.task_clock_ns and pc.task_clock_ns / 1e9 or cpu_time, wall_secs = wall,
+    minor_faults = minor, major_faults = major, rss_start_kb = self.rss_start, rss_peak_kb = self.peak_rss,
+    psi_some_fraction = self.psi_n and self.psi_some / self.psi_n or nil }
 end
 
 --- The summary record. exit_code: the command's (run); final: the tree's
@@ -130,9 +203,17 @@ function Summary:result(exit_code, final)
   if f.cpu_time_secs then
     cpu_time = math.max(cpu_time, f.cpu_time_secs)
   end
+  local wall = f.end_ms and self.t0_ms and math.max(total, (f.end_ms - self.t0_ms) / 1000) or total
+  local pc, hw = perf_counters(self, f.counters)
+  local energy = self.energy
+  if energy then
+    for k, v in pairs(energy) do
+      energy[k] = round(v, 6)
+    end
+  end
   return {
     kind = "summary",
-    total_time_secs = round(f.end_ms and self.t0_ms and math.max(total, (f.end_ms - self.t0_ms) / 1000) or total, 3),
+    total_time_secs = round(wall, 3),
     sample_count = self.n,
     max_processes = self.max_processes,
     max_threads = self.max_threads,
@@ -164,6 +245,11 @@ function Summary:result(exit_code, final)
     samples_late = f.samples_late,
     -- off-CPU and syscall figures of the whole run (--offcpu, --syscalls)
     ebpf = f.ebpf,
+    -- the perf counters of the whole run, energy (J), GPUs, and the verdict
+    perf_counters = pc,
+    energy = energy,
+    gpu = self.gpu and self.gpu:result() or nil,
+    memory_characterization = self:_characterize(pc, hw, cpu_time, wall),
     exit_code = ec == nil and json.null or ec,
   }
 end
