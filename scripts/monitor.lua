@@ -35,6 +35,12 @@ local ARGS = {
   { name = "since_process_start", type = "bool",
     help = "I/O counted from each process's start, not from when monitoring began" },
   { name = "write_env", type = "bool", help = "an `env` record first (host, kernel, CPU model and cores)" },
+  { name = "gpu", type = "bool", help = "NVIDIA GPUs through NVML: per device and per process of the tree "
+    .. "(without NVML or a device: said once, the run goes on)" },
+  { name = "hw_counters", type = "bool", help = "say on stderr when there are no hardware counters (cycles, "
+    .. "instructions, cache misses: tried in every run, and said in the metadata record)" },
+  { name = "energy", type = "bool", help = "say on stderr when there is no RAPL energy counter (tried in every run)" },
+  { name = "no_counters", type = "bool", help = "no perf counters (task-clock, faults, switches, migrations)" },
   { name = "stats", metavar = "FILE", help = "write the summary record to FILE (the JSONL holds samples only)" },
   { name = "benchmark_tsv", metavar = "FILE", help = "write the summary as Snakemake's benchmark file to FILE (the "
     .. "columns, units and formats of its `benchmark:` directive; docs/workflows.md)" },
@@ -286,6 +292,27 @@ local function print_summary(s, out)
     { "max processes", tostring(s.max_processes) },
     { "max threads", tostring(s.max_threads) },
   }
+  local pc = s.perf_counters
+  if pc then
+    rows[#rows + 1] = { "faults (minor/major)", string.format("%d / %d", pc.page_faults_minor or 0,
+      pc.page_faults_major or 0) }
+    rows[#rows + 1] = { "switches, migrations", string.format("%d, %d", pc.context_switches or 0,
+      pc.cpu_migrations or 0) }
+    if pc.ipc then
+      rows[#rows + 1] = { "IPC", string.format("%.2f", pc.ipc) }
+    end
+  end
+  if s.energy then
+    rows[#rows + 1] = { "energy (package)", string.format("%.1f J", s.energy.package_joules or 0) }
+  end
+  if s.gpu then
+    rows[#rows + 1] = { "GPU", string.format("%d device(s), peak %.0f%%, tree's memory %.2f GiB", s.gpu.device_count,
+      s.gpu.max_system_gpu_utilization, s.gpu.process_memory_usage_gb) }
+  end
+  local mc = s.memory_characterization
+  if mc then
+    rows[#rows + 1] = { "memory verdict", mc.verdict .. (#mc.evidence > 0 and (" (" .. mc.evidence[1] .. ")") or "") }
+  end
   if s.exit_code ~= json.null and s.exit_code ~= nil then
     rows[#rows + 1] = { "exit code", tostring(s.exit_code) .. (s.signal and
       string.format(" (killed by %s%s)", s.signal, s.core_dumped and ", core dumped" or "") or "") }
@@ -419,7 +446,8 @@ local function monitor(o, host)
     target = target,
     features = require("denet.features").for_monitor({ interval = n.interval, max_interval = n.max_interval,
       exclude_children = o.exclude_children, since_process_start = o.since_process_start,
-      no_polling = o.no_polling, write_env = o.write_env }, o, { prometheus = o.prometheus }),
+      no_polling = o.no_polling, write_env = o.write_env, gpu = o.gpu, hw_counters = o.hw_counters,
+      energy = o.energy, counters = not o.no_counters }, o, { prometheus = o.prometheus }),
     duration = n.duration > 0 and n.duration or nil,
     bpf = o.no_bpf and false or nil,
     debug = o.debug,

@@ -89,6 +89,79 @@ local function kb(v)
   return v and v * 1024
 end
 
+-- perf counter field -> metric name, help
+local PERF = {
+  { "task_clock_ns", "denet_perf_task_clock_seconds", "task-clock: time the tree's tasks ran (perf counter)", 1e-9 },
+  { "context_switches", "denet_perf_context_switches", "context switches of the tree (perf counter)" },
+  { "cpu_migrations", "denet_perf_cpu_migrations", "moves of the tree's tasks between CPUs (perf counter)" },
+  { "cycles", "denet_perf_cycles", "CPU cycles of the tree (hardware counter)" },
+  { "instructions", "denet_perf_instructions", "instructions the tree retired (hardware counter)" },
+  { "cache_refs", "denet_perf_cache_references", "cache references of the tree (hardware counter)" },
+  { "cache_misses", "denet_perf_cache_misses", "cache misses of the tree (hardware counter)" },
+  { "branch_misses", "denet_perf_branch_misses", "mispredicted branches of the tree (hardware counter)" },
+  { "stalled_backend", "denet_perf_stalled_backend_cycles", "cycles the backend stalled (hardware counter)" },
+}
+
+--- The families of the monitor's other sources (denet.monitor.sources) in
+--- figures a: perf_counters (the run's totals: counters), psi_*, energy
+--- (joules so far), gpu (the last sample's).
+function M.add_sources(fams, a, ident)
+  local pc = tbl(a.perf_counters)
+  for _, p in ipairs(PERF) do
+    if tonumber(pc[p[1]]) then
+      add(family(fams, p[2], "counter", p[4] and "seconds" or nil, p[3]), "_total", ident, nil,
+        tonumber(pc[p[1]]) * (p[4] or 1))
+    end
+  end
+  if tonumber(pc.page_faults_minor) then
+    local pf = family(fams, "denet_perf_page_faults", "counter", nil, "page faults of the tree (perf counter)")
+    add(pf, "_total", ident, { { "kind", "minor" } }, pc.page_faults_minor)
+    add(pf, "_total", ident, { { "kind", "major" } }, pc.page_faults_major)
+  end
+  for _, r in ipairs({ { "psi_cpu", "cpu" }, { "psi_mem", "memory" }, { "psi_io", "io" } }) do
+    local v = type(a[r[1]]) == "table" and a[r[1]]
+    if v and tonumber(v.some_total_us) then
+      local f = family(fams, "denet_pressure_stalled_seconds", "counter", "seconds",
+        "time some (or all) tasks stalled on a resource, in the tree's cgroup or the system (PSI)")
+      add(f, "_total", ident, { { "resource", r[2] }, { "kind", "some" } }, v.some_total_us / 1e6)
+      add(f, "_total", ident, { { "resource", r[2] }, { "kind", "full" } }, (tonumber(v.full_total_us) or 0) / 1e6)
+    end
+  end
+  local e = tbl(a.energy)
+  if tonumber(e.package_joules) then
+    local f = family(fams, "denet_energy_joules", "counter", "joules", "RAPL energy since monitoring began")
+    add(f, "_total", ident, { { "domain", "package" } }, e.package_joules)
+    add(f, "_total", ident, { { "domain", "dram" } }, e.dram_joules)
+    add(f, "_total", ident, { { "domain", "tree_estimate" } }, e.process_joules)
+  end
+  local g = type(a.gpu) == "table" and a.gpu
+  if g then
+    local util = family(fams, "denet_gpu_utilization_ratio", "gauge", "ratio", "GPU busy time, per device")
+    local used = family(fams, "denet_gpu_memory_used_bytes", "gauge", "bytes", "GPU memory in use, per device")
+    local total = family(fams, "denet_gpu_memory_total_bytes", "gauge", "bytes", "GPU memory, per device")
+    local temp = family(fams, "denet_gpu_temperature_celsius", "gauge", "celsius", "GPU temperature, per device")
+    local power = family(fams, "denet_gpu_power_watts", "gauge", "watts", "GPU power draw, per device")
+    for _, d in ipairs(tbl(g.system_metrics)) do
+      local l = { { "device", tostring(d.device_index) }, { "name", tostring(d.name) } }
+      add(util, "", ident, l, tonumber(d.system_utilization_gpu) and d.system_utilization_gpu / 100)
+      add(used, "", ident, l, d.memory_used)
+      add(total, "", ident, l, d.memory_total)
+      add(temp, "", ident, l, d.temperature)
+      add(power, "", ident, l, d.power_watts)
+    end
+    local pm = family(fams, "denet_gpu_process_memory_bytes", "gauge", "bytes",
+      "GPU memory the tree's processes hold, per device")
+    local by = {}
+    for _, p in ipairs(tbl(g.process_data)) do
+      local k = tostring(p.device_index or 0)
+      by[k] = (by[k] or 0) + (tonumber(p.memory_usage) or 0)
+    end
+    for _, k in ipairs(sorted_keys(by)) do
+      add(pm, "", ident, { { "device", k } }, by[k])
+    end
+  end
+end
+
 --- The families of a monitor record (`tree`: its aggregated metrics;
 --- `sample`: the root's) for ident = { target, pid }.
 function M.from_record(rec, ident, fams)
@@ -134,6 +207,7 @@ function M.from_record(rec, ident, fams)
     add(family(fams, "denet_processes_exited", "counter", nil, "processes of the tree that exited"), "_total",
       ident, nil, a.processes_exited)
   end
+  M.add_sources(fams, a, ident)
   local ebpf = a.ebpf
   if type(ebpf) == "table" then
     if type(ebpf.offcpu) == "table" then

@@ -49,7 +49,8 @@ local function session_opts(req, self)
     target = target,
     features = require("denet.features").for_monitor({ interval = ms(req.base_interval_ms, 100),
       max_interval = ms(req.max_interval_ms, 1000), since_process_start = req.since_process_start == true,
-      exclude_children = req.include_children == false, write_env = req.write_env == true }, req),
+      exclude_children = req.include_children == false, write_env = req.write_env == true,
+      gpu = req.enable_gpu == true }, req),
     on_record = function(rec)
       self:_record(rec)
     end,

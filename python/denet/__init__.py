@@ -222,7 +222,7 @@ class ProcessMonitor:
     def __init__(self, cmd, base_interval_ms=100, max_interval_ms=1000, since_process_start=False, output_file=None,
                  output_format="jsonl", store_in_memory=True, quiet=False, include_children=True,
                  write_metadata=False, write_env=False, offcpu=False, syscalls=False, plugins=None, *, pid=None,
-                 stdout_file=None, stderr_file=None, enable_ebpf=False):
+                 stdout_file=None, stderr_file=None, enable_ebpf=False, enable_gpu=False):
         if pid is None:
             cmd = _argv(cmd)
             _check_command(cmd)
@@ -241,7 +241,7 @@ class ProcessMonitor:
                 base_interval_ms=base_interval_ms, max_interval_ms=max_interval_ms,
                 since_process_start=since_process_start, include_children=include_children,
                 write_env=write_env, offcpu=offcpu, syscalls=syscalls, plugins=list(plugins or []),
-                stdout=stdout_file, stderr=stderr_file, enable_ebpf=enable_ebpf)
+                stdout=stdout_file, stderr=stderr_file, enable_ebpf=enable_ebpf, enable_gpu=enable_gpu)
         except BaseException:
             self._session.close()
             raise
@@ -255,11 +255,11 @@ class ProcessMonitor:
     def from_pid(pid, base_interval_ms=100, max_interval_ms=1000, since_process_start=False, output_file=None,
                  output_format="jsonl", store_in_memory=True, quiet=False, include_children=True,
                  write_metadata=False, write_env=False, offcpu=False, syscalls=False, plugins=None,
-                 enable_ebpf=False):
+                 enable_ebpf=False, enable_gpu=False):
         """Monitor the running process pid (and its descendants)."""
         return ProcessMonitor(None, base_interval_ms, max_interval_ms, since_process_start, output_file,
                               output_format, store_in_memory, quiet, include_children, write_metadata, write_env,
-                              offcpu, syscalls, plugins, pid=pid, enable_ebpf=enable_ebpf)
+                              offcpu, syscalls, plugins, pid=pid, enable_ebpf=enable_ebpf, enable_gpu=enable_gpu)
 
     # -- sampling ---------------------------------------------------------
 
@@ -342,6 +342,31 @@ class ProcessMonitor:
     def get_metadata(self):
         """The metadata record (JSON string)."""
         return self._metadata
+
+    def _gpu_capability(self):
+        try:
+            caps = json.loads(self._metadata).get("capabilities") or {}
+        except (TypeError, ValueError, AttributeError):
+            return {}
+        return caps.get("gpu") or {}
+
+    def is_gpu_enabled(self):
+        """Are GPUs monitored? (enable_gpu=True, and NVML found a device)"""
+        return bool(self._gpu_capability().get("available"))
+
+    def gpu_device_count(self):
+        """How many GPUs NVML found (0 without enable_gpu, NVML or a device)."""
+        return int(self._gpu_capability().get("device_count") or 0)
+
+    def get_gpu_summary(self):
+        """The summary's gpu object (JSON string): devices, peak utilization
+        and memory, the tree's GPU memory; None when no GPU was monitored."""
+        gpu = None
+        try:
+            gpu = json.loads(self.get_summary()).get("gpu")
+        except (TypeError, ValueError, AttributeError):
+            pass
+        return json.dumps(gpu) if gpu else None
 
     def get_env(self):
         """The env record (JSON string), or None unless write_env=True."""

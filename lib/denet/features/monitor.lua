@@ -97,6 +97,8 @@ return {
     if rec then
       require("denet.metrics").from_record(rec, ident, fams)
     end
+    -- the counters and energy so far (the records hold them per interval)
+    require("denet.metrics").add_sources(fams, s.m.sources:figures(), ident)
   end,
   encode = function(s, rec)
     return s.m:encode(rec)

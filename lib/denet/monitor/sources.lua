@@ -96,6 +96,11 @@ function Sources:read(agg, o)
   end
   if self.energy then
     agg.rapl = self.energy:read(o.cpu_share)
+    local sum = self.energy_sum or {}
+    for k, v in pairs(agg.rapl) do
+      sum[k] = (sum[k] or 0) + v
+    end
+    self.energy_sum = sum
   end
   if self.gpu then
     agg.gpu = self.gpu:sample(self.in_tree)
@@ -105,6 +110,21 @@ end
 --- The counters since monitoring began: { sw = {...}, hw = {...} }, or nil.
 function Sources:totals()
   return self.counters and self.counters:totals() or nil
+end
+
+--- The run's cumulative figures so far, for /metrics: { perf_counters
+--- (every counter by name), energy (joules per domain) }.
+function Sources:figures()
+  if self.counters then
+    local t, flat = self.counters:totals(), {}
+    for _, kind in ipairs({ "sw", "hw" }) do
+      for k, v in pairs(t[kind] or {}) do
+        flat[k] = v
+      end
+    end
+    self.last_figures = flat
+  end
+  return { perf_counters = self.last_figures, energy = self.energy_sum }
 end
 
 function Sources:capabilities()
