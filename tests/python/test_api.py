@@ -345,3 +345,33 @@ def test_interrupting_python_mid_run_cleans_up():
     # the command is gone, and so are the session and its programs
     assert _gone(pid)
     assert session and all(_gone(s) for s in session)
+
+
+def test_gpu_through_nvml_and_without_it(monkeypatch):
+    # a stand-in NVML with two devices; the tree's "sleep" holds 512 MiB on device 0
+    monkeypatch.setenv("DENET_NVML_LIB", fx("libnvidia-ml-fake.so"))
+    monkeypatch.setenv("FAKE_NVML_COMM", "sleep")
+    mon = denet.ProcessMonitor(["sleep", "0.3"], 50, 100, quiet=True, enable_gpu=True)
+    mon.run()
+    assert mon.is_gpu_enabled()
+    assert mon.gpu_device_count() == 2
+    gpu = json.loads(mon.get_gpu_summary())
+    assert gpu["device_count"] == 2
+    assert gpu["total_memory_gb"] == 24
+    assert gpu["process_memory_usage_gb"] == 0.5
+    assert gpu["max_process_gpu_utilization"] == 33
+    sample = json.loads(mon.get_samples()[0])["aggregated"]["gpu"]
+    assert sample["process_data"][0]["pid"] == mon.get_pid()
+    # not asked for: none
+    plain = denet.ProcessMonitor(["true"], 50, 100, quiet=True)
+    plain.run()
+    assert not plain.is_gpu_enabled()
+    assert plain.gpu_device_count() == 0
+    assert plain.get_gpu_summary() is None
+    # asked for, no NVML: the run goes on
+    monkeypatch.setenv("DENET_NVML_LIB", "/nonexistent/libnvidia-ml.so.1")
+    none = denet.ProcessMonitor(["true"], 50, 100, quiet=True, enable_gpu=True)
+    none.run()
+    assert none.exit_code == 0
+    assert not none.is_gpu_enabled()
+    assert none.get_gpu_summary() is None

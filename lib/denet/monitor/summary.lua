@@ -111,6 +111,9 @@ function Summary:add(rec)
     self.cpu_time = math.max(self.cpu_time or 0, tonumber(a.cpu_time_secs))
   end
   self.rss_start = self.rss_start or tonumber(a.mem_rss_kb)
+  if tonumber(a.ctx_switches_voluntary) then
+    self.vcsw = math.max(self.vcsw or 0, tonumber(a.ctx_switches_voluntary))
+  end
   self:_add_sources(a)
   return kind
 end
@@ -174,7 +177,7 @@ end
 
 -- The summary's memory_characterization (denet.monitor.verdict), from
 -- the counters where there are any, else from the samples' page faults.
-function Summary:_characterize(pc, hw, cpu_time, wall)
+function Summary:_characterize(pc, hw, cpu_time, wall, vcsw)
   local minor = pc and pc.page_faults_minor or self.pf_cached
   local major = pc and pc.page_faults_major or self.pf_disk
   if not (pc or minor) then
@@ -183,6 +186,7 @@ function Summary:_characterize(pc, hw, cpu_time, wall)
   return require("denet.monitor.verdict").characterize{ hw = hw,
     cpu_secs = pc and pc.task_clock_ns and pc.task_clock_ns / 1e9 or cpu_time, wall_secs = wall,
     minor_faults = minor, major_faults = major, rss_start_kb = self.rss_start, rss_peak_kb = self.peak_rss,
+    voluntary_switches = vcsw,
     psi_some_fraction = self.psi_n and self.psi_some / self.psi_n or nil }
 end
 
@@ -249,7 +253,8 @@ function Summary:result(exit_code, final)
     perf_counters = pc,
     energy = energy,
     gpu = self.gpu and self.gpu:result() or nil,
-    memory_characterization = self:_characterize(pc, hw, cpu_time, wall),
+    memory_characterization = self:_characterize(pc, hw, cpu_time, wall,
+      (self.vcsw or f.ctx_switches_voluntary) and top(self.vcsw, f.ctx_switches_voluntary) or nil),
     exit_code = ec == nil and json.null or ec,
   }
 end

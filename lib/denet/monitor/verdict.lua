@@ -7,7 +7,8 @@
 -- recorded file:
 --
 --   verdict.characterize{ hw = { cycles, instructions, cache_refs, cache_misses, stalled_backend },
---     cpu_secs, wall_secs, minor_faults, major_faults, rss_start_kb, rss_peak_kb, psi_some_fraction }
+--     cpu_secs, wall_secs, minor_faults, major_faults, rss_start_kb, rss_peak_kb, voluntary_switches,
+--     psi_some_fraction }
 --
 -- With hardware counters (the strongest evidence), the original's rule:
 -- backend stalls over half the cycles with IPC under 1.0 is memory-bound;
@@ -24,8 +25,10 @@
 -- resident set grows by at least 200 MiB per CPU second (large pages fault
 -- less for the same growth), or it takes at least 50 major faults (reads
 -- from disk) per second; CPU-bound when it takes under 1 000 faults per
--- CPU second, no major faults to speak of, and keeps at least half a CPU
--- busy; else mixed. Under 50 ms of CPU time is insufficient data.
+-- CPU second, no major faults to speak of, and either keeps at least half a
+-- CPU busy or hardly ever blocks (under 100 voluntary context switches per
+-- CPU second: it waits for nothing but a CPU, as on a loaded machine);
+-- else mixed. Under 50 ms of CPU time is insufficient data.
 local M = {}
 
 M.MEMORY_STALL, M.MEMORY_IPC, M.CPU_STALL, M.CPU_IPC = 0.5, 1.0, 0.2, 1.5
@@ -34,6 +37,7 @@ M.PSI_FRACTION = 0.5
 M.MEMORY_FAULT_RATE, M.CPU_FAULT_RATE = 50000, 1000
 M.MEMORY_GROWTH_MIB, M.MAJOR_RATE = 200, 50
 M.MIN_CPU = 0.05
+M.CPU_BLOCK_RATE = 100
 
 local function ratio(a, b)
   if a and b and b > 0 then
@@ -84,6 +88,7 @@ local function from_sw(f, r, ev)
   local growth = math.max(0, (f.rss_peak_kb or 0) - (f.rss_start_kb or f.rss_peak_kb or 0)) / 1024
   r.rss_growth_mib_per_cpu_sec = round(ratio(growth, cpu), 1)
   r.cpu_utilization = round(cpu / wall, 3)
+  r.voluntary_switches_per_cpu_sec = f.voluntary_switches and round(ratio(f.voluntary_switches, cpu), 1) or nil
   if cpu < M.MIN_CPU then
     ev[#ev + 1] = string.format("only %.0f ms of CPU time", cpu * 1000)
     return "insufficient-data"
@@ -95,7 +100,13 @@ local function from_sw(f, r, ev)
   if r.page_faults_per_cpu_sec >= M.MEMORY_FAULT_RATE or r.rss_growth_mib_per_cpu_sec >= M.MEMORY_GROWTH_MIB
     or r.major_faults_per_sec >= M.MAJOR_RATE then
     return "memory-bound"
-  elseif r.page_faults_per_cpu_sec < M.CPU_FAULT_RATE and r.major_faults_per_sec < 1 and r.cpu_utilization >= 0.5 then
+  end
+  local blocks = r.voluntary_switches_per_cpu_sec
+  if blocks then
+    ev[#ev + 1] = string.format("%.0f voluntary context switches per CPU second", blocks)
+  end
+  if r.page_faults_per_cpu_sec < M.CPU_FAULT_RATE and r.major_faults_per_sec < 1 and (r.cpu_utilization >= 0.5
+    or (blocks and blocks < M.CPU_BLOCK_RATE)) then
     return "cpu-bound"
   end
   return "mixed"
