@@ -250,7 +250,8 @@ static int l_perf_read(lua_State *L)
 	ssize_t n = read((int)luaL_checkinteger(L, 1), v, sizeof(v));
 
 	if (n != (ssize_t)sizeof(v))
-		return dn_vm_fail(L, n < 0 ? errno : EIO, "perf counter read: %s", n < 0 ? strerror(errno) : "short read");
+		return dn_vm_fail(L, n < 0 ? errno : EIO, "perf counter read: %s",
+		                  n < 0 ? strerror(errno) : "short read");
 	lua_pushnumber(L, (lua_Number)v[0]);
 	lua_pushnumber(L, (lua_Number)v[1]);
 	lua_pushnumber(L, (lua_Number)v[2]);

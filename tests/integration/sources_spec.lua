@@ -164,7 +164,8 @@ describe("GPUs", function()
   local lib = H.fixture("libnvidia-ml-fake.so")
 
   it("are read through NVML: devices, the tree's processes, the summary", function()
-    local recs, s = run({ "--gpu", "--", "sleep", "0.3" }, "DENET_NVML_LIB=" .. H.quote(lib) .. " FAKE_NVML_COMM=sleep ")
+    local recs, s = run({ "--gpu", "--", "sleep", "0.3" },
+      "DENET_NVML_LIB=" .. H.quote(lib) .. " FAKE_NVML_COMM=sleep ")
     local meta = recs[1]
     assert.same({ available = true, device_count = 2 }, meta.capabilities.gpu)
     local g = samples(recs)[1].gpu

@@ -186,7 +186,7 @@ end
 --- tree (in_tree(pid) -> bool) that use one.
 function Gpu:sample(in_tree)
   local json = require("denet.json")
-  local system, procs, by_pid = json.array(), json.array(), {}
+  local system, procs = json.array(), json.array()
   for _, d in ipairs(self.devices) do
     system[#system + 1] = self:_device(d)
     local util = self:_utilization(d)
@@ -199,7 +199,6 @@ function Gpu:sample(in_tree)
           local e = { pid = pr.pid, device_index = d.index, memory_usage = pr.memory,
             gpu_utilization = u and u.sm or nil, memory_utilization_pct = u and u.mem or nil }
           procs[#procs + 1] = e
-          by_pid[pr.pid] = true
         end
       end
     end

@@ -64,8 +64,8 @@ function M.open(t)
   self.caps.psi = psi and psi:capability() or { system = false, per_process = false, reason = why }
   local energy, ewhy = require("denet.monitor.energy").open()
   self.energy = energy
-  self.caps.rapl = energy and { available = true, source = energy.source, zones = energy.zones and #energy.zones or nil }
-    or { available = false, zones = 0, reason = ewhy }
+  self.caps.rapl = energy and { available = true, source = energy.source,
+    zones = energy.zones and #energy.zones or nil } or { available = false, zones = 0, reason = ewhy }
   if not energy and opts.energy then
     util.note_once(ewhy)
   end
