@@ -109,21 +109,24 @@ end
 
 --- The counters since monitoring began: { sw = {...}, hw = {...} }, or nil.
 function Sources:totals()
-  return self.counters and self.counters:totals() or nil
+  if not self.counters then
+    return nil
+  end
+  local t, flat = self.counters:totals(), {}
+  for _, kind in ipairs({ "sw", "hw" }) do
+    for k, v in pairs(t[kind] or {}) do
+      flat[k] = v
+    end
+  end
+  -- (kept for /metrics once the counters are closed)
+  self.last_figures = flat
+  return t
 end
 
 --- The run's cumulative figures so far, for /metrics: { perf_counters
 --- (every counter by name), energy (joules per domain) }.
 function Sources:figures()
-  if self.counters then
-    local t, flat = self.counters:totals(), {}
-    for _, kind in ipairs({ "sw", "hw" }) do
-      for k, v in pairs(t[kind] or {}) do
-        flat[k] = v
-      end
-    end
-    self.last_figures = flat
-  end
+  self:totals()
   return { perf_counters = self.last_figures, energy = self.energy_sum }
 end
 
