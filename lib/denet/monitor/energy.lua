@@ -54,23 +54,28 @@ function M.zones(root)
   return zones
 end
 
+-- A sample's figures from the joules of each domain (dram: nil when the
+-- machine has no DRAM domain) and the tree's share of the CPU capacity.
+local function figures(package, dram, cpu_share)
+  return { package_joules = package, dram_joules = dram,
+    process_joules = package * math.min(1, math.max(0, cpu_share or 0)) }
+end
+
 local Powercap = {}
 Powercap.__index = Powercap
 
 function Powercap:read(cpu_share)
-  local sum = { package = 0, dram = 0 }
+  local uj = { package = 0, dram = 0 }
   local any_dram = false
   for _, z in ipairs(self.zones) do
     local cur = num(z.path)
     if cur then
-      sum[z.kind] = sum[z.kind] + M.delta(z.last, cur, z.max_uj)
+      uj[z.kind] = uj[z.kind] + M.delta(z.last, cur, z.max_uj)
       z.last = cur
     end
     any_dram = any_dram or z.kind == "dram"
   end
-  local pkg = sum.package / 1e6
-  return { package_joules = pkg, dram_joules = any_dram and sum.dram / 1e6 or nil,
-    process_joules = pkg * math.min(1, math.max(0, cpu_share or 0)) }
+  return figures(uj.package / 1e6, any_dram and uj.dram / 1e6 or nil, cpu_share)
 end
 
 function Powercap:close()
@@ -102,18 +107,17 @@ local PerfPower = {}
 PerfPower.__index = PerfPower
 
 function PerfPower:read(cpu_share)
-  local sum = { package = 0, dram = 0 }
+  local joules = { package = 0, dram = 0 }
   local any_dram = false
   for _, c in ipairs(self.counters) do
     local v = core.perf_read(c.fd)
     if v then
-      sum[c.kind] = sum[c.kind] + math.max(0, v - c.last) * c.scale
+      joules[c.kind] = joules[c.kind] + math.max(0, v - c.last) * c.scale
       c.last = v
     end
     any_dram = any_dram or c.kind == "dram"
   end
-  return { package_joules = sum.package, dram_joules = any_dram and sum.dram or nil,
-    process_joules = sum.package * math.min(1, math.max(0, cpu_share or 0)) }
+  return figures(joules.package, any_dram and joules.dram or nil, cpu_share)
 end
 
 function PerfPower:close()
