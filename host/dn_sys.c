@@ -212,13 +212,15 @@ static int l_perf_event_probe(lua_State *L)
 /* core.perf_open(pid, type, config [, opts]) -> fd | nil, msg, errno: a
  * counting perf event (no sampling) on task pid (-1: every task of
  * opts.cpu), opened enabled. opts: inherit (follows the tasks pid
- * creates from now on), inherit_thread (threads only), cpu (default -1).
- * Read with core.perf_read, closed with core.perf_close. */
+ * creates from now on), inherit_thread (threads only), cpu (default -1),
+ * group (the fd of a group leader: read with it, in one read, by
+ * core.perf_read_group). Read with core.perf_read, closed with
+ * core.perf_close. */
 static int l_perf_open(lua_State *L)
 {
 	struct perf_event_attr a;
 	int pid = (int)luaL_checkinteger(L, 1);
-	int cpu = -1, fd;
+	int cpu = -1, group = -1, leader = 0, fd;
 
 	memset(&a, 0, sizeof(a));
 	a.size = sizeof(a);
@@ -233,9 +235,15 @@ static int l_perf_open(lua_State *L)
 		a.inherit_thread = lua_toboolean(L, -1) ? 1 : 0;
 		lua_getfield(L, 4, "cpu");
 		cpu = (int)luaL_optinteger(L, -1, -1);
-		lua_pop(L, 3);
+		lua_getfield(L, 4, "group");
+		group = (int)luaL_optinteger(L, -1, -1);
+		lua_getfield(L, 4, "leader");
+		leader = lua_toboolean(L, -1);
+		lua_pop(L, 5);
 	}
-	fd = (int)syscall(SYS_perf_event_open, &a, pid, cpu, -1, PERF_FLAG_FD_CLOEXEC);
+	if (group >= 0 || leader)
+		a.read_format |= PERF_FORMAT_GROUP;
+	fd = (int)syscall(SYS_perf_event_open, &a, pid, cpu, group, PERF_FLAG_FD_CLOEXEC);
 	if (fd < 0)
 		return dn_vm_fail(L, errno, "perf_event_open: %s", strerror(errno));
 	lua_pushinteger(L, fd);
@@ -253,6 +261,29 @@ static int l_perf_read(lua_State *L)
 		return dn_vm_fail(L, n < 0 ? errno : EIO, "perf counter read: %s",
 		                  n < 0 ? strerror(errno) : "short read");
 	lua_pushnumber(L, (lua_Number)v[0]);
+	lua_pushnumber(L, (lua_Number)v[1]);
+	lua_pushnumber(L, (lua_Number)v[2]);
+	return 3;
+}
+
+/* core.perf_read_group(leader_fd, out) -> n, time_enabled_ns,
+ * time_running_ns | nil, msg, errno: the counts of a group opened with
+ * opts.leader on its leader and opts.group on the others, in one read,
+ * into out[1..n] (in the order they were opened; raw: scale by
+ * enabled/running where the kernel multiplexed the group). */
+static int l_perf_read_group(lua_State *L)
+{
+	uint64_t v[3 + 16];
+	ssize_t n = read((int)luaL_checkinteger(L, 1), v, sizeof(v));
+
+	luaL_checktype(L, 2, LUA_TTABLE);
+	if (n < (ssize_t)(3 * sizeof(uint64_t)) || v[0] > 16 || n < (ssize_t)((3 + v[0]) * sizeof(uint64_t)))
+		return dn_vm_fail(L, n < 0 ? errno : EIO, "perf group read: %s", n < 0 ? strerror(errno) : "short read");
+	for (uint64_t i = 0; i < v[0]; i++) {
+		lua_pushnumber(L, (lua_Number)v[3 + i]);
+		lua_rawseti(L, 2, (int)i + 1);
+	}
+	lua_pushinteger(L, (lua_Integer)v[0]);
 	lua_pushnumber(L, (lua_Number)v[1]);
 	lua_pushnumber(L, (lua_Number)v[2]);
 	return 3;
@@ -411,6 +442,7 @@ void dn_sys_open(lua_State *L)
 		{ "perf_event_probe", l_perf_event_probe },
 		{ "perf_open", l_perf_open },
 		{ "perf_read", l_perf_read },
+		{ "perf_read_group", l_perf_read_group },
 		{ "perf_close", l_perf_close },
 		{ "strerror", l_strerror },
 		{ "stat", l_stat },

@@ -92,14 +92,14 @@ function M.open(tids, opts)
     end
     tids = cut
   end
-  local self = setmetatable({ list = {}, last = {}, hw = false }, Set)
-  for _, c in ipairs(M.SOFTWARE) do
-    local fds, errno = open_all(tids, SOFTWARE, c[2], flags)
-    if not fds then
+  local self = setmetatable({ list = {}, groups = {}, members = {}, last = {}, hw = false, buf = {} }, Set)
+  -- the software counters: one group per task, read in one syscall
+  for _, tid in ipairs(tids) do
+    local ok, errno = self:_open_group(tid, flags)
+    if not ok and tid == tids[1] then
       self:close()
       return nil, "performance counters: " .. M.why(errno)
     end
-    self.list[#self.list + 1] = { name = c[1], fds = fds, kind = "sw" }
   end
   if opts.hardware ~= false then
     for i, c in ipairs(M.HARDWARE) do
@@ -115,6 +115,34 @@ function M.open(tids, opts)
     end
   end
   return self
+end
+
+-- The software counters' group on task tid: true, or nil and errno.
+function Set:_open_group(tid, flags)
+  local lf = { inherit = flags.inherit, inherit_thread = flags.inherit_thread, leader = true }
+  local leader, _, errno = core.perf_open(tid, SOFTWARE, M.SOFTWARE[1][2], lf)
+  if not leader then
+    return nil, errno
+  end
+  local mf = { inherit = flags.inherit, inherit_thread = flags.inherit_thread, group = leader }
+  local fds = {}
+  for i = 2, #M.SOFTWARE do
+    local fd
+    fd, _, errno = core.perf_open(tid, SOFTWARE, M.SOFTWARE[i][2], mf)
+    if not fd then
+      core.perf_close(leader)
+      for _, f in ipairs(fds) do
+        core.perf_close(f)
+      end
+      return nil, errno
+    end
+    fds[#fds + 1] = fd
+  end
+  self.groups[#self.groups + 1] = leader
+  for _, f in ipairs(fds) do
+    self.members[#self.members + 1] = f
+  end
+  return true
 end
 
 -- The count of counter c over its tasks, scaled where the kernel
@@ -136,6 +164,20 @@ end
 --- Every counter since open: { sw = { name = n }, hw = { ... } or nil }.
 function Set:totals()
   local t = { sw = {}, hw = self.hw and {} or nil }
+  local sum, buf = {}, self.buf
+  for i = 1, #M.SOFTWARE do
+    sum[i] = 0
+  end
+  -- (software counters are never multiplexed: the counts are whole)
+  for _, fd in ipairs(self.groups) do
+    local n = core.perf_read_group(fd, buf)
+    for i = 1, math.min(n or 0, #M.SOFTWARE) do
+      sum[i] = sum[i] + buf[i]
+    end
+  end
+  for i, c in ipairs(M.SOFTWARE) do
+    t.sw[c[1]] = math.floor(sum[i] + 0.5)
+  end
   for _, c in ipairs(self.list) do
     t[c.kind][c.name] = count(c)
   end
@@ -162,7 +204,13 @@ function Set:close()
       core.perf_close(fd)
     end
   end
-  self.list = {}
+  for _, fd in ipairs(self.members) do
+    core.perf_close(fd)
+  end
+  for _, fd in ipairs(self.groups) do
+    core.perf_close(fd)
+  end
+  self.list, self.groups, self.members = {}, {}, {}
 end
 
 --- The tasks of processes `pids` (each one's threads, from
