@@ -278,7 +278,8 @@ static int l_perf_read_group(lua_State *L)
 
 	luaL_checktype(L, 2, LUA_TTABLE);
 	if (n < (ssize_t)(3 * sizeof(uint64_t)) || v[0] > 16 || n < (ssize_t)((3 + v[0]) * sizeof(uint64_t)))
-		return dn_vm_fail(L, n < 0 ? errno : EIO, "perf group read: %s", n < 0 ? strerror(errno) : "short read");
+		return dn_vm_fail(L, n < 0 ? errno : EIO, "perf group read: %s",
+		                  n < 0 ? strerror(errno) : "short read");
 	for (uint64_t i = 0; i < v[0]; i++) {
 		lua_pushnumber(L, (lua_Number)v[3 + i]);
 		lua_rawseti(L, 2, (int)i + 1);
