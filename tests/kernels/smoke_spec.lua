@@ -54,19 +54,22 @@ describe("on this kernel", function()
   end)
 
   it("denet attach: perf counters as the kernel's rusage; hardware counters where the machine has a PMU", function()
-    -- attached before the fixture starts, so both count the same window:
-    -- from its start signal to its figures (denet run's window would begin
-    -- before exec, which under qemu's TCG costs a few percent of this)
+    -- attached before the fixture starts and stopped before it exits, so
+    -- both count the same window: from its start signal to its figures
+    -- (denet run's window holds the exec and the exit, which under qemu's
+    -- TCG cost a few percent of this)
     local o, out, go, jl, pidf = H.tmpfile(".stats"), H.tmpfile(".txt"), H.tmpfile(".go"), H.tmpfile(".jsonl"),
       H.tmpfile(".pid")
     local code, _, err = H.sh(H.WAIT_SH .. string.format([[
       mkfifo %s
       %s %s %s %s & pid=$!; echo $pid > %s
-      %s attach -q -o %s --stats %s $pid &
+      %s attach -q -o %s --stats %s $pid & dn=$!
       lines %s 1
       echo x > %s
       lines %s 1
-      kill $pid; wait
+      kill -INT $dn; wait $dn; st=$?
+      kill $pid; wait $pid
+      exit $st
     ]], go, H.quote(H.fixture("counters")), out, H.tmpfile(".data"), go, pidf, H.quote(H.bin), jl, o, jl, go, out))
     assert.equals(0, code, err)
     local s, meta = cjson.decode(H.slurp(o)), cjson.decode(H.slurp(jl):match("^[^\n]+"))
