@@ -49,7 +49,10 @@ describe("on this kernel", function()
     local um, us = err:match("user%s+(%d+)m%s*([%d.]+)s")
     local sm, ss = err:match("sys%s+(%d+)m%s*([%d.]+)s")
     local ru = tonumber(um) * 60 + tonumber(us) + tonumber(sm) * 60 + tonumber(ss)
-    assert.is_true(math.abs(last.cpu_time_secs - ru) <= 0.05 * ru + 0.02,
+    -- denet's tree also holds `time` itself (its exec, and before it the
+    -- code of the held child), which its report leaves out: tens of ms
+    -- under qemu's TCG, a few here
+    assert.is_true(last.cpu_time_secs >= ru * 0.98 and last.cpu_time_secs <= ru * 1.05 + 0.1,
       string.format("%.3f vs rusage %.3f", last.cpu_time_secs, ru))
   end)
 
@@ -179,8 +182,15 @@ describe("on this kernel", function()
       end
     end
     local early = r.leaf_unwind and r.leaf_unwind.before_rules or 0
+    local others = {}
+    for _, st in ipairs(r.stacks) do
+      if st.category == "sleep" and not table.concat(st.frames, ";"):find(";nap;nap_syscall;", 1, true) then
+        others[#others + 1] = string.format("x%d: %s", st.count, table.concat(st.frames, ";"))
+      end
+    end
     assert.is_true(recovered + early + r.lost_stacks >= 40,
-      string.format("sleeps with nap_syscall %d, before the rules %d, lost %d", recovered, early, r.lost_stacks))
+      string.format("sleeps with nap_syscall %d, before the rules %d, lost %d; unwind %s; the others:\n%s", recovered,
+        early, r.lost_stacks, cjson.encode(r.unwind or {}), table.concat(others, "\n")))
     assert.is_true(recovered >= 1, "sleeps with nap_syscall: " .. recovered)
   end)
 
