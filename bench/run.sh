@@ -5,6 +5,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 build=$(cd "${1:-$here/../build}" && pwd)
 "$here/startup.sh" "$build"
 "$here/monitor.sh" "$build"
+"$here/counters.sh" "$build"
 "$here/offcpu.sh" "$build"
 "$here/unwind.sh" "$build"
 "$here/syscalls.sh" "$build"
