@@ -298,12 +298,20 @@ describe("unwind tables", function()
       .. "exec /usr/bin/python3 -c 'import time; time.sleep(1.2)'"
     local r = offcpu({}, { "setarch", "-R", "/bin/sh", "-c", script })
     local n = 0
+    -- (copies of a stack whose image the process left, by its exec, before
+    -- a slow user space read its mappings are counted, and first-frame
+    -- only: a sanitizer build falls that far behind)
+    local unread = r.unwind.unread
     for _, st in ipairs(r.stacks) do
       local all = table.concat(st.frames, ";")
       -- (the parent's wait shows the name it has at the end, python3's)
       if (st.comm == "sh" or st.comm == "python3") and all:find(";do_wait;", 1, true) then
         local user = all:match("^(.-);%-;")
-        assert.matches("^dash%+0x%x+;__libc_start_main;__libc_start_call_main;dash%+0x%x+;.*;wait4$", user)
+        if user:find("^%[truncated%];[^;]*$") and unread >= st.count then
+          unread = unread - st.count
+        else
+          assert.matches("^dash%+0x%x+;__libc_start_main;__libc_start_call_main;dash%+0x%x+;.*;wait4$", user)
+        end
         -- (a preemption inside wait4 on a busy machine is a runqueue
         -- block with the same stacks, not another wait)
         if st.category ~= "runqueue" then

@@ -556,7 +556,12 @@ function Unwinder:on_copy(rec)
     maps = self:maps_of(pid, execs) or maps
   end
   -- (a copy of an image whose mappings were never read, such as a held
-  -- command's before its exec: its first frame only, marked)
+  -- command's before its exec, or one the process left by an exec or its
+  -- exit before user space could read it: its first frame only, marked,
+  -- and counted)
+  if not maps then
+    self.unread = (self.unread or 0) + 1
+  end
   local sp0, len, data = tonumber(rec.sp), rec.len, rec.data
   local function read(addr)
     local o = addr - sp0
@@ -590,7 +595,10 @@ end
 --- Counters: walks, whole, truncated, copied (unwound in user space),
 --- copies_lost, not_stored, frames, reused (stacks reused from templates),
 --- wrong (reuses a walk disagreed with, in verify mode), gone (copies of
---- processes that exited before their mappings could be read); files (tables loaded), dropped (for
+--- processes that exited before their mappings could be read), unread
+--- (copies unwound with no mappings of their image: it was left, by an
+--- exec or the exit, before user space read it; the first frame only);
+--- files (tables loaded), dropped (for
 --- the cap), not_loaded (tables the kernel refused), bytes (of tables in the kernel).
 function Unwinder:stats()
   local t = self.bpf:get_table("dn_uw_stats")
@@ -606,6 +614,7 @@ function Unwinder:stats()
   end
   out.files, out.dropped, out.table_bytes, out.gone = files, self.dropped, self.bytes, self.gone or 0
   out.not_loaded = self.not_loaded or 0
+  out.unread = self.unread or 0
   return out
 end
 
